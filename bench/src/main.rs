@@ -1,0 +1,269 @@
+//! `virtuos-bench`: latency micro-benchmarks for virtuos.
+//!
+//! `virtuos-bench latency` measures, in one run, what a redirected system call competes with:
+//! a native system call, a futex ping-pong between two threads, a seccomp user-notification
+//! round trip, a seccomp SIGSYS trap, and the shared-memory ring in spinning and sleeping
+//! modes. It prints a table, and optionally writes a JSON report and an SVG chart.
+
+mod machine;
+mod plot;
+mod ring;
+mod stats;
+mod sys;
+mod syscalls;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use tracing_subscriber::EnvFilter;
+
+use crate::machine::MachineInfo;
+use crate::stats::Summary;
+use crate::syscalls::Pinning;
+
+/// Samples per measurement by default.
+const DEFAULT_SAMPLES: usize = 10_000;
+/// Samples per measurement with `--quick`.
+const QUICK_SAMPLES: usize = 1_000;
+
+/// Benchmarks for virtuos (system calls redirected over shared-memory rings).
+#[derive(Debug, Parser)]
+#[command(name = "virtuos-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Per-call latency of a native syscall, a futex ping-pong, seccomp user notification,
+    /// a seccomp SIGSYS trap and the shared-memory ring (spinning and sleeping).
+    ///
+    /// Client and peer threads are pinned to two different CPUs when there are at least two.
+    /// Sub-microsecond operations are timed in batches and divided by the batch size.
+    Latency(LatencyArgs),
+}
+
+#[derive(Debug, Args)]
+struct LatencyArgs {
+    /// Write the results (and a machine description) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write an SVG bar chart of median and p99 latency (log scale) to FILE.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Timed samples per measurement [default: 10000, or 1000 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    samples: Option<u64>,
+    /// Fewer samples (1000), for CI; --samples overrides it.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// One row of the JSON report.
+#[derive(Debug, Serialize)]
+struct ResultRow {
+    name: String,
+    median_ns: f64,
+    p99_ns: f64,
+    ops_per_s: f64,
+    samples: usize,
+}
+
+/// The JSON report.
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: MachineInfo,
+    results: Vec<ResultRow>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Latency(args) => latency(&args),
+    }
+}
+
+type Measure = fn(usize, Pinning) -> Result<Vec<u64>>;
+
+fn latency(args: &LatencyArgs) -> Result<()> {
+    let samples = match args.samples {
+        Some(n) => usize::try_from(n).context("--samples too large")?,
+        None if args.quick => QUICK_SAMPLES,
+        None => DEFAULT_SAMPLES,
+    };
+    let pin = Pinning::detect();
+    let machine = MachineInfo::collect(pin.pinned());
+    match (pin.client, pin.other) {
+        (Some(c), Some(o)) => println!(
+            "machine: {} ({} CPUs, kernel {}); client on CPU {c}, peer on CPU {o}",
+            machine.cpu_model, machine.online_cpus, machine.kernel_release
+        ),
+        _ => println!(
+            "machine: {} ({} CPUs, kernel {}); threads not pinned",
+            machine.cpu_model, machine.online_cpus, machine.kernel_release
+        ),
+    }
+
+    let measurements: [(&str, Measure); 6] = [
+        ("native_syscall", syscalls::native_syscall),
+        ("futex_pingpong", syscalls::futex_pingpong),
+        ("seccomp_user_notif", syscalls::seccomp_user_notif),
+        ("seccomp_trap_sigsys", syscalls::seccomp_trap_sigsys),
+        ("ring_spin", |n, _| ring::measure(ring::RingMode::Spin, n)),
+        ("ring_sleep", |n, _| ring::measure(ring::RingMode::Sleep, n)),
+    ];
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, measure) in measurements {
+        let started = Instant::now();
+        let result = measure(samples, pin)
+            .and_then(|v| Summary::from_samples(&v).context("measurement returned no samples"));
+        match result {
+            Ok(summary) => {
+                tracing::info!("{name}: {:.2?}", started.elapsed());
+                rows.push((name, summary));
+            }
+            Err(err) => {
+                tracing::warn!("{name} skipped: {err:#}");
+                skipped.push((name, format!("{err:#}")));
+            }
+        }
+    }
+
+    print_table(&rows);
+    for (name, err) in &skipped {
+        println!("skipped {name}: {err}");
+    }
+    print_ratios(&rows);
+
+    if let Some(path) = &args.json {
+        write_json(path, machine, &rows)?;
+    }
+    if let Some(path) = &args.plot {
+        let bars: Vec<plot::Bar<'_>> = rows
+            .iter()
+            .map(|(name, s)| plot::Bar {
+                name,
+                median_ns: s.median_ns,
+                p99_ns: s.p99_ns,
+            })
+            .collect();
+        plot::write_svg(path, "virtuos-bench latency (median, p99)", &bars)
+            .with_context(|| format!("writing plot {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[(&str, Summary)]) {
+    println!(
+        "{:<22} {:>12} {:>12} {:>14} {:>9}",
+        "name", "median ns", "p99 ns", "ops/s", "samples"
+    );
+    for (name, s) in rows {
+        println!(
+            "{:<22} {:>12.1} {:>12.1} {:>14.0} {:>9}",
+            name,
+            s.median_ns,
+            s.p99_ns,
+            s.ops_per_s(),
+            s.samples
+        );
+    }
+}
+
+fn print_ratios(rows: &[(&str, Summary)]) {
+    let median = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.median_ns)
+    };
+    for (num, den) in [
+        ("seccomp_user_notif", "ring_spin"),
+        ("ring_sleep", "futex_pingpong"),
+    ] {
+        if let (Some(a), Some(b)) = (median(num), median(den)) {
+            println!("{num} / {den} = {:.2}x (medians)", a / b);
+        }
+    }
+}
+
+fn write_json(path: &Path, machine: MachineInfo, rows: &[(&str, Summary)]) -> Result<()> {
+    let report = Report {
+        machine,
+        results: rows
+            .iter()
+            .map(|(name, s)| ResultRow {
+                name: (*name).to_owned(),
+                median_ns: s.median_ns,
+                p99_ns: s.p99_ns,
+                ops_per_s: s.ops_per_s(),
+                samples: s.samples,
+            })
+            .collect(),
+    };
+    let mut text = serde_json::to_string_pretty(&report)?;
+    text.push('\n');
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_latency_flags() {
+        let cli = Cli::try_parse_from([
+            "virtuos-bench",
+            "latency",
+            "--quick",
+            "--samples",
+            "5",
+            "--json",
+            "a.json",
+            "--plot",
+            "a.svg",
+        ])
+        .unwrap();
+        let Command::Latency(args) = cli.command;
+        assert!(args.quick);
+        assert_eq!(args.samples, Some(5));
+        assert_eq!(args.json.as_deref(), Some(Path::new("a.json")));
+        assert!(Cli::try_parse_from(["virtuos-bench", "latency", "--samples", "0"]).is_err());
+        assert!(Cli::try_parse_from(["virtuos-bench", "storage"]).is_err());
+    }
+
+    #[test]
+    fn json_shape() {
+        let machine = MachineInfo::collect(true);
+        let path = std::env::temp_dir().join(format!("virtuos-bench-{}.json", std::process::id()));
+        let s = Summary::from_samples(&[100, 200, 300]).unwrap();
+        write_json(&path, machine, &[("native_syscall", s)]).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        let _ = fs::remove_file(&path);
+        let obj = v.as_object().unwrap();
+        assert_eq!(obj.len(), 2);
+        let r = &v["results"][0];
+        assert_eq!(r["name"], "native_syscall");
+        assert_eq!(r["median_ns"], 200.0);
+        assert_eq!(r["ops_per_s"], 5e6);
+        assert_eq!(r["samples"], 3);
+        assert_eq!(v["machine"]["pinned"], true);
+    }
+}

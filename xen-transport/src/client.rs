@@ -1,0 +1,365 @@
+//! The client side of a session: channel leases, calls, adaptive waiting.
+//!
+//! A call leases a free channel with one compare-and-swap (starting at the channel this thread
+//! used last), writes its request, publishes it, rings the server only if the server said it
+//! is asleep, then spins and finally sleeps on the channel's response word. Nothing on this
+//! path allocates or takes a blocking lock, so it may run inside a signal handler: a handler
+//! that interrupts a call simply leases another channel.
+
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use abi::{decode_response, Errno, Request, Response, ResponseError};
+use thiserror::Error;
+
+use crate::backend::ClientBell;
+use crate::layout::{header, ring, Layout};
+use crate::mem::SharedMem;
+use crate::ring::{FrontState, RingError, RingView};
+use crate::wait::{spin_until, AdaptiveSpin, SpinPolicy, WaitSnapshot};
+use crate::ServerState;
+
+/// How long one sleep lasts before the client checks that the server still exists.
+pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What a client asks for when it connects.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientConfig {
+    /// Channels wanted (0: the server's default). More channels, more concurrent calls.
+    pub channels: u32,
+    /// Data window per channel in bytes (0: the server's default).
+    pub window: u32,
+    /// Capabilities the client can use.
+    pub capabilities: u64,
+    /// Spin bounds of the adaptive wait.
+    pub spin: SpinPolicy,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            channels: 0,
+            window: 0,
+            capabilities: abi::control::CAPS_KNOWN,
+            spin: SpinPolicy::CLIENT.from_env("CLIENT"),
+        }
+    }
+}
+
+/// Why a call did not produce a response.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum CallError {
+    /// The server is gone (its control socket closed): the domain died.
+    #[error("service domain is gone")]
+    ServerGone,
+    /// The server announced shutdown.
+    #[error("service domain is shutting down")]
+    ServerClosing,
+    /// The server broke the ring protocol; the session is unusable.
+    #[error("service domain broke the ring protocol: {0}")]
+    Ring(#[from] RingError),
+    /// The server sent an invalid response; the session is unusable.
+    #[error("service domain sent an invalid response: {0}")]
+    Response(#[from] ResponseError),
+    /// The payload does not fit the channel's data window.
+    #[error("payload of {len} bytes at {off} does not fit the {window}-byte data window")]
+    TooLarge {
+        /// Offset asked for.
+        off: usize,
+        /// Length asked for.
+        len: usize,
+        /// Window size.
+        window: u32,
+    },
+}
+
+impl CallError {
+    /// The errno an interposed system call reports for this failure: a dead or broken domain
+    /// looks like a failed device (`EIO`), an oversized payload like a bad buffer (`EFAULT`).
+    pub fn errno(&self) -> Errno {
+        match self {
+            CallError::TooLarge { .. } => Errno::EFAULT,
+            _ => Errno::EIO,
+        }
+    }
+}
+
+/// Client-private state of one channel; touched only by the thread holding its lease.
+struct ChannelState {
+    busy: AtomicBool,
+    req_prod_pvt: AtomicU32,
+    rsp_cons: AtomicU32,
+}
+
+/// One client session with one server.
+pub struct Session {
+    mem: SharedMem,
+    layout: Layout,
+    bell: Box<dyn ClientBell>,
+    control: OwnedFd,
+    channels: Box<[ChannelState]>,
+    spin: AdaptiveSpin,
+    dead: AtomicBool,
+    session_id: u64,
+}
+
+thread_local! {
+    static PREFERRED: Cell<u32> = const { Cell::new(u32::MAX) };
+}
+
+impl Session {
+    /// Assembles a session from a validated region, its doorbells and the control socket
+    /// (kept open: its closing is how each side learns that the other died).
+    pub(crate) fn new(
+        mem: SharedMem,
+        layout: Layout,
+        bell: Box<dyn ClientBell>,
+        control: OwnedFd,
+        spin: SpinPolicy,
+        session_id: u64,
+    ) -> Self {
+        let channels = (0..layout.channels)
+            .map(|_| ChannelState {
+                busy: AtomicBool::new(false),
+                req_prod_pvt: AtomicU32::new(0),
+                rsp_cons: AtomicU32::new(0),
+            })
+            .collect();
+        Session {
+            mem,
+            layout,
+            bell,
+            control,
+            channels,
+            spin: AdaptiveSpin::new(spin),
+            dead: AtomicBool::new(false),
+            session_id,
+        }
+    }
+
+    /// The region's geometry.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The server-chosen session id.
+    pub fn id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// The adaptive spin budget.
+    pub fn spin(&self) -> &AdaptiveSpin {
+        &self.spin
+    }
+
+    /// Makes one call without payload.
+    pub fn call(&self, req: Request) -> Result<Response, CallError> {
+        self.lease().call(req)
+    }
+
+    /// Leases a free channel, waiting (yielding) while all are in use.
+    pub fn lease(&self) -> Lease<'_> {
+        let n = self.layout.channels;
+        let start = PREFERRED.with(|p| p.get());
+        let start = if start < n { start } else { 0 };
+        loop {
+            for i in 0..n {
+                let c = (start + i) % n;
+                let ch = &self.channels[c as usize];
+                if ch
+                    .busy
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    PREFERRED.with(|p| p.set(c));
+                    let front = FrontState {
+                        req_prod_pvt: ch.req_prod_pvt.load(Ordering::Relaxed),
+                        rsp_cons: ch.rsp_cons.load(Ordering::Relaxed),
+                    };
+                    return Lease { session: self, channel: c, front };
+                }
+            }
+            // Every channel is busy: more threads in calls than channels. Give the CPU away.
+            std::thread::yield_now();
+        }
+    }
+
+    /// True once the server is known to be gone.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+
+    fn server_state(&self) -> u32 {
+        self.mem.u32_at(header::SERVER_STATE).load(Ordering::Acquire)
+    }
+
+    /// Checks the control socket: a hang-up means the server process is gone.
+    fn check_alive(&self) -> Result<(), CallError> {
+        let mut pfd = libc::pollfd {
+            fd: self.control.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            self.dead.store(true, Ordering::Relaxed);
+            return Err(CallError::ServerGone);
+        }
+        Ok(())
+    }
+
+    /// Sums the per-channel client counters.
+    pub fn stats(&self) -> WaitSnapshot {
+        let mut s = WaitSnapshot::default();
+        for c in 0..self.layout.channels {
+            let base = self.layout.ring_off(c);
+            let get = |off| self.mem.u64_at(base + off).load(Ordering::Relaxed);
+            s.calls += get(ring::CLIENT_CALLS);
+            s.spins += get(ring::CLIENT_SPINS);
+            s.sleeps += get(ring::CLIENT_SLEEPS);
+            s.wakeups += get(ring::CLIENT_WAKEUPS);
+        }
+        s
+    }
+}
+
+/// Exclusive use of one channel for the length of a call.
+pub struct Lease<'s> {
+    session: &'s Session,
+    channel: u32,
+    front: FrontState,
+}
+
+impl Lease<'_> {
+    /// The channel leased.
+    pub fn channel(&self) -> u32 {
+        self.channel
+    }
+
+    /// Size of this channel's data window.
+    pub fn window(&self) -> u32 {
+        self.session.layout.window
+    }
+
+    fn window_range(&self, off: usize, len: usize) -> Result<usize, CallError> {
+        let window = self.session.layout.window;
+        match off.checked_add(len) {
+            Some(end) if end <= window as usize => {
+                Ok(self.session.layout.window_off(self.channel) + off)
+            }
+            _ => Err(CallError::TooLarge { off, len, window }),
+        }
+    }
+
+    /// Copies `data` into the data window at `off`.
+    pub fn write(&self, off: usize, data: &[u8]) -> Result<(), CallError> {
+        let at = self.window_range(off, data.len())?;
+        self.session.mem.copy_in(at, data);
+        Ok(())
+    }
+
+    /// Copies `out.len()` bytes out of the data window at `off`.
+    pub fn read(&self, off: usize, out: &mut [u8]) -> Result<(), CallError> {
+        let at = self.window_range(off, out.len())?;
+        self.session.mem.copy_out(at, out);
+        Ok(())
+    }
+
+    fn bump(&self, off: usize) {
+        let w = self.session.mem.u64_at(self.session.layout.ring_off(self.channel) + off);
+        w.store(w.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// Sends `req` (its `id` is replaced by a channel-unique one) and waits for its response.
+    /// A payload must already be in the window at `req.data_off`.
+    ///
+    /// A server that breaks the ring protocol makes the whole session unusable: this and every
+    /// later call fail with an error whose errno is `EIO`.
+    pub fn call(&mut self, req: Request) -> Result<Response, CallError> {
+        self.call_inner(req).inspect_err(|e| {
+            if matches!(e, CallError::Ring(_) | CallError::Response(_) | CallError::ServerGone) {
+                self.session.dead.store(true, Ordering::Relaxed);
+            }
+        })
+    }
+
+    fn call_inner(&mut self, mut req: Request) -> Result<Response, CallError> {
+        let s = self.session;
+        if s.dead.load(Ordering::Relaxed) {
+            return Err(CallError::ServerGone);
+        }
+        if s.server_state() != ServerState::Running as u32 {
+            return Err(CallError::ServerClosing);
+        }
+        self.window_range(req.data_off as usize, req.data_len as usize)?;
+        let ring = RingView::new(&s.mem, &s.layout, self.channel);
+        req.id = (u64::from(self.channel) << 32) | u64::from(self.front.req_prod_pvt);
+        // Synchronous calls leave at most in-flight fire-and-forget requests behind; drain
+        // their responses if the ring is full.
+        while !self.front.push(&ring, &req.to_slot()) {
+            self.wait_any(&ring)?;
+            self.front.take(&ring)?;
+        }
+        self.bump(ring::CLIENT_CALLS);
+        if self.front.publish(&ring) {
+            self.bump(ring::CLIENT_WAKEUPS);
+            if s.bell.notify_server(self.channel).is_err() {
+                s.check_alive()?;
+            }
+        }
+        loop {
+            self.wait_any(&ring)?;
+            if let Some(slot) = self.front.take(&ring)? {
+                let rsp = decode_response(&slot, req.data_len)?;
+                if rsp.id == req.id {
+                    return Ok(rsp);
+                }
+                // A response to an earlier fire-and-forget request: nobody waits for it.
+            }
+        }
+    }
+
+    /// Waits until a response is published on this channel.
+    fn wait_any(&self, ring: &RingView<'_>) -> Result<(), CallError> {
+        let s = self.session;
+        let word = ring.rsp_prod_word();
+        let cons = self.front.rsp_cons;
+        let ready = || word.load(Ordering::Acquire) != cons;
+        let start = Instant::now();
+        if spin_until(s.spin.budget(), ready) {
+            self.bump(ring::CLIENT_SPINS);
+            s.spin.record(start.elapsed());
+            return Ok(());
+        }
+        loop {
+            if self.front.arm(ring) {
+                break;
+            }
+            if s.server_state() != ServerState::Running as u32 {
+                return Err(CallError::ServerClosing);
+            }
+            self.bump(ring::CLIENT_SLEEPS);
+            // A failing wait (not EINTR/EAGAIN/timeout) leaves us polling via the liveness
+            // check below, never hanging.
+            let _ = s.bell.wait_response(word, cons, LIVENESS_INTERVAL);
+            if ready() {
+                break;
+            }
+            s.check_alive()?;
+        }
+        s.spin.record(start.elapsed());
+        Ok(())
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let ch = &self.session.channels[self.channel as usize];
+        ch.req_prod_pvt.store(self.front.req_prod_pvt, Ordering::Relaxed);
+        ch.rsp_cons.store(self.front.rsp_cons, Ordering::Relaxed);
+        ch.busy.store(false, Ordering::Release);
+    }
+}

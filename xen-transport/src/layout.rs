@@ -1,0 +1,204 @@
+//! Where everything lives in a session region.
+//!
+//! ```text
+//! page 0              region header: magic, geometry, server state, counters
+//! rings_off           channel 0 ring, channel 1 ring, ...   (channel_bytes each)
+//! data_off            channel 0 data window, channel 1 window, ... (window bytes each)
+//! ```
+//!
+//! A channel ring is four cache lines of indices (each written by one side only) followed by
+//! `ring_size` 64-byte slots, in the manner of Xen's `io/ring.h`: a slot holds a request until
+//! the server consumes it and then the response that reuses it.
+
+use abi::SLOT_SIZE;
+use thiserror::Error;
+
+/// Page size the layout rounds to (and the Xen grant granularity).
+pub const PAGE: usize = 4096;
+/// "VRTR": region magic.
+pub const REGION_MAGIC: u32 = u32::from_le_bytes(*b"VRTR");
+/// Region layout version.
+pub const REGION_VERSION: u32 = 1;
+
+/// Largest number of channels in a region.
+pub const MAX_CHANNELS: u32 = 1024;
+/// Largest ring size (slots per channel).
+pub const MAX_RING_SIZE: u32 = 1024;
+/// Largest data window per channel.
+pub const MAX_WINDOW: u32 = 16 << 20;
+/// Largest region, to bound a session's memory.
+pub const MAX_REGION: usize = 1 << 30;
+
+/// Header field offsets (bytes from the region start).
+pub mod header {
+    /// `u32` magic ([`super::REGION_MAGIC`]).
+    pub const MAGIC: usize = 0;
+    /// `u32` layout version.
+    pub const VERSION: usize = 4;
+    /// `u32` channel count.
+    pub const CHANNELS: usize = 8;
+    /// `u32` ring size.
+    pub const RING_SIZE: usize = 12;
+    /// `u32` window size.
+    pub const WINDOW: usize = 16;
+    /// `u32` server state (see [`crate::ServerState`]); its own cache line.
+    pub const SERVER_STATE: usize = 64;
+    /// `u64` session id, written by the server.
+    pub const SESSION_ID: usize = 24;
+}
+
+/// Offsets inside one channel ring.
+pub mod ring {
+    /// `u32` requests produced (client writes).
+    pub const REQ_PROD: usize = 0;
+    /// `u32` "wake me when req_prod reaches this" (server writes).
+    pub const REQ_EVENT: usize = 64;
+    /// `u32` responses produced (server writes); also the client's futex word.
+    pub const RSP_PROD: usize = 128;
+    /// `u32` "wake me when rsp_prod reaches this" (client writes).
+    pub const RSP_EVENT: usize = 192;
+    /// First slot.
+    pub const SLOTS: usize = 256;
+    /// Client counters (`u64`, on the client-written `REQ_PROD` line): calls made.
+    pub const CLIENT_CALLS: usize = REQ_PROD + 8;
+    /// Client counter: waits that ended while spinning.
+    pub const CLIENT_SPINS: usize = REQ_PROD + 16;
+    /// Client counter: times the client slept.
+    pub const CLIENT_SLEEPS: usize = REQ_PROD + 24;
+    /// Client counter: doorbells the client rang.
+    pub const CLIENT_WAKEUPS: usize = REQ_PROD + 32;
+    /// Server counters (`u64`, on the server-written `RSP_PROD` line): requests answered.
+    pub const SERVER_REQUESTS: usize = RSP_PROD + 8;
+    /// Server counter: requests rejected by validation.
+    pub const SERVER_REJECTED: usize = RSP_PROD + 16;
+    /// Server counter: doorbells the server rang.
+    pub const SERVER_WAKEUPS: usize = RSP_PROD + 24;
+}
+
+/// The geometry of a session region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Number of channels.
+    pub channels: u32,
+    /// Slots per channel ring (a power of two).
+    pub ring_size: u32,
+    /// Data window bytes per channel (a multiple of [`PAGE`]).
+    pub window: u32,
+}
+
+/// Why a geometry is not acceptable.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum LayoutError {
+    /// Channel count is zero or above [`MAX_CHANNELS`].
+    #[error("channel count {0} outside 1..={MAX_CHANNELS}")]
+    Channels(u32),
+    /// Ring size is not a power of two in range.
+    #[error("ring size {0} is not a power of two in 1..={MAX_RING_SIZE}")]
+    RingSize(u32),
+    /// Window is not a page multiple in range.
+    #[error("data window {0} is not a multiple of {PAGE} up to {MAX_WINDOW}")]
+    Window(u32),
+    /// The whole region would be too large.
+    #[error("region of {0} bytes exceeds the {MAX_REGION}-byte limit")]
+    TooLarge(usize),
+    /// The mapping is smaller than the geometry requires.
+    #[error("region is {have} bytes but the geometry needs {need}")]
+    Short {
+        /// Bytes mapped.
+        have: usize,
+        /// Bytes required.
+        need: usize,
+    },
+}
+
+impl Layout {
+    /// Validates a geometry (from a peer or from the command line).
+    pub fn new(channels: u32, ring_size: u32, window: u32) -> Result<Self, LayoutError> {
+        if channels == 0 || channels > MAX_CHANNELS {
+            return Err(LayoutError::Channels(channels));
+        }
+        if !ring_size.is_power_of_two() || ring_size > MAX_RING_SIZE {
+            return Err(LayoutError::RingSize(ring_size));
+        }
+        if window as usize % PAGE != 0 || window > MAX_WINDOW {
+            return Err(LayoutError::Window(window));
+        }
+        let l = Layout { channels, ring_size, window };
+        if l.region_len() > MAX_REGION {
+            return Err(LayoutError::TooLarge(l.region_len()));
+        }
+        Ok(l)
+    }
+
+    /// Bytes of one channel ring, cache-line aligned.
+    pub fn channel_bytes(&self) -> usize {
+        ring::SLOTS + self.ring_size as usize * SLOT_SIZE
+    }
+
+    /// Offset of the first channel ring.
+    pub fn rings_off(&self) -> usize {
+        PAGE
+    }
+
+    /// Offset of channel `c`'s ring.
+    pub fn ring_off(&self, c: u32) -> usize {
+        assert!(c < self.channels);
+        self.rings_off() + c as usize * self.channel_bytes()
+    }
+
+    /// Offset of the first data window (page aligned).
+    pub fn data_off(&self) -> usize {
+        (self.rings_off() + self.channels as usize * self.channel_bytes()).next_multiple_of(PAGE)
+    }
+
+    /// Offset of channel `c`'s data window.
+    pub fn window_off(&self, c: u32) -> usize {
+        assert!(c < self.channels);
+        self.data_off() + c as usize * self.window as usize
+    }
+
+    /// Total region size in bytes (page multiple).
+    pub fn region_len(&self) -> usize {
+        self.data_off() + self.channels as usize * self.window as usize
+    }
+
+    /// Offset of slot `index` (taken modulo the ring size) of channel `c`.
+    pub fn slot_off(&self, c: u32, index: u32) -> usize {
+        self.ring_off(c) + ring::SLOTS + (index & (self.ring_size - 1)) as usize * SLOT_SIZE
+    }
+
+    /// Checks that a mapping of `have` bytes can hold this geometry.
+    pub fn check_len(&self, have: usize) -> Result<(), LayoutError> {
+        let need = self.region_len();
+        if have < need {
+            return Err(LayoutError::Short { have, need });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rejects_bad_geometry() {
+        assert_eq!(Layout::new(0, 8, PAGE as u32), Err(LayoutError::Channels(0)));
+        assert_eq!(Layout::new(1, 6, PAGE as u32), Err(LayoutError::RingSize(6)));
+        assert_eq!(Layout::new(1, 8, 100), Err(LayoutError::Window(100)));
+        assert!(matches!(Layout::new(1024, 1024, MAX_WINDOW), Err(LayoutError::TooLarge(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn parts_never_overlap(ch in 1u32..64, rs_log in 0u32..8, pages in 0u32..8) {
+            let l = Layout::new(ch, 1 << rs_log, pages * PAGE as u32).unwrap();
+            let last_slot = l.slot_off(ch - 1, u32::MAX) + SLOT_SIZE;
+            prop_assert!(last_slot <= l.data_off());
+            prop_assert!(l.ring_off(0) >= header::SERVER_STATE + 64);
+            prop_assert_eq!(l.region_len() % PAGE, 0);
+            prop_assert_eq!(l.window_off(ch - 1) + l.window as usize, l.region_len());
+        }
+    }
+}
