@@ -35,7 +35,8 @@ macro_rules! opcodes {
 }
 
 opcodes! {
-    /// Does nothing and returns 0 straight from the polling thread (ring round-trip probe).
+    /// Does nothing and returns `args[0] & i64::MAX` straight from the polling thread (ring
+    /// round-trip probe; the echoed token lets tests prove nothing is lost or duplicated).
     Nop = 0,
     /// Executes an io_uring `NOP` and returns its completion (io_uring path probe).
     UringNop = 1,

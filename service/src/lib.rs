@@ -1,1 +1,467 @@
-//! placeholder
+//! The service runtime shared by virtuos's network and storage domains.
+//!
+//! [`Runtime::start`] listens on a Unix socket, accepts sessions ([`xen_transport::control`]),
+//! and runs `threads` worker threads, each pinned to a core from `--cpus`. Worker `w` owns the
+//! channels `c` of every session with `c % threads == w`, so no two workers ever touch the same
+//! ring and no lock is taken on the request path. A worker polls its channels, answers what it
+//! can at once, hands the rest to its own io_uring, and posts completions as they arrive. When
+//! idle it spins for an adaptive budget, then arms every ring's event word and sleeps in
+//! `epoll_wait` on its doorbells and its io_uring.
+//!
+//! A domain supplies a [`Handler`] for its own opcodes; the runtime answers the transport's
+//! probes (`Nop`, `UringNop`, `Echo`, `WhoAmI`, `Delay`) itself.
+//!
+//! Shutdown ([`ShutdownHandle::trigger`], wired to SIGTERM/SIGINT by [`install_signal_handlers`])
+//! stops accepting, marks every session closing, answers every queued and in-flight request with
+//! `EIO` and [`abi::RSP_FLAG_SHUTDOWN`], wakes every waiting client, and joins the workers.
+
+#![deny(missing_docs)]
+
+pub mod cpus;
+mod worker;
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use abi::control::{RefuseReason, CAP_IO_URING};
+use abi::{Errno, Response};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use thiserror::Error;
+use xen_transport::control::{ListenError, Listener};
+use xen_transport::{Credentials, Layout, ServerSession, ServerState, SpinPolicy, WaitStats};
+
+pub use worker::{Call, Outcome};
+
+/// Default geometry offered to clients that do not ask for one.
+pub const DEFAULT_CHANNELS: u32 = 64;
+/// Default slots per ring.
+pub const DEFAULT_RING_SIZE: u32 = 32;
+/// Default data window per channel.
+pub const DEFAULT_WINDOW: u32 = 256 << 10;
+
+/// What a domain adds to the runtime.
+pub trait Handler: Send + Sync + 'static {
+    /// Short name for logs ("storage", "net").
+    fn name(&self) -> &'static str;
+
+    /// Executes a request the runtime does not answer itself. Runs on a worker thread; must not
+    /// block: anything slow goes to io_uring as [`Outcome::Submit`].
+    fn handle(&self, call: &Call<'_>) -> Outcome {
+        Outcome::Done(Response::err(call.id(), Errno::ENOSYS))
+    }
+
+    /// Turns the io_uring completion of a submitted request into its response.
+    fn complete(&self, call: &Call<'_>, result: i32) -> Response {
+        Response::ok(call.id(), i64::from(result))
+    }
+
+    /// A session ended (the client exited or closed its connection).
+    fn session_closed(&self, _id: u64, _creds: Credentials) {}
+}
+
+/// A handler that only serves the runtime's own probes (benchmarks, tests).
+#[derive(Debug, Default)]
+pub struct ProbeHandler;
+
+impl Handler for ProbeHandler {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+}
+
+/// How to run a service.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Unix socket to listen on.
+    pub listen: PathBuf,
+    /// Cores to pin workers to (worker `i` on `cpus[i % len]`); empty: no pinning.
+    pub cpus: Vec<usize>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Most concurrent sessions; further clients are refused as full.
+    pub max_sessions: usize,
+    /// Upper bounds for client-requested geometry; also the default.
+    pub channels: u32,
+    /// Slots per ring.
+    pub ring_size: u32,
+    /// Data window per channel (a client may ask for less).
+    pub window: u32,
+    /// Spin bounds of idle workers.
+    pub spin: SpinPolicy,
+    /// io_uring submission queue entries per worker.
+    pub uring_entries: u32,
+}
+
+impl RuntimeConfig {
+    /// Defaults for a socket path.
+    pub fn new(listen: impl Into<PathBuf>) -> Self {
+        RuntimeConfig {
+            listen: listen.into(),
+            cpus: Vec::new(),
+            threads: 1,
+            max_sessions: 1024,
+            channels: DEFAULT_CHANNELS,
+            ring_size: DEFAULT_RING_SIZE,
+            window: DEFAULT_WINDOW,
+            spin: SpinPolicy::SERVER.from_env("SERVER"),
+            uring_entries: 256,
+        }
+    }
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The configuration is inconsistent.
+    #[error("bad configuration: {0}")]
+    Config(String),
+    /// A CPU list problem.
+    #[error(transparent)]
+    Cpus(#[from] cpus::CpuListError),
+    /// io_uring could not be set up (kernel too old, or disabled by sysctl).
+    #[error("io_uring_setup failed: {0} (needs Linux 5.19+ with io_uring enabled: sysctl kernel.io_uring_disabled=0)")]
+    Uring(#[source] std::io::Error),
+    /// Other system errors.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> ServiceError {
+    move |e| ServiceError::Sys { what, source: e.into() }
+}
+
+/// The live sessions, shared by the acceptor and the workers.
+pub(crate) struct Sessions {
+    list: RwLock<Vec<Arc<ServerSession>>>,
+    generation: AtomicU64,
+}
+
+impl Sessions {
+    pub(crate) fn snapshot(&self) -> (u64, Vec<Arc<ServerSession>>) {
+        let g = self.generation.load(Ordering::Acquire);
+        (g, self.list.read().expect("sessions lock").clone())
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn add(&self, s: Arc<ServerSession>) {
+        self.list.write().expect("sessions lock").push(s);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn remove(&self, id: u64) -> Option<Arc<ServerSession>> {
+        let mut l = self.list.write().expect("sessions lock");
+        let i = l.iter().position(|s| s.id() == id)?;
+        let s = l.swap_remove(i);
+        self.generation.fetch_add(1, Ordering::Release);
+        Some(s)
+    }
+
+    fn len(&self) -> usize {
+        self.list.read().expect("sessions lock").len()
+    }
+}
+
+/// Stops a running service; cheap to clone, safe to trigger from any thread.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    flag: Arc<AtomicBool>,
+    wakers: Arc<Mutex<Vec<Arc<EventFd>>>>,
+}
+
+impl ShutdownHandle {
+    fn new() -> Self {
+        ShutdownHandle { flag: Arc::new(AtomicBool::new(false)), wakers: Arc::default() }
+    }
+
+    fn waker(&self) -> Result<Arc<EventFd>, ServiceError> {
+        let e = Arc::new(
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(sys("eventfd"))?,
+        );
+        self.wakers.lock().expect("wakers lock").push(e.clone());
+        Ok(e)
+    }
+
+    /// Asks the service to stop.
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        for w in self.wakers.lock().expect("wakers lock").iter() {
+            let _ = w.write(1);
+        }
+    }
+
+    /// Wakes every sleeping worker without stopping anything (new session, etc.).
+    fn kick(&self) {
+        for w in self.wakers.lock().expect("wakers lock").iter() {
+            let _ = w.write(1);
+        }
+    }
+
+    /// True once shutdown was asked for.
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// Wires SIGTERM and SIGINT to `handle` (a thread waits for them; no async-signal hazards).
+pub fn install_signal_handlers(handle: ShutdownHandle) -> Result<(), ServiceError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|source| ServiceError::Sys { what: "installing signal handlers", source })?;
+    std::thread::Builder::new()
+        .name("virtuos-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "shutting down");
+                handle.trigger();
+            }
+        })
+        .map_err(|source| ServiceError::Sys { what: "spawning the signal thread", source })?;
+    Ok(())
+}
+
+/// Counters of one worker.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Idle spins that ended with work, sleeps, and client wake-ups rung.
+    pub wait: WaitStats,
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Requests rejected by validation.
+    pub rejected: AtomicU64,
+    /// Requests executed through io_uring.
+    pub uring: AtomicU64,
+}
+
+/// A started service.
+pub struct Runtime {
+    shutdown: ShutdownHandle,
+    threads: Vec<JoinHandle<()>>,
+    stats: Arc<Vec<WorkerStats>>,
+    sessions: Arc<Sessions>,
+}
+
+impl Runtime {
+    /// Binds the socket, starts the workers and the acceptor, and returns at once.
+    pub fn start<H: Handler>(cfg: RuntimeConfig, handler: H) -> Result<Runtime, ServiceError> {
+        if cfg.threads == 0 || cfg.threads > xen_transport::control::MAX_DOORBELLS {
+            return Err(ServiceError::Config(format!(
+                "--threads must be 1..={}",
+                xen_transport::control::MAX_DOORBELLS
+            )));
+        }
+        cpus::check_available(&cfg.cpus)?;
+        let max_layout = Layout::new(cfg.channels, cfg.ring_size, cfg.window)
+            .map_err(|e| ServiceError::Config(e.to_string()))?;
+        let listener = Listener::bind(&cfg.listen)?;
+        let handler = Arc::new(handler);
+        let shutdown = ShutdownHandle::new();
+        let sessions =
+            Arc::new(Sessions { list: RwLock::new(Vec::new()), generation: AtomicU64::new(0) });
+        let stats: Arc<Vec<WorkerStats>> =
+            Arc::new((0..cfg.threads).map(|_| WorkerStats::default()).collect());
+        let mut threads = Vec::new();
+        for w in 0..cfg.threads {
+            let ctx = worker::WorkerCtx {
+                index: w,
+                workers: cfg.threads,
+                cpu: (!cfg.cpus.is_empty()).then(|| cfg.cpus[w % cfg.cpus.len()]),
+                spin: cfg.spin,
+                uring_entries: cfg.uring_entries,
+                sessions: sessions.clone(),
+                shutdown: shutdown.clone(),
+                wake: shutdown.waker()?,
+                stats: stats.clone(),
+                handler: handler.clone(),
+            };
+            let uring = io_uring::IoUring::new(cfg.uring_entries).map_err(ServiceError::Uring)?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("virtuos-{}-w{w}", handler.name()))
+                    .spawn(move || worker::run(ctx, uring))
+                    .map_err(|source| ServiceError::Sys { what: "spawning a worker", source })?,
+            );
+        }
+        let acceptor = Acceptor {
+            listener,
+            max_layout,
+            workers: cfg.threads,
+            max_sessions: cfg.max_sessions,
+            sessions: sessions.clone(),
+            shutdown: shutdown.clone(),
+            wake: shutdown.waker()?,
+            handler,
+            next_id: 1,
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("virtuos-accept".into())
+                .spawn(move || acceptor.run())
+                .map_err(|source| ServiceError::Sys { what: "spawning the acceptor", source })?,
+        );
+        tracing::info!(socket = %cfg.listen.display(), threads = cfg.threads, cpus = ?cfg.cpus,
+            "service running");
+        Ok(Runtime { shutdown, threads, stats, sessions })
+    }
+
+    /// A handle that stops this service.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Per-worker counters.
+    pub fn stats(&self) -> &[WorkerStats] {
+        &self.stats
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Waits until the service has stopped (after a trigger), then returns.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+        for (i, s) in self.stats.iter().enumerate() {
+            let w = s.wait.snapshot();
+            tracing::info!(worker = i, requests = s.requests.load(Ordering::Relaxed),
+                rejected = s.rejected.load(Ordering::Relaxed), uring = s.uring.load(Ordering::Relaxed),
+                spins = w.spins, sleeps = w.sleeps, wakeups = w.wakeups, "worker stopped");
+        }
+    }
+
+    /// Triggers shutdown and waits for it.
+    pub fn stop(self) {
+        self.shutdown.trigger();
+        self.join();
+    }
+}
+
+struct Acceptor<H: Handler> {
+    listener: Listener,
+    max_layout: Layout,
+    workers: usize,
+    max_sessions: usize,
+    sessions: Arc<Sessions>,
+    shutdown: ShutdownHandle,
+    wake: Arc<EventFd>,
+    handler: Arc<H>,
+    next_id: u64,
+}
+
+const LISTENER_TOKEN: u64 = u64::MAX;
+const WAKE_TOKEN: u64 = u64::MAX - 1;
+
+impl<H: Handler> Acceptor<H> {
+    fn run(mut self) {
+        if let Err(e) = self.serve() {
+            tracing::error!(%e, "acceptor failed; shutting down");
+            self.shutdown.trigger();
+        }
+        // Shutdown: tell every client, then drop the sessions once the workers let go.
+        let (_, all) = self.sessions.snapshot();
+        for s in &all {
+            s.set_state(ServerState::Closing);
+            s.notify_all();
+        }
+    }
+
+    fn serve(&mut self) -> Result<(), ServiceError> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
+        epoll
+            .add(self.listener.fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER_TOKEN))
+            .map_err(sys("epoll_ctl"))?;
+        epoll
+            .add(self.wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN))
+            .map_err(sys("epoll_ctl"))?;
+        let mut events = [EpollEvent::empty(); 64];
+        while !self.shutdown.is_triggered() {
+            let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(sys("epoll_wait")(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    WAKE_TOKEN => {}
+                    LISTENER_TOKEN => self.accept_all(&epoll)?,
+                    id => self.close_session(&epoll, id),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_all(&mut self, epoll: &Epoll) -> Result<(), ServiceError> {
+        while let Some(p) = self.listener.accept()? {
+            let Some(p) = p.check_version() else { continue };
+            if self.sessions.len() >= self.max_sessions {
+                tracing::warn!(pid = p.creds.pid, limit = self.max_sessions, "server full");
+                p.refuse(RefuseReason::Full, self.max_sessions as u64);
+                continue;
+            }
+            let m = self.max_layout;
+            let pick = |asked: u32, max: u32| if asked == 0 { max } else { asked.min(max) };
+            let window = (pick(p.hello.window, m.window) as usize)
+                .next_multiple_of(xen_transport::layout::PAGE) as u32;
+            let layout = match Layout::new(pick(p.hello.channels, m.channels), m.ring_size, window) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(pid = p.creds.pid, %e, "unacceptable geometry");
+                    p.refuse(RefuseReason::BadHello, 0);
+                    continue;
+                }
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            let creds = p.creds;
+            match p.accept(id, layout, self.workers, CAP_IO_URING) {
+                Ok(s) => {
+                    let s = Arc::new(s);
+                    epoll
+                        .add(s.control(), EpollEvent::new(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLIN, id))
+                        .map_err(sys("epoll_ctl"))?;
+                    tracing::info!(session = id, pid = creds.pid, uid = creds.uid, gid = creds.gid,
+                        channels = layout.channels, window = layout.window, "session started");
+                    self.sessions.add(s);
+                    // Sleeping workers must start watching the new session's doorbells.
+                    self.shutdown.kick();
+                }
+                Err(e) => tracing::warn!(pid = creds.pid, %e, "session set-up failed"),
+            }
+        }
+        Ok(())
+    }
+
+    fn close_session(&mut self, epoll: &Epoll, id: u64) {
+        if let Some(s) = self.sessions.remove(id) {
+            let _ = epoll.delete(s.control());
+            let c = s.client_stats();
+            tracing::info!(session = id, pid = s.creds().pid, calls = c.calls, spins = c.spins,
+                sleeps = c.sleeps, wakeups = c.wakeups, "session ended");
+            self.handler.session_closed(id, s.creds());
+        }
+    }
+}
+
+/// How long a sleeping worker waits before re-checking shutdown and session changes.
+pub(crate) const WORKER_TICK: Duration = Duration::from_millis(100);

@@ -186,6 +186,12 @@ impl Session {
         }
     }
 
+    /// The shared region, for diagnostics and hostile-peer tests. Writing into it by hand
+    /// breaks the protocol for this session (the server then quarantines the channel).
+    pub fn region(&self) -> &SharedMem {
+        &self.mem
+    }
+
     /// True once the server is known to be gone.
     pub fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Relaxed)
