@@ -33,7 +33,9 @@ pub const KIND_REFUSE: u32 = 3;
 pub const MAX_MESSAGE: usize = 256;
 
 /// First message of a session, client to server.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Hello {
     /// [`MAGIC`].
@@ -56,7 +58,9 @@ pub struct Hello {
 
 /// Positive answer, server to client. `SCM_RIGHTS` carries the region's memfd followed by
 /// `doorbells` eventfds (one per server worker).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Welcome {
     /// [`MAGIC`].
@@ -90,7 +94,9 @@ pub struct Welcome {
 }
 
 /// Negative answer, server to client; the server closes the connection after sending it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Refuse {
     /// [`MAGIC`].
@@ -236,6 +242,16 @@ mod tests {
     }
 
     proptest! {
+        // Miri is ~1000x slower and isolates the file system (no failure persistence there).
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { ProptestConfig::default().cases },
+            failure_persistence: if cfg!(miri) {
+                None
+            } else {
+                ProptestConfig::default().failure_persistence
+            },
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Message::decode(&bytes);

@@ -37,7 +37,9 @@ pub const RESPONSE_AUX: usize = 5;
 pub type RawSlot = [u64; SLOT_SIZE / 8];
 
 /// A request as written by a client into a ring slot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Request {
     /// Caller-chosen identifier echoed in the response.
@@ -57,7 +59,9 @@ pub struct Request {
 }
 
 /// A response as written by a server into a ring slot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Response {
     /// The identifier of the request this answers.
@@ -116,12 +120,20 @@ impl Response {
 
     /// A successful response with `result` for request `id`.
     pub fn ok(id: u64, result: i64) -> Self {
-        Self { id, result, ..Self::default() }
+        Self {
+            id,
+            result,
+            ..Self::default()
+        }
     }
 
     /// A failed response carrying `errno` for request `id`.
     pub fn err(id: u64, errno: Errno) -> Self {
-        Self { id, result: -i64::from(errno.get()), ..Self::default() }
+        Self {
+            id,
+            result: -i64::from(errno.get()),
+            ..Self::default()
+        }
     }
 
     /// Splits the result the way libc does: `Ok(value)` or `Err(errno)`.
@@ -192,7 +204,11 @@ pub fn decode_request(slot: &RawSlot, window: u32) -> Result<ValidRequest, (u64,
         return fail(RequestError::Reserved(raw.reserved));
     }
     if !range_fits(raw.data_off, raw.data_len, window) {
-        return fail(RequestError::DataOutOfBounds { off: raw.data_off, len: raw.data_len, window });
+        return fail(RequestError::DataOutOfBounds {
+            off: raw.data_off,
+            len: raw.data_len,
+            window,
+        });
     }
     Ok(ValidRequest { raw, opcode })
 }
@@ -228,7 +244,10 @@ pub fn decode_response(slot: &RawSlot, offered: u32) -> Result<Response, Respons
         return Err(ResponseError::UnknownFlags(rsp.flags));
     }
     if rsp.data_len > offered {
-        return Err(ResponseError::DataTooLong { len: rsp.data_len, limit: offered });
+        return Err(ResponseError::DataTooLong {
+            len: rsp.data_len,
+            limit: offered,
+        });
     }
     Ok(rsp)
 }
@@ -261,20 +280,36 @@ mod tests {
 
     #[test]
     fn rejects_each_kind_of_bad_request() {
-        let good = Request { id: 9, opcode: Opcode::Nop as u16, ..Request::default() };
+        let good = Request {
+            id: 9,
+            opcode: Opcode::Nop as u16,
+            ..Request::default()
+        };
         let mut r = good;
         r.opcode = 0xfff0;
-        assert_eq!(decode_request(&r.to_slot(), 64), Err((9, RequestError::UnknownOpcode(0xfff0))));
+        assert_eq!(
+            decode_request(&r.to_slot(), 64),
+            Err((9, RequestError::UnknownOpcode(0xfff0)))
+        );
         let mut r = good;
         r.flags = 0x8000;
-        assert_eq!(decode_request(&r.to_slot(), 64).unwrap_err().1.errno(), Errno::EINVAL);
+        assert_eq!(
+            decode_request(&r.to_slot(), 64).unwrap_err().1.errno(),
+            Errno::EINVAL
+        );
         let mut r = good;
         r.reserved = 1;
-        assert_eq!(decode_request(&r.to_slot(), 64).unwrap_err().1, RequestError::Reserved(1));
+        assert_eq!(
+            decode_request(&r.to_slot(), 64).unwrap_err().1,
+            RequestError::Reserved(1)
+        );
         let mut r = good;
         r.data_off = u32::MAX;
         r.data_len = 2;
-        assert_eq!(decode_request(&r.to_slot(), 64).unwrap_err().1.errno(), Errno::EFAULT);
+        assert_eq!(
+            decode_request(&r.to_slot(), 64).unwrap_err().1.errno(),
+            Errno::EFAULT
+        );
         let mut r = good;
         r.data_off = 60;
         r.data_len = 5;
@@ -287,14 +322,33 @@ mod tests {
     fn response_results_split_like_libc() {
         assert_eq!(Response::ok(1, 5).into_result(), Ok(5));
         assert_eq!(Response::err(1, Errno::EIO).into_result(), Err(Errno::EIO));
-        let bad = Response { result: -5000, ..Response::default() };
-        assert_eq!(decode_response(&bad.to_slot(), 0), Err(ResponseError::BadResult(-5000)));
-        let long = Response { data_len: 9, ..Response::default() };
+        let bad = Response {
+            result: -5000,
+            ..Response::default()
+        };
+        assert_eq!(
+            decode_response(&bad.to_slot(), 0),
+            Err(ResponseError::BadResult(-5000))
+        );
+        let long = Response {
+            data_len: 9,
+            ..Response::default()
+        };
         assert!(decode_response(&long.to_slot(), 8).is_err());
         assert!(decode_response(&long.to_slot(), 9).is_ok());
     }
 
     proptest! {
+        // Miri is ~1000x slower and isolates the file system (no failure persistence there).
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { ProptestConfig::default().cases },
+            failure_persistence: if cfg!(miri) {
+                None
+            } else {
+                ProptestConfig::default().failure_persistence
+            },
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn any_slot_decodes_without_panic_and_accepted_ones_fit(words in any::<[u64; 8]>(), window in any::<u32>()) {
             if let Ok(v) = decode_request(&words, window) {

@@ -119,8 +119,12 @@ fn latency(args: &LatencyArgs) -> Result<()> {
         ("futex_pingpong", syscalls::futex_pingpong),
         ("seccomp_user_notif", syscalls::seccomp_user_notif),
         ("seccomp_trap_sigsys", syscalls::seccomp_trap_sigsys),
-        ("ring_spin", |n, _| ring::measure(ring::RingMode::Spin, n)),
-        ("ring_sleep", |n, _| ring::measure(ring::RingMode::Sleep, n)),
+        ("ring_spin", |n, pin| {
+            ring::measure(ring::RingMode::Spin, n, pin)
+        }),
+        ("ring_sleep", |n, pin| {
+            ring::measure(ring::RingMode::Sleep, n, pin)
+        }),
     ];
     let mut rows = Vec::new();
     let mut skipped = Vec::new();

@@ -25,7 +25,10 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, CpuListError> {
     for part in s.split(',') {
         let part = part.trim();
         let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a.parse::<usize>().map_err(|_| bad())?, b.parse::<usize>().map_err(|_| bad())?),
+            Some((a, b)) => (
+                a.parse::<usize>().map_err(|_| bad())?,
+                b.parse::<usize>().map_err(|_| bad())?,
+            ),
             None => {
                 let n = part.parse::<usize>().map_err(|_| bad())?;
                 (n, n)
@@ -46,7 +49,9 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, CpuListError> {
 /// CPUs this process may run on.
 pub fn allowed_cpus() -> Vec<usize> {
     match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
-        Ok(set) => (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect(),
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
         Err(_) => vec![0],
     }
 }
@@ -78,7 +83,10 @@ mod tests {
         assert!(parse_cpu_list("3-1").is_err());
         assert!(parse_cpu_list("a").is_err());
         assert!(parse_cpu_list("").is_err());
-        assert!(matches!(check_available(&[4095]), Err(CpuListError::Unavailable { .. })));
+        assert!(matches!(
+            check_available(&[4095]),
+            Err(CpuListError::Unavailable { .. })
+        ));
         check_available(&allowed_cpus()).unwrap();
     }
 }

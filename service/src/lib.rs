@@ -141,7 +141,10 @@ pub enum ServiceError {
 }
 
 fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> ServiceError {
-    move |e| ServiceError::Sys { what, source: e.into() }
+    move |e| ServiceError::Sys {
+        what,
+        source: e.into(),
+    }
 }
 
 /// The live sessions, shared by the acceptor and the workers.
@@ -187,7 +190,10 @@ pub struct ShutdownHandle {
 
 impl ShutdownHandle {
     fn new() -> Self {
-        ShutdownHandle { flag: Arc::new(AtomicBool::new(false)), wakers: Arc::default() }
+        ShutdownHandle {
+            flag: Arc::new(AtomicBool::new(false)),
+            wakers: Arc::default(),
+        }
     }
 
     fn waker(&self) -> Result<Arc<EventFd>, ServiceError> {
@@ -223,8 +229,12 @@ impl ShutdownHandle {
 /// Wires SIGTERM and SIGINT to `handle` (a thread waits for them; no async-signal hazards).
 pub fn install_signal_handlers(handle: ShutdownHandle) -> Result<(), ServiceError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|source| ServiceError::Sys { what: "installing signal handlers", source })?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|source| {
+        ServiceError::Sys {
+            what: "installing signal handlers",
+            source,
+        }
+    })?;
     std::thread::Builder::new()
         .name("virtuos-signals".into())
         .spawn(move || {
@@ -233,7 +243,10 @@ pub fn install_signal_handlers(handle: ShutdownHandle) -> Result<(), ServiceErro
                 handle.trigger();
             }
         })
-        .map_err(|source| ServiceError::Sys { what: "spawning the signal thread", source })?;
+        .map_err(|source| ServiceError::Sys {
+            what: "spawning the signal thread",
+            source,
+        })?;
     Ok(())
 }
 
@@ -273,8 +286,10 @@ impl Runtime {
         let listener = Listener::bind(&cfg.listen)?;
         let handler = Arc::new(handler);
         let shutdown = ShutdownHandle::new();
-        let sessions =
-            Arc::new(Sessions { list: RwLock::new(Vec::new()), generation: AtomicU64::new(0) });
+        let sessions = Arc::new(Sessions {
+            list: RwLock::new(Vec::new()),
+            generation: AtomicU64::new(0),
+        });
         let stats: Arc<Vec<WorkerStats>> =
             Arc::new((0..cfg.threads).map(|_| WorkerStats::default()).collect());
         let mut threads = Vec::new();
@@ -296,7 +311,10 @@ impl Runtime {
                 std::thread::Builder::new()
                     .name(format!("virtuos-{}-w{w}", handler.name()))
                     .spawn(move || worker::run(ctx, uring))
-                    .map_err(|source| ServiceError::Sys { what: "spawning a worker", source })?,
+                    .map_err(|source| ServiceError::Sys {
+                        what: "spawning a worker",
+                        source,
+                    })?,
             );
         }
         let acceptor = Acceptor {
@@ -314,11 +332,19 @@ impl Runtime {
             std::thread::Builder::new()
                 .name("virtuos-accept".into())
                 .spawn(move || acceptor.run())
-                .map_err(|source| ServiceError::Sys { what: "spawning the acceptor", source })?,
+                .map_err(|source| ServiceError::Sys {
+                    what: "spawning the acceptor",
+                    source,
+                })?,
         );
         tracing::info!(socket = %cfg.listen.display(), threads = cfg.threads, cpus = ?cfg.cpus,
             "service running");
-        Ok(Runtime { shutdown, threads, stats, sessions })
+        Ok(Runtime {
+            shutdown,
+            threads,
+            stats,
+            sessions,
+        })
     }
 
     /// A handle that stops this service.
@@ -343,9 +369,16 @@ impl Runtime {
         }
         for (i, s) in self.stats.iter().enumerate() {
             let w = s.wait.snapshot();
-            tracing::info!(worker = i, requests = s.requests.load(Ordering::Relaxed),
-                rejected = s.rejected.load(Ordering::Relaxed), uring = s.uring.load(Ordering::Relaxed),
-                spins = w.spins, sleeps = w.sleeps, wakeups = w.wakeups, "worker stopped");
+            tracing::info!(
+                worker = i,
+                requests = s.requests.load(Ordering::Relaxed),
+                rejected = s.rejected.load(Ordering::Relaxed),
+                uring = s.uring.load(Ordering::Relaxed),
+                spins = w.spins,
+                sleeps = w.sleeps,
+                wakeups = w.wakeups,
+                "worker stopped"
+            );
         }
     }
 
@@ -388,10 +421,16 @@ impl<H: Handler> Acceptor<H> {
     fn serve(&mut self) -> Result<(), ServiceError> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
         epoll
-            .add(self.listener.fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER_TOKEN))
+            .add(
+                self.listener.fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, LISTENER_TOKEN),
+            )
             .map_err(sys("epoll_ctl"))?;
         epoll
-            .add(self.wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN))
+            .add(
+                self.wake.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN),
+            )
             .map_err(sys("epoll_ctl"))?;
         let mut events = [EpollEvent::empty(); 64];
         while !self.shutdown.is_triggered() {
@@ -423,7 +462,8 @@ impl<H: Handler> Acceptor<H> {
             let pick = |asked: u32, max: u32| if asked == 0 { max } else { asked.min(max) };
             let window = (pick(p.hello.window, m.window) as usize)
                 .next_multiple_of(xen_transport::layout::PAGE) as u32;
-            let layout = match Layout::new(pick(p.hello.channels, m.channels), m.ring_size, window) {
+            let layout = match Layout::new(pick(p.hello.channels, m.channels), m.ring_size, window)
+            {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(pid = p.creds.pid, %e, "unacceptable geometry");
@@ -438,10 +478,20 @@ impl<H: Handler> Acceptor<H> {
                 Ok(s) => {
                     let s = Arc::new(s);
                     epoll
-                        .add(s.control(), EpollEvent::new(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLIN, id))
+                        .add(
+                            s.control(),
+                            EpollEvent::new(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLIN, id),
+                        )
                         .map_err(sys("epoll_ctl"))?;
-                    tracing::info!(session = id, pid = creds.pid, uid = creds.uid, gid = creds.gid,
-                        channels = layout.channels, window = layout.window, "session started");
+                    tracing::info!(
+                        session = id,
+                        pid = creds.pid,
+                        uid = creds.uid,
+                        gid = creds.gid,
+                        channels = layout.channels,
+                        window = layout.window,
+                        "session started"
+                    );
                     self.sessions.add(s);
                     // Sleeping workers must start watching the new session's doorbells.
                     self.shutdown.kick();
@@ -456,8 +506,15 @@ impl<H: Handler> Acceptor<H> {
         if let Some(s) = self.sessions.remove(id) {
             let _ = epoll.delete(s.control());
             let c = s.client_stats();
-            tracing::info!(session = id, pid = s.creds().pid, calls = c.calls, spins = c.spins,
-                sleeps = c.sleeps, wakeups = c.wakeups, "session ended");
+            tracing::info!(
+                session = id,
+                pid = s.creds().pid,
+                calls = c.calls,
+                spins = c.spins,
+                sleeps = c.sleeps,
+                wakeups = c.wakeups,
+                "session ended"
+            );
             self.handler.session_closed(id, s.creds());
         }
     }

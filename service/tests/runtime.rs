@@ -2,7 +2,7 @@
 //! eventfds and io_uring, with the server in-process or in a separate `virtuos-probe` process.
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,15 +27,21 @@ fn start(name: &str, f: impl FnOnce(&mut RuntimeConfig)) -> (Runtime, PathBuf) {
     cfg.channels = 16;
     cfg.window = 64 << 10;
     f(&mut cfg);
-    (Runtime::start(cfg, ProbeHandler).expect("runtime starts"), path)
+    (
+        Runtime::start(cfg, ProbeHandler).expect("runtime starts"),
+        path,
+    )
 }
 
-fn connect(path: &PathBuf) -> Session {
+fn connect(path: &Path) -> Session {
     connect_session(path, &ClientConfig::default()).expect("session")
 }
 
 fn op(opcode: Opcode) -> Request {
-    Request { opcode: opcode as u16, ..Request::default() }
+    Request {
+        opcode: opcode as u16,
+        ..Request::default()
+    }
 }
 
 #[test]
@@ -72,12 +78,18 @@ fn probes_answer_over_a_real_session() {
     lease.read(100, &mut out).unwrap();
     assert_eq!(&out, b"soutriv");
     // A payload the window cannot hold is refused on the client side.
-    assert!(matches!(lease.write(64 << 10, b"x"), Err(CallError::TooLarge { .. })));
+    assert!(matches!(
+        lease.write(64 << 10, b"x"),
+        Err(CallError::TooLarge { .. })
+    ));
     drop(lease);
 
     let stats = s.stats();
     assert!(stats.calls >= 5, "{stats:?}");
-    assert_eq!(stats.calls, stats.spins + stats.sleeps.min(stats.calls - stats.spins));
+    assert_eq!(
+        stats.calls,
+        stats.spins + stats.sleeps.min(stats.calls - stats.spins)
+    );
     rt.stop();
 }
 
@@ -97,7 +109,10 @@ fn eight_threads_times_100k_calls_lose_nothing() {
                     let mut req = op(Opcode::Nop);
                     req.args[0] = token;
                     let r = s.call(req).expect("call");
-                    assert_eq!(r.result as u64, token, "response belongs to another request");
+                    assert_eq!(
+                        r.result as u64, token,
+                        "response belongs to another request"
+                    );
                     seen += 1;
                 }
                 seen
@@ -106,8 +121,16 @@ fn eight_threads_times_100k_calls_lose_nothing() {
         .collect();
     let total: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(total, THREADS * CALLS);
-    let served: u64 = rt.stats().iter().map(|w| w.requests.load(Ordering::Relaxed)).sum();
-    assert_eq!(served, THREADS * CALLS, "server answered each request exactly once");
+    let served: u64 = rt
+        .stats()
+        .iter()
+        .map(|w| w.requests.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(
+        served,
+        THREADS * CALLS,
+        "server answered each request exactly once"
+    );
     assert_eq!(s.stats().calls, THREADS * CALLS);
     rt.stop();
 }
@@ -142,22 +165,55 @@ fn hostile_client_gets_errors_and_cannot_hurt_others() {
     let c = attacker.layout().channels - 1;
     let mut front = FrontState::default();
 
-    let mut bad = Request { id: 1, opcode: 0x7777, ..Request::default() };
+    let mut bad = Request {
+        id: 1,
+        opcode: 0x7777,
+        ..Request::default()
+    };
     raw_push(&attacker, c, &mut front, &bad.to_slot());
     let r = raw_wait(&attacker, c, &mut front);
-    assert_eq!((r.id, r.into_result(), r.flags), (1, Err(Errno::ENOSYS), RSP_FLAG_REJECTED));
+    assert_eq!(
+        (r.id, r.into_result(), r.flags),
+        (1, Err(Errno::ENOSYS), RSP_FLAG_REJECTED)
+    );
 
-    bad = Request { id: 2, opcode: Opcode::Echo as u16, data_off: u32::MAX - 3, data_len: 100, ..Request::default() };
+    bad = Request {
+        id: 2,
+        opcode: Opcode::Echo as u16,
+        data_off: u32::MAX - 3,
+        data_len: 100,
+        ..Request::default()
+    };
     raw_push(&attacker, c, &mut front, &bad.to_slot());
-    assert_eq!(raw_wait(&attacker, c, &mut front).into_result(), Err(Errno::EFAULT));
+    assert_eq!(
+        raw_wait(&attacker, c, &mut front).into_result(),
+        Err(Errno::EFAULT)
+    );
 
-    bad = Request { id: 3, opcode: Opcode::Echo as u16, data_off: 0, data_len: (64 << 10) + 1, ..Request::default() };
+    bad = Request {
+        id: 3,
+        opcode: Opcode::Echo as u16,
+        data_off: 0,
+        data_len: (64 << 10) + 1,
+        ..Request::default()
+    };
     raw_push(&attacker, c, &mut front, &bad.to_slot());
-    assert_eq!(raw_wait(&attacker, c, &mut front).into_result(), Err(Errno::EFAULT));
+    assert_eq!(
+        raw_wait(&attacker, c, &mut front).into_result(),
+        Err(Errno::EFAULT)
+    );
 
-    bad = Request { id: 4, opcode: Opcode::Nop as u16, flags: 0xff00, ..Request::default() };
+    bad = Request {
+        id: 4,
+        opcode: Opcode::Nop as u16,
+        flags: 0xff00,
+        ..Request::default()
+    };
     raw_push(&attacker, c, &mut front, &bad.to_slot());
-    assert_eq!(raw_wait(&attacker, c, &mut front).into_result(), Err(Errno::EINVAL));
+    assert_eq!(
+        raw_wait(&attacker, c, &mut front).into_result(),
+        Err(Errno::EINVAL)
+    );
 
     // Garbage everywhere in the rings and a corrupt producer index on another channel.
     let layout = attacker.layout();
@@ -167,9 +223,14 @@ fn hostile_client_gets_errors_and_cannot_hurt_others() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            attacker.region().write_slot(layout.slot_off(ch, i), &[x; 8]);
+            attacker
+                .region()
+                .write_slot(layout.slot_off(ch, i), &[x; 8]);
         }
-        attacker.region().u32_at(layout.ring_off(ch) + ringoff::REQ_PROD).store(x as u32 | 0x8000_0000, Ordering::Release);
+        attacker
+            .region()
+            .u32_at(layout.ring_off(ch) + ringoff::REQ_PROD)
+            .store(x as u32 | 0x8000_0000, Ordering::Release);
     }
     std::thread::sleep(Duration::from_millis(50));
 
@@ -179,11 +240,19 @@ fn hostile_client_gets_errors_and_cannot_hurt_others() {
         req.args[0] = i;
         assert_eq!(victim.call(req).unwrap().into_result(), Ok(i));
     }
-    let mut good = Request { id: 5, opcode: Opcode::Nop as u16, ..Request::default() };
+    let mut good = Request {
+        id: 5,
+        opcode: Opcode::Nop as u16,
+        ..Request::default()
+    };
     good.args[0] = 77;
     raw_push(&attacker, c, &mut front, &good.to_slot());
     assert_eq!(raw_wait(&attacker, c, &mut front).into_result(), Ok(77));
-    let rejected: u64 = rt.stats().iter().map(|w| w.rejected.load(Ordering::Relaxed)).sum();
+    let rejected: u64 = rt
+        .stats()
+        .iter()
+        .map(|w| w.rejected.load(Ordering::Relaxed))
+        .sum();
     assert_eq!(rejected, 4);
     rt.stop();
 }
@@ -192,13 +261,20 @@ fn hostile_client_gets_errors_and_cannot_hurt_others() {
 fn clear_errors_for_missing_full_and_mismatched_servers() {
     let missing = sock("nobody-listens");
     let _ = std::fs::remove_file(&missing);
-    let err = connect_session(&missing, &ClientConfig::default()).err().unwrap();
+    let err = connect_session(&missing, &ClientConfig::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, ConnectError::NoServer { .. }));
-    assert!(err.to_string().contains("no service domain listening"), "{err}");
+    assert!(
+        err.to_string().contains("no service domain listening"),
+        "{err}"
+    );
 
     let (rt, path) = start("full", |c| c.max_sessions = 1);
     let first = connect(&path);
-    let err = connect_session(&path, &ClientConfig::default()).err().unwrap();
+    let err = connect_session(&path, &ClientConfig::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, ConnectError::Full { limit: 1, .. }), "{err}");
     drop(first);
     // The slot frees once the server sees the first client go.
@@ -211,12 +287,25 @@ fn clear_errors_for_missing_full_and_mismatched_servers() {
 
     // A client speaking another major version is refused with a version answer.
     use abi::control::{Hello, Message, RefuseReason};
-    use nix::sys::socket::{recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
-    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::empty(), None).unwrap();
+    use nix::sys::socket::{
+        recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
+    };
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
     nix::sys::socket::connect(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
     let mut hello = Hello::new(0, 0, 0);
     hello.version_major = 99;
-    send(fd.as_raw_fd(), Message::Hello(hello).as_bytes(), MsgFlags::empty()).unwrap();
+    send(
+        fd.as_raw_fd(),
+        Message::Hello(hello).as_bytes(),
+        MsgFlags::empty(),
+    )
+    .unwrap();
     let mut buf = [0u8; 256];
     let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
     match Message::decode(&buf[..n]).unwrap() {
@@ -225,7 +314,9 @@ fn clear_errors_for_missing_full_and_mismatched_servers() {
     }
 
     // Binding over a live server's socket is refused.
-    let again = Runtime::start(RuntimeConfig::new(&path), ProbeHandler).err().unwrap();
+    let again = Runtime::start(RuntimeConfig::new(&path), ProbeHandler)
+        .err()
+        .unwrap();
     assert!(again.to_string().contains("in use"), "{again}");
     rt.stop();
 }
@@ -248,10 +339,17 @@ fn shutdown_answers_in_flight_calls_and_later_calls_fail_fast() {
     let r = waiter.join().unwrap().expect("answered, not dropped");
     assert_eq!(r.into_result(), Err(Errno::EIO));
     assert_eq!(r.flags & RSP_FLAG_SHUTDOWN, RSP_FLAG_SHUTDOWN);
-    assert!(t.elapsed() < Duration::from_secs(5), "shutdown took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
     let err = s.call(op(Opcode::Nop)).unwrap_err();
-    assert!(matches!(err, CallError::ServerClosing | CallError::ServerGone), "{err}");
+    assert!(
+        matches!(err, CallError::ServerClosing | CallError::ServerGone),
+        "{err}"
+    );
     assert_eq!(err.errno(), Errno::EIO);
     assert!(t.elapsed() < Duration::from_millis(500));
 }
@@ -264,7 +362,7 @@ impl Drop for Killed {
     }
 }
 
-fn spawn_probe(path: &PathBuf, extra: &[&str]) -> Killed {
+fn spawn_probe(path: &Path, extra: &[&str]) -> Killed {
     let _ = std::fs::remove_file(path);
     let child = Command::new(env!("CARGO_BIN_EXE_virtuos-probe"))
         .arg("--listen")
@@ -300,7 +398,11 @@ fn killed_server_makes_calls_fail_fast_instead_of_hanging() {
     probe.0.wait().unwrap();
     let err = waiter.join().unwrap().unwrap_err();
     assert_eq!(err, CallError::ServerGone);
-    assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(s.call(op(Opcode::Nop)).unwrap_err().errno(), Errno::EIO);
 }
 
@@ -310,7 +412,11 @@ fn sigterm_stops_a_probe_process_cleanly() {
     let mut probe = spawn_probe(&path, &["--threads", "2"]);
     let s = connect(&path);
     assert_eq!(s.call(op(Opcode::UringNop)).unwrap().into_result(), Ok(0));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(probe.0.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(probe.0.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
     let status = probe.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!path.exists(), "socket removed on shutdown");

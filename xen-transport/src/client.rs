@@ -87,6 +87,8 @@ impl CallError {
 }
 
 /// Client-private state of one channel; touched only by the thread holding its lease.
+/// Cache-line aligned so threads leasing neighbouring channels do not share a line.
+#[repr(align(64))]
 struct ChannelState {
     busy: AtomicBool,
     req_prod_pvt: AtomicU32,
@@ -178,7 +180,11 @@ impl Session {
                         req_prod_pvt: ch.req_prod_pvt.load(Ordering::Relaxed),
                         rsp_cons: ch.rsp_cons.load(Ordering::Relaxed),
                     };
-                    return Lease { session: self, channel: c, front };
+                    return Lease {
+                        session: self,
+                        channel: c,
+                        front,
+                    };
                 }
             }
             // Every channel is busy: more threads in calls than channels. Give the CPU away.
@@ -198,7 +204,9 @@ impl Session {
     }
 
     fn server_state(&self) -> u32 {
-        self.mem.u32_at(header::SERVER_STATE).load(Ordering::Acquire)
+        self.mem
+            .u32_at(header::SERVER_STATE)
+            .load(Ordering::Acquire)
     }
 
     /// Checks the control socket: a hang-up means the server process is gone.
@@ -275,7 +283,10 @@ impl Lease<'_> {
     }
 
     fn bump(&self, off: usize) {
-        let w = self.session.mem.u64_at(self.session.layout.ring_off(self.channel) + off);
+        let w = self
+            .session
+            .mem
+            .u64_at(self.session.layout.ring_off(self.channel) + off);
         w.store(w.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
@@ -286,7 +297,10 @@ impl Lease<'_> {
     /// later call fail with an error whose errno is `EIO`.
     pub fn call(&mut self, req: Request) -> Result<Response, CallError> {
         self.call_inner(req).inspect_err(|e| {
-            if matches!(e, CallError::Ring(_) | CallError::Response(_) | CallError::ServerGone) {
+            if matches!(
+                e,
+                CallError::Ring(_) | CallError::Response(_) | CallError::ServerGone
+            ) {
                 self.session.dead.store(true, Ordering::Relaxed);
             }
         })
@@ -364,7 +378,8 @@ impl Lease<'_> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let ch = &self.session.channels[self.channel as usize];
-        ch.req_prod_pvt.store(self.front.req_prod_pvt, Ordering::Relaxed);
+        ch.req_prod_pvt
+            .store(self.front.req_prod_pvt, Ordering::Relaxed);
         ch.rsp_cons.store(self.front.rsp_cons, Ordering::Relaxed);
         ch.busy.store(false, Ordering::Release);
     }

@@ -11,8 +11,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use abi::control::{
-    Hello, Message, RefuseReason, Refuse, Welcome, KIND_WELCOME, MAGIC, MAX_MESSAGE,
-    VERSION_MAJOR, VERSION_MINOR,
+    Hello, Message, Refuse, RefuseReason, Welcome, KIND_WELCOME, MAGIC, MAX_MESSAGE, VERSION_MAJOR,
+    VERSION_MINOR,
 };
 use nix::errno::Errno as NixErrno;
 use nix::sys::socket::{
@@ -88,7 +88,12 @@ pub enum ConnectError {
 }
 
 fn seqpacket() -> nix::Result<OwnedFd> {
-    socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
 }
 
 /// Receives one message and any passed fds.
@@ -111,15 +116,29 @@ fn recv_with_fds(fd: RawFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
 
 /// Connects to the server at `path` and starts a session.
 pub fn connect_session(path: &Path, cfg: &ClientConfig) -> Result<Session, ConnectError> {
-    let io = |source: NixErrno| ConnectError::Io { path: path.into(), source: source.into() };
-    let proto = |detail: String| ConnectError::Protocol { path: path.into(), detail };
+    let io = |source: NixErrno| ConnectError::Io {
+        path: path.into(),
+        source: source.into(),
+    };
+    let proto = |detail: String| ConnectError::Protocol {
+        path: path.into(),
+        detail,
+    };
     let sock = seqpacket().map_err(io)?;
     let addr = UnixAddr::new(path).map_err(io)?;
-    connect(sock.as_raw_fd(), &addr)
-        .map_err(|e| ConnectError::NoServer { path: path.into(), source: e.into() })?;
+    connect(sock.as_raw_fd(), &addr).map_err(|e| ConnectError::NoServer {
+        path: path.into(),
+        source: e.into(),
+    })?;
     let hello = Message::Hello(Hello::new(cfg.channels, cfg.window, cfg.capabilities));
-    sendmsg::<()>(sock.as_raw_fd(), &[IoSlice::new(hello.as_bytes())], &[], MsgFlags::empty(), None)
-        .map_err(io)?;
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(hello.as_bytes())],
+        &[],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(io)?;
     let (bytes, mut fds) = recv_with_fds(sock.as_raw_fd()).map_err(io)?;
     if bytes.is_empty() {
         return Err(proto("connection closed before an answer".into()));
@@ -136,27 +155,47 @@ pub fn connect_session(path: &Path, cfg: &ClientConfig) -> Result<Session, Conne
             server_minor: w.version_minor,
         });
     }
-    let layout = Layout::new(w.channels, w.ring_size, w.window).map_err(|e| proto(e.to_string()))?;
+    let layout =
+        Layout::new(w.channels, w.ring_size, w.window).map_err(|e| proto(e.to_string()))?;
     if w.region_len != layout.region_len() as u64 {
-        return Err(proto(format!("region of {} bytes for {layout:?}", w.region_len)));
+        return Err(proto(format!(
+            "region of {} bytes for {layout:?}",
+            w.region_len
+        )));
     }
     let doorbells = w.doorbells as usize;
     if doorbells == 0 || doorbells > MAX_DOORBELLS || fds.len() != doorbells + 1 {
-        return Err(proto(format!("{} fds for {doorbells} doorbells", fds.len())));
+        return Err(proto(format!(
+            "{} fds for {doorbells} doorbells",
+            fds.len()
+        )));
     }
     let memfd = fds.remove(0);
     let mem = local::map_region(memfd, layout.region_len()).map_err(|e| proto(e.to_string()))?;
     check_header(&mem, &layout).map_err(proto)?;
-    Ok(Session::new(mem, layout, Box::new(LocalBell::new(fds)), sock, cfg.spin, w.session_id))
+    Ok(Session::new(
+        mem,
+        layout,
+        Box::new(LocalBell::new(fds)),
+        sock,
+        cfg.spin,
+        w.session_id,
+    ))
 }
 
 fn check_header(mem: &crate::SharedMem, l: &Layout) -> Result<(), String> {
     use std::sync::atomic::Ordering::Acquire;
     let get = |off| mem.u32_at(off).load(Acquire);
     let found = (get(header::MAGIC), get(header::VERSION));
-    let geometry = (get(header::CHANNELS), get(header::RING_SIZE), get(header::WINDOW));
+    let geometry = (
+        get(header::CHANNELS),
+        get(header::RING_SIZE),
+        get(header::WINDOW),
+    );
     if found != (REGION_MAGIC, REGION_VERSION) || geometry != (l.channels, l.ring_size, l.window) {
-        return Err(format!("region header {found:x?}/{geometry:?} does not match {l:?}"));
+        return Err(format!(
+            "region header {found:x?}/{geometry:?} does not match {l:?}"
+        ));
     }
     Ok(())
 }
@@ -168,8 +207,14 @@ fn refusal(path: &Path, r: Refuse) -> ConnectError {
             server_major: r.version_major,
             server_minor: r.version_minor,
         },
-        Some(RefuseReason::Full) => ConnectError::Full { path: path.into(), limit: r.detail },
-        Some(reason) => ConnectError::Refused { path: path.into(), reason },
+        Some(RefuseReason::Full) => ConnectError::Full {
+            path: path.into(),
+            limit: r.detail,
+        },
+        Some(reason) => ConnectError::Refused {
+            path: path.into(),
+            reason,
+        },
         None => ConnectError::Protocol {
             path: path.into(),
             detail: format!("unknown refusal reason {}", r.reason),
@@ -215,15 +260,20 @@ pub struct Pending {
 impl Listener {
     /// Listens at `path`, replacing a stale socket file that nobody answers on.
     pub fn bind(path: &Path) -> Result<Listener, ListenError> {
-        let io = |source: NixErrno| ListenError::Io { path: path.into(), source: source.into() };
+        let io = |source: NixErrno| ListenError::Io {
+            path: path.into(),
+            source: source.into(),
+        };
         let addr = UnixAddr::new(path).map_err(io)?;
         if path.exists() {
             let probe = seqpacket().map_err(io)?;
             if connect(probe.as_raw_fd(), &addr).is_ok() {
                 return Err(ListenError::InUse(path.into()));
             }
-            std::fs::remove_file(path)
-                .map_err(|source| ListenError::Io { path: path.into(), source })?;
+            std::fs::remove_file(path).map_err(|source| ListenError::Io {
+                path: path.into(),
+                source,
+            })?;
         }
         let fd = socket(
             AddressFamily::Unix,
@@ -234,7 +284,10 @@ impl Listener {
         .map_err(io)?;
         bind(fd.as_raw_fd(), &addr).map_err(io)?;
         listen(&fd, Backlog::new(128).map_err(io)?).map_err(io)?;
-        Ok(Listener { fd, path: path.into() })
+        Ok(Listener {
+            fd,
+            path: path.into(),
+        })
     }
 
     /// The listening fd (non-blocking, pollable).
@@ -250,7 +303,10 @@ impl Listener {
     /// Accepts one connection and reads its hello. `Ok(None)` when nothing is pending.
     /// A malformed hello is refused here and reported as `Ok(None)`.
     pub fn accept(&self) -> Result<Option<Pending>, ListenError> {
-        let io = |source: NixErrno| ListenError::Io { path: self.path.clone(), source: source.into() };
+        let io = |source: NixErrno| ListenError::Io {
+            path: self.path.clone(),
+            source: source.into(),
+        };
         let raw = match accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
             Ok(fd) => fd,
             Err(NixErrno::EAGAIN) | Err(NixErrno::ECONNABORTED) | Err(NixErrno::EINTR) => {
@@ -261,7 +317,11 @@ impl Listener {
         // SAFETY: accept4 returned a new descriptor that we now own.
         let stream = unsafe { OwnedFd::from_raw_fd(raw) };
         let cred = getsockopt(&stream, sockopt::PeerCredentials).map_err(io)?;
-        let creds = Credentials { pid: cred.pid(), uid: cred.uid(), gid: cred.gid() };
+        let creds = Credentials {
+            pid: cred.pid(),
+            uid: cred.uid(),
+            gid: cred.gid(),
+        };
         // The client sends its hello right after connecting; do not let a silent client stall
         // the accepting thread.
         set_recv_timeout(&stream);
@@ -273,12 +333,18 @@ impl Listener {
             }
         };
         match hello {
-            Ok(Message::Hello(hello)) if hello.reserved == 0 => {
-                Ok(Some(Pending { stream, creds, hello }))
-            }
+            Ok(Message::Hello(hello)) if hello.reserved == 0 => Ok(Some(Pending {
+                stream,
+                creds,
+                hello,
+            })),
             other => {
                 tracing::warn!(pid = creds.pid, ?other, "malformed hello refused");
-                let _ = send(&stream, &Message::Refuse(Refuse::new(RefuseReason::BadHello, 0)), &[]);
+                let _ = send(
+                    &stream,
+                    &Message::Refuse(Refuse::new(RefuseReason::BadHello, 0)),
+                    &[],
+                );
                 Ok(None)
             }
         }
@@ -299,21 +365,34 @@ fn set_recv_timeout(fd: &OwnedFd) {
 fn send(fd: &OwnedFd, m: &Message, fds: &[RawFd]) -> nix::Result<()> {
     let cmsg = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
-    sendmsg::<()>(fd.as_raw_fd(), &[IoSlice::new(m.as_bytes())], cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-        .map(|_| ())
+    sendmsg::<()>(
+        fd.as_raw_fd(),
+        &[IoSlice::new(m.as_bytes())],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(|_| ())
 }
 
 impl Pending {
     /// Refuses the session with `reason` (`detail` is reason-specific).
     pub fn refuse(self, reason: RefuseReason, detail: u64) {
-        let _ = send(&self.stream, &Message::Refuse(Refuse::new(reason, detail)), &[]);
+        let _ = send(
+            &self.stream,
+            &Message::Refuse(Refuse::new(reason, detail)),
+            &[],
+        );
     }
 
     /// Checks the client's version; refuses and returns `None` on a mismatch.
     pub fn check_version(self) -> Option<Pending> {
         if self.hello.version_major != VERSION_MAJOR {
-            tracing::warn!(pid = self.creds.pid, client = self.hello.version_major,
-                "refusing client with another protocol major version");
+            tracing::warn!(
+                pid = self.creds.pid,
+                client = self.hello.version_major,
+                "refusing client with another protocol major version"
+            );
             self.refuse(RefuseReason::VersionMismatch, 0);
             return None;
         }

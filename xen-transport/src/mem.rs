@@ -39,14 +39,22 @@ impl SharedMem {
         let base = map.as_mut_ptr();
         let len = map.len();
         assert_eq!(base as usize % 8, 0, "mapping is page aligned");
-        SharedMem { base, len, _backing: Backing::Mmap(map) }
+        SharedMem {
+            base,
+            len,
+            _backing: Backing::Mmap(map),
+        }
     }
 
     /// Process-private zeroed memory of `len` bytes (rounded up to 8), for tests and Miri.
     pub fn heap(len: usize) -> Self {
         let words: Box<[AtomicU64]> = (0..len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect();
         let base = words.as_ptr() as *mut u8;
-        SharedMem { base, len, _backing: Backing::Heap(words) }
+        SharedMem {
+            base,
+            len,
+            _backing: Backing::Heap(words),
+        }
     }
 
     /// Length of the region in bytes.
@@ -61,7 +69,11 @@ impl SharedMem {
 
     fn check(&self, off: usize, len: usize, align: usize) {
         let end = off.checked_add(len).expect("offset overflow");
-        assert!(end <= self.len, "shared-memory access {off}+{len} beyond {}", self.len);
+        assert!(
+            end <= self.len,
+            "shared-memory access {off}+{len} beyond {}",
+            self.len
+        );
         assert_eq!(off % align, 0, "misaligned shared-memory access at {off}");
     }
 

@@ -33,7 +33,9 @@ pub enum RingError {
         size: u32,
     },
     /// The server published more responses than there are outstanding requests.
-    #[error("peer published response index {prod} with {cons} consumed and {outstanding} outstanding")]
+    #[error(
+        "peer published response index {prod} with {cons} consumed and {outstanding} outstanding"
+    )]
     ResponseOverflow {
         /// Published producer index.
         prod: u32,
@@ -57,7 +59,12 @@ impl<'a> RingView<'a> {
     /// The ring of `channel`; the region must hold `layout`.
     pub fn new(mem: &'a SharedMem, layout: &'a Layout, channel: u32) -> Self {
         debug_assert!(layout.check_len(mem.len()).is_ok());
-        RingView { mem, layout, channel, base: layout.ring_off(channel) }
+        RingView {
+            mem,
+            layout,
+            channel,
+            base: layout.ring_off(channel),
+        }
     }
 
     /// The channel this ring belongs to.
@@ -146,7 +153,8 @@ impl FrontState {
     /// Asks to be woken at the next response; returns whether one is already there, in which
     /// case the caller must not sleep (Xen's `RING_FINAL_CHECK_FOR_RESPONSES`).
     pub fn arm(&self, ring: &RingView<'_>) -> bool {
-        ring.word(ring::RSP_EVENT).store(self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
+        ring.word(ring::RSP_EVENT)
+            .store(self.rsp_cons.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::SeqCst);
         ring.word(ring::RSP_PROD).load(Ordering::Acquire) != self.rsp_cons
     }
@@ -174,8 +182,12 @@ impl BackState {
             return Ok(None);
         }
         // Xen's RING_REQUEST_PROD_OVERFLOW: the client can have at most ring_size requests
-        // that we have not answered; anything else is a corrupt or hostile index.
-        if prod.wrapping_sub(self.rsp_prod_pvt) > ring.size() {
+        // that we have not answered. Nor can its index fall behind what we already consumed
+        // (fewer unanswered than in flight): left unchecked, a client that moves `req_prod`
+        // backwards would make us consume stale slots without bound. Anything else is a
+        // corrupt or hostile index.
+        let unanswered = prod.wrapping_sub(self.rsp_prod_pvt);
+        if unanswered > ring.size() || unanswered < self.in_flight() {
             return Err(RingError::RequestOverflow {
                 prod,
                 cons: self.req_cons,
@@ -213,7 +225,8 @@ impl BackState {
     /// Asks to be woken at the next request; returns whether one is already there
     /// (Xen's `RING_FINAL_CHECK_FOR_REQUESTS`).
     pub fn arm(&self, ring: &RingView<'_>) -> bool {
-        ring.word(ring::REQ_EVENT).store(self.req_cons.wrapping_add(1), Ordering::Relaxed);
+        ring.word(ring::REQ_EVENT)
+            .store(self.req_cons.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::SeqCst);
         ring.word(ring::REQ_PROD).load(Ordering::Acquire) != self.req_cons
     }
@@ -236,17 +249,32 @@ mod tests {
     }
 
     fn req(id: u64) -> RawSlot {
-        Request { id, ..Request::default() }.to_slot()
+        Request {
+            id,
+            ..Request::default()
+        }
+        .to_slot()
     }
 
     /// Sets every index of both sides to `start` so tests can exercise wrap-around.
     fn start_at(mem: &SharedMem, l: &Layout, start: u32) -> (FrontState, BackState) {
         let base = l.ring_off(0);
-        for off in [ring::REQ_PROD, ring::REQ_EVENT, ring::RSP_PROD, ring::RSP_EVENT] {
+        for off in [
+            ring::REQ_PROD,
+            ring::REQ_EVENT,
+            ring::RSP_PROD,
+            ring::RSP_EVENT,
+        ] {
             mem.u32_at(base + off).store(start, Ordering::Relaxed);
         }
-        let f = FrontState { req_prod_pvt: start, rsp_cons: start };
-        let b = BackState { req_cons: start, rsp_prod_pvt: start };
+        let f = FrontState {
+            req_prod_pvt: start,
+            rsp_cons: start,
+        };
+        let b = BackState {
+            req_cons: start,
+            rsp_prod_pvt: start,
+        };
         (f, b)
     }
 
@@ -260,20 +288,29 @@ mod tests {
         for i in 0..4 {
             assert!(f.push(&r, &req(i)));
         }
-        assert!(!f.push(&r, &req(99)), "fifth push into a 4-slot ring must fail");
+        assert!(
+            !f.push(&r, &req(99)),
+            "fifth push into a 4-slot ring must fail"
+        );
         f.publish(&r);
         for i in 0..4 {
             let s = b.take(&r).unwrap().unwrap();
             assert_eq!(Request::from_slot_unchecked(&s).id, i);
         }
         assert_eq!(b.take(&r), Ok(None));
-        assert!(!f.push(&r, &req(99)), "still full until responses are consumed");
+        assert!(
+            !f.push(&r, &req(99)),
+            "still full until responses are consumed"
+        );
         for i in 0..4 {
             b.push(&r, &Response::ok(i, 0).to_slot());
         }
         b.publish(&r);
         for i in 0..4 {
-            assert_eq!(Response::from_slot_unchecked(&f.take(&r).unwrap().unwrap()).id, i);
+            assert_eq!(
+                Response::from_slot_unchecked(&f.take(&r).unwrap().unwrap()).id,
+                i
+            );
         }
         assert_eq!(f.take(&r), Ok(None));
         assert_eq!(f.outstanding(), 0);
@@ -300,7 +337,7 @@ mod tests {
         assert!(!f.arm(&r), "nothing pending when arming");
         b.push(&r, &Response::ok(2, 0).to_slot());
         assert!(b.publish(&r), "client armed: notify");
-        assert!(b.arm(&r) == false);
+        assert!(!b.arm(&r));
     }
 
     #[test]
@@ -308,13 +345,40 @@ mod tests {
         let (mem, l) = region(8);
         let r = RingView::new(&mem, &l, 0);
         let mut b = BackState::default();
-        mem.u32_at(l.ring_off(0) + ring::REQ_PROD).store(9, Ordering::Relaxed);
+        mem.u32_at(l.ring_off(0) + ring::REQ_PROD)
+            .store(9, Ordering::Relaxed);
         assert!(matches!(b.take(&r), Err(RingError::RequestOverflow { .. })));
-        mem.u32_at(l.ring_off(0) + ring::REQ_PROD).store(u32::MAX, Ordering::Relaxed);
+        mem.u32_at(l.ring_off(0) + ring::REQ_PROD)
+            .store(u32::MAX, Ordering::Relaxed);
         assert!(matches!(b.take(&r), Err(RingError::RequestOverflow { .. })));
+        // A producer index that moves backwards behind what was consumed (found by fuzzing).
+        mem.u32_at(l.ring_off(0) + ring::REQ_PROD)
+            .store(2, Ordering::Relaxed);
+        assert!(b.take(&r).unwrap().is_some());
+        assert!(b.take(&r).unwrap().is_some());
+        mem.u32_at(l.ring_off(0) + ring::REQ_PROD)
+            .store(1, Ordering::Relaxed);
+        assert!(matches!(b.take(&r), Err(RingError::RequestOverflow { .. })));
+        assert_eq!(b.in_flight(), 2);
+        b.push(&r, &Response::ok(0, 0).to_slot());
+        b.push(&r, &Response::ok(1, 0).to_slot());
+        mem.u32_at(l.ring_off(0) + ring::REQ_PROD)
+            .store(0, Ordering::Relaxed);
+        assert!(matches!(b.take(&r), Err(RingError::RequestOverflow { .. })));
+        assert_eq!(
+            b,
+            BackState {
+                req_cons: 2,
+                rsp_prod_pvt: 2
+            }
+        );
         let mut f = FrontState::default();
         f.push(&r, &req(1));
-        mem.u32_at(l.ring_off(0) + ring::RSP_PROD).store(2, Ordering::Relaxed);
-        assert!(matches!(f.take(&r), Err(RingError::ResponseOverflow { .. })));
+        mem.u32_at(l.ring_off(0) + ring::RSP_PROD)
+            .store(2, Ordering::Relaxed);
+        assert!(matches!(
+            f.take(&r),
+            Err(RingError::ResponseOverflow { .. })
+        ));
     }
 }

@@ -46,16 +46,34 @@ impl ServerSession {
         bell: Box<dyn ServerBell>,
         control: OwnedFd,
     ) -> Self {
-        layout.check_len(mem.len()).expect("the server sized the region from this layout");
-        mem.u32_at(header::MAGIC).store(REGION_MAGIC, Ordering::Relaxed);
-        mem.u32_at(header::VERSION).store(REGION_VERSION, Ordering::Relaxed);
-        mem.u32_at(header::CHANNELS).store(layout.channels, Ordering::Relaxed);
-        mem.u32_at(header::RING_SIZE).store(layout.ring_size, Ordering::Relaxed);
-        mem.u32_at(header::WINDOW).store(layout.window, Ordering::Relaxed);
+        layout
+            .check_len(mem.len())
+            .expect("the server sized the region from this layout");
+        mem.u32_at(header::MAGIC)
+            .store(REGION_MAGIC, Ordering::Relaxed);
+        mem.u32_at(header::VERSION)
+            .store(REGION_VERSION, Ordering::Relaxed);
+        mem.u32_at(header::CHANNELS)
+            .store(layout.channels, Ordering::Relaxed);
+        mem.u32_at(header::RING_SIZE)
+            .store(layout.ring_size, Ordering::Relaxed);
+        mem.u32_at(header::WINDOW)
+            .store(layout.window, Ordering::Relaxed);
         mem.u64_at(header::SESSION_ID).store(id, Ordering::Relaxed);
-        mem.u32_at(header::SERVER_STATE).store(ServerState::Running as u32, Ordering::Release);
-        let quarantined = (0..layout.channels).map(|_| AtomicBool::new(false)).collect();
-        ServerSession { id, creds, mem, layout, bell, control, quarantined }
+        mem.u32_at(header::SERVER_STATE)
+            .store(ServerState::Running as u32, Ordering::Release);
+        let quarantined = (0..layout.channels)
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        ServerSession {
+            id,
+            creds,
+            mem,
+            layout,
+            bell,
+            control,
+            quarantined,
+        }
     }
 
     /// Session id.
@@ -90,7 +108,9 @@ impl ServerSession {
 
     /// Publishes the server state.
     pub fn set_state(&self, state: ServerState) {
-        self.mem.u32_at(header::SERVER_STATE).store(state as u32, Ordering::Release);
+        self.mem
+            .u32_at(header::SERVER_STATE)
+            .store(state as u32, Ordering::Release);
     }
 
     /// Wakes whoever sleeps on channel `c`.
@@ -144,7 +164,8 @@ impl ServerSession {
 
     /// Pointer to `len` bytes of channel `c`'s window, for the kernel to read or write.
     pub fn window_ptr(&self, c: u32, off: u32, len: u32) -> *mut u8 {
-        self.mem.raw_range(self.window_at(c, off, len as usize), len as usize)
+        self.mem
+            .raw_range(self.window_at(c, off, len as usize), len as usize)
     }
 
     /// Sums the client's own counters (client-written, so informational only).
@@ -160,7 +181,11 @@ impl ServerSession {
     /// Sums one `ring::SERVER_*` or `ring::CLIENT_*` counter over all channels.
     pub fn sum(&self, counter: usize) -> u64 {
         (0..self.layout.channels)
-            .map(|c| self.mem.u64_at(self.layout.ring_off(c) + counter).load(Ordering::Relaxed))
+            .map(|c| {
+                self.mem
+                    .u64_at(self.layout.ring_off(c) + counter)
+                    .load(Ordering::Relaxed)
+            })
             .fold(0u64, u64::wrapping_add)
     }
 }

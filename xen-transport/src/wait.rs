@@ -20,13 +20,20 @@ pub struct SpinPolicy {
 
 impl SpinPolicy {
     /// Client default: a few round trips.
-    pub const CLIENT: SpinPolicy =
-        SpinPolicy { min: Duration::from_micros(2), max: Duration::from_micros(50) };
+    pub const CLIENT: SpinPolicy = SpinPolicy {
+        min: Duration::from_micros(2),
+        max: Duration::from_micros(50),
+    };
     /// Server default: pinned pollers spin longer before giving their core back.
-    pub const SERVER: SpinPolicy =
-        SpinPolicy { min: Duration::from_micros(20), max: Duration::from_micros(500) };
+    pub const SERVER: SpinPolicy = SpinPolicy {
+        min: Duration::from_micros(20),
+        max: Duration::from_micros(500),
+    };
     /// Never spin: sleep at once.
-    pub const SLEEP: SpinPolicy = SpinPolicy { min: Duration::ZERO, max: Duration::ZERO };
+    pub const SLEEP: SpinPolicy = SpinPolicy {
+        min: Duration::ZERO,
+        max: Duration::ZERO,
+    };
 
     /// Reads `VIRTUOS_<PREFIX>_SPIN_MIN_NS` / `_MAX_NS` from the environment over `self`.
     pub fn from_env(self, prefix: &str) -> SpinPolicy {
@@ -38,7 +45,10 @@ impl SpinPolicy {
                 .unwrap_or(d)
         };
         let max = get("MAX", self.max);
-        SpinPolicy { min: get("MIN", self.min).min(max), max }
+        SpinPolicy {
+            min: get("MIN", self.min).min(max),
+            max,
+        }
     }
 }
 
@@ -53,7 +63,10 @@ impl AdaptiveSpin {
     /// A budget that starts at the middle of `policy`.
     pub fn new(policy: SpinPolicy) -> Self {
         let start = (policy.min.as_nanos() as u64 + policy.max.as_nanos() as u64) / 4;
-        AdaptiveSpin { policy, ewma_ns: AtomicU64::new(start) }
+        AdaptiveSpin {
+            policy,
+            ewma_ns: AtomicU64::new(start),
+        }
     }
 
     /// The bounds this budget moves within.
@@ -75,10 +88,15 @@ impl AdaptiveSpin {
     pub fn record(&self, waited: Duration) {
         let max = self.policy.max.as_nanos() as u64;
         let w = waited.as_nanos() as u64;
-        let target = if w <= max { w } else { self.policy.min.as_nanos() as u64 };
+        let target = if w <= max {
+            w
+        } else {
+            self.policy.min.as_nanos() as u64
+        };
         let old = self.ewma_ns.load(Ordering::Relaxed);
         // Racy update by design: a lost sample among threads only slows adaptation.
-        self.ewma_ns.store(old - old / 8 + target / 8, Ordering::Relaxed);
+        self.ewma_ns
+            .store(old - old / 8 + target / 8, Ordering::Relaxed);
     }
 }
 
@@ -153,12 +171,18 @@ mod tests {
             s.record(Duration::from_micros(10));
         }
         let b = s.budget();
-        assert!(b >= Duration::from_micros(18) && b <= Duration::from_micros(21), "{b:?}");
+        assert!(
+            b >= Duration::from_micros(18) && b <= Duration::from_micros(21),
+            "{b:?}"
+        );
         for _ in 0..100 {
             s.record(Duration::from_millis(5));
         }
         assert_eq!(s.budget(), SpinPolicy::CLIENT.min);
-        assert_eq!(AdaptiveSpin::new(SpinPolicy::SLEEP).budget(), Duration::ZERO);
+        assert_eq!(
+            AdaptiveSpin::new(SpinPolicy::SLEEP).budget(),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -45,7 +45,10 @@ fn main() -> anyhow::Result<()> {
     cfg.max_sessions = args.max_sessions;
     if let Some(ns) = args.spin_max_ns {
         let max = std::time::Duration::from_nanos(ns);
-        cfg.spin = SpinPolicy { min: cfg.spin.min.min(max), max };
+        cfg.spin = SpinPolicy {
+            min: cfg.spin.min.min(max),
+            max,
+        };
     }
     let rt = Runtime::start(cfg, ProbeHandler).context("starting the probe service")?;
     install_signal_handlers(rt.shutdown_handle())?;

@@ -29,7 +29,9 @@ pub fn create_region(len: usize) -> Result<(OwnedFd, SharedMem), TransportError>
     file.set_len(len as u64).map_err(TransportError::Region)?;
     fcntl(
         &file,
-        FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL),
+        FcntlArg::F_ADD_SEALS(
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        ),
     )
     .map_err(|e| TransportError::Region(io::Error::from(e)))?;
     let mem = map(&file, len)?;
@@ -49,13 +51,18 @@ pub fn map_region(fd: OwnedFd, len: usize) -> Result<SharedMem, TransportError> 
     let seals = fcntl(&file, FcntlArg::F_GET_SEALS)
         .map_err(|e| TransportError::Region(io::Error::from(e)))?;
     if SealFlag::from_bits_truncate(seals) & SealFlag::F_SEAL_SHRINK != SealFlag::F_SEAL_SHRINK {
-        return Err(TransportError::BadRegion("region memfd is not sealed against shrinking".into()));
+        return Err(TransportError::BadRegion(
+            "region memfd is not sealed against shrinking".into(),
+        ));
     }
     map(&file, len)
 }
 
 fn map(file: &File, len: usize) -> Result<SharedMem, TransportError> {
-    let raw = memmap2::MmapOptions::new().len(len).map_raw(file).map_err(TransportError::Region)?;
+    let raw = memmap2::MmapOptions::new()
+        .len(len)
+        .map_raw(file)
+        .map_err(TransportError::Region)?;
     Ok(SharedMem::from_mmap(raw))
 }
 

@@ -136,7 +136,10 @@ pub fn map_granted_region(peer: u16, refs: &[u32]) -> Result<SharedMem, Transpor
             count: 1,
             pad: 0,
             index: 0,
-            refs: [GntdevGrantRef { domid: u32::from(peer), gref }],
+            refs: [GntdevGrantRef {
+                domid: u32::from(peer),
+                gref,
+            }],
         };
         ioctl(dev.as_fd(), IOCTL_GNTDEV_MAP_GRANT_REF, &mut m).map_err(TransportError::Xen)?;
         first_index.get_or_insert(m.index);
@@ -159,7 +162,9 @@ impl XenBell {
     /// Server side: allocates a port that domain `peer` may bind to.
     pub fn bind_unbound(peer: u16) -> Result<Self, TransportError> {
         let dev = open_dev(EVTCHN)?;
-        let mut b = EvtchnBindUnbound { remote_domain: u32::from(peer) };
+        let mut b = EvtchnBindUnbound {
+            remote_domain: u32::from(peer),
+        };
         let port = ioctl(dev.as_fd(), IOCTL_EVTCHN_BIND_UNBOUND_PORT, &mut b)
             .map_err(TransportError::Xen)? as u32;
         Ok(XenBell { dev, port })
@@ -168,7 +173,10 @@ impl XenBell {
     /// Client side: binds to `remote_port` of domain `peer`.
     pub fn bind_interdomain(peer: u16, remote_port: u32) -> Result<Self, TransportError> {
         let dev = open_dev(EVTCHN)?;
-        let mut b = EvtchnBindInterdomain { remote_domain: u32::from(peer), remote_port };
+        let mut b = EvtchnBindInterdomain {
+            remote_domain: u32::from(peer),
+            remote_port,
+        };
         let port = ioctl(dev.as_fd(), IOCTL_EVTCHN_BIND_INTERDOMAIN, &mut b)
             .map_err(TransportError::Xen)? as u32;
         Ok(XenBell { dev, port })
@@ -205,7 +213,11 @@ impl ClientBell for XenBell {
         if word.load(std::sync::atomic::Ordering::Acquire) != seen {
             return Ok(());
         }
-        let mut pfd = libc::pollfd { fd: self.dev.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.dev.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: one valid pollfd for the duration of the call.
         let r = unsafe { libc::poll(&mut pfd, 1, ms) };
