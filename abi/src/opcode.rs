@@ -47,6 +47,87 @@ opcodes! {
     /// Sleeps `args[0]` microseconds on the server's io_uring (a timeout), then returns 0:
     /// a stand-in for a slow device call, used to test shutdown and waiting.
     Delay = 4,
+
+    // ---- session-wide (both domains), 128.. ----
+    /// Snapshot this session's remote fd table for a child process or a new program image:
+    /// returns a one-time token (`aux[0]`) that [`Opcode::Adopt`] redeems within 30 s.
+    /// `args[0]`: 0 for fork (the child shares open files with the parent), 1 for exec.
+    PrepareClone = 128,
+    /// Redeem a [`Opcode::PrepareClone`] token (`args[0]`): this session's fd table becomes a copy
+    /// of the snapshot, with the same handle numbers sharing the same open files. Only a process
+    /// whose parent (fork) or itself (exec) created the token may redeem it.
+    Adopt = 129,
+
+    // ---- storage domain, 256.. ----
+    // Paths travel in the data window and are relative to the export root (the client strips
+    // its mount prefix and resolves `.`/`..` against its routed cwd); the server resolves them
+    // with openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) under the session's credentials.
+    // Unless stated otherwise: the path is window[data_off .. data_off + args[4]], output is
+    // written at window[data_off ..], and `data_len` bounds both. Handles are small integers in
+    // the session's own table; the result is the syscall's result or -errno.
+    /// openat: `args[0]` = open flags, `args[1]` = mode. Result: handle; `aux[0]` = st_mode.
+    OpenAt = 256,
+    /// close: `args[0]` = handle.
+    Close = 257,
+    /// read at the file position: `args[0]` = handle; up to `data_len` bytes into the window.
+    Read = 258,
+    /// write at the file position: `args[0]` = handle; `data_len` bytes from the window.
+    Write = 259,
+    /// pread: `args[0]` = handle, `args[1]` = offset.
+    PRead = 260,
+    /// pwrite: `args[0]` = handle, `args[1]` = offset.
+    PWrite = 261,
+    /// lseek: `args[0]` = handle, `args[1]` = offset (i64), `args[2]` = whence.
+    LSeek = 262,
+    /// fstat: `args[0]` = handle; a `struct statx` (256 bytes) into the window.
+    FStat = 263,
+    /// statx by path: `args[0]` = AT_* flags (AT_SYMLINK_NOFOLLOW), `args[1]` = mask;
+    /// `struct statx` into the window.
+    StatAt = 264,
+    /// getdents64: `args[0]` = handle; `linux_dirent64` records into the window.
+    GetDents64 = 265,
+    /// mkdir: `args[1]` = mode.
+    MkdirAt = 266,
+    /// unlink / rmdir: `args[0]` = flags (AT_REMOVEDIR).
+    UnlinkAt = 267,
+    /// renameat2: old path = window[data_off .. +args[4]], new path follows it,
+    /// `args[3]` bytes long; `args[0]` = RENAME_* flags.
+    RenameAt = 268,
+    /// link: paths as for RenameAt; `args[0]` = AT_SYMLINK_FOLLOW or 0.
+    LinkAt = 269,
+    /// symlink: target = window[data_off .. +args[4]] (stored verbatim), link path follows,
+    /// `args[3]` bytes long.
+    SymlinkAt = 270,
+    /// readlink: the link's target into the window; result = its length.
+    ReadLinkAt = 271,
+    /// faccessat: `args[0]` = mode (R_OK...), `args[1]` = AT_* flags (AT_EACCESS, AT_SYMLINK_NOFOLLOW).
+    AccessAt = 272,
+    /// fsync (`args[1]` = 0) or fdatasync (`args[1]` = 1): `args[0]` = handle.
+    FSync = 273,
+    /// ftruncate: `args[0]` = handle, `args[1]` = length.
+    FTruncate = 274,
+    /// truncate by path: `args[1]` = length.
+    TruncateAt = 275,
+    /// chmod by handle: `args[0]` = handle, `args[1]` = mode.
+    FChmod = 276,
+    /// chmod by path: `args[1]` = mode, `args[0]` = AT_SYMLINK_NOFOLLOW or 0.
+    ChmodAt = 277,
+    /// chown by handle: `args[0]` = handle, `args[1]` = uid, `args[2]` = gid (u32::MAX: unchanged).
+    FChown = 278,
+    /// chown by path: `args[0]` = AT_* flags, `args[1]` = uid, `args[2]` = gid.
+    ChownAt = 279,
+    /// utimensat: `args[0]` = handle, or `u64::MAX` to name a path; `args[1]` = AT_* flags
+    /// (AT_SYMLINK_NOFOLLOW); `args[2]` = 1 when times are given (else "now" for both). The two
+    /// `struct timespec` (32 bytes, UTIME_NOW/UTIME_OMIT allowed) are at window[data_off ..],
+    /// the path (if any) follows at data_off + 32, `args[4]` bytes long.
+    UtimensAt = 280,
+    /// fallocate: `args[0]` = handle, `args[1]` = mode, `args[2]` = offset, `args[3]` = len.
+    Fallocate = 281,
+    /// fstatfs: `args[0]` = handle; a `struct statfs` into the window.
+    FStatFs = 282,
+    /// fcntl on the open file: `args[0]` = handle, `args[1]` = cmd (F_GETFL/F_SETFL only),
+    /// `args[2]` = arg.
+    Fcntl = 283,
 }
 
 #[cfg(test)]
