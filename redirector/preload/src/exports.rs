@@ -1,0 +1,135 @@
+//! The interposed libc functions: the fast path into [`crate::dispatch::dispatch`].
+//!
+//! Each one passes its arguments exactly as the matching system call takes them, and turns a
+//! `-errno` result into `errno` and -1, as libc does. Variadic C prototypes (`open`,
+//! `openat`, `fcntl`) are declared with their optional argument: on x86-64 it travels in the
+//! same register either way.
+#![allow(clippy::missing_safety_doc)]
+
+use libc::{c_char, c_int, c_long, c_uint, c_ulong, c_void, mode_t, off_t, size_t, ssize_t};
+
+use crate::dispatch::dispatch;
+
+fn ret(r: i64) -> i64 {
+    if (-4095..0).contains(&r) {
+        crate::sys::set_errno(-r as i32);
+        -1
+    } else {
+        r
+    }
+}
+
+macro_rules! interpose {
+    ($( fn $name:ident($($arg:ident : $ty:ty),*) -> $rt:ty = $nr:expr, [$($val:expr),*]; )*) => {
+        $(
+            #[no_mangle]
+            pub extern "C" fn $name($($arg: $ty),*) -> $rt {
+                let a: [u64; 6] = {
+                    let v: &[u64] = &[$($val as u64),*];
+                    let mut a = [0u64; 6];
+                    a[..v.len()].copy_from_slice(v);
+                    a
+                };
+                ret(dispatch($nr, a)) as $rt
+            }
+        )*
+    };
+}
+
+const AT_FDCWD: c_int = libc::AT_FDCWD;
+
+interpose! {
+    fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t = libc::SYS_read, [fd, buf, n];
+    fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t = libc::SYS_write, [fd, buf, n];
+    fn pread(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t = libc::SYS_pread64, [fd, buf, n, off];
+    fn pread64(fd: c_int, buf: *mut c_void, n: size_t, off: off_t) -> ssize_t = libc::SYS_pread64, [fd, buf, n, off];
+    fn pwrite(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t = libc::SYS_pwrite64, [fd, buf, n, off];
+    fn pwrite64(fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t = libc::SYS_pwrite64, [fd, buf, n, off];
+    fn readv(fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t = libc::SYS_readv, [fd, iov, n];
+    fn writev(fd: c_int, iov: *const libc::iovec, n: c_int) -> ssize_t = libc::SYS_writev, [fd, iov, n];
+    fn close(fd: c_int) -> c_int = libc::SYS_close, [fd];
+    fn lseek(fd: c_int, off: off_t, whence: c_int) -> off_t = libc::SYS_lseek, [fd, off, whence];
+    fn lseek64(fd: c_int, off: off_t, whence: c_int) -> off_t = libc::SYS_lseek, [fd, off, whence];
+    fn open(path: *const c_char, flags: c_int, mode: mode_t) -> c_int = libc::SYS_openat, [AT_FDCWD, path, flags, mode];
+    fn open64(path: *const c_char, flags: c_int, mode: mode_t) -> c_int = libc::SYS_openat, [AT_FDCWD, path, flags, mode];
+    fn openat(dfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int = libc::SYS_openat, [dfd, path, flags, mode];
+    fn openat64(dfd: c_int, path: *const c_char, flags: c_int, mode: mode_t) -> c_int = libc::SYS_openat, [dfd, path, flags, mode];
+    fn creat(path: *const c_char, mode: mode_t) -> c_int = libc::SYS_openat, [AT_FDCWD, path, libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC, mode];
+    fn fstat(fd: c_int, st: *mut libc::stat) -> c_int = libc::SYS_fstat, [fd, st];
+    fn fstat64(fd: c_int, st: *mut libc::stat) -> c_int = libc::SYS_fstat, [fd, st];
+    fn stat(path: *const c_char, st: *mut libc::stat) -> c_int = libc::SYS_newfstatat, [AT_FDCWD, path, st, 0];
+    fn stat64(path: *const c_char, st: *mut libc::stat) -> c_int = libc::SYS_newfstatat, [AT_FDCWD, path, st, 0];
+    fn lstat(path: *const c_char, st: *mut libc::stat) -> c_int = libc::SYS_newfstatat, [AT_FDCWD, path, st, libc::AT_SYMLINK_NOFOLLOW];
+    fn lstat64(path: *const c_char, st: *mut libc::stat) -> c_int = libc::SYS_newfstatat, [AT_FDCWD, path, st, libc::AT_SYMLINK_NOFOLLOW];
+    fn fstatat(dfd: c_int, path: *const c_char, st: *mut libc::stat, flags: c_int) -> c_int = libc::SYS_newfstatat, [dfd, path, st, flags];
+    fn fstatat64(dfd: c_int, path: *const c_char, st: *mut libc::stat, flags: c_int) -> c_int = libc::SYS_newfstatat, [dfd, path, st, flags];
+    fn statx(dfd: c_int, path: *const c_char, flags: c_int, mask: c_uint, buf: *mut libc::statx) -> c_int = libc::SYS_statx, [dfd, path, flags, mask, buf];
+    fn access(path: *const c_char, mode: c_int) -> c_int = libc::SYS_access, [path, mode];
+    fn faccessat(dfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int = libc::SYS_faccessat2, [dfd, path, mode, flags];
+    fn fsync(fd: c_int) -> c_int = libc::SYS_fsync, [fd];
+    fn fdatasync(fd: c_int) -> c_int = libc::SYS_fdatasync, [fd];
+    fn ftruncate(fd: c_int, len: off_t) -> c_int = libc::SYS_ftruncate, [fd, len];
+    fn ftruncate64(fd: c_int, len: off_t) -> c_int = libc::SYS_ftruncate, [fd, len];
+    fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int = libc::SYS_fcntl, [fd, cmd, arg];
+    fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int = libc::SYS_fcntl, [fd, cmd, arg];
+    fn dup(fd: c_int) -> c_int = libc::SYS_dup, [fd];
+    fn dup2(fd: c_int, to: c_int) -> c_int = libc::SYS_dup2, [fd, to];
+    fn dup3(fd: c_int, to: c_int, flags: c_int) -> c_int = libc::SYS_dup3, [fd, to, flags];
+    fn mkdir(path: *const c_char, mode: mode_t) -> c_int = libc::SYS_mkdir, [path, mode];
+    fn mkdirat(dfd: c_int, path: *const c_char, mode: mode_t) -> c_int = libc::SYS_mkdirat, [dfd, path, mode];
+    fn unlink(path: *const c_char) -> c_int = libc::SYS_unlink, [path];
+    fn unlinkat(dfd: c_int, path: *const c_char, flags: c_int) -> c_int = libc::SYS_unlinkat, [dfd, path, flags];
+    fn rmdir(path: *const c_char) -> c_int = libc::SYS_rmdir, [path];
+    fn rename(a: *const c_char, b: *const c_char) -> c_int = libc::SYS_rename, [a, b];
+    fn renameat(da: c_int, a: *const c_char, db: c_int, b: *const c_char) -> c_int = libc::SYS_renameat, [da, a, db, b];
+    fn chdir(path: *const c_char) -> c_int = libc::SYS_chdir, [path];
+    fn fchdir(fd: c_int) -> c_int = libc::SYS_fchdir, [fd];
+    fn readlink(path: *const c_char, buf: *mut c_char, n: size_t) -> ssize_t = libc::SYS_readlink, [path, buf, n];
+    fn fchmod(fd: c_int, mode: mode_t) -> c_int = libc::SYS_fchmod, [fd, mode];
+    fn chmod(path: *const c_char, mode: mode_t) -> c_int = libc::SYS_chmod, [path, mode];
+    fn getdents64(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t = libc::SYS_getdents64, [fd, buf, n];
+    fn sendfile(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t = libc::SYS_sendfile, [out, inp, off, n];
+    fn sendfile64(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t = libc::SYS_sendfile, [out, inp, off, n];
+}
+
+/// `getcwd` must also allocate when `buf` is null (glibc extension), so it is not a plain wrapper.
+#[no_mangle]
+pub extern "C" fn getcwd(buf: *mut c_char, size: size_t) -> *mut c_char {
+    if crate::cwd::get().is_none() || !buf.is_null() {
+        if buf.is_null() {
+            // Local cwd with glibc's allocate-for-me convention: let the kernel size it.
+            let mut tmp = [0u8; crate::paths::PATH_MAX];
+            let r = ret(dispatch(libc::SYS_getcwd, [tmp.as_mut_ptr() as u64, tmp.len() as u64, 0, 0, 0, 0]));
+            if r < 0 {
+                return std::ptr::null_mut();
+            }
+            return dup_c(&tmp[..r as usize], size);
+        }
+        let r = ret(dispatch(libc::SYS_getcwd, [buf as u64, size as u64, 0, 0, 0, 0]));
+        return if r < 0 { std::ptr::null_mut() } else { buf };
+    }
+    let c = crate::cwd::get().expect("checked");
+    let mut tmp = c.as_bytes().to_vec();
+    tmp.push(0);
+    dup_c(&tmp, size)
+}
+
+fn dup_c(with_nul: &[u8], size: size_t) -> *mut c_char {
+    let n = if size == 0 { with_nul.len() } else { size.max(with_nul.len()) };
+    if size != 0 && size < with_nul.len() {
+        crate::sys::set_errno(libc::ERANGE);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: malloc of n bytes; we copy at most n bytes into it.
+    unsafe {
+        let p = libc::malloc(n) as *mut u8;
+        if p.is_null() {
+            return std::ptr::null_mut();
+        }
+        std::ptr::copy_nonoverlapping(with_nul.as_ptr(), p, with_nul.len());
+        p as *mut c_char
+    }
+}
+
+#[allow(dead_code)]
+fn _unused(_: c_long) {}

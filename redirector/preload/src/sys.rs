@@ -1,0 +1,362 @@
+//! Raw system calls, the seccomp safety net and the SIGSYS handler: the shim's unsafe core.
+//!
+//! Every system call the shim makes for itself goes through one assembly trampoline,
+//! [`syscall6`], which lives in the shim's own code. The seccomp filter traps a routed system
+//! call only when it is issued from libc's or the program's own code — glibc internals such
+//! as `fopen`'s `openat` or `opendir`'s `getdents64`, raw `syscall()` — and the SIGSYS handler
+//! emulates it through [`crate::dispatch::dispatch`], writing the result into the interrupted
+//! context's `rax`. Syscalls that are never routed are allowed before the instruction-pointer
+//! check, so the kernel's seccomp cache lets them through at no cost.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+core::arch::global_asm!(
+    ".pushsection .text.virtuos_syscall,\"ax\",@progbits",
+    ".globl virtuos_syscall6",
+    ".hidden virtuos_syscall6",
+    ".type virtuos_syscall6,@function",
+    "virtuos_syscall6:",
+    "mov rax, rdi",
+    "mov rdi, rsi",
+    "mov rsi, rdx",
+    "mov rdx, rcx",
+    "mov r10, r8",
+    "mov r8, r9",
+    "mov r9, [rsp + 8]",
+    "syscall",
+    "ret",
+    ".size virtuos_syscall6, . - virtuos_syscall6",
+    ".popsection",
+);
+
+extern "C" {
+    fn virtuos_syscall6(nr: i64, a: u64, b: u64, c: u64, d: u64, e: u64, f: u64) -> i64;
+}
+
+/// Makes a system call from the trampoline; returns the raw result (`-errno` on failure).
+pub fn syscall6(nr: i64, a: [u64; 6]) -> i64 {
+    // SAFETY: the trampoline is a plain `syscall` instruction with the Linux x86-64 calling
+    // convention. The caller is responsible for the arguments exactly as for the syscall;
+    // every call site in this crate passes what the application passed, or its own buffers.
+    unsafe { virtuos_syscall6(nr, a[0], a[1], a[2], a[3], a[4], a[5]) }
+}
+
+/// Shorthand for calls with fewer arguments.
+pub fn sys(nr: i64, args: &[u64]) -> i64 {
+    let mut a = [0u64; 6];
+    a[..args.len()].copy_from_slice(args);
+    syscall6(nr, a)
+}
+
+
+/// Number of system calls the SIGSYS handler emulated (the slow path), for telemetry.
+pub static TRAPPED: AtomicU64 = AtomicU64::new(0);
+
+// ---------------------------------------------------------------------------------------------
+// The filter.
+
+const SECCOMP_DATA_NR: u32 = 0;
+const SECCOMP_DATA_ARCH: u32 = 4;
+const SECCOMP_DATA_IP_LO: u32 = 8;
+const SECCOMP_DATA_IP_HI: u32 = 12;
+const SECCOMP_DATA_ARG3_LO: u32 = 16 + 3 * 8;
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
+/// SECCOMP_RET_DATA of our traps, seen as `si_errno` in the handler.
+pub const TRAP_DATA: u32 = 0x5654; // "VT"
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt: 0, jf: 0, k }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const JGT_K: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
+const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+/// Emits a binary search over sorted `nrs`; a match jumps (`ja`) to the instruction-pointer
+/// check, anything else returns ALLOW. The `ja` offsets are patched by the caller (`fixups`).
+fn emit_tree(nrs: &[u32], prog: &mut Vec<libc::sock_filter>, fixups: &mut Vec<usize>) {
+    if nrs.len() <= 3 {
+        for &nr in nrs {
+            if nr == libc::SYS_mmap as u32 {
+                // mmap traps only for file mappings: anonymous ones are malloc's hot path.
+                prog.push(jump(JEQ_K, nr, 0, 4));
+                prog.push(stmt(LD_W_ABS, SECCOMP_DATA_ARG3_LO));
+                prog.push(jump(JSET_K, libc::MAP_ANONYMOUS as u32, 0, 1));
+                prog.push(stmt(RET_K, SECCOMP_RET_ALLOW));
+                fixups.push(prog.len());
+                prog.push(stmt(JA, 0));
+            } else {
+                prog.push(jump(JEQ_K, nr, 0, 1));
+                fixups.push(prog.len());
+                prog.push(stmt(JA, 0));
+            }
+        }
+        prog.push(stmt(RET_K, SECCOMP_RET_ALLOW));
+        return;
+    }
+    let mid = nrs.len() / 2;
+    let at = prog.len();
+    prog.push(jump(JGT_K, nrs[mid - 1], 0, 0));
+    emit_tree(&nrs[..mid], prog, fixups);
+    let left = prog.len() - at - 1;
+    prog[at].jt = u8::try_from(left).expect("left subtree fits a conditional jump");
+    emit_tree(&nrs[mid..], prog, fixups);
+}
+
+/// Splits `[start, end)` so that no piece crosses a 4 GiB boundary (BPF compares 32 bits).
+fn split_ranges(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(mut s, e) in ranges {
+        while s < e {
+            let boundary = ((s >> 32) + 1) << 32;
+            let piece_end = e.min(boundary);
+            out.push((s, piece_end));
+            s = piece_end;
+        }
+    }
+    out
+}
+
+/// Builds the filter: a routed syscall number (`nrs`) issued from an instruction inside one
+/// of `ranges` (libc's and the program's code) traps; everything else is allowed.
+///
+/// Checking where the call comes from, rather than allowing only the shim's trampoline, keeps
+/// the filter harmless after `execve`: the filter outlives the program image, and the new
+/// image's dynamic loader makes routed calls before any shim is loaded to handle a trap. In
+/// the new image the old ranges no longer hold libc (ASLR maps it elsewhere), so nothing traps
+/// until the new image's shim installs a filter for its own ranges.
+pub fn build_filter(nrs: &[u32], ranges: &[(u64, u64)]) -> Vec<libc::sock_filter> {
+    let mut sorted = nrs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut prog = vec![
+        stmt(LD_W_ABS, SECCOMP_DATA_ARCH),
+        jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+        stmt(RET_K, SECCOMP_RET_ALLOW),
+        stmt(LD_W_ABS, SECCOMP_DATA_NR),
+    ];
+    let mut fixups = Vec::new();
+    emit_tree(&sorted, &mut prog, &mut fixups);
+    let ip_check = prog.len();
+    for (s, e) in split_ranges(ranges) {
+        let hi = (s >> 32) as u32;
+        let (lo_s, lo_e) = (s as u32, ((e - 1) as u32));
+        // if ip_hi == hi && lo_s <= ip_lo <= lo_e: trap
+        prog.push(stmt(LD_W_ABS, SECCOMP_DATA_IP_HI));
+        prog.push(jump(JEQ_K, hi, 0, 4));
+        prog.push(stmt(LD_W_ABS, SECCOMP_DATA_IP_LO));
+        prog.push(jump(JGE_K, lo_s, 0, 2));
+        prog.push(jump(JGT_K, lo_e, 1, 0));
+        prog.push(stmt(RET_K, SECCOMP_RET_TRAP | TRAP_DATA));
+    }
+    prog.push(stmt(RET_K, SECCOMP_RET_ALLOW));
+    for f in fixups {
+        prog[f].k = (ip_check - f - 1) as u32;
+    }
+    prog
+}
+
+/// Executable segments of libc and of the main program, where un-interposed routed calls
+/// come from.
+pub fn code_ranges() -> Vec<(u64, u64)> {
+    unsafe extern "C" fn cb(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid info for the duration of the callback and
+        // `data` is the Vec we passed in.
+        unsafe {
+            let out = &mut *(data as *mut Vec<(u64, u64)>);
+            let info = &*info;
+            let name = if info.dlpi_name.is_null() {
+                &b""[..]
+            } else {
+                std::ffi::CStr::from_ptr(info.dlpi_name).to_bytes()
+            };
+            let is_main = name.is_empty();
+            let base = name.rsplit(|&c| c == b'/').next().unwrap_or(b"");
+            if !(is_main || base.starts_with(b"libc.so")) {
+                return 0;
+            }
+            for i in 0..info.dlpi_phnum as usize {
+                let ph = &*info.dlpi_phdr.add(i);
+                if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
+                    let start = info.dlpi_addr + ph.p_vaddr;
+                    out.push((start, start + ph.p_memsz));
+                }
+            }
+            0
+        }
+    }
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    // SAFETY: the callback only reads the headers and appends to `out`.
+    unsafe { libc::dl_iterate_phdr(Some(cb), &mut out as *mut _ as *mut libc::c_void) };
+    out
+}
+
+/// Installs the filter for this thread and, with TSYNC, every other thread of the process.
+pub fn install_filter(nrs: &[u32]) -> Result<(), i64> {
+    let ranges = code_ranges();
+    let prog = build_filter(nrs, &ranges);
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut _ };
+    let r = sys(libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0]);
+    if r < 0 {
+        return Err(r);
+    }
+    let r = sys(
+        libc::SYS_seccomp,
+        &[
+            libc::SECCOMP_SET_MODE_FILTER as u64,
+            libc::SECCOMP_FILTER_FLAG_TSYNC as u64,
+            &fprog as *const libc::sock_fprog as u64,
+        ],
+    );
+    if r != 0 {
+        return Err(if r < 0 { r } else { -(libc::EBUSY as i64) });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The handler.
+
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes valid siginfo and ucontext pointers to an SA_SIGINFO handler;
+    // they stay valid for the handler's duration and nothing else accesses them meanwhile.
+    unsafe {
+        let errno_saved = *libc::__errno_location();
+        // si_errno carries SECCOMP_RET_DATA for seccomp traps.
+        if (*info).si_errno as u32 != TRAP_DATA {
+            return;
+        }
+        let uc = ctx as *mut libc::ucontext_t;
+        let g = &mut (*uc).uc_mcontext.gregs;
+        let nr = g[libc::REG_RAX as usize];
+        let args = [
+            g[libc::REG_RDI as usize] as u64,
+            g[libc::REG_RSI as usize] as u64,
+            g[libc::REG_RDX as usize] as u64,
+            g[libc::REG_R10 as usize] as u64,
+            g[libc::REG_R8 as usize] as u64,
+            g[libc::REG_R9 as usize] as u64,
+        ];
+        TRAPPED.fetch_add(1, Ordering::Relaxed);
+        g[libc::REG_RAX as usize] = crate::dispatch::dispatch(nr, args);
+        *libc::__errno_location() = errno_saved;
+    }
+}
+
+/// Installs the SIGSYS handler (SA_NODEFER so a trap inside a handler still works).
+pub fn install_sigsys_handler() -> Result<(), i64> {
+    // SAFETY: a zeroed sigaction is valid; we set the handler, flags and an empty mask.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = on_sigsys as *const () as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_RESTART;
+    // SAFETY: `sa` is a valid sigaction and the old-action pointer may be null.
+    let r = unsafe { libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) };
+    if r != 0 {
+        return Err(-(libc::EINVAL as i64));
+    }
+    Ok(())
+}
+
+/// Reads a NUL-terminated string from the application (at most `max` bytes).
+///
+/// Returns `None` for a null pointer or a string without a terminator within `max`.
+pub fn c_str<'a>(p: u64, max: usize) -> Option<&'a [u8]> {
+    if p == 0 {
+        return None;
+    }
+    // SAFETY: the application passed this pointer as a path argument of a system call, which
+    // requires it to be a readable NUL-terminated string; we never read beyond its terminator.
+    unsafe {
+        let s = p as *const u8;
+        let mut n = 0;
+        while n < max {
+            if *s.add(n) == 0 {
+                return Some(std::slice::from_raw_parts(s, n));
+            }
+            n += 1;
+        }
+    }
+    None
+}
+
+/// The application's buffer `p..p+len` as a mutable byte slice.
+pub fn user_buf_mut<'a>(p: u64, len: usize) -> &'a mut [u8] {
+    if len == 0 {
+        return &mut [];
+    }
+    // SAFETY: the application passed this buffer for the kernel to write `len` bytes into; it
+    // must be writable for that long, exactly as the system call requires.
+    unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) }
+}
+
+/// The application's buffer `p..p+len` as a byte slice.
+pub fn user_buf<'a>(p: u64, len: usize) -> &'a [u8] {
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: the application passed this buffer for the kernel to read `len` bytes from.
+    unsafe { std::slice::from_raw_parts(p as *const u8, len) }
+}
+
+/// Reads the application's `struct iovec` array.
+pub fn iovecs<'a>(p: u64, n: usize) -> &'a [libc::iovec] {
+    if n == 0 {
+        return &[];
+    }
+    // SAFETY: the application passed `n` iovecs for the kernel to read.
+    unsafe { std::slice::from_raw_parts(p as *const libc::iovec, n) }
+}
+
+/// Writes a value of plain type `T` into application memory at `p`.
+pub fn put<T: Copy>(p: u64, v: T) {
+    // SAFETY: the application passed this pointer for the kernel to store a `T` into.
+    unsafe { std::ptr::write_unaligned(p as *mut T, v) }
+}
+
+/// Reads a value of plain type `T` from application memory at `p`.
+pub fn get<T: Copy>(p: u64) -> T {
+    // SAFETY: the application passed this pointer for the kernel to read a `T` from.
+    unsafe { std::ptr::read_unaligned(p as *const T) }
+}
+
+/// `errno` of the calling thread.
+pub fn set_errno(e: i32) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trampoline_makes_real_syscalls() {
+        assert_eq!(sys(libc::SYS_getpid, &[]), std::process::id() as i64);
+        assert_eq!(sys(libc::SYS_close, &[u32::MAX as u64]), -(libc::EBADF as i64));
+    }
+
+    #[test]
+    fn filter_is_well_formed() {
+        let nrs: Vec<u32> = (0..120).map(|n| n * 3).chain([libc::SYS_mmap as u32]).collect();
+        let prog = build_filter(&nrs, &[(0x7f00_ffff_f000, 0x7f01_0000_2000)]);
+        assert!(prog.len() < 4096);
+        assert_eq!(split_ranges(&[(0xffff_f000, 0x1_0000_1000)]).len(), 2);
+        assert!(!code_ranges().is_empty());
+        // Every ja lands inside the program.
+        for (i, ins) in prog.iter().enumerate() {
+            if ins.code == JA {
+                assert!(i + 1 + (ins.k as usize) < prog.len());
+            }
+        }
+    }
+}
