@@ -7,7 +7,10 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Message::decode(data) {
         let bytes = m.as_bytes();
-        assert_eq!(bytes, data, "decode accepted bytes that do not re-encode identically");
+        assert_eq!(
+            bytes, data,
+            "decode accepted bytes that do not re-encode identically"
+        );
         assert_eq!(Message::decode(bytes), Ok(m));
     }
 });

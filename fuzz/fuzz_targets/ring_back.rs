@@ -26,24 +26,54 @@ enum Word {
 #[derive(Arbitrary, Debug)]
 enum Op {
     /// A hostile peer scribbles on an index word.
-    WriteIndex { ch: u8, word: Word, value: u32 },
+    WriteIndex {
+        ch: u8,
+        word: Word,
+        value: u32,
+    },
     /// A hostile peer scribbles on a slot.
-    WriteSlot { ch: u8, index: u32, slot: [u64; 8] },
-    BackTake { ch: u8 },
-    BackPush { ch: u8, slot: [u64; 8] },
-    BackPublish { ch: u8 },
-    BackArm { ch: u8 },
-    BackPending { ch: u8 },
-    FrontTake { ch: u8 },
-    FrontPush { ch: u8, slot: [u64; 8] },
-    FrontPublish { ch: u8 },
-    FrontArm { ch: u8 },
+    WriteSlot {
+        ch: u8,
+        index: u32,
+        slot: [u64; 8],
+    },
+    BackTake {
+        ch: u8,
+    },
+    BackPush {
+        ch: u8,
+        slot: [u64; 8],
+    },
+    BackPublish {
+        ch: u8,
+    },
+    BackArm {
+        ch: u8,
+    },
+    BackPending {
+        ch: u8,
+    },
+    FrontTake {
+        ch: u8,
+    },
+    FrontPush {
+        ch: u8,
+        slot: [u64; 8],
+    },
+    FrontPublish {
+        ch: u8,
+    },
+    FrontArm {
+        ch: u8,
+    },
 }
 
 fuzz_target!(|ops: Vec<Op>| {
     let layout = Layout::new(CHANNELS, RING_SIZE, 4096).unwrap();
     let mem = SharedMem::heap(layout.region_len());
-    let rings: Vec<RingView<'_>> = (0..CHANNELS).map(|c| RingView::new(&mem, &layout, c)).collect();
+    let rings: Vec<RingView<'_>> = (0..CHANNELS)
+        .map(|c| RingView::new(&mem, &layout, c))
+        .collect();
     let mut fronts = [FrontState::default(); CHANNELS as usize];
     let mut backs = [BackState::default(); CHANNELS as usize];
 
@@ -57,7 +87,8 @@ fuzz_target!(|ops: Vec<Op>| {
                     Word::RspProd => ring::RSP_PROD,
                     Word::RspEvent => ring::RSP_EVENT,
                 };
-                mem.u32_at(layout.ring_off(c) + off).store(value, Ordering::Relaxed);
+                mem.u32_at(layout.ring_off(c) + off)
+                    .store(value, Ordering::Relaxed);
             }
             Op::WriteSlot { ch, index, slot } => {
                 let c = u32::from(ch) % CHANNELS;
@@ -120,8 +151,16 @@ fuzz_target!(|ops: Vec<Op>| {
             }
         }
         for c in 0..CHANNELS as usize {
-            assert!(fronts[c].outstanding() <= RING_SIZE, "front outstanding {:?}", fronts[c]);
-            assert!(backs[c].in_flight() <= RING_SIZE, "back in flight {:?}", backs[c]);
+            assert!(
+                fronts[c].outstanding() <= RING_SIZE,
+                "front outstanding {:?}",
+                fronts[c]
+            );
+            assert!(
+                backs[c].in_flight() <= RING_SIZE,
+                "back in flight {:?}",
+                backs[c]
+            );
         }
     }
 });

@@ -16,8 +16,10 @@ use abi::RawSlot;
 enum Backing {
     /// A shared mapping of a memfd, gntalloc or gntdev file.
     Mmap(memmap2::MmapRaw),
-    /// Process-private memory, for tests and Miri.
-    Heap(Box<[AtomicU64]>),
+    /// Process-private memory, for tests and Miri: a `Box<[AtomicU64]>` turned into a raw
+    /// pointer and freed when the `SharedMem` drops. Kept raw on purpose: moving a `Box` retags
+    /// it as unique, which (under Stacked Borrows) invalidates `base`, derived from it earlier.
+    Heap(*mut [AtomicU64]),
 }
 
 /// A mapped region shared with a (possibly hostile) peer.
@@ -49,7 +51,8 @@ impl SharedMem {
     /// Process-private zeroed memory of `len` bytes (rounded up to 8), for tests and Miri.
     pub fn heap(len: usize) -> Self {
         let words: Box<[AtomicU64]> = (0..len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect();
-        let base = words.as_ptr() as *mut u8;
+        let words = Box::into_raw(words);
+        let base = words as *mut u8;
         SharedMem {
             base,
             len,
@@ -133,6 +136,16 @@ impl SharedMem {
         self.check(off, len, 1);
         // SAFETY: `off` is within the mapping (checked), so the result stays in bounds.
         unsafe { self.base.add(off) }
+    }
+}
+
+impl Drop for SharedMem {
+    fn drop(&mut self) {
+        if let Backing::Heap(words) = self._backing {
+            // SAFETY: `words` came from `Box::into_raw` in `heap` and is freed only here, once;
+            // no reference into the region outlives `self` (accessors borrow `self`).
+            drop(unsafe { Box::from_raw(words) });
+        }
     }
 }
 

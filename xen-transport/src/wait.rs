@@ -88,11 +88,9 @@ impl AdaptiveSpin {
     pub fn record(&self, waited: Duration) {
         let max = self.policy.max.as_nanos() as u64;
         let w = waited.as_nanos() as u64;
-        let target = if w <= max {
-            w
-        } else {
-            self.policy.min.as_nanos() as u64
-        };
+        // A long wait pulls the average toward zero, so the (clamped) budget falls to `min`.
+        // Pulling it toward `min` itself would leave the budget, twice the average, at 2 * min.
+        let target = if w <= max { w } else { 0 };
         let old = self.ewma_ns.load(Ordering::Relaxed);
         // Racy update by design: a lost sample among threads only slows adaptation.
         self.ewma_ns

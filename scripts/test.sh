@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every virtuos test: formatting, lints, unit/property/integration tests, Miri on the ring
+# logic, short fuzz runs of every decoder, and a quick latency benchmark smoke run.
+# Installs what is missing first (scripts/setup.sh --deps). Set FUZZ_SECONDS to fuzz longer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --deps
+
+step() { printf '\n==> %s\n' "$*"; }
+FUZZ_SECONDS=${FUZZ_SECONDS:-15}
+
+step "fmt"
+cargo fmt --all --check
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+step "tests (debug)"
+cargo test --workspace
+step "tests (release: the 8x100k stress test at full speed too)"
+cargo test --release --workspace
+step "miri: ring and record logic"
+cargo +nightly miri test -p virtuos-abi -p xen-transport --lib
+step "fuzz: ${FUZZ_SECONDS}s per target"
+(cd fuzz && for t in $(cargo +nightly fuzz list); do
+    echo "-- $t"
+    cargo +nightly fuzz run "$t" -- -max_total_time="$FUZZ_SECONDS" 2>&1 | tail -n 2
+done)
+step "bench smoke: virtuos-bench latency --quick"
+cargo build --release --workspace
+./target/release/virtuos-bench latency --quick --json target/latency-quick.json --plot target/latency-quick.svg
+python3 - <<'PY'
+import json
+r = json.load(open("target/latency-quick.json"))
+names = {x["name"] for x in r["results"]}
+want = {"native_syscall", "ring_spin", "ring_sleep", "seccomp_user_notif", "seccomp_trap_sigsys"}
+missing = want - names
+assert not missing, f"latency results missing {missing}"
+assert all(x["median_ns"] > 0 for x in r["results"])
+print("latency report complete:", sorted(names))
+PY
+echo; echo "all tests passed"
