@@ -68,7 +68,9 @@ fn which(cmd: &std::ffi::OsStr) -> Option<PathBuf> {
     if c.components().count() > 1 {
         return Some(c.to_path_buf());
     }
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(c)).find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(c))
+        .find(|p| p.is_file())
 }
 
 /// True when the ELF file has no program interpreter (statically linked).
@@ -99,7 +101,8 @@ fn run(args: RunArgs) -> Result<i32> {
     if args.enforce {
         bail!("--enforce: eBPF enforcement is not implemented yet (issue #6)");
     }
-    let prog = which(&args.cmd[0]).with_context(|| format!("{:?}: command not found", args.cmd[0]))?;
+    let prog =
+        which(&args.cmd[0]).with_context(|| format!("{:?}: command not found", args.cmd[0]))?;
     if is_static(&prog)? {
         bail!(
             "{} is statically linked: the preload shim cannot enter it, and the supervised \
@@ -113,8 +116,14 @@ fn run(args: RunArgs) -> Result<i32> {
         if !mount.is_absolute() {
             bail!("--mount {}: must be an absolute path", mount.display());
         }
-        connect_session(sock, &ClientConfig { channels: 1, ..ClientConfig::default() })
-            .with_context(|| format!("storage domain at {}", sock.display()))?;
+        connect_session(
+            sock,
+            &ClientConfig {
+                channels: 1,
+                ..ClientConfig::default()
+            },
+        )
+        .with_context(|| format!("storage domain at {}", sock.display()))?;
         let so = preload_path()?;
         let preload = match std::env::var_os("LD_PRELOAD") {
             Some(old) if !old.is_empty() => {
@@ -125,11 +134,17 @@ fn run(args: RunArgs) -> Result<i32> {
             }
             _ => so.into_os_string(),
         };
-        cmd.env("LD_PRELOAD", preload).env("VIRTUOS_STORAGE", sock).env("VIRTUOS_MOUNT", mount);
+        cmd.env("LD_PRELOAD", preload)
+            .env("VIRTUOS_STORAGE", sock)
+            .env("VIRTUOS_MOUNT", mount);
     }
     // Spawn and wait, forwarding the exit status (a signal as 128 + number).
-    let status = cmd.status().with_context(|| format!("starting {}", prog.display()))?;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", prog.display()))?;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 fn main() -> Result<()> {

@@ -26,9 +26,14 @@ pub fn get() -> &'static Config {
         let mount = std::env::var_os(ENV_MOUNT).and_then(|m| {
             use std::os::unix::ffi::OsStrExt;
             let b = m.as_bytes();
-            (b.first() == Some(&b'/')).then(|| paths::normalize(b).ok()).flatten()
+            (b.first() == Some(&b'/'))
+                .then(|| paths::normalize(b).ok())
+                .flatten()
         });
         let mount = if storage_sock.is_some() { mount } else { None };
-        Config { storage_sock, mount }
+        Config {
+            storage_sock,
+            mount,
+        }
     })
 }

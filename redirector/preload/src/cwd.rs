@@ -12,7 +12,10 @@ static mut CWD: Option<PathBuf> = None;
 static ROUTED: AtomicBool = AtomicBool::new(false);
 
 fn locked<R>(f: impl FnOnce(&mut Option<PathBuf>) -> R) -> R {
-    while LOCK.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    while LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         std::hint::spin_loop();
     }
     // SAFETY: CWD is only accessed here, under LOCK, which this thread holds.

@@ -21,6 +21,7 @@ fn e(n: i32) -> i64 {
 }
 
 /// Where a path argument lives.
+#[allow(clippy::large_enum_variant)] // on the stack by design: no allocation in signal handlers
 enum Loc {
     Local,
     /// Export-relative, normalised, starting with `/`.
@@ -29,7 +30,9 @@ enum Loc {
 
 /// Resolves `path` relative to `dirfd` (or the cwd) against the mount prefix.
 fn resolve(dirfd: i64, path: &[u8]) -> Result<Loc, i64> {
-    let Some(mount) = config::get().mount.as_ref() else { return Ok(Loc::Local) };
+    let Some(mount) = config::get().mount.as_ref() else {
+        return Ok(Loc::Local);
+    };
     let full = if path.first() == Some(&b'/') {
         paths::normalize(path)
     } else if dirfd == AT_FDCWD {
@@ -43,17 +46,22 @@ fn resolve(dirfd: i64, path: &[u8]) -> Result<Loc, i64> {
         }
         let mut dir = [0u8; paths::PATH_MAX];
         let n = fdtable::dir_path(r.handle, &mut dir).ok_or(e(libc::EBADF))?;
-        let base = paths::join(mount.as_bytes(), &dir[..n].strip_prefix(b"/").unwrap_or(&dir[..n]))
-            .map_err(|_| e(libc::ENAMETOOLONG))?;
+        let base = paths::join(
+            mount.as_bytes(),
+            dir[..n].strip_prefix(b"/").unwrap_or(&dir[..n]),
+        )
+        .map_err(|_| e(libc::ENAMETOOLONG))?;
         paths::join(base.as_bytes(), path)
     } else {
         return Ok(Loc::Local);
     }
     .map_err(|_| e(libc::ENAMETOOLONG))?;
-    Ok(match paths::strip_prefix(full.as_bytes(), mount.as_bytes()) {
-        Some(rel) => Loc::Remote(rel),
-        None => Loc::Local,
-    })
+    Ok(
+        match paths::strip_prefix(full.as_bytes(), mount.as_bytes()) {
+            Some(rel) => Loc::Remote(rel),
+            None => Loc::Local,
+        },
+    )
 }
 
 fn path_arg(p: u64) -> Result<&'static [u8], i64> {
@@ -78,7 +86,14 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
     Ok(Some(match nr {
         libc::SYS_open => return open_at(AT_FDCWD, a[0], a[1], a[2], nr, a),
         libc::SYS_creat => {
-            return open_at(AT_FDCWD, a[0], (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64, a[1], nr, a)
+            return open_at(
+                AT_FDCWD,
+                a[0],
+                (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64,
+                a[1],
+                nr,
+                a,
+            )
         }
         libc::SYS_openat => return open_at(fd, a[1], a[2], a[3], nr, a),
         libc::SYS_openat2 => {
@@ -91,100 +106,317 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
         libc::SYS_write => return on_fd(fd, |r| rw(r, true, a[1], a[2] as usize, None)),
         libc::SYS_pread64 => return on_fd(fd, |r| rw(r, false, a[1], a[2] as usize, Some(a[3]))),
         libc::SYS_pwrite64 => return on_fd(fd, |r| rw(r, true, a[1], a[2] as usize, Some(a[3]))),
-        libc::SYS_readv | libc::SYS_writev | libc::SYS_preadv | libc::SYS_pwritev | libc::SYS_preadv2 | libc::SYS_pwritev2 => {
-            return vectored(nr, fd, a)
+        libc::SYS_readv
+        | libc::SYS_writev
+        | libc::SYS_preadv
+        | libc::SYS_pwritev
+        | libc::SYS_preadv2
+        | libc::SYS_pwritev2 => return vectored(nr, fd, a),
+        libc::SYS_lseek => {
+            return on_fd(fd, |r| {
+                remote::call(
+                    Opcode::LSeek,
+                    [r.handle.into(), a[1], a[2], 0, 0],
+                    &[],
+                    None,
+                )
+            })
         }
-        libc::SYS_lseek => return on_fd(fd, |r| remote::call(Opcode::LSeek, [r.handle.into(), a[1], a[2], 0, 0], &[], None)),
         libc::SYS_fstat => return on_fd(fd, |r| fstat_remote(r, a[1])),
         libc::SYS_newfstatat => return stat_at(fd, a[1], a[2], a[3], None, nr, a),
         libc::SYS_stat => return stat_at(AT_FDCWD, a[0], a[1], 0, None, nr, a),
-        libc::SYS_lstat => return stat_at(AT_FDCWD, a[0], a[1], libc::AT_SYMLINK_NOFOLLOW as u64, None, nr, a),
+        libc::SYS_lstat => {
+            return stat_at(
+                AT_FDCWD,
+                a[0],
+                a[1],
+                libc::AT_SYMLINK_NOFOLLOW as u64,
+                None,
+                nr,
+                a,
+            )
+        }
         libc::SYS_statx => return stat_at(fd, a[1], a[4], a[2], Some(a[3]), nr, a),
-        libc::SYS_getdents64 => return on_fd(fd, |r| {
-            let n = (a[2] as usize).min(remote::window());
-            remote::call(Opcode::GetDents64, [r.handle.into(), 0, 0, 0, 0], &[], Some(user_buf_mut(a[1], n)))
-        }),
+        libc::SYS_getdents64 => {
+            return on_fd(fd, |r| {
+                let n = (a[2] as usize).min(remote::window());
+                remote::call(
+                    Opcode::GetDents64,
+                    [r.handle.into(), 0, 0, 0, 0],
+                    &[],
+                    Some(user_buf_mut(a[1], n)),
+                )
+            })
+        }
         libc::SYS_getdents => return on_fd(fd, |_| e(libc::ENOSYS)),
-        libc::SYS_fsync | libc::SYS_fdatasync => return on_fd(fd, |r| {
-            remote::call(Opcode::FSync, [r.handle.into(), u64::from(nr == libc::SYS_fdatasync), 0, 0, 0], &[], None)
-        }),
-        libc::SYS_ftruncate => return on_fd(fd, |r| remote::call(Opcode::FTruncate, [r.handle.into(), a[1], 0, 0, 0], &[], None)),
-        libc::SYS_fchmod => return on_fd(fd, |r| remote::call(Opcode::FChmod, [r.handle.into(), a[1], 0, 0, 0], &[], None)),
-        libc::SYS_fchown => return on_fd(fd, |r| remote::call(Opcode::FChown, [r.handle.into(), a[1] as u32 as u64, a[2] as u32 as u64, 0, 0], &[], None)),
-        libc::SYS_fallocate => return on_fd(fd, |r| remote::call(Opcode::Fallocate, [r.handle.into(), a[1], a[2], a[3], 0], &[], None)),
-        libc::SYS_fstatfs => return on_fd(fd, |r| {
-            remote::call(Opcode::FStatFs, [r.handle.into(), 0, 0, 0, 0], &[], Some(user_buf_mut(a[1], std::mem::size_of::<libc::statfs>())))
-        }),
-        libc::SYS_fadvise64 | libc::SYS_readahead | libc::SYS_sync_file_range => return on_fd(fd, |_| 0),
+        libc::SYS_fsync | libc::SYS_fdatasync => {
+            return on_fd(fd, |r| {
+                remote::call(
+                    Opcode::FSync,
+                    [
+                        r.handle.into(),
+                        u64::from(nr == libc::SYS_fdatasync),
+                        0,
+                        0,
+                        0,
+                    ],
+                    &[],
+                    None,
+                )
+            })
+        }
+        libc::SYS_ftruncate => {
+            return on_fd(fd, |r| {
+                remote::call(
+                    Opcode::FTruncate,
+                    [r.handle.into(), a[1], 0, 0, 0],
+                    &[],
+                    None,
+                )
+            })
+        }
+        libc::SYS_fchmod => {
+            return on_fd(fd, |r| {
+                remote::call(Opcode::FChmod, [r.handle.into(), a[1], 0, 0, 0], &[], None)
+            })
+        }
+        libc::SYS_fchown => {
+            return on_fd(fd, |r| {
+                remote::call(
+                    Opcode::FChown,
+                    [
+                        r.handle.into(),
+                        a[1] as u32 as u64,
+                        a[2] as u32 as u64,
+                        0,
+                        0,
+                    ],
+                    &[],
+                    None,
+                )
+            })
+        }
+        libc::SYS_fallocate => {
+            return on_fd(fd, |r| {
+                remote::call(
+                    Opcode::Fallocate,
+                    [r.handle.into(), a[1], a[2], a[3], 0],
+                    &[],
+                    None,
+                )
+            })
+        }
+        libc::SYS_fstatfs => {
+            return on_fd(fd, |r| {
+                remote::call(
+                    Opcode::FStatFs,
+                    [r.handle.into(), 0, 0, 0, 0],
+                    &[],
+                    Some(user_buf_mut(a[1], std::mem::size_of::<libc::statfs>())),
+                )
+            })
+        }
+        libc::SYS_fadvise64 | libc::SYS_readahead | libc::SYS_sync_file_range => {
+            return on_fd(fd, |_| 0)
+        }
         libc::SYS_flock => return on_fd(fd, |_| e(libc::ENOLCK)),
         libc::SYS_ioctl => return on_fd(fd, |_| e(libc::ENOTTY)),
-        libc::SYS_fgetxattr | libc::SYS_flistxattr | libc::SYS_fsetxattr | libc::SYS_fremovexattr => return on_fd(fd, |_| e(libc::EOPNOTSUPP)),
-        libc::SYS_copy_file_range => {
-            if fdtable::get(fd).is_some() || fdtable::get(a[2] as i32 as i64).is_some() {
-                e(libc::EXDEV)
-            } else {
-                return Ok(None);
-            }
-        }
+        libc::SYS_fgetxattr
+        | libc::SYS_flistxattr
+        | libc::SYS_fsetxattr
+        | libc::SYS_fremovexattr => return on_fd(fd, |_| e(libc::EOPNOTSUPP)),
+        libc::SYS_copy_file_range if either_remote(fd, a[2]) => e(libc::EXDEV),
         libc::SYS_sendfile => return sendfile(a),
-        libc::SYS_splice | libc::SYS_tee | libc::SYS_vmsplice => {
-            if fdtable::get(fd).is_some() || fdtable::get(a[2] as i32 as i64).is_some() {
-                e(libc::EINVAL)
-            } else {
-                return Ok(None);
-            }
+        libc::SYS_splice | libc::SYS_tee | libc::SYS_vmsplice if either_remote(fd, a[2]) => {
+            e(libc::EINVAL)
         }
         libc::SYS_fcntl => return fcntl(fd, a),
         libc::SYS_dup => return dup(fd, None, None),
         libc::SYS_dup2 => return dup(fd, Some(a[1] as i32 as i64), None),
         libc::SYS_dup3 => return dup(fd, Some(a[1] as i32 as i64), Some(a[2])),
         libc::SYS_mmap => return mmap(a),
-        libc::SYS_access => return path_op(AT_FDCWD, a[0], nr, a, |p| remote::call(Opcode::AccessAt, [a[1], 0, 0, 0, 0], &[p], None)),
+        libc::SYS_access => {
+            return path_op(AT_FDCWD, a[0], nr, a, |p| {
+                remote::call(Opcode::AccessAt, [a[1], 0, 0, 0, 0], &[p], None)
+            })
+        }
         libc::SYS_faccessat | libc::SYS_faccessat2 => {
             let flags = if nr == libc::SYS_faccessat2 { a[3] } else { 0 };
-            return path_op(fd, a[1], nr, a, |p| remote::call(Opcode::AccessAt, [a[2], flags, 0, 0, 0], &[p], None));
+            return path_op(fd, a[1], nr, a, |p| {
+                remote::call(Opcode::AccessAt, [a[2], flags, 0, 0, 0], &[p], None)
+            });
         }
-        libc::SYS_mkdir => return path_op(AT_FDCWD, a[0], nr, a, |p| remote::call(Opcode::MkdirAt, [0, a[1], 0, 0, 0], &[p], None)),
-        libc::SYS_mkdirat => return path_op(fd, a[1], nr, a, |p| remote::call(Opcode::MkdirAt, [0, a[2], 0, 0, 0], &[p], None)),
-        libc::SYS_rmdir => return path_op(AT_FDCWD, a[0], nr, a, |p| remote::call(Opcode::UnlinkAt, [libc::AT_REMOVEDIR as u64, 0, 0, 0, 0], &[p], None)),
-        libc::SYS_unlink => return path_op(AT_FDCWD, a[0], nr, a, |p| remote::call(Opcode::UnlinkAt, [0; 5], &[p], None)),
-        libc::SYS_unlinkat => return path_op(fd, a[1], nr, a, |p| remote::call(Opcode::UnlinkAt, [a[2], 0, 0, 0, 0], &[p], None)),
+        libc::SYS_mkdir => {
+            return path_op(AT_FDCWD, a[0], nr, a, |p| {
+                remote::call(Opcode::MkdirAt, [0, a[1], 0, 0, 0], &[p], None)
+            })
+        }
+        libc::SYS_mkdirat => {
+            return path_op(fd, a[1], nr, a, |p| {
+                remote::call(Opcode::MkdirAt, [0, a[2], 0, 0, 0], &[p], None)
+            })
+        }
+        libc::SYS_rmdir => {
+            return path_op(AT_FDCWD, a[0], nr, a, |p| {
+                remote::call(
+                    Opcode::UnlinkAt,
+                    [libc::AT_REMOVEDIR as u64, 0, 0, 0, 0],
+                    &[p],
+                    None,
+                )
+            })
+        }
+        libc::SYS_unlink => {
+            return path_op(AT_FDCWD, a[0], nr, a, |p| {
+                remote::call(Opcode::UnlinkAt, [0; 5], &[p], None)
+            })
+        }
+        libc::SYS_unlinkat => {
+            return path_op(fd, a[1], nr, a, |p| {
+                remote::call(Opcode::UnlinkAt, [a[2], 0, 0, 0, 0], &[p], None)
+            })
+        }
         libc::SYS_mknod | libc::SYS_mknodat => {
-            let (d, p) = if nr == libc::SYS_mknod { (AT_FDCWD, a[0]) } else { (fd, a[1]) };
+            let (d, p) = if nr == libc::SYS_mknod {
+                (AT_FDCWD, a[0])
+            } else {
+                (fd, a[1])
+            };
             return path_op(d, p, nr, a, |_| e(libc::EPERM));
         }
-        libc::SYS_rename => return two_paths(AT_FDCWD, a[0], AT_FDCWD, a[1], nr, a, Opcode::RenameAt, 0),
-        libc::SYS_renameat => return two_paths(fd, a[1], a[2] as i32 as i64, a[3], nr, a, Opcode::RenameAt, 0),
-        libc::SYS_renameat2 => return two_paths(fd, a[1], a[2] as i32 as i64, a[3], nr, a, Opcode::RenameAt, a[4]),
-        libc::SYS_link => return two_paths(AT_FDCWD, a[0], AT_FDCWD, a[1], nr, a, Opcode::LinkAt, 0),
-        libc::SYS_linkat => return two_paths(fd, a[1], a[2] as i32 as i64, a[3], nr, a, Opcode::LinkAt, a[4]),
+        libc::SYS_rename => {
+            return two_paths(AT_FDCWD, a[0], AT_FDCWD, a[1], nr, a, Opcode::RenameAt, 0)
+        }
+        libc::SYS_renameat => {
+            return two_paths(
+                fd,
+                a[1],
+                a[2] as i32 as i64,
+                a[3],
+                nr,
+                a,
+                Opcode::RenameAt,
+                0,
+            )
+        }
+        libc::SYS_renameat2 => {
+            return two_paths(
+                fd,
+                a[1],
+                a[2] as i32 as i64,
+                a[3],
+                nr,
+                a,
+                Opcode::RenameAt,
+                a[4],
+            )
+        }
+        libc::SYS_link => {
+            return two_paths(AT_FDCWD, a[0], AT_FDCWD, a[1], nr, a, Opcode::LinkAt, 0)
+        }
+        libc::SYS_linkat => {
+            return two_paths(
+                fd,
+                a[1],
+                a[2] as i32 as i64,
+                a[3],
+                nr,
+                a,
+                Opcode::LinkAt,
+                a[4],
+            )
+        }
         libc::SYS_symlink => return symlink(a[0], AT_FDCWD, a[1], nr, a),
         libc::SYS_symlinkat => return symlink(a[0], a[1] as i32 as i64, a[2], nr, a),
         libc::SYS_readlink => return readlink(AT_FDCWD, a[0], a[1], a[2], nr, a),
         libc::SYS_readlinkat => return readlink(fd, a[1], a[2], a[3], nr, a),
-        libc::SYS_truncate => return path_op(AT_FDCWD, a[0], nr, a, |p| remote::call(Opcode::TruncateAt, [0, a[1], 0, 0, 0], &[p], None)),
-        libc::SYS_chmod => return path_op(AT_FDCWD, a[0], nr, a, |p| remote::call(Opcode::ChmodAt, [0, a[1], 0, 0, 0], &[p], None)),
-        libc::SYS_fchmodat => return path_op(fd, a[1], nr, a, |p| remote::call(Opcode::ChmodAt, [0, a[2], 0, 0, 0], &[p], None)),
-        libc::SYS_fchmodat2 => return path_op(fd, a[1], nr, a, |p| remote::call(Opcode::ChmodAt, [a[3], a[2], 0, 0, 0], &[p], None)),
-        libc::SYS_chown => return path_op(AT_FDCWD, a[0], nr, a, |p| remote::call(Opcode::ChownAt, [0, a[1] as u32 as u64, a[2] as u32 as u64, 0, 0], &[p], None)),
-        libc::SYS_lchown => return path_op(AT_FDCWD, a[0], nr, a, |p| remote::call(Opcode::ChownAt, [libc::AT_SYMLINK_NOFOLLOW as u64, a[1] as u32 as u64, a[2] as u32 as u64, 0, 0], &[p], None)),
+        libc::SYS_truncate => {
+            return path_op(AT_FDCWD, a[0], nr, a, |p| {
+                remote::call(Opcode::TruncateAt, [0, a[1], 0, 0, 0], &[p], None)
+            })
+        }
+        libc::SYS_chmod => {
+            return path_op(AT_FDCWD, a[0], nr, a, |p| {
+                remote::call(Opcode::ChmodAt, [0, a[1], 0, 0, 0], &[p], None)
+            })
+        }
+        libc::SYS_fchmodat => {
+            return path_op(fd, a[1], nr, a, |p| {
+                remote::call(Opcode::ChmodAt, [0, a[2], 0, 0, 0], &[p], None)
+            })
+        }
+        libc::SYS_fchmodat2 => {
+            return path_op(fd, a[1], nr, a, |p| {
+                remote::call(Opcode::ChmodAt, [a[3], a[2], 0, 0, 0], &[p], None)
+            })
+        }
+        libc::SYS_chown => {
+            return path_op(AT_FDCWD, a[0], nr, a, |p| {
+                remote::call(
+                    Opcode::ChownAt,
+                    [0, a[1] as u32 as u64, a[2] as u32 as u64, 0, 0],
+                    &[p],
+                    None,
+                )
+            })
+        }
+        libc::SYS_lchown => {
+            return path_op(AT_FDCWD, a[0], nr, a, |p| {
+                remote::call(
+                    Opcode::ChownAt,
+                    [
+                        libc::AT_SYMLINK_NOFOLLOW as u64,
+                        a[1] as u32 as u64,
+                        a[2] as u32 as u64,
+                        0,
+                        0,
+                    ],
+                    &[p],
+                    None,
+                )
+            })
+        }
         libc::SYS_fchownat => {
             if a[4] & libc::AT_EMPTY_PATH as u64 != 0 && path_arg(a[1])?.is_empty() {
-                return on_fd(fd, |r| remote::call(Opcode::FChown, [r.handle.into(), a[2] as u32 as u64, a[3] as u32 as u64, 0, 0], &[], None));
+                return on_fd(fd, |r| {
+                    remote::call(
+                        Opcode::FChown,
+                        [
+                            r.handle.into(),
+                            a[2] as u32 as u64,
+                            a[3] as u32 as u64,
+                            0,
+                            0,
+                        ],
+                        &[],
+                        None,
+                    )
+                });
             }
-            return path_op(fd, a[1], nr, a, |p| remote::call(Opcode::ChownAt, [a[4], a[2] as u32 as u64, a[3] as u32 as u64, 0, 0], &[p], None));
+            return path_op(fd, a[1], nr, a, |p| {
+                remote::call(
+                    Opcode::ChownAt,
+                    [a[4], a[2] as u32 as u64, a[3] as u32 as u64, 0, 0],
+                    &[p],
+                    None,
+                )
+            });
         }
         libc::SYS_utimensat => return utimensat(fd, a[1], a[2], a[3], nr, a),
         libc::SYS_utime | libc::SYS_utimes | libc::SYS_futimesat => return old_utimes(nr, a),
         libc::SYS_statfs => return path_op(AT_FDCWD, a[0], nr, a, |p| statfs_remote(p, a[1])),
-        libc::SYS_getxattr | libc::SYS_lgetxattr | libc::SYS_listxattr | libc::SYS_llistxattr | libc::SYS_setxattr
-        | libc::SYS_lsetxattr | libc::SYS_removexattr | libc::SYS_lremovexattr => {
-            return path_op(AT_FDCWD, a[0], nr, a, |_| e(libc::EOPNOTSUPP))
-        }
+        libc::SYS_getxattr
+        | libc::SYS_lgetxattr
+        | libc::SYS_listxattr
+        | libc::SYS_llistxattr
+        | libc::SYS_setxattr
+        | libc::SYS_lsetxattr
+        | libc::SYS_removexattr
+        | libc::SYS_lremovexattr => return path_op(AT_FDCWD, a[0], nr, a, |_| e(libc::EOPNOTSUPP)),
         libc::SYS_chdir => return chdir(AT_FDCWD, a[0], nr, a),
         libc::SYS_fchdir => {
             if fdtable::get(fd).is_some() {
-                return chdir(fd, b".\0".as_ptr() as u64, nr, a);
+                return chdir(fd, c".".as_ptr() as u64, nr, a);
             }
             let r = syscall6(nr, a);
             if r == 0 {
@@ -211,13 +443,23 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
     }))
 }
 
+fn either_remote(fd: i64, other: u64) -> bool {
+    fdtable::get(fd).is_some() || fdtable::get(other as i32 as i64).is_some()
+}
+
 /// Runs `f` if `fd` is remote; otherwise the call runs locally, unchanged.
 fn on_fd(fd: i64, f: impl FnOnce(Remote) -> i64) -> Result<Option<i64>, i64> {
     Ok(fdtable::get(fd).map(f))
 }
 
 /// Runs `f` on the remote path, or the call locally.
-fn path_op(dirfd: i64, p: u64, nr: i64, a: [u64; 6], f: impl FnOnce(&[u8]) -> i64) -> Result<Option<i64>, i64> {
+fn path_op(
+    dirfd: i64,
+    p: u64,
+    nr: i64,
+    a: [u64; 6],
+    f: impl FnOnce(&[u8]) -> i64,
+) -> Result<Option<i64>, i64> {
     let path = path_arg(p)?;
     match resolve(dirfd, path)? {
         Loc::Local => Ok(Some(syscall6(nr, a))),
@@ -225,7 +467,14 @@ fn path_op(dirfd: i64, p: u64, nr: i64, a: [u64; 6], f: impl FnOnce(&[u8]) -> i6
     }
 }
 
-fn open_at(dirfd: i64, p: u64, flags: u64, mode: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
+fn open_at(
+    dirfd: i64,
+    p: u64,
+    flags: u64,
+    mode: u64,
+    nr: i64,
+    a: [u64; 6],
+) -> Result<Option<i64>, i64> {
     path_op(dirfd, p, nr, a, |rp| open_remote(rp, flags, mode))
 }
 
@@ -237,10 +486,18 @@ pub fn open_remote(rp: &[u8], flags: u64, mode: u64) -> i64 {
         return h;
     }
     let handle = h as u32;
-    let cloexec = if flags & libc::O_CLOEXEC as u64 != 0 { libc::O_CLOEXEC } else { 0 };
+    let cloexec = if flags & libc::O_CLOEXEC as u64 != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
     let ph = sys::sys(
         libc::SYS_openat,
-        &[AT_FDCWD as u64, c"/dev/null".as_ptr() as u64, (libc::O_PATH | cloexec) as u64],
+        &[
+            AT_FDCWD as u64,
+            c"/dev/null".as_ptr() as u64,
+            (libc::O_PATH | cloexec) as u64,
+        ],
     );
     if ph < 0 {
         remote::call(Opcode::Close, [h as u64, 0, 0, 0, 0], &[], None);
@@ -321,8 +578,13 @@ fn rw(r: Remote, write: bool, buf: u64, len: usize, off: Option<u64>) -> i64 {
 }
 
 fn vectored(nr: i64, fd: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
-    let Some(r) = fdtable::get(fd) else { return Ok(None) };
-    let write = matches!(nr, libc::SYS_writev | libc::SYS_pwritev | libc::SYS_pwritev2);
+    let Some(r) = fdtable::get(fd) else {
+        return Ok(None);
+    };
+    let write = matches!(
+        nr,
+        libc::SYS_writev | libc::SYS_pwritev | libc::SYS_pwritev2
+    );
     let positioned = !matches!(nr, libc::SYS_readv | libc::SYS_writev);
     let mut off = positioned.then_some(a[3]);
     if matches!(nr, libc::SYS_preadv2 | libc::SYS_pwritev2) && a[3] as i64 == -1 {
@@ -333,7 +595,13 @@ fn vectored(nr: i64, fd: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
     }
     let mut total = 0i64;
     for v in sys::iovecs(a[1], a[2] as usize) {
-        let n = rw(r, write, v.iov_base as u64, v.iov_len, off.map(|o| o + total as u64));
+        let n = rw(
+            r,
+            write,
+            v.iov_base as u64,
+            v.iov_len,
+            off.map(|o| o + total as u64),
+        );
         if n < 0 {
             return Ok(Some(if total > 0 { total } else { n }));
         }
@@ -394,7 +662,15 @@ fn fstat_remote(r: Remote, out: u64) -> i64 {
 }
 
 /// newfstatat / stat / lstat (`statx_mask` None, `out` a struct stat) and statx (`Some`).
-fn stat_at(dirfd: i64, p: u64, out: u64, flags: u64, statx_mask: Option<u64>, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
+fn stat_at(
+    dirfd: i64,
+    p: u64,
+    out: u64,
+    flags: u64,
+    statx_mask: Option<u64>,
+    nr: i64,
+    a: [u64; 6],
+) -> Result<Option<i64>, i64> {
     let path = path_arg(p)?;
     let emit = |x: libc::statx| {
         match statx_mask {
@@ -405,7 +681,11 @@ fn stat_at(dirfd: i64, p: u64, out: u64, flags: u64, statx_mask: Option<u64>, nr
     };
     if path.is_empty() && flags & libc::AT_EMPTY_PATH as u64 != 0 {
         return match fdtable::get(dirfd) {
-            Some(r) => Ok(Some(fetch_statx(Opcode::FStat, [r.handle.into(), 0, 0, 0, 0], None).map(emit).unwrap_or_else(|e| e))),
+            Some(r) => Ok(Some(
+                fetch_statx(Opcode::FStat, [r.handle.into(), 0, 0, 0, 0], None)
+                    .map(emit)
+                    .unwrap_or_else(|e| e),
+            )),
             None => Ok(None),
         };
     }
@@ -414,47 +694,90 @@ fn stat_at(dirfd: i64, p: u64, out: u64, flags: u64, statx_mask: Option<u64>, nr
         Loc::Remote(rp) => {
             let f = flags & libc::AT_SYMLINK_NOFOLLOW as u64;
             let mask = statx_mask.unwrap_or(libc::STATX_BASIC_STATS as u64);
-            Ok(Some(fetch_statx(Opcode::StatAt, [f, mask, 0, 0, 0], Some(rp.as_bytes())).map(emit).unwrap_or_else(|e| e)))
+            Ok(Some(
+                fetch_statx(Opcode::StatAt, [f, mask, 0, 0, 0], Some(rp.as_bytes()))
+                    .map(emit)
+                    .unwrap_or_else(|e| e),
+            ))
         }
     }
 }
 
-fn two_paths(d1: i64, p1: u64, d2: i64, p2: u64, nr: i64, a: [u64; 6], op: Opcode, flags: u64) -> Result<Option<i64>, i64> {
+#[allow(clippy::too_many_arguments)] // mirrors the syscall's own arguments
+fn two_paths(
+    d1: i64,
+    p1: u64,
+    d2: i64,
+    p2: u64,
+    nr: i64,
+    a: [u64; 6],
+    op: Opcode,
+    flags: u64,
+) -> Result<Option<i64>, i64> {
     let l1 = resolve(d1, path_arg(p1)?)?;
     let l2 = resolve(d2, path_arg(p2)?)?;
     Ok(Some(match (l1, l2) {
         (Loc::Local, Loc::Local) => syscall6(nr, a),
-        (Loc::Remote(x), Loc::Remote(y)) => remote::call(op, [flags, 0, 0, 0, 0], &[x.as_bytes(), y.as_bytes()], None),
+        (Loc::Remote(x), Loc::Remote(y)) => {
+            remote::call(op, [flags, 0, 0, 0, 0], &[x.as_bytes(), y.as_bytes()], None)
+        }
         _ => e(libc::EXDEV),
     }))
 }
 
 fn symlink(target: u64, dirfd: i64, p: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
     let t = path_arg(target)?;
-    path_op(dirfd, p, nr, a, |rp| remote::call(Opcode::SymlinkAt, [0; 5], &[t, rp], None))
+    path_op(dirfd, p, nr, a, |rp| {
+        remote::call(Opcode::SymlinkAt, [0; 5], &[t, rp], None)
+    })
 }
 
-fn readlink(dirfd: i64, p: u64, buf: u64, size: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
+fn readlink(
+    dirfd: i64,
+    p: u64,
+    buf: u64,
+    size: u64,
+    nr: i64,
+    a: [u64; 6],
+) -> Result<Option<i64>, i64> {
     if (size as i64) <= 0 {
         return Err(e(libc::EINVAL));
     }
     path_op(dirfd, p, nr, a, |rp| {
         let n = (size as usize).min(remote::window());
-        remote::call(Opcode::ReadLinkAt, [0; 5], &[rp], Some(user_buf_mut(buf, n)))
+        remote::call(
+            Opcode::ReadLinkAt,
+            [0; 5],
+            &[rp],
+            Some(user_buf_mut(buf, n)),
+        )
     })
 }
 
-fn utimensat(dirfd: i64, p: u64, times: u64, flags: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
+fn utimensat(
+    dirfd: i64,
+    p: u64,
+    times: u64,
+    flags: u64,
+    nr: i64,
+    a: [u64; 6],
+) -> Result<Option<i64>, i64> {
     let ts: [u8; 32] = if times == 0 { [0; 32] } else { get(times) };
     let given = u64::from(times != 0);
     if p == 0 {
         // futimens(fd, times): the fd itself.
         return match fdtable::get(dirfd) {
-            Some(r) => Ok(Some(remote_utimens([r.handle.into(), flags, given, 0, 0], &ts, b""))),
+            Some(r) => Ok(Some(remote_utimens(
+                [r.handle.into(), flags, given, 0, 0],
+                &ts,
+                b"",
+            ))),
             None => Ok(None),
         };
     }
-    path_op(dirfd, p, nr, a, |rp| remote_utimens([u64::MAX, flags, given, 0, 0], &ts, rp))
+    path_op(dirfd, p, nr, a, |rp| {
+        remote_utimens([u64::MAX, flags, given, 0, 0], &ts, rp)
+    })
 }
 
 /// UtimensAt with the times at the window start and the path right after them.
@@ -473,7 +796,9 @@ fn old_utimes(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
         _ => (AT_FDCWD, a[0], a[1]),
     };
     let path = path_arg(p)?;
-    let Loc::Remote(rp) = resolve(dirfd, path)? else { return Ok(None) };
+    let Loc::Remote(rp) = resolve(dirfd, path)? else {
+        return Ok(None);
+    };
     let mut ts = [0u8; 32];
     let given = t != 0;
     if given {
@@ -482,22 +807,39 @@ fn old_utimes(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             ((u.actime, 0i64), (u.modtime, 0i64))
         } else {
             let tv: [libc::timeval; 2] = get(t);
-            ((tv[0].tv_sec, tv[0].tv_usec * 1000), (tv[1].tv_sec, tv[1].tv_usec * 1000))
+            (
+                (tv[0].tv_sec, tv[0].tv_usec * 1000),
+                (tv[1].tv_sec, tv[1].tv_usec * 1000),
+            )
         };
         for (i, (s, ns)) in [at, mt].into_iter().enumerate() {
             ts[i * 16..i * 16 + 8].copy_from_slice(&s.to_ne_bytes());
             ts[i * 16 + 8..i * 16 + 16].copy_from_slice(&ns.to_ne_bytes());
         }
     }
-    Ok(Some(remote_utimens([u64::MAX, 0, u64::from(given), 0, 0], &ts, rp.as_bytes())))
+    Ok(Some(remote_utimens(
+        [u64::MAX, 0, u64::from(given), 0, 0],
+        &ts,
+        rp.as_bytes(),
+    )))
 }
 
 fn statfs_remote(rp: &[u8], out: u64) -> i64 {
-    let h = remote::call(Opcode::OpenAt, [libc::O_PATH as u64, 0, 0, 0, 0], &[rp], None);
+    let h = remote::call(
+        Opcode::OpenAt,
+        [libc::O_PATH as u64, 0, 0, 0, 0],
+        &[rp],
+        None,
+    );
     if h < 0 {
         return h;
     }
-    let r = remote::call(Opcode::FStatFs, [h as u64, 0, 0, 0, 0], &[], Some(user_buf_mut(out, std::mem::size_of::<libc::statfs>())));
+    let r = remote::call(
+        Opcode::FStatFs,
+        [h as u64, 0, 0, 0, 0],
+        &[],
+        Some(user_buf_mut(out, std::mem::size_of::<libc::statfs>())),
+    );
     remote::call(Opcode::Close, [h as u64, 0, 0, 0, 0], &[], None);
     r
 }
@@ -513,20 +855,35 @@ fn chdir(dirfd: i64, p: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             Ok(Some(r))
         }
         Loc::Remote(rp) => {
-            let x = match fetch_statx(Opcode::StatAt, [0, libc::STATX_TYPE as u64, 0, 0, 0], Some(rp.as_bytes())) {
+            let x = match fetch_statx(
+                Opcode::StatAt,
+                [0, libc::STATX_TYPE as u64, 0, 0, 0],
+                Some(rp.as_bytes()),
+            ) {
                 Ok(x) => x,
                 Err(r) => return Ok(Some(r)),
             };
             if u32::from(x.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
                 return Ok(Some(e(libc::ENOTDIR)));
             }
-            let r = remote::call(Opcode::AccessAt, [libc::X_OK as u64, 0, 0, 0, 0], &[rp.as_bytes()], None);
+            let r = remote::call(
+                Opcode::AccessAt,
+                [libc::X_OK as u64, 0, 0, 0, 0],
+                &[rp.as_bytes()],
+                None,
+            );
             if r < 0 {
                 return Ok(Some(r));
             }
-            let mount = config::get().mount.as_ref().expect("remote implies a mount");
-            let full = paths::join(mount.as_bytes(), rp.as_bytes().strip_prefix(b"/").unwrap_or(rp.as_bytes()))
-                .map_err(|_| e(libc::ENAMETOOLONG))?;
+            let mount = config::get()
+                .mount
+                .as_ref()
+                .expect("remote implies a mount");
+            let full = paths::join(
+                mount.as_bytes(),
+                rp.as_bytes().strip_prefix(b"/").unwrap_or(rp.as_bytes()),
+            )
+            .map_err(|_| e(libc::ENAMETOOLONG))?;
             cwd::set(Some(full));
             Ok(Some(0))
         }
@@ -542,7 +899,9 @@ fn dup(fd: i64, target: Option<i64>, dup3_flags: Option<u64>) -> Result<Option<i
     let r = match (target, dup3_flags) {
         (None, _) => sys::sys(libc::SYS_dup, &[fd as u64]),
         // dup2(fd, fd) returns fd when it is open; dup3(fd, fd, _) is EINVAL.
-        (Some(t), None) if t == fd => return Ok(Some(sys::sys(libc::SYS_dup2, &[fd as u64, t as u64]))),
+        (Some(t), None) if t == fd => {
+            return Ok(Some(sys::sys(libc::SYS_dup2, &[fd as u64, t as u64])))
+        }
         (Some(t), Some(_)) if t == fd => return Err(e(libc::EINVAL)),
         (Some(t), flags) => sys::sys(libc::SYS_dup3, &[fd as u64, t as u64, flags.unwrap_or(0)]),
     };
@@ -560,7 +919,11 @@ fn replace_entry(newfd: i64, src: Option<Remote>) {
         None => fdtable::clear(newfd).map(|(r, _)| r),
     };
     if let Some(o) = old {
-        let last = if src.is_some() { fdtable::release(o.handle) } else { true };
+        let last = if src.is_some() {
+            fdtable::release(o.handle)
+        } else {
+            true
+        };
         if last {
             remote::call(Opcode::Close, [o.handle.into(), 0, 0, 0, 0], &[], None);
         }
@@ -568,7 +931,9 @@ fn replace_entry(newfd: i64, src: Option<Remote>) {
 }
 
 fn fcntl(fd: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
-    let Some(r) = fdtable::get(fd) else { return Ok(None) };
+    let Some(r) = fdtable::get(fd) else {
+        return Ok(None);
+    };
     let cmd = a[1] as i32;
     Ok(Some(match cmd {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
@@ -579,8 +944,18 @@ fn fcntl(fd: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             n
         }
         libc::F_GETFD | libc::F_SETFD => syscall6(libc::SYS_fcntl, a),
-        libc::F_GETFL | libc::F_SETFL => remote::call(Opcode::Fcntl, [r.handle.into(), cmd as u64, a[2], 0, 0], &[], None),
-        libc::F_GETLK | libc::F_SETLK | libc::F_SETLKW | libc::F_OFD_GETLK | libc::F_OFD_SETLK | libc::F_OFD_SETLKW => {
+        libc::F_GETFL | libc::F_SETFL => remote::call(
+            Opcode::Fcntl,
+            [r.handle.into(), cmd as u64, a[2], 0, 0],
+            &[],
+            None,
+        ),
+        libc::F_GETLK
+        | libc::F_SETLK
+        | libc::F_SETLKW
+        | libc::F_OFD_GETLK
+        | libc::F_OFD_SETLK
+        | libc::F_OFD_SETLKW => {
             let mut fl: [u8; std::mem::size_of::<libc::flock>()] = get(a[2]);
             let input = fl;
             let args = [r.handle.into(), cmd as u64, 0, 0, 0];
@@ -608,15 +983,25 @@ fn sendfile(a: [u64; 6]) -> Result<Option<i64>, i64> {
     // Emulate with a bounce buffer: read from the source, write to the destination.
     let mut buf = vec![0u8; remote::window().clamp(4096, 1 << 20)];
     let count = a[3] as usize;
-    let mut off = if a[2] != 0 { Some(get::<i64>(a[2]) as u64) } else { None };
+    let mut off = if a[2] != 0 {
+        Some(get::<i64>(a[2]) as u64)
+    } else {
+        None
+    };
     let mut done = 0usize;
     while done < count {
         let want = (count - done).min(buf.len());
         let n = match rin {
             Some(r) => rw(r, false, buf.as_mut_ptr() as u64, want, off),
             None => match off {
-                Some(o) => sys::sys(libc::SYS_pread64, &[in_fd as u64, buf.as_mut_ptr() as u64, want as u64, o]),
-                None => sys::sys(libc::SYS_read, &[in_fd as u64, buf.as_mut_ptr() as u64, want as u64]),
+                Some(o) => sys::sys(
+                    libc::SYS_pread64,
+                    &[in_fd as u64, buf.as_mut_ptr() as u64, want as u64, o],
+                ),
+                None => sys::sys(
+                    libc::SYS_read,
+                    &[in_fd as u64, buf.as_mut_ptr() as u64, want as u64],
+                ),
             },
         };
         if n <= 0 {
@@ -627,7 +1012,10 @@ fn sendfile(a: [u64; 6]) -> Result<Option<i64>, i64> {
         }
         let w = match rout {
             Some(r) => rw(r, true, buf.as_ptr() as u64, n as usize, None),
-            None => dispatch(libc::SYS_write, [out_fd as u64, buf.as_ptr() as u64, n as u64, 0, 0, 0]),
+            None => dispatch(
+                libc::SYS_write,
+                [out_fd as u64, buf.as_ptr() as u64, n as u64, 0, 0, 0],
+            ),
         };
         if w < 0 {
             return Ok(Some(if done > 0 { done as i64 } else { w }));
@@ -650,13 +1038,27 @@ fn sendfile(a: [u64; 6]) -> Result<Option<i64>, i64> {
 /// from the file; shared ones fail with ENODEV, as on a file system without mmap.
 fn mmap(a: [u64; 6]) -> Result<Option<i64>, i64> {
     let fd = a[4] as i32 as i64;
-    let Some(r) = fdtable::get(fd) else { return Ok(None) };
+    let Some(r) = fdtable::get(fd) else {
+        return Ok(None);
+    };
     let (addr, len, prot, flags, off) = (a[0], a[1], a[2], a[3] as i32, a[5]);
-    if flags & libc::MAP_SHARED != 0 || flags & libc::MAP_SHARED_VALIDATE == libc::MAP_SHARED_VALIDATE {
+    if flags & libc::MAP_SHARED != 0
+        || flags & libc::MAP_SHARED_VALIDATE == libc::MAP_SHARED_VALIDATE
+    {
         return Err(e(libc::ENODEV));
     }
     let anon_flags = (flags & !libc::MAP_SHARED) | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    let m = sys::sys(libc::SYS_mmap, &[addr, len, (libc::PROT_READ | libc::PROT_WRITE) as u64, anon_flags as u64, u64::MAX, 0]);
+    let m = sys::sys(
+        libc::SYS_mmap,
+        &[
+            addr,
+            len,
+            (libc::PROT_READ | libc::PROT_WRITE) as u64,
+            anon_flags as u64,
+            u64::MAX,
+            0,
+        ],
+    );
     if m < 0 {
         return Ok(Some(m));
     }
@@ -678,27 +1080,98 @@ pub static READY: AtomicBool = AtomicBool::new(false);
 
 /// The routed system call numbers: the seccomp filter traps these unless the shim made them.
 pub const ROUTED: &[i64] = &[
-    libc::SYS_open, libc::SYS_creat, libc::SYS_openat, libc::SYS_openat2, libc::SYS_close,
-    libc::SYS_close_range, libc::SYS_read, libc::SYS_write, libc::SYS_pread64,
-    libc::SYS_pwrite64, libc::SYS_readv, libc::SYS_writev, libc::SYS_preadv, libc::SYS_pwritev,
-    libc::SYS_preadv2, libc::SYS_pwritev2, libc::SYS_lseek, libc::SYS_fstat,
-    libc::SYS_newfstatat, libc::SYS_stat, libc::SYS_lstat, libc::SYS_statx,
-    libc::SYS_getdents64, libc::SYS_getdents, libc::SYS_fsync, libc::SYS_fdatasync,
-    libc::SYS_ftruncate, libc::SYS_fchmod, libc::SYS_fchown, libc::SYS_fallocate,
-    libc::SYS_fstatfs, libc::SYS_fadvise64, libc::SYS_readahead, libc::SYS_sync_file_range,
-    libc::SYS_flock, libc::SYS_ioctl, libc::SYS_fgetxattr, libc::SYS_flistxattr,
-    libc::SYS_fsetxattr, libc::SYS_fremovexattr, libc::SYS_copy_file_range, libc::SYS_sendfile,
-    libc::SYS_splice, libc::SYS_tee, libc::SYS_vmsplice, libc::SYS_fcntl, libc::SYS_dup,
-    libc::SYS_dup2, libc::SYS_dup3, libc::SYS_mmap, libc::SYS_access, libc::SYS_faccessat,
-    libc::SYS_faccessat2, libc::SYS_mkdir, libc::SYS_mkdirat, libc::SYS_rmdir,
-    libc::SYS_unlink, libc::SYS_unlinkat, libc::SYS_mknod, libc::SYS_mknodat,
-    libc::SYS_rename, libc::SYS_renameat, libc::SYS_renameat2, libc::SYS_link,
-    libc::SYS_linkat, libc::SYS_symlink, libc::SYS_symlinkat, libc::SYS_readlink,
-    libc::SYS_readlinkat, libc::SYS_truncate, libc::SYS_chmod, libc::SYS_fchmodat,
-    libc::SYS_fchmodat2, libc::SYS_chown, libc::SYS_lchown, libc::SYS_fchownat,
-    libc::SYS_utimensat, libc::SYS_utime, libc::SYS_utimes, libc::SYS_futimesat,
-    libc::SYS_statfs, libc::SYS_getxattr, libc::SYS_lgetxattr, libc::SYS_listxattr,
-    libc::SYS_llistxattr, libc::SYS_setxattr, libc::SYS_lsetxattr, libc::SYS_removexattr,
-    libc::SYS_lremovexattr, libc::SYS_chdir, libc::SYS_fchdir, libc::SYS_getcwd,
-    libc::SYS_execve, libc::SYS_execveat,
+    libc::SYS_open,
+    libc::SYS_creat,
+    libc::SYS_openat,
+    libc::SYS_openat2,
+    libc::SYS_close,
+    libc::SYS_close_range,
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_lseek,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_statx,
+    libc::SYS_getdents64,
+    libc::SYS_getdents,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_ftruncate,
+    libc::SYS_fchmod,
+    libc::SYS_fchown,
+    libc::SYS_fallocate,
+    libc::SYS_fstatfs,
+    libc::SYS_fadvise64,
+    libc::SYS_readahead,
+    libc::SYS_sync_file_range,
+    libc::SYS_flock,
+    libc::SYS_ioctl,
+    libc::SYS_fgetxattr,
+    libc::SYS_flistxattr,
+    libc::SYS_fsetxattr,
+    libc::SYS_fremovexattr,
+    libc::SYS_copy_file_range,
+    libc::SYS_sendfile,
+    libc::SYS_splice,
+    libc::SYS_tee,
+    libc::SYS_vmsplice,
+    libc::SYS_fcntl,
+    libc::SYS_dup,
+    libc::SYS_dup2,
+    libc::SYS_dup3,
+    libc::SYS_mmap,
+    libc::SYS_access,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rmdir,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_mknod,
+    libc::SYS_mknodat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_link,
+    libc::SYS_linkat,
+    libc::SYS_symlink,
+    libc::SYS_symlinkat,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_truncate,
+    libc::SYS_chmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fchmodat2,
+    libc::SYS_chown,
+    libc::SYS_lchown,
+    libc::SYS_fchownat,
+    libc::SYS_utimensat,
+    libc::SYS_utime,
+    libc::SYS_utimes,
+    libc::SYS_futimesat,
+    libc::SYS_statfs,
+    libc::SYS_getxattr,
+    libc::SYS_lgetxattr,
+    libc::SYS_listxattr,
+    libc::SYS_llistxattr,
+    libc::SYS_setxattr,
+    libc::SYS_lsetxattr,
+    libc::SYS_removexattr,
+    libc::SYS_lremovexattr,
+    libc::SYS_chdir,
+    libc::SYS_fchdir,
+    libc::SYS_getcwd,
+    libc::SYS_execve,
+    libc::SYS_execveat,
 ];

@@ -52,7 +52,11 @@ struct Writer<'a> {
 
 impl Writer<'_> {
     fn put(&mut self, b: &[u8]) -> bool {
-        let Some(end) = self.at.checked_add(b.len()).filter(|&e| e <= self.buf.len()) else {
+        let Some(end) = self
+            .at
+            .checked_add(b.len())
+            .filter(|&e| e <= self.buf.len())
+        else {
             return false;
         };
         self.buf[self.at..end].copy_from_slice(b);
@@ -72,18 +76,29 @@ pub fn execve(nr: i64, a: [u64; 6]) -> i64 {
     let pid = sys::sys(libc::SYS_getpid, &[]);
     let mut path = [0u8; 64];
     state_path(pid, &mut path);
-    while LOCK.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    while LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         std::hint::spin_loop();
     }
     // SAFETY: STATE is only used here, under LOCK.
     let buf = unsafe { &mut *std::ptr::addr_of_mut!(STATE) };
-    let mut w = Writer { buf: &mut buf[..], at: 0 };
-    let mut ok = w.put(&MAGIC.to_ne_bytes()) && w.put(&(if r < 0 { 0 } else { token }).to_ne_bytes());
+    let mut w = Writer {
+        buf: &mut buf[..],
+        at: 0,
+    };
+    let mut ok =
+        w.put(&MAGIC.to_ne_bytes()) && w.put(&(if r < 0 { 0 } else { token }).to_ne_bytes());
     let c = cwd.as_ref().map(|c| c.as_bytes()).unwrap_or(b"");
     ok &= w.put(&(c.len() as u32).to_ne_bytes()) && w.put(c);
     let mut dir = [0u8; PATH_MAX];
     fdtable::for_each(|fd, rem| {
-        let n = if rem.is_dir { fdtable::dir_path(rem.handle, &mut dir).unwrap_or(0) } else { 0 };
+        let n = if rem.is_dir {
+            fdtable::dir_path(rem.handle, &mut dir).unwrap_or(0)
+        } else {
+            0
+        };
         ok &= w.put(&(fd as i32).to_ne_bytes())
             && w.put(&rem.handle.to_ne_bytes())
             && w.put(&[u8::from(rem.is_dir)])
@@ -94,10 +109,18 @@ pub fn execve(nr: i64, a: [u64; 6]) -> i64 {
     if ok {
         let fd = sys::sys(
             libc::SYS_openat,
-            &[libc::AT_FDCWD as u64, path.as_ptr() as u64, (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC) as u64, 0o600],
+            &[
+                libc::AT_FDCWD as u64,
+                path.as_ptr() as u64,
+                (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC) as u64,
+                0o600,
+            ],
         );
         if fd >= 0 {
-            sys::sys(libc::SYS_write, &[fd as u64, buf.as_ptr() as u64, len as u64]);
+            sys::sys(
+                libc::SYS_write,
+                &[fd as u64, buf.as_ptr() as u64, len as u64],
+            );
             sys::sys(libc::SYS_close, &[fd as u64]);
         }
     }

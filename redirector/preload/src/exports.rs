@@ -99,13 +99,19 @@ pub extern "C" fn getcwd(buf: *mut c_char, size: size_t) -> *mut c_char {
         if buf.is_null() {
             // Local cwd with glibc's allocate-for-me convention: let the kernel size it.
             let mut tmp = [0u8; crate::paths::PATH_MAX];
-            let r = ret(dispatch(libc::SYS_getcwd, [tmp.as_mut_ptr() as u64, tmp.len() as u64, 0, 0, 0, 0]));
+            let r = ret(dispatch(
+                libc::SYS_getcwd,
+                [tmp.as_mut_ptr() as u64, tmp.len() as u64, 0, 0, 0, 0],
+            ));
             if r < 0 {
                 return std::ptr::null_mut();
             }
             return dup_c(&tmp[..r as usize], size);
         }
-        let r = ret(dispatch(libc::SYS_getcwd, [buf as u64, size as u64, 0, 0, 0, 0]));
+        let r = ret(dispatch(
+            libc::SYS_getcwd,
+            [buf as u64, size as u64, 0, 0, 0, 0],
+        ));
         return if r < 0 { std::ptr::null_mut() } else { buf };
     }
     let c = crate::cwd::get().expect("checked");
@@ -115,7 +121,11 @@ pub extern "C" fn getcwd(buf: *mut c_char, size: size_t) -> *mut c_char {
 }
 
 fn dup_c(with_nul: &[u8], size: size_t) -> *mut c_char {
-    let n = if size == 0 { with_nul.len() } else { size.max(with_nul.len()) };
+    let n = if size == 0 {
+        with_nul.len()
+    } else {
+        size.max(with_nul.len())
+    };
     if size != 0 && size < with_nul.len() {
         crate::sys::set_errno(libc::ERANGE);
         return std::ptr::null_mut();

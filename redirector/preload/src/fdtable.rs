@@ -39,7 +39,10 @@ fn encode(r: Remote) -> u64 {
 }
 
 fn decode(v: u64) -> Option<Remote> {
-    (v & PRESENT != 0).then_some(Remote { handle: v as u32, is_dir: v & IS_DIR != 0 })
+    (v & PRESENT != 0).then_some(Remote {
+        handle: v as u32,
+        is_dir: v & IS_DIR != 0,
+    })
 }
 
 /// What `fd` stands for, if it is a remote placeholder.
@@ -128,7 +131,10 @@ fn with_dirs<R>(f: impl FnOnce(&mut Vec<Option<(u32, Box<[u8]>)>>) -> R) -> R {
 pub fn set_dir_path(handle: u32, path: &[u8]) {
     let boxed: Box<[u8]> = path.into();
     with_dirs(|d| {
-        if let Some(slot) = d.iter_mut().find(|s| matches!(s, Some((h, _)) if *h == handle)) {
+        if let Some(slot) = d
+            .iter_mut()
+            .find(|s| matches!(s, Some((h, _)) if *h == handle))
+        {
             *slot = Some((handle, boxed));
         } else if let Some(slot) = d.iter_mut().find(|s| s.is_none()) {
             *slot = Some((handle, boxed));

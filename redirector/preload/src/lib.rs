@@ -30,8 +30,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use abi::Opcode;
 
 /// Token of a pending fork snapshot (between the atfork prepare and child handlers).
+#[cfg_attr(test, allow(dead_code))]
 static FORK_TOKEN: AtomicU64 = AtomicU64::new(0);
 
+#[cfg_attr(test, allow(dead_code))]
 extern "C" fn before_fork() {
     if !fdtable::any() && cwd::get().is_none() {
         return;
@@ -41,10 +43,12 @@ extern "C" fn before_fork() {
     FORK_TOKEN.store(if r < 0 { 0 } else { token }, Ordering::Relaxed);
 }
 
+#[cfg_attr(test, allow(dead_code))]
 extern "C" fn after_fork_parent() {
     FORK_TOKEN.store(0, Ordering::Relaxed);
 }
 
+#[cfg_attr(test, allow(dead_code))]
 extern "C" fn after_fork_child() {
     // The child must not use the parent's rings: start its own session and adopt the
     // parent's open files, which it shares as a forked process shares them on Linux.
@@ -55,7 +59,11 @@ extern "C" fn after_fork_child() {
         let mut args = [token, 0, 0, 0, 0];
         let (r, _) = remote::call_aux(Opcode::Adopt, &mut args, &[], None);
         if r < 0 {
-            eprintln!("virtuos: child {} could not adopt its parent's remote files (errno {})", std::process::id(), -r);
+            eprintln!(
+                "virtuos: child {} could not adopt its parent's remote files (errno {})",
+                std::process::id(),
+                -r
+            );
         }
     }
 }
@@ -71,10 +79,17 @@ extern "C" fn virtuos_init() {
     exec::restore();
     // SAFETY: the handlers are plain extern "C" functions valid for the process's life.
     unsafe {
-        libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child));
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork_parent),
+            Some(after_fork_child),
+        );
     }
     if let Err(e) = sys::install_sigsys_handler() {
-        eprintln!("virtuos: cannot install the SIGSYS handler (errno {}); running without the safety net", -e);
+        eprintln!(
+            "virtuos: cannot install the SIGSYS handler (errno {}); running without the safety net",
+            -e
+        );
         return;
     }
     let nrs: Vec<u32> = dispatch::ROUTED.iter().map(|&n| n as u32).collect();

@@ -18,7 +18,10 @@ pub struct PathBuf {
 
 impl Default for PathBuf {
     fn default() -> Self {
-        PathBuf { buf: [0; PATH_MAX], len: 0 }
+        PathBuf {
+            buf: [0; PATH_MAX],
+            len: 0,
+        }
     }
 }
 
@@ -143,10 +146,18 @@ mod tests {
     fn prefix_matches_on_component_boundaries() {
         let p = b"/mnt/store";
         assert_eq!(strip_prefix(b"/mnt/store", p).unwrap().as_bytes(), b"/");
-        assert_eq!(strip_prefix(b"/mnt/store/a/b", p).unwrap().as_bytes(), b"/a/b");
+        assert_eq!(
+            strip_prefix(b"/mnt/store/a/b", p).unwrap().as_bytes(),
+            b"/a/b"
+        );
         assert!(strip_prefix(b"/mnt/storefront", p).is_none());
         assert!(strip_prefix(b"/mnt", p).is_none());
-        assert_eq!(strip_prefix(b"/mnt/store/a", b"/mnt/store/").unwrap().as_bytes(), b"/a");
+        assert_eq!(
+            strip_prefix(b"/mnt/store/a", b"/mnt/store/")
+                .unwrap()
+                .as_bytes(),
+            b"/a"
+        );
     }
 
     proptest! {
@@ -158,7 +169,8 @@ mod tests {
             prop_assert!(b.starts_with(b"/"));
             prop_assert!(!b.windows(2).any(|w| w == b"//"));
             prop_assert!(!b.split(|&c| c == b'/').any(|c| c == b"." || c == b".."));
-            prop_assert_eq!(normalize(b).unwrap().as_bytes(), b);
+            let twice = normalize(b).unwrap();
+            prop_assert_eq!(twice.as_bytes(), b);
         }
     }
 }

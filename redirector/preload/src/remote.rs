@@ -14,7 +14,9 @@ const EIO: i64 = -(libc::EIO as i64);
 
 /// Connects (or reconnects, after fork) the storage session. Returns `-errno` on failure.
 pub fn connect() -> Result<(), String> {
-    let Some(sock) = config::get().storage_sock.as_ref() else { return Ok(()) };
+    let Some(sock) = config::get().storage_sock.as_ref() else {
+        return Ok(());
+    };
     let s = connect_session(sock, &ClientConfig::default()).map_err(|e| e.to_string())?;
     let old = STORAGE.swap(Box::into_raw(Box::new(s)), Ordering::AcqRel);
     if !old.is_null() {
@@ -44,7 +46,10 @@ fn session() -> Option<&'static Session> {
     let mut p = STORAGE.load(Ordering::Acquire);
     if p.is_null() && !FAILED.load(Ordering::Relaxed) && config::get().storage_sock.is_some() {
         // Lazy connection (a fork child that had nothing to adopt connects on first use).
-        if CONNECTING.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if CONNECTING
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
             if let Err(e) = connect() {
                 FAILED.store(true, Ordering::Relaxed);
                 eprintln!("virtuos: storage domain unavailable ({e}); calls under the mount fail with EIO");
@@ -110,8 +115,17 @@ pub fn call_aux(
     };
     if let Some(out) = out {
         // Fixed-size results (statx, statfs, flock) fill `out`; the others return a length.
-        let fixed = matches!(op, Opcode::FStat | Opcode::StatAt | Opcode::FStatFs | Opcode::Fcntl);
-        let n = if fixed { out.len() } else { rsp.result.max(0) as usize }.min(out.len()).min(data_len);
+        let fixed = matches!(
+            op,
+            Opcode::FStat | Opcode::StatAt | Opcode::FStatFs | Opcode::Fcntl
+        );
+        let n = if fixed {
+            out.len()
+        } else {
+            rsp.result.max(0) as usize
+        }
+        .min(out.len())
+        .min(data_len);
         if rsp.result >= 0 && n > 0 && lease.read(0, &mut out[..n]).is_err() {
             return (EIO, 0);
         }
@@ -126,8 +140,15 @@ pub fn call_raw(op: Opcode, args: [u64; 5], payload: &[u8], out: Option<&mut [u8
     if lease.write(0, payload).is_err() {
         return -(libc::ENAMETOOLONG as i64);
     }
-    let data_len = payload.len().max(out.as_ref().map(|o| o.len()).unwrap_or(0));
-    let req = Request { opcode: op as u16, data_len: data_len.min(lease.window() as usize) as u32, args, ..Request::default() };
+    let data_len = payload
+        .len()
+        .max(out.as_ref().map(|o| o.len()).unwrap_or(0));
+    let req = Request {
+        opcode: op as u16,
+        data_len: data_len.min(lease.window() as usize) as u32,
+        args,
+        ..Request::default()
+    };
     match lease.call(req) {
         Ok(r) => {
             if let Some(out) = out {

@@ -48,7 +48,6 @@ pub fn sys(nr: i64, args: &[u64]) -> i64 {
     syscall6(nr, a)
 }
 
-
 /// Number of system calls the SIGSYS handler emulated (the slow path), for telemetry.
 pub static TRAPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -67,7 +66,12 @@ const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
 pub const TRAP_DATA: u32 = 0x5654; // "VT"
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt: 0, jf: 0, k }
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 
 fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
@@ -169,7 +173,11 @@ pub fn build_filter(nrs: &[u32], ranges: &[(u64, u64)]) -> Vec<libc::sock_filter
 /// Executable segments of libc and of the main program, where un-interposed routed calls
 /// come from.
 pub fn code_ranges() -> Vec<(u64, u64)> {
-    unsafe extern "C" fn cb(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> libc::c_int {
+    unsafe extern "C" fn cb(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
         // SAFETY: dl_iterate_phdr passes a valid info for the duration of the callback and
         // `data` is the Vec we passed in.
         unsafe {
@@ -205,8 +213,14 @@ pub fn code_ranges() -> Vec<(u64, u64)> {
 pub fn install_filter(nrs: &[u32]) -> Result<(), i64> {
     let ranges = code_ranges();
     let prog = build_filter(nrs, &ranges);
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut _ };
-    let r = sys(libc::SYS_prctl, &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0]);
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut _,
+    };
+    let r = sys(
+        libc::SYS_prctl,
+        &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
+    );
     if r < 0 {
         return Err(r);
     }
@@ -214,7 +228,7 @@ pub fn install_filter(nrs: &[u32]) -> Result<(), i64> {
         libc::SYS_seccomp,
         &[
             libc::SECCOMP_SET_MODE_FILTER as u64,
-            libc::SECCOMP_FILTER_FLAG_TSYNC as u64,
+            libc::SECCOMP_FILTER_FLAG_TSYNC,
             &fprog as *const libc::sock_fprog as u64,
         ],
     );
@@ -342,12 +356,18 @@ mod tests {
     #[test]
     fn trampoline_makes_real_syscalls() {
         assert_eq!(sys(libc::SYS_getpid, &[]), std::process::id() as i64);
-        assert_eq!(sys(libc::SYS_close, &[u32::MAX as u64]), -(libc::EBADF as i64));
+        assert_eq!(
+            sys(libc::SYS_close, &[u32::MAX as u64]),
+            -(libc::EBADF as i64)
+        );
     }
 
     #[test]
     fn filter_is_well_formed() {
-        let nrs: Vec<u32> = (0..120).map(|n| n * 3).chain([libc::SYS_mmap as u32]).collect();
+        let nrs: Vec<u32> = (0..120)
+            .map(|n| n * 3)
+            .chain([libc::SYS_mmap as u32])
+            .collect();
         let prog = build_filter(&nrs, &[(0x7f00_ffff_f000, 0x7f01_0000_2000)]);
         assert!(prog.len() < 4096);
         assert_eq!(split_ranges(&[(0xffff_f000, 0x1_0000_1000)]).len(), 2);
