@@ -24,6 +24,9 @@ use crate::ServerState;
 /// How long one sleep lasts before the client checks that the server still exists.
 pub const LIVENESS_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How long a call already in flight waits for its answer once the server announced shutdown.
+pub const CLOSING_GRACE: Duration = Duration::from_secs(2);
+
 /// What a client asks for when it connects.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientConfig {
@@ -354,12 +357,19 @@ impl Lease<'_> {
             s.spin.record(start.elapsed());
             return Ok(());
         }
+        let mut closing_since: Option<Instant> = None;
         loop {
             if self.front.arm(ring) {
                 break;
             }
             if s.server_state() != ServerState::Running as u32 {
-                return Err(CallError::ServerClosing);
+                // A closing server answers what it already took: wait for those answers a
+                // short while (each worker sets the state only after answering its own
+                // channels, but other workers may still be draining).
+                let since = *closing_since.get_or_insert_with(Instant::now);
+                if self.front.outstanding() == 0 || since.elapsed() > CLOSING_GRACE {
+                    return Err(CallError::ServerClosing);
+                }
             }
             self.bump(ring::CLIENT_SLEEPS);
             // A failing wait (not EINTR/EAGAIN/timeout) leaves us polling via the liveness
