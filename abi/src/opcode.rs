@@ -125,8 +125,12 @@ opcodes! {
     Fallocate = 281,
     /// fstatfs: `args[0]` = handle; a `struct statfs` into the window.
     FStatFs = 282,
-    /// fcntl on the open file: `args[0]` = handle, `args[1]` = cmd (F_GETFL/F_SETFL only),
-    /// `args[2]` = arg.
+    /// fcntl on the open file: `args[0]` = handle, `args[1]` = cmd. F_GETFL/F_SETFL (`args[2]` =
+    /// flags). Record locks F_GETLK/F_SETLK/F_SETLKW and their F_OFD_ forms: the
+    /// `struct flock` (32 bytes) is at window[data_off ..] (`args[4]` = 32) and F_GETLK writes
+    /// the answer back there. Because the server holds every client's files, locks are taken as
+    /// open-file-description locks on the handle's file, so they conflict between clients as
+    /// POSIX locks conflict between processes; F_GETLK reports `l_pid = -1`.
     Fcntl = 283,
 }
 

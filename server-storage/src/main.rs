@@ -1,8 +1,103 @@
-//! `virtuos-storage`: the storage component of virtuos. Not built yet: issue #4 owns it.
-//! Until then the binary says so and exits with status 2, so scripts cannot mistake it for a
-//! working component.
+//! `virtuos-storage`: the storage service domain.
+//!
+//! Serves file system calls forwarded by applications over shared-memory sessions on a Unix
+//! socket, confined to an export root: a directory (`--root`) or a block device or image file
+//! mounted where no other process can see it (`--device`, needs root).
 
-fn main() {
-    eprintln!("virtuos-storage: not implemented yet (tracked by issue #4); see README.md");
-    std::process::exit(2);
+use anyhow::Context;
+use clap::{ArgGroup, Parser};
+use service::{cpus, install_signal_handlers, Runtime, RuntimeConfig};
+use virtuos_storage::Storage;
+use xen_transport::SpinPolicy;
+
+/// Serve forwarded file system calls, confined to an export root and run with each client's
+/// uid, gid and supplementary groups.
+///
+/// Paths from clients are relative to the export root and resolved with openat2(RESOLVE_IN_ROOT
+/// | RESOLVE_NO_MAGICLINKS): nothing outside the root can be named. To serve users other than
+/// its own, the server needs CAP_SETUID and CAP_SETGID (run it as root); the socket is made
+/// connectable by every local user (mode 0666), each acting as themselves.
+#[derive(Parser, Debug)]
+#[command(version, group(ArgGroup::new("export").required(true).args(["root", "device"])))]
+struct Args {
+    /// Directory to export.
+    #[arg(long, value_name = "DIR")]
+    root: Option<std::path::PathBuf>,
+    /// Block device or file system image to mount privately and export (needs root). An image
+    /// file is attached to a free loop device that is released when the server exits.
+    #[arg(long, value_name = "PATH")]
+    device: Option<std::path::PathBuf>,
+    /// File system type of --device (default: probe the types in /proc/filesystems).
+    #[arg(long, value_name = "T", requires = "device")]
+    fstype: Option<String>,
+    /// Unix socket to listen on.
+    #[arg(long, value_name = "SOCK")]
+    listen: std::path::PathBuf,
+    /// Cores to pin the polling worker threads to (cpulist syntax, e.g. 1 or 2-3).
+    #[arg(long, value_name = "LIST")]
+    cpus: Option<String>,
+    /// Polling worker threads (default: one per listed CPU, or 1).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Threads for calls io_uring cannot run or confine (path operations, getdents, ...).
+    #[arg(long, value_name = "N", default_value_t = service::DEFAULT_BLOCKING_THREADS)]
+    blocking_threads: usize,
+    /// Most concurrent sessions.
+    #[arg(long, default_value_t = 1024)]
+    max_sessions: usize,
+    /// Most open files per session.
+    #[arg(long, default_value_t = service::fdtable::DEFAULT_MAX_HANDLES)]
+    max_files: usize,
+    /// Longest idle spin of a worker before it sleeps, in ns (0: sleep at once).
+    #[arg(long)]
+    spin_max_ns: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let storage = match (&args.root, &args.device) {
+        (Some(dir), _) => Storage::with_root(dir)?,
+        (None, Some(dev)) => {
+            tracing::info!(device = %dev.display(), "mounting the export");
+            Storage::with_device(dev, args.fstype.as_deref())?
+        }
+        (None, None) => unreachable!("clap requires one of --root and --device"),
+    };
+    match virtuos_storage::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(errno = e, "cannot raise the open file limit"),
+    }
+    let mut cfg = RuntimeConfig::new(&args.listen);
+    if let Some(list) = &args.cpus {
+        cfg.cpus = cpus::parse_cpu_list(list)?;
+    }
+    cfg.threads = args.threads.unwrap_or(cfg.cpus.len().max(1));
+    cfg.max_sessions = args.max_sessions;
+    cfg.blocking_threads = args.blocking_threads;
+    cfg.max_handles = args.max_files;
+    if let Some(ns) = args.spin_max_ns {
+        let max = std::time::Duration::from_nanos(ns);
+        cfg.spin = SpinPolicy {
+            min: cfg.spin.min.min(max),
+            max,
+        };
+    }
+    let export = storage.export().to_string();
+    let rt = Runtime::start(cfg, storage).context("starting the storage service")?;
+    // Every local user may connect; each acts as themselves.
+    std::fs::set_permissions(
+        &args.listen,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .with_context(|| format!("making {} connectable", args.listen.display()))?;
+    tracing::info!(%export, socket = %args.listen.display(), "storage domain serving");
+    install_signal_handlers(rt.shutdown_handle())?;
+    rt.join();
+    Ok(())
 }

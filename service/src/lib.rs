@@ -9,7 +9,14 @@
 //! `epoll_wait` on its doorbells and its io_uring.
 //!
 //! A domain supplies a [`Handler`] for its own opcodes; the runtime answers the transport's
-//! probes (`Nop`, `UringNop`, `Echo`, `WhoAmI`, `Delay`) itself.
+//! probes (`Nop`, `UringNop`, `Echo`, `WhoAmI`, `Delay`) and the session opcodes
+//! (`PrepareClone`, `Adopt`, over each session's [`FdTable`]) itself.
+//!
+//! Calls that would block a poller go to a small blocking pool ([`Outcome::Blocking`]); their
+//! responses come back to the worker like io_uring completions. A handler that
+//! [acts as the client](Handler::acts_as_client) gets every io_uring entry submitted under a
+//! per-session io_uring personality and every blocking call run by a pool thread that has
+//! switched to the client's fsuid, fsgid and supplementary groups ([`creds`]).
 //!
 //! Shutdown ([`ShutdownHandle::trigger`], wired to SIGTERM/SIGINT by [`install_signal_handlers`])
 //! stops accepting, marks every session closing, answers every queued and in-flight request with
@@ -18,6 +25,9 @@
 #![deny(missing_docs)]
 
 pub mod cpus;
+pub mod creds;
+pub mod fdtable;
+mod pool;
 mod worker;
 
 use std::os::fd::AsFd;
@@ -35,7 +45,9 @@ use thiserror::Error;
 use xen_transport::control::{ListenError, Listener};
 use xen_transport::{Credentials, Layout, ServerSession, ServerState, SpinPolicy, WaitStats};
 
-pub use worker::{Call, Outcome};
+pub use fdtable::{CloneKind, CloneTokens, FdTable};
+pub use pool::DEFAULT_BLOCKING_THREADS;
+pub use worker::{BlockingFn, Call, Keep, Outcome, SessionCtx};
 
 /// Default geometry offered to clients that do not ask for one.
 pub const DEFAULT_CHANNELS: u32 = 64;
@@ -49,15 +61,29 @@ pub trait Handler: Send + Sync + 'static {
     /// Short name for logs ("storage", "net").
     fn name(&self) -> &'static str;
 
+    /// Whether the service acts with each client's identity: when true, the runtime reads the
+    /// client's supplementary groups at session start, refuses clients it cannot act as (a
+    /// server without CAP_SETUID/CAP_SETGID serves only its own user), registers an io_uring
+    /// personality per (worker, session) and sets it on every entry the handler submits, and
+    /// runs blocking calls on pool threads switched to the client's credentials.
+    fn acts_as_client(&self) -> bool {
+        false
+    }
+
+    /// A session is starting: called before the client is told, so before its first request.
+    fn session_opened(&self, _id: u64, _creds: Credentials) {}
+
     /// Executes a request the runtime does not answer itself. Runs on a worker thread; must not
-    /// block: anything slow goes to io_uring as [`Outcome::Submit`].
+    /// block: anything slow goes to io_uring ([`Outcome::Submit`]) or to the blocking pool
+    /// ([`Outcome::Blocking`]).
     fn handle(&self, call: &Call<'_>) -> Outcome {
         Outcome::Done(Response::err(call.id(), Errno::ENOSYS))
     }
 
-    /// Turns the io_uring completion of a submitted request into its response.
-    fn complete(&self, call: &Call<'_>, result: i32) -> Response {
-        Response::ok(call.id(), i64::from(result))
+    /// Turns the io_uring completion of a submitted request into its response (or into a
+    /// further step). Runs on the worker thread; [`Call::kept`] returns what was kept.
+    fn complete(&self, call: &Call<'_>, result: i32) -> Outcome {
+        Outcome::Done(Response::ok(call.id(), i64::from(result)))
     }
 
     /// A session ended (the client exited or closed its connection).
@@ -95,6 +121,10 @@ pub struct RuntimeConfig {
     pub spin: SpinPolicy,
     /// io_uring submission queue entries per worker.
     pub uring_entries: u32,
+    /// Threads of the blocking pool.
+    pub blocking_threads: usize,
+    /// Most open handles per session.
+    pub max_handles: usize,
 }
 
 impl RuntimeConfig {
@@ -110,6 +140,8 @@ impl RuntimeConfig {
             window: DEFAULT_WINDOW,
             spin: SpinPolicy::SERVER.from_env("SERVER"),
             uring_entries: 256,
+            blocking_threads: DEFAULT_BLOCKING_THREADS,
+            max_handles: fdtable::DEFAULT_MAX_HANDLES,
         }
     }
 }
@@ -147,14 +179,20 @@ fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> ServiceError {
     }
 }
 
+/// A live session: the shared region and the runtime's state for it.
+pub(crate) struct Live {
+    pub(crate) s: ServerSession,
+    pub(crate) ctx: SessionCtx,
+}
+
 /// The live sessions, shared by the acceptor and the workers.
 pub(crate) struct Sessions {
-    list: RwLock<Vec<Arc<ServerSession>>>,
+    list: RwLock<Vec<Arc<Live>>>,
     generation: AtomicU64,
 }
 
 impl Sessions {
-    pub(crate) fn snapshot(&self) -> (u64, Vec<Arc<ServerSession>>) {
+    pub(crate) fn snapshot(&self) -> (u64, Vec<Arc<Live>>) {
         let g = self.generation.load(Ordering::Acquire);
         (g, self.list.read().expect("sessions lock").clone())
     }
@@ -163,14 +201,14 @@ impl Sessions {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn add(&self, s: Arc<ServerSession>) {
+    fn add(&self, s: Arc<Live>) {
         self.list.write().expect("sessions lock").push(s);
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    fn remove(&self, id: u64) -> Option<Arc<ServerSession>> {
+    fn remove(&self, id: u64) -> Option<Arc<Live>> {
         let mut l = self.list.write().expect("sessions lock");
-        let i = l.iter().position(|s| s.id() == id)?;
+        let i = l.iter().position(|s| s.s.id() == id)?;
         let s = l.swap_remove(i);
         self.generation.fetch_add(1, Ordering::Release);
         Some(s)
@@ -261,6 +299,8 @@ pub struct WorkerStats {
     pub rejected: AtomicU64,
     /// Requests executed through io_uring.
     pub uring: AtomicU64,
+    /// Requests handed to the blocking pool.
+    pub blocking: AtomicU64,
 }
 
 /// A started service.
@@ -269,6 +309,7 @@ pub struct Runtime {
     threads: Vec<JoinHandle<()>>,
     stats: Arc<Vec<WorkerStats>>,
     sessions: Arc<Sessions>,
+    pool: Arc<pool::Pool>,
 }
 
 impl Runtime {
@@ -285,6 +326,15 @@ impl Runtime {
             .map_err(|e| ServiceError::Config(e.to_string()))?;
         let listener = Listener::bind(&cfg.listen)?;
         let handler = Arc::new(handler);
+        let pool = Arc::new(
+            pool::Pool::start(handler.name(), cfg.blocking_threads).map_err(|source| {
+                ServiceError::Sys {
+                    what: "spawning the blocking pool",
+                    source,
+                }
+            })?,
+        );
+        let tokens = Arc::new(CloneTokens::new());
         let shutdown = ShutdownHandle::new();
         let sessions = Arc::new(Sessions {
             list: RwLock::new(Vec::new()),
@@ -305,6 +355,8 @@ impl Runtime {
                 wake: shutdown.waker()?,
                 stats: stats.clone(),
                 handler: handler.clone(),
+                pool: pool.clone(),
+                tokens: tokens.clone(),
             };
             let uring = io_uring::IoUring::new(cfg.uring_entries).map_err(ServiceError::Uring)?;
             threads.push(
@@ -327,6 +379,7 @@ impl Runtime {
             wake: shutdown.waker()?,
             handler,
             next_id: 1,
+            max_handles: cfg.max_handles,
         };
         threads.push(
             std::thread::Builder::new()
@@ -344,6 +397,7 @@ impl Runtime {
             threads,
             stats,
             sessions,
+            pool,
         })
     }
 
@@ -367,6 +421,9 @@ impl Runtime {
         for t in self.threads {
             let _ = t.join();
         }
+        // Every request was answered by the workers; calls still running on the pool finish
+        // into the void.
+        self.pool.close(Duration::from_secs(2));
         for (i, s) in self.stats.iter().enumerate() {
             let w = s.wait.snapshot();
             tracing::info!(
@@ -374,6 +431,7 @@ impl Runtime {
                 requests = s.requests.load(Ordering::Relaxed),
                 rejected = s.rejected.load(Ordering::Relaxed),
                 uring = s.uring.load(Ordering::Relaxed),
+                blocking = s.blocking.load(Ordering::Relaxed),
                 spins = w.spins,
                 sleeps = w.sleeps,
                 wakeups = w.wakeups,
@@ -399,6 +457,7 @@ struct Acceptor<H: Handler> {
     wake: Arc<EventFd>,
     handler: Arc<H>,
     next_id: u64,
+    max_handles: usize,
 }
 
 const LISTENER_TOKEN: u64 = u64::MAX;
@@ -412,9 +471,9 @@ impl<H: Handler> Acceptor<H> {
         }
         // Shutdown: tell every client, then drop the sessions once the workers let go.
         let (_, all) = self.sessions.snapshot();
-        for s in &all {
-            s.set_state(ServerState::Closing);
-            s.notify_all();
+        for l in &all {
+            l.s.set_state(ServerState::Closing);
+            l.s.notify_all();
         }
     }
 
@@ -471,15 +530,58 @@ impl<H: Handler> Acceptor<H> {
                     continue;
                 }
             };
+            let creds = p.creds;
+            let acts = self.handler.acts_as_client();
+            let (ppid, groups) = match (
+                creds::read_ppid(creds.pid),
+                creds::read_groups_checked(creds.pid, creds.uid, creds.gid),
+            ) {
+                (Ok(ppid), Ok(groups)) => (ppid, groups),
+                // Acting as the client needs its groups; probes do without (a client in
+                // another pid namespace, say, just cannot use fork tokens).
+                (Err(e), _) | (_, Err(e)) if acts => {
+                    tracing::warn!(pid = creds.pid, %e, "cannot read the client's process status; refused");
+                    p.refuse(RefuseReason::Internal, 0);
+                    continue;
+                }
+                (ppid, groups) => (ppid.unwrap_or(0), groups.unwrap_or_default()),
+            };
+            let identity = if acts {
+                let ident = creds::Identity {
+                    uid: creds.uid,
+                    gid: creds.gid,
+                    groups: groups.clone(),
+                };
+                if let Err(e) = creds::check(&ident) {
+                    tracing::warn!(pid = creds.pid, uid = creds.uid, gid = creds.gid, %e,
+                        "cannot act as this client (the server needs CAP_SETUID and CAP_SETGID to serve other users); refused");
+                    p.refuse(RefuseReason::Internal, 0);
+                    continue;
+                }
+                Some(Arc::new(ident))
+            } else {
+                None
+            };
             let id = self.next_id;
             self.next_id += 1;
-            let creds = p.creds;
+            // Before the client hears of the session, so the handler is ready for its first
+            // request.
+            self.handler.session_opened(id, creds);
             match p.accept(id, layout, self.workers, CAP_IO_URING) {
                 Ok(s) => {
-                    let s = Arc::new(s);
+                    let s = Arc::new(Live {
+                        s,
+                        ctx: SessionCtx {
+                            creds,
+                            ppid,
+                            groups,
+                            identity,
+                            fds: FdTable::new(self.max_handles),
+                        },
+                    });
                     epoll
                         .add(
-                            s.control(),
+                            s.s.control(),
                             EpollEvent::new(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLIN, id),
                         )
                         .map_err(sys("epoll_ctl"))?;
@@ -496,14 +598,18 @@ impl<H: Handler> Acceptor<H> {
                     // Sleeping workers must start watching the new session's doorbells.
                     self.shutdown.kick();
                 }
-                Err(e) => tracing::warn!(pid = creds.pid, %e, "session set-up failed"),
+                Err(e) => {
+                    tracing::warn!(pid = creds.pid, %e, "session set-up failed");
+                    self.handler.session_closed(id, creds);
+                }
             }
         }
         Ok(())
     }
 
     fn close_session(&mut self, epoll: &Epoll, id: u64) {
-        if let Some(s) = self.sessions.remove(id) {
+        if let Some(l) = self.sessions.remove(id) {
+            let s = &l.s;
             let _ = epoll.delete(s.control());
             let c = s.client_stats();
             tracing::info!(

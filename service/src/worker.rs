@@ -1,8 +1,11 @@
 //! One polling worker: its channels of every session, its io_uring, its idle policy.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,25 +19,59 @@ use nix::sys::eventfd::EventFd;
 use xen_transport::layout::ring as ringoff;
 use xen_transport::ring::BackState;
 use xen_transport::wait::AdaptiveSpin;
-use xen_transport::{Credentials, ServerSession, SpinPolicy};
+use xen_transport::{Credentials, SpinPolicy};
 
-use crate::{Handler, Sessions, ShutdownHandle, WorkerStats, WORKER_TICK};
+use crate::creds::{self, Identity};
+use crate::fdtable::{CloneKind, CloneTokens, FdTable};
+use crate::pool::Pool;
+use crate::{Handler, Live, Sessions, ShutdownHandle, WorkerStats, WORKER_TICK};
+
+/// Memory an io_uring entry points at, kept alive until its completion has been handled
+/// (path strings, `open_how`, result buffers, the open file the entry names).
+pub type Keep = Box<dyn Any + Send>;
+
+/// A call run on the blocking pool. It runs on a pool thread acting as the client (when the
+/// handler [acts as the client](Handler::acts_as_client)) and returns the response to post.
+pub type BlockingFn = Box<dyn FnOnce(&Call<'_>) -> Response + Send>;
 
 /// What a handler does with a request.
 pub enum Outcome {
     /// Answer now.
     Done(Response),
     /// Execute through io_uring; the completion goes to [`Handler::complete`]. The entry's
-    /// `user_data` is set by the runtime. Buffers it names must live in the call's data window
-    /// ([`Call::window_ptr`]) or in memory the handler keeps alive until completion.
+    /// `user_data` is set by the runtime, and so is its personality when the handler acts as
+    /// the client. Buffers it names must live in the call's data window ([`Call::window_ptr`]).
     Submit(io_uring::squeue::Entry),
+    /// As [`Outcome::Submit`], with memory the entry points at (or an open file it names) that
+    /// must outlive the operation; [`Call::kept`] returns it to [`Handler::complete`].
+    SubmitKeep(io_uring::squeue::Entry, Keep),
+    /// Run on the blocking pool without holding up the polling worker; the function's
+    /// response is posted like an io_uring completion.
+    Blocking(BlockingFn),
+    /// As [`Outcome::Blocking`], for a call that may wait indefinitely on another client (a
+    /// lock request): it runs on a thread of its own, so that waiters cannot take every pool
+    /// thread and starve the calls that would release them.
+    Wait(BlockingFn),
+}
+
+/// Per-session state the runtime keeps beside the shared region.
+#[derive(Debug)]
+pub struct SessionCtx {
+    pub(crate) creds: Credentials,
+    pub(crate) ppid: i32,
+    pub(crate) groups: Vec<u32>,
+    /// Who pool threads and io_uring personalities act as (handlers that act as the client).
+    pub(crate) identity: Option<Arc<Identity>>,
+    pub(crate) fds: FdTable,
 }
 
 /// One request being served.
 pub struct Call<'a> {
-    session: &'a ServerSession,
+    live: &'a Live,
     channel: u32,
     req: ValidRequest,
+    personality: Option<u16>,
+    keep: Option<&'a (dyn Any + Send)>,
 }
 
 impl Call<'_> {
@@ -50,32 +87,72 @@ impl Call<'_> {
 
     /// The session's kernel-reported credentials.
     pub fn creds(&self) -> Credentials {
-        self.session.creds()
+        self.live.ctx.creds
+    }
+
+    /// The supplementary groups of the client process, read when the session started.
+    pub fn groups(&self) -> &[u32] {
+        &self.live.ctx.groups
     }
 
     /// The session id.
     pub fn session_id(&self) -> u64 {
-        self.session.id()
+        self.live.s.id()
+    }
+
+    /// The session's open files.
+    pub fn fds(&self) -> &FdTable {
+        &self.live.ctx.fds
+    }
+
+    /// The io_uring personality acting as this session's client on this worker (the runtime
+    /// sets it on every entry a handler submits), when the handler acts as the client; `None`
+    /// on the blocking pool, whose threads act as the client themselves.
+    pub fn personality(&self) -> Option<u16> {
+        self.personality
+    }
+
+    /// In [`Handler::complete`]: what the handler kept with [`Outcome::SubmitKeep`].
+    pub fn kept<T: Any>(&self) -> Option<&T> {
+        self.keep.and_then(|k| k.downcast_ref())
     }
 
     /// Copies the request payload out of shared memory (`len <= data_len`).
     pub fn read_payload(&self, out: &mut [u8]) {
         let n = out.len().min(self.req.raw.data_len as usize);
-        self.session
+        self.live
+            .s
             .read_window(self.channel, self.req.raw.data_off, &mut out[..n]);
+    }
+
+    /// Copies `out.len()` bytes from `offset` into the request's payload range (clamped to
+    /// it); returns how many were copied.
+    pub fn read_payload_at(&self, offset: usize, out: &mut [u8]) -> usize {
+        let len = self.req.raw.data_len as usize;
+        let start = offset.min(len);
+        let n = out.len().min(len - start);
+        self.live.s.read_window(
+            self.channel,
+            self.req.raw.data_off + start as u32,
+            &mut out[..n],
+        );
+        n
     }
 
     /// Writes result bytes at the start of the request's payload range (truncated to it).
     pub fn write_payload(&self, data: &[u8]) -> usize {
         let n = data.len().min(self.req.raw.data_len as usize);
-        self.session
+        self.live
+            .s
             .write_window(self.channel, self.req.raw.data_off, &data[..n]);
         n
     }
 
-    /// Pointer to the request's payload range, for io_uring buffers.
+    /// Pointer to the request's payload range, for io_uring buffers and system calls; valid
+    /// for `data_len` bytes while the call is in flight. The client may write it concurrently.
     pub fn window_ptr(&self) -> *mut u8 {
-        self.session
+        self.live
+            .s
             .window_ptr(self.channel, self.req.raw.data_off, self.req.raw.data_len)
     }
 }
@@ -91,24 +168,37 @@ pub(crate) struct WorkerCtx<H: Handler> {
     pub wake: Arc<EventFd>,
     pub stats: Arc<Vec<WorkerStats>>,
     pub handler: Arc<H>,
+    pub pool: Arc<Pool>,
+    pub tokens: Arc<CloneTokens>,
 }
 
 /// A session as one worker sees it: its channels and their private indices.
 struct Mine {
-    session: Arc<ServerSession>,
+    live: Arc<Live>,
     channels: Vec<(u32, BackState)>,
+    /// This worker's io_uring personality for the session's client.
+    personality: Option<u16>,
 }
 
-/// An io_uring operation in flight.
+/// An io_uring operation or blocking call in flight.
 struct InFlight {
-    session: Arc<ServerSession>,
+    live: Arc<Live>,
     /// Index into `Mine::channels` is not stable across refreshes; keep the channel number.
     channel: u32,
     req: ValidRequest,
     /// Already answered (shutdown): ignore the completion.
     answered: bool,
     /// Memory the entry points at that must outlive the operation.
-    _keep: Option<Box<types::Timespec>>,
+    keep: Option<Keep>,
+    /// An io_uring operation (else a blocking-pool call).
+    uring: bool,
+}
+
+/// Work a request still needs after the polling pass.
+enum Work {
+    Uring(io_uring::squeue::Entry, Option<Keep>),
+    Blocking(BlockingFn),
+    Wait(BlockingFn),
 }
 
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -125,17 +215,12 @@ struct Worker<H: Handler> {
     inflight: Vec<Option<InFlight>>,
     free: Vec<usize>,
     spin: AdaptiveSpin,
-    /// io_uring entries prepared during a pass, submitted after it (reused buffer).
-    submissions: Vec<Submission>,
+    /// Work prepared during a pass, started after it (reused buffer).
+    submissions: Vec<(Arc<Live>, u32, ValidRequest, Work)>,
+    /// Responses of blocking calls, by in-flight slot (the pool writes `wake` after each).
+    done_tx: mpsc::Sender<(usize, Response)>,
+    done_rx: mpsc::Receiver<(usize, Response)>,
 }
-
-type Submission = (
-    Arc<ServerSession>,
-    u32,
-    ValidRequest,
-    io_uring::squeue::Entry,
-    Option<Box<types::Timespec>>,
-);
 
 pub(crate) fn run<H: Handler>(ctx: WorkerCtx<H>, uring: IoUring) {
     if let Some(cpu) = ctx.cpu {
@@ -167,6 +252,7 @@ pub(crate) fn run<H: Handler>(ctx: WorkerCtx<H>, uring: IoUring) {
         return;
     }
     let spin = AdaptiveSpin::new(ctx.spin);
+    let (done_tx, done_rx) = mpsc::channel();
     let mut w = Worker {
         ctx,
         uring,
@@ -177,6 +263,8 @@ pub(crate) fn run<H: Handler>(ctx: WorkerCtx<H>, uring: IoUring) {
         free: Vec::new(),
         spin,
         submissions: Vec::new(),
+        done_tx,
+        done_rx,
     };
     w.run();
 }
@@ -229,7 +317,7 @@ impl<H: Handler> Worker<H> {
         }
         let (g, all) = self.ctx.sessions.snapshot();
         self.generation = g;
-        let ids: Vec<u64> = all.iter().map(|s| s.id()).collect();
+        let ids: Vec<u64> = all.iter().map(|l| l.s.id()).collect();
         let gone: Vec<u64> = self
             .mine
             .keys()
@@ -240,30 +328,49 @@ impl<H: Handler> Worker<H> {
             if let Some(m) = self.mine.remove(&id) {
                 let _ = self
                     .epoll
-                    .delete(m.session.bell().doorbell_fd(self.ctx.index));
+                    .delete(m.live.s.bell().doorbell_fd(self.ctx.index));
+                if let Some(p) = m.personality {
+                    let _ = self.uring.submitter().unregister_personality(p);
+                }
+                // The last reference may close many files; closing can block (writeback,
+                // final truncation of deleted files), so let the pool do it.
+                let live = m.live;
+                let _ = self.ctx.pool.spawn(Box::new(move || drop(live)));
             }
         }
-        for s in all {
-            if self.mine.contains_key(&s.id()) {
+        for l in all {
+            let id = l.s.id();
+            if self.mine.contains_key(&id) {
                 continue;
             }
-            let channels = (0..s.layout().channels)
+            let channels = (0..l.s.layout().channels)
                 .filter(|c| *c as usize % self.ctx.workers == self.ctx.index)
                 .map(|c| (c, BackState::default()))
                 .collect();
-            let fd = s.bell().doorbell_fd(self.ctx.index);
-            if let Err(e) = self
-                .epoll
-                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, s.id()))
-            {
-                tracing::error!(session = s.id(), %e, "cannot watch doorbell; session not served");
+            let fd = l.s.bell().doorbell_fd(self.ctx.index);
+            if let Err(e) = self.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, id)) {
+                tracing::error!(session = id, %e, "cannot watch doorbell; session not served");
                 continue;
             }
+            let personality = l.ctx.identity.as_ref().and_then(|ident| {
+                // io_uring captures the registering thread's credentials: act as the client
+                // for the length of the registration.
+                let submitter = self.uring.submitter();
+                match creds::with_identity(ident, || submitter.register_personality()) {
+                    Ok(Ok(p)) => Some(p),
+                    Ok(Err(e)) | Err(e) => {
+                        tracing::error!(session = id, %e,
+                            "cannot register an io_uring personality; io_uring calls of this session will fail with EACCES");
+                        None
+                    }
+                }
+            });
             self.mine.insert(
-                s.id(),
+                id,
                 Mine {
-                    session: s,
+                    live: l,
                     channels,
+                    personality,
                 },
             );
         }
@@ -273,10 +380,11 @@ impl<H: Handler> Worker<H> {
     fn poll_rings(&mut self) -> bool {
         let mut busy = false;
         let mut submissions = std::mem::take(&mut self.submissions);
-        let handler = &*self.ctx.handler;
-        let stats = &self.ctx.stats[self.ctx.index];
+        let ctx = &self.ctx;
+        let stats = &ctx.stats[ctx.index];
         for m in self.mine.values_mut() {
-            let session = &m.session;
+            let live = &m.live;
+            let session = &live.s;
             for (c, back) in m.channels.iter_mut() {
                 if session.is_quarantined(*c) {
                     continue;
@@ -293,7 +401,7 @@ impl<H: Handler> Worker<H> {
                         }
                     };
                     busy = true;
-                    match serve(handler, session, *c, &slot) {
+                    match serve(ctx, live, *c, m.personality, &slot) {
                         Served::Now(rsp, rejected) => {
                             back.push(&ring, &rsp.to_slot());
                             answered += 1;
@@ -302,52 +410,87 @@ impl<H: Handler> Worker<H> {
                                 stats.rejected.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        Served::Uring(entry, req, keep) => {
-                            submissions.push((session.clone(), *c, req, entry, keep))
-                        }
+                        Served::Later(req, work) => submissions.push((live.clone(), *c, req, work)),
                     }
                 }
                 if answered > 0 {
+                    // Count before publishing, so nobody who saw a response reads a stale count.
+                    session.bump(*c, ringoff::SERVER_REQUESTS, answered);
+                    stats.requests.fetch_add(answered, Ordering::Relaxed);
                     if back.publish(&ring) {
                         session.notify_client(*c);
                         stats.wait.wakeups.fetch_add(1, Ordering::Relaxed);
                     }
-                    session.bump(*c, ringoff::SERVER_REQUESTS, answered);
-                    stats.requests.fetch_add(answered, Ordering::Relaxed);
                 }
             }
         }
-        for (session, c, req, entry, keep) in submissions.drain(..) {
-            self.submit(&session, c, req, entry, keep);
+        for (live, c, req, work) in submissions.drain(..) {
+            if let Some(rsp) = self.start(&live, c, req, work) {
+                self.post(&live, c, rsp);
+                self.publish(live.s.id(), c);
+            }
         }
         self.submissions = submissions;
         busy
     }
 
-    fn submit(
-        &mut self,
-        session: &Arc<ServerSession>,
-        channel: u32,
-        req: ValidRequest,
-        entry: io_uring::squeue::Entry,
-        keep: Option<Box<types::Timespec>>,
-    ) {
+    fn alloc(&mut self, f: InFlight) -> usize {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.inflight.push(None);
             self.inflight.len() - 1
         });
-        self.inflight[slot] = Some(InFlight {
-            session: session.clone(),
+        self.inflight[slot] = Some(f);
+        slot
+    }
+
+    /// Starts io_uring or blocking work; returns a response when it cannot start.
+    fn start(
+        &mut self,
+        live: &Arc<Live>,
+        channel: u32,
+        req: ValidRequest,
+        work: Work,
+    ) -> Option<Response> {
+        match work {
+            Work::Uring(entry, keep) => {
+                let entry = if live.ctx.identity.is_some() {
+                    // Never run a client's operation with the server's own credentials.
+                    match self.mine.get(&live.s.id()).and_then(|m| m.personality) {
+                        Some(p) => entry.personality(p),
+                        None => return Some(Response::err(req.raw.id, Errno::EACCES)),
+                    }
+                } else {
+                    entry
+                };
+                self.submit(live, channel, req, entry, keep);
+                None
+            }
+            Work::Blocking(f) => self.start_blocking(live, channel, req, f, false),
+            Work::Wait(f) => self.start_blocking(live, channel, req, f, true),
+        }
+    }
+
+    fn submit(
+        &mut self,
+        live: &Arc<Live>,
+        channel: u32,
+        req: ValidRequest,
+        entry: io_uring::squeue::Entry,
+        keep: Option<Keep>,
+    ) {
+        let slot = self.alloc(InFlight {
+            live: live.clone(),
             channel,
             req,
             answered: false,
-            _keep: keep,
+            keep,
+            uring: true,
         });
         let entry = entry.user_data(slot as u64);
         loop {
             // SAFETY: the buffers named by `entry` live in the session's mapped window or in
-            // `_keep`; the `Arc<ServerSession>` and `_keep` stored in `inflight[slot]` keep them
-            // alive until the completion is reaped.
+            // `keep`; the `Arc<Live>` and `keep` stored in `inflight[slot]` keep them alive
+            // until the completion is reaped.
             if unsafe { self.uring.submission().push(&entry) }.is_ok() {
                 break;
             }
@@ -357,6 +500,56 @@ impl<H: Handler> Worker<H> {
             }
         }
         self.stats().uring.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn start_blocking(
+        &mut self,
+        live: &Arc<Live>,
+        channel: u32,
+        req: ValidRequest,
+        f: BlockingFn,
+        own_thread: bool,
+    ) -> Option<Response> {
+        let slot = self.alloc(InFlight {
+            live: live.clone(),
+            channel,
+            req,
+            answered: false,
+            keep: None,
+            uring: false,
+        });
+        let tx = self.done_tx.clone();
+        let wake = self.ctx.wake.clone();
+        let live = live.clone();
+        let job = Box::new(move || {
+            let rsp = run_blocking(&live, channel, req, f);
+            if tx.send((slot, rsp)).is_ok() {
+                let _ = wake.write(1);
+            }
+        });
+        self.stats().blocking.fetch_add(1, Ordering::Relaxed);
+        let rsp = if own_thread {
+            let spawned = std::thread::Builder::new()
+                .name(format!("virtuos-{}-wait", self.ctx.handler.name()))
+                .spawn(job);
+            match spawned {
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::warn!(%e, "cannot start a thread for a waiting call");
+                    Response::err(req.raw.id, Errno::EAGAIN)
+                }
+            }
+        } else if self.ctx.pool.spawn(job) {
+            return None;
+        } else {
+            // The pool is closed: shutting down.
+            shutdown_response(req.raw.id)
+        };
+        if let Some(f) = self.inflight[slot].take() {
+            drop(f);
+            self.free.push(slot);
+        }
+        Some(rsp)
     }
 
     /// Submits queued entries and posts every completion; returns whether any arrived.
@@ -371,26 +564,58 @@ impl<H: Handler> Worker<H> {
             .completion()
             .map(|c| (c.user_data(), c.result()))
             .collect();
-        if cqes.is_empty() {
+        let done: Vec<(usize, Response)> = self.done_rx.try_iter().collect();
+        if cqes.is_empty() && done.is_empty() {
             return false;
         }
         let mut touched: Vec<(u64, u32)> = Vec::new();
         for (ud, result) in cqes {
-            let Some(f) = self.inflight.get_mut(ud as usize).and_then(Option::take) else {
+            let Some(f) = self
+                .inflight
+                .get_mut(ud as usize)
+                .filter(|f| f.as_ref().is_some_and(|f| f.uring))
+                .and_then(Option::take)
+            else {
                 continue;
             };
             self.free.push(ud as usize);
             if f.answered {
                 continue;
             }
-            let call = Call {
-                session: &f.session,
-                channel: f.channel,
-                req: f.req,
+            let outcome = {
+                let call = Call {
+                    live: &f.live,
+                    channel: f.channel,
+                    req: f.req,
+                    personality: self.mine.get(&f.live.s.id()).and_then(|m| m.personality),
+                    keep: f.keep.as_deref(),
+                };
+                complete(&*self.ctx.handler, &call, result)
             };
-            let rsp = complete(&*self.ctx.handler, &call, result);
-            self.post(&f.session, f.channel, rsp);
-            touched.push((f.session.id(), f.channel));
+            let rsp = match outcome_work(outcome) {
+                Ok(rsp) => Some(rsp),
+                Err(work) => self.start(&f.live, f.channel, f.req, work),
+            };
+            if let Some(rsp) = rsp {
+                self.post(&f.live, f.channel, rsp);
+                touched.push((f.live.s.id(), f.channel));
+            }
+        }
+        for (slot, rsp) in done {
+            let Some(f) = self
+                .inflight
+                .get_mut(slot)
+                .filter(|f| f.as_ref().is_some_and(|f| !f.uring))
+                .and_then(Option::take)
+            else {
+                continue;
+            };
+            self.free.push(slot);
+            if f.answered {
+                continue;
+            }
+            self.post(&f.live, f.channel, rsp);
+            touched.push((f.live.s.id(), f.channel));
         }
         touched.sort_unstable();
         touched.dedup();
@@ -400,26 +625,26 @@ impl<H: Handler> Worker<H> {
         true
     }
 
-    fn back(&mut self, id: u64, channel: u32) -> Option<(&Arc<ServerSession>, &mut BackState)> {
+    fn back(&mut self, id: u64, channel: u32) -> Option<(&Arc<Live>, &mut BackState)> {
         let m = self.mine.get_mut(&id)?;
-        let session = &m.session;
+        let live = &m.live;
         m.channels
             .iter_mut()
             .find(|(c, _)| *c == channel)
-            .map(|(_, b)| (session, b))
+            .map(|(_, b)| (live, b))
     }
 
     /// Pushes a response for a request taken earlier (its session may have ended since).
-    fn post(&mut self, session: &Arc<ServerSession>, channel: u32, rsp: Response) {
+    fn post(&mut self, live: &Arc<Live>, channel: u32, rsp: Response) {
         let index = self.ctx.index;
-        let Some((s, back)) = self.back(session.id(), channel) else {
+        let Some((l, back)) = self.back(live.s.id(), channel) else {
             return;
         };
         if back.in_flight() == 0 {
             return;
         }
-        back.push(&s.ring(channel), &rsp.to_slot());
-        s.bump(channel, ringoff::SERVER_REQUESTS, 1);
+        back.push(&l.s.ring(channel), &rsp.to_slot());
+        l.s.bump(channel, ringoff::SERVER_REQUESTS, 1);
         self.ctx.stats[index]
             .requests
             .fetch_add(1, Ordering::Relaxed);
@@ -427,11 +652,11 @@ impl<H: Handler> Worker<H> {
 
     fn publish(&mut self, id: u64, channel: u32) {
         let index = self.ctx.index;
-        let Some((s, back)) = self.back(id, channel) else {
+        let Some((l, back)) = self.back(id, channel) else {
             return;
         };
-        if back.publish(&s.ring(channel)) {
-            s.notify_client(channel);
+        if back.publish(&l.s.ring(channel)) {
+            l.s.notify_client(channel);
             self.ctx.stats[index]
                 .wait
                 .wakeups
@@ -444,8 +669,8 @@ impl<H: Handler> Worker<H> {
         let mut pending = false;
         for m in self.mine.values() {
             for (c, back) in &m.channels {
-                if !m.session.is_quarantined(*c) {
-                    pending |= back.arm(&m.session.ring(*c));
+                if !m.live.s.is_quarantined(*c) {
+                    pending |= back.arm(&m.live.s.ring(*c));
                 }
             }
         }
@@ -465,7 +690,7 @@ impl<H: Handler> Worker<H> {
                 URING_TOKEN => {}
                 id => {
                     if let Some(m) = self.mine.get(&id) {
-                        m.session.bell().drain(self.ctx.index);
+                        m.live.s.bell().drain(self.ctx.index);
                     }
                 }
             }
@@ -474,23 +699,21 @@ impl<H: Handler> Worker<H> {
 
     /// Answers everything queued or in flight with EIO and wakes the clients.
     fn drain_for_shutdown(&mut self) {
-        for m in self.mine.values() {
-            m.session.set_state(xen_transport::ServerState::Closing);
-        }
-        // In-flight io_uring operations: answer now, ignore their completions.
-        let mut pending: Vec<(Arc<ServerSession>, u32, u64)> = Vec::new();
+        // In-flight io_uring operations and blocking calls: answer now, ignore their
+        // completions.
+        let mut pending: Vec<(Arc<Live>, u32, u64)> = Vec::new();
         for f in self.inflight.iter_mut().flatten() {
             if !f.answered {
                 f.answered = true;
-                pending.push((f.session.clone(), f.channel, f.req.raw.id));
+                pending.push((f.live.clone(), f.channel, f.req.raw.id));
             }
         }
-        for (s, c, id) in pending {
-            self.post(&s, c, shutdown_response(id));
+        for (l, c, id) in pending {
+            self.post(&l, c, shutdown_response(id));
         }
         // Queued requests: take and answer each.
         for m in self.mine.values_mut() {
-            let s = &m.session;
+            let s = &m.live.s;
             for (c, back) in m.channels.iter_mut() {
                 let ring = s.ring(*c);
                 while let Ok(Some(slot)) = back.take(&ring) {
@@ -499,11 +722,14 @@ impl<H: Handler> Worker<H> {
                 }
                 back.publish(&ring);
             }
+            // Announce the shutdown only after this worker's answers are published, so a
+            // waiting client finds its answer before it sees the state change.
+            s.set_state(xen_transport::ServerState::Closing);
             s.notify_all();
         }
         // Cancel what the kernel still holds, and wait for it so no buffer is written after
-        // the mappings go away.
-        let busy = self.inflight.iter().flatten().count();
+        // the mappings go away. (Blocking calls hold their session, and so its mapping.)
+        let busy = self.inflight.iter().flatten().filter(|f| f.uring).count();
         if busy > 0 {
             let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
                 .build()
@@ -524,17 +750,62 @@ fn shutdown_response(id: u64) -> Response {
     }
 }
 
-enum Served {
-    Now(Response, bool),
-    Uring(
-        io_uring::squeue::Entry,
-        ValidRequest,
-        Option<Box<types::Timespec>>,
-    ),
+/// Runs a blocking call on a pool thread, acting as the session's client.
+fn run_blocking(live: &Live, channel: u32, req: ValidRequest, f: BlockingFn) -> Response {
+    let id = req.raw.id;
+    let switched = match &live.ctx.identity {
+        Some(ident) => creds::assume(ident),
+        None => creds::restore(),
+    };
+    if let Err(e) = switched {
+        tracing::warn!(session = live.s.id(), %e, "cannot act as the client");
+        return Response::err(id, Errno::EACCES);
+    }
+    let call = Call {
+        live,
+        channel,
+        req,
+        personality: None,
+        keep: None,
+    };
+    match std::panic::catch_unwind(AssertUnwindSafe(|| f(&call))) {
+        Ok(rsp) => rsp,
+        Err(_) => {
+            tracing::error!(
+                session = live.s.id(),
+                opcode = req.opcode.name(),
+                "blocking call panicked"
+            );
+            Response::err(id, Errno::EIO)
+        }
+    }
 }
 
-/// Decodes one request slot and executes it (or prepares its io_uring entry).
-fn serve<H: Handler>(handler: &H, session: &ServerSession, channel: u32, slot: &RawSlot) -> Served {
+enum Served {
+    Now(Response, bool),
+    Later(ValidRequest, Work),
+}
+
+/// An outcome's response, or the work it still needs.
+fn outcome_work(o: Outcome) -> Result<Response, Work> {
+    match o {
+        Outcome::Done(r) => Ok(r),
+        Outcome::Submit(e) => Err(Work::Uring(e, None)),
+        Outcome::SubmitKeep(e, k) => Err(Work::Uring(e, Some(k))),
+        Outcome::Blocking(f) => Err(Work::Blocking(f)),
+        Outcome::Wait(f) => Err(Work::Wait(f)),
+    }
+}
+
+/// Decodes one request slot and executes it (or prepares its io_uring entry or blocking call).
+fn serve<H: Handler>(
+    ctx: &WorkerCtx<H>,
+    live: &Live,
+    channel: u32,
+    personality: Option<u16>,
+    slot: &RawSlot,
+) -> Served {
+    let session = &live.s;
     let req = match decode_request(slot, session.layout().window) {
         Ok(r) => r,
         Err((id, e)) => {
@@ -547,15 +818,17 @@ fn serve<H: Handler>(handler: &H, session: &ServerSession, channel: u32, slot: &
         }
     };
     let call = Call {
-        session,
+        live,
         channel,
         req,
+        personality,
+        keep: None,
     };
     let id = call.id();
-    let mut keep = None;
+    let args = req.raw.args;
     #[allow(unreachable_patterns)] // domain opcodes join the match as the domains add them
     let outcome = match req.opcode {
-        Opcode::Nop => Outcome::Done(Response::ok(id, (req.raw.args[0] & i64::MAX as u64) as i64)),
+        Opcode::Nop => Outcome::Done(Response::ok(id, (args[0] & i64::MAX as u64) as i64)),
         Opcode::UringNop => Outcome::Submit(opcode::Nop::new().build()),
         Opcode::Echo => {
             let mut buf = vec![0u8; req.raw.data_len as usize];
@@ -576,26 +849,70 @@ fn serve<H: Handler>(handler: &H, session: &ServerSession, channel: u32, slot: &
             Outcome::Done(r)
         }
         Opcode::Delay => {
-            let us = req.raw.args[0].min(60_000_000);
+            let us = args[0].min(60_000_000);
             let ts = Box::new(types::Timespec::from(Duration::from_micros(us)));
             let entry = opcode::Timeout::new(&*ts as *const types::Timespec).build();
-            keep = Some(ts);
-            Outcome::Submit(entry)
+            Outcome::SubmitKeep(entry, ts)
         }
-        _ => handler.handle(&call),
+        Opcode::PrepareClone => Outcome::Done(prepare_clone(ctx, live, id, args[0])),
+        Opcode::Adopt => Outcome::Done(adopt(ctx, live, id, args[0])),
+        _ => ctx.handler.handle(&call),
     };
-    match outcome {
-        Outcome::Done(rsp) => Served::Now(rsp, false),
-        Outcome::Submit(e) => Served::Uring(e, req, keep),
+    match outcome_work(outcome) {
+        Ok(rsp) => Served::Now(rsp, false),
+        Err(work) => Served::Later(req, work),
     }
 }
 
-fn complete<H: Handler>(handler: &H, call: &Call<'_>, result: i32) -> Response {
+fn prepare_clone<H: Handler>(ctx: &WorkerCtx<H>, live: &Live, id: u64, kind: u64) -> Response {
+    let Some(kind) = CloneKind::from_arg(kind) else {
+        return Response::err(id, Errno::EINVAL);
+    };
+    let snap = live.ctx.fds.snapshot();
+    match ctx.tokens.prepare(kind, live.ctx.creds.pid, snap) {
+        Ok(token) => {
+            let mut r = Response::ok(id, 0);
+            r.aux[0] = token;
+            r
+        }
+        Err(e) => Response::err(id, e),
+    }
+}
+
+fn adopt<H: Handler>(ctx: &WorkerCtx<H>, live: &Live, id: u64, token: u64) -> Response {
+    let c = &live.ctx;
+    let snap = match ctx.tokens.redeem(token, c.creds.pid, c.ppid) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(
+                session = live.s.id(),
+                pid = c.creds.pid,
+                ?e,
+                "adopt refused"
+            );
+            return Response::err(id, e);
+        }
+    };
+    match c.fds.replace(snap) {
+        Ok(old) => {
+            if old.iter().any(Option::is_some) {
+                // Closing may block: let the pool drop the replaced files.
+                let _ = ctx.pool.spawn(Box::new(move || drop(old)));
+            }
+            let mut r = Response::ok(id, 0);
+            r.aux[0] = c.fds.len() as u64;
+            r
+        }
+        Err(e) => Response::err(id, e),
+    }
+}
+
+fn complete<H: Handler>(handler: &H, call: &Call<'_>, result: i32) -> Outcome {
     match call.req.opcode {
-        Opcode::UringNop => Response::ok(call.id(), i64::from(result)),
+        Opcode::UringNop => Outcome::Done(Response::ok(call.id(), i64::from(result))),
         // A timeout completes with -ETIME when it expires: that is success for Delay.
-        Opcode::Delay if result == -libc::ETIME => Response::ok(call.id(), 0),
-        Opcode::Delay => Response::ok(call.id(), i64::from(result)),
+        Opcode::Delay if result == -libc::ETIME => Outcome::Done(Response::ok(call.id(), 0)),
+        Opcode::Delay => Outcome::Done(Response::ok(call.id(), i64::from(result))),
         _ => handler.complete(call, result),
     }
 }

@@ -37,3 +37,42 @@ pub fn set(p: Option<PathBuf>) {
     ROUTED.store(p.is_some(), Ordering::Release);
     locked(|c| *c = p);
 }
+
+// ---- the local (kernel) cwd, cached so relative paths can be checked against the mount ----
+
+static LOCAL_LOCK: AtomicBool = AtomicBool::new(false);
+static LOCAL_VALID: AtomicBool = AtomicBool::new(false);
+static mut LOCAL: Option<PathBuf> = None;
+
+/// Forgets the cached kernel cwd (after a local chdir/fchdir).
+pub fn invalidate_local() {
+    LOCAL_VALID.store(false, Ordering::Release);
+}
+
+/// The kernel's cwd, from the cache or a raw getcwd.
+pub fn local() -> Option<PathBuf> {
+    while LOCAL_LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::hint::spin_loop();
+    }
+    // SAFETY: LOCAL is only accessed here, under LOCAL_LOCK, which this thread holds.
+    let slot = unsafe { &mut *std::ptr::addr_of_mut!(LOCAL) };
+    if !LOCAL_VALID.load(Ordering::Acquire) || slot.is_none() {
+        let mut buf = [0u8; crate::paths::PATH_MAX];
+        let n = crate::sys::sys(
+            libc::SYS_getcwd,
+            &[buf.as_mut_ptr() as u64, buf.len() as u64],
+        );
+        *slot = if n > 1 {
+            PathBuf::from_bytes(&buf[..n as usize - 1])
+        } else {
+            None
+        };
+        LOCAL_VALID.store(slot.is_some(), Ordering::Release);
+    }
+    let r = slot.clone();
+    LOCAL_LOCK.store(false, Ordering::Release);
+    r
+}

@@ -4,7 +4,7 @@
 //! (safety net). Local calls are re-issued unchanged through the trampoline; remote ones go to
 //! the storage domain. Results are raw (`-errno` on failure), as the kernel returns them.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use abi::Opcode;
 
@@ -24,8 +24,27 @@ fn e(n: i32) -> i64 {
 #[allow(clippy::large_enum_variant)] // on the stack by design: no allocation in signal handlers
 enum Loc {
     Local,
+    /// Local, but only after folding `..` out of the mount: use this path instead.
+    LocalAt(PathBuf),
     /// Export-relative, normalised, starting with `/`.
     Remote(PathBuf),
+}
+
+/// True when the lexical path `raw` starts inside `mount` (before `..` is folded).
+fn enters(raw: &[u8], mount: &[u8]) -> bool {
+    raw.starts_with(mount) && (raw.len() == mount.len() || raw[mount.len()] == b'/')
+}
+
+/// The remote file a `/proc/self/fd/N` or `/dev/fd/N` path names, if N is a placeholder.
+fn proc_fd(path: &[u8]) -> Option<Remote> {
+    let n = path
+        .strip_prefix(b"/proc/self/fd/")
+        .or_else(|| path.strip_prefix(b"/dev/fd/"))?;
+    if n.is_empty() || n.len() > 9 || !n.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let fd = n.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+    fdtable::get(fd)
 }
 
 /// Resolves `path` relative to `dirfd` (or the cwd) against the mount prefix.
@@ -33,12 +52,23 @@ fn resolve(dirfd: i64, path: &[u8]) -> Result<Loc, i64> {
     let Some(mount) = config::get().mount.as_ref() else {
         return Ok(Loc::Local);
     };
-    let full = if path.first() == Some(&b'/') {
-        paths::normalize(path)
+    if proc_fd(path).is_some() {
+        // Reopening a remote file through its placeholder's magic link would reach the
+        // placeholder, not the file: refuse instead of silently acting on the wrong inode.
+        // (chmod, chown, stat and utimens handle these paths by handle before getting here.)
+        return Err(e(libc::EOPNOTSUPP));
+    }
+    let too_long = |_| e(libc::ENAMETOOLONG);
+    // The base the kernel would resolve a relative path against, as a path.
+    let base = if path.first() == Some(&b'/') {
+        None
     } else if dirfd == AT_FDCWD {
         match cwd::get() {
-            Some(c) => paths::join(c.as_bytes(), path),
-            None => return Ok(Loc::Local),
+            Some(c) => Some(c),
+            None => match cwd::local() {
+                Some(l) => Some(l),
+                None => return Ok(Loc::Local),
+            },
         }
     } else if let Some(r) = fdtable::get(dirfd) {
         if !r.is_dir {
@@ -46,22 +76,66 @@ fn resolve(dirfd: i64, path: &[u8]) -> Result<Loc, i64> {
         }
         let mut dir = [0u8; paths::PATH_MAX];
         let n = fdtable::dir_path(r.handle, &mut dir).ok_or(e(libc::EBADF))?;
-        let base = paths::join(
-            mount.as_bytes(),
-            dir[..n].strip_prefix(b"/").unwrap_or(&dir[..n]),
-        )
-        .map_err(|_| e(libc::ENAMETOOLONG))?;
-        paths::join(base.as_bytes(), path)
+        let rel = dir[..n].strip_prefix(b"/").unwrap_or(&dir[..n]);
+        Some(paths::join(mount.as_bytes(), rel).map_err(too_long)?)
     } else {
         return Ok(Loc::Local);
-    }
-    .map_err(|_| e(libc::ENAMETOOLONG))?;
+    };
+    let (full, entered) = match &base {
+        None => (
+            paths::normalize(path).map_err(too_long)?,
+            enters(path, mount.as_bytes()),
+        ),
+        Some(b) => (
+            paths::join(b.as_bytes(), path).map_err(too_long)?,
+            enters(b.as_bytes(), mount.as_bytes()),
+        ),
+    };
     Ok(
         match paths::strip_prefix(full.as_bytes(), mount.as_bytes()) {
             Some(rel) => Loc::Remote(rel),
+            // `..` led out of the mount: the kernel cannot walk the remote part, so it gets the
+            // folded path instead.
+            None if entered => Loc::LocalAt(full),
             None => Loc::Local,
         },
     )
+}
+
+/// Returns `a` with path argument `p` pointing at a NUL-terminated copy of `x` (kept in a
+/// thread-local buffer until the next call on this thread).
+fn local_path_arg(_nr: i64, mut a: [u64; 6], p: u64, x: &PathBuf) -> [u64; 6] {
+    thread_local! {
+        static BUF: std::cell::RefCell<[u8; paths::PATH_MAX + 1]> =
+            const { std::cell::RefCell::new([0; paths::PATH_MAX + 1]) };
+    }
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        b.fill(0);
+        b[..x.as_bytes().len()].copy_from_slice(x.as_bytes());
+        for v in a.iter_mut() {
+            if *v == p {
+                *v = b.as_ptr() as u64;
+            }
+        }
+    });
+    a
+}
+
+/// Executes a local call, replacing the path argument `p` by `rewritten` when given.
+fn local_call(nr: i64, mut a: [u64; 6], p: u64, rewritten: Option<&PathBuf>) -> i64 {
+    let Some(r) = rewritten else {
+        return syscall6(nr, a);
+    };
+    let mut buf = [0u8; paths::PATH_MAX + 1];
+    let b = r.as_bytes();
+    buf[..b.len()].copy_from_slice(b);
+    for x in a.iter_mut() {
+        if *x == p {
+            *x = buf.as_ptr() as u64;
+        }
+    }
+    syscall6(nr, a)
 }
 
 fn path_arg(p: u64) -> Result<&'static [u8], i64> {
@@ -248,12 +322,12 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
         }
         libc::SYS_mkdir => {
             return path_op(AT_FDCWD, a[0], nr, a, |p| {
-                remote::call(Opcode::MkdirAt, [0, a[1], 0, 0, 0], &[p], None)
+                remote::call(Opcode::MkdirAt, [0, masked(a[1]), 0, 0, 0], &[p], None)
             })
         }
         libc::SYS_mkdirat => {
             return path_op(fd, a[1], nr, a, |p| {
-                remote::call(Opcode::MkdirAt, [0, a[2], 0, 0, 0], &[p], None)
+                remote::call(Opcode::MkdirAt, [0, masked(a[2]), 0, 0, 0], &[p], None)
             })
         }
         libc::SYS_rmdir => {
@@ -334,6 +408,29 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             return path_op(AT_FDCWD, a[0], nr, a, |p| {
                 remote::call(Opcode::TruncateAt, [0, a[1], 0, 0, 0], &[p], None)
             })
+        }
+        libc::SYS_chmod | libc::SYS_fchmodat | libc::SYS_fchmodat2
+            if by_proc_fd(if nr == libc::SYS_chmod { a[0] } else { a[1] }).is_some() =>
+        {
+            let r = by_proc_fd(if nr == libc::SYS_chmod { a[0] } else { a[1] }).expect("guard");
+            let mode = if nr == libc::SYS_chmod { a[1] } else { a[2] };
+            remote::call(Opcode::FChmod, [r.handle.into(), mode, 0, 0, 0], &[], None)
+        }
+        libc::SYS_chown | libc::SYS_lchown | libc::SYS_fchownat
+            if by_proc_fd(if nr == libc::SYS_fchownat { a[1] } else { a[0] }).is_some() =>
+        {
+            let r = by_proc_fd(if nr == libc::SYS_fchownat { a[1] } else { a[0] }).expect("guard");
+            let (u, g) = if nr == libc::SYS_fchownat {
+                (a[2], a[3])
+            } else {
+                (a[1], a[2])
+            };
+            remote::call(
+                Opcode::FChown,
+                [r.handle.into(), u as u32 as u64, g as u32 as u64, 0, 0],
+                &[],
+                None,
+            )
         }
         libc::SYS_chmod => {
             return path_op(AT_FDCWD, a[0], nr, a, |p| {
@@ -421,6 +518,7 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             let r = syscall6(nr, a);
             if r == 0 {
                 cwd::set(None);
+                cwd::invalidate_local();
             }
             r
         }
@@ -437,10 +535,37 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             }
             None => return Ok(None),
         },
+        // SIGSYS must never be blocked or taken over: a blocked or ignored SIGSYS makes the
+        // kernel kill the process at the next trap. Everything else passes unchanged.
+        libc::SYS_rt_sigprocmask if a[1] != 0 && a[0] as i32 != libc::SIG_UNBLOCK => {
+            let set: u64 = get::<u64>(a[1]) & !sys::SIGSYS_BIT;
+            let mut b = a;
+            b[1] = &set as *const u64 as u64;
+            syscall6(nr, b)
+        }
+        libc::SYS_rt_sigaction if a[0] as i32 == libc::SIGSYS && a[1] != 0 => {
+            // Report the old action as the default and keep ours.
+            if a[2] != 0 {
+                // A zeroed kernel sigaction is SIG_DFL with no flags.
+                let zero = [0u8; 32];
+                sys::user_buf_mut(a[2], zero.len()).copy_from_slice(&zero);
+            }
+            0
+        }
+        libc::SYS_umask => {
+            let old = syscall6(nr, a);
+            UMASK.store(a[0] as u32 & 0o777, Ordering::Relaxed);
+            old
+        }
         libc::SYS_execve => crate::exec::execve(nr, a),
         libc::SYS_execveat => crate::exec::execve(nr, a),
         _ => return Ok(None),
     }))
+}
+
+/// `proc_fd` of a path argument.
+fn by_proc_fd(p: u64) -> Option<Remote> {
+    c_str(p, 64).and_then(proc_fd)
 }
 
 fn either_remote(fd: i64, other: u64) -> bool {
@@ -463,6 +588,7 @@ fn path_op(
     let path = path_arg(p)?;
     match resolve(dirfd, path)? {
         Loc::Local => Ok(Some(syscall6(nr, a))),
+        Loc::LocalAt(lp) => Ok(Some(local_call(nr, a, p, Some(&lp)))),
         Loc::Remote(rp) => Ok(Some(f(rp.as_bytes()))),
     }
 }
@@ -478,9 +604,58 @@ fn open_at(
     path_op(dirfd, p, nr, a, |rp| open_remote(rp, flags, mode))
 }
 
+/// Creates a placeholder fd at the lowest free number: an `O_PATH` descriptor of a fresh,
+/// private memfd. `O_PATH` makes any use the shim does not intercept fail with EBADF instead
+/// of silently succeeding, and the private inode means a stray `chmod("/proc/self/fd/N")` or
+/// similar can only ever touch that memfd, never a shared file.
+fn new_placeholder(cloexec: u64) -> i64 {
+    let m = sys::sys(
+        libc::SYS_memfd_create,
+        &[c"virtuos-remote".as_ptr() as u64, 0],
+    );
+    if m < 0 {
+        return m;
+    }
+    let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+    let mut digits = [0u8; 10];
+    let (mut v, mut n) = (m as u64, 0);
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        path[14 + i] = digits[n - 1 - i];
+    }
+    let p = sys::sys(
+        libc::SYS_openat,
+        &[
+            AT_FDCWD as u64,
+            path.as_ptr() as u64,
+            (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        ],
+    );
+    if p < 0 {
+        sys::sys(libc::SYS_close, &[m as u64]);
+        return p;
+    }
+    // Move the O_PATH descriptor onto the memfd's (lowest free) number.
+    let r = sys::sys(libc::SYS_dup3, &[p as u64, m as u64, cloexec]);
+    sys::sys(libc::SYS_close, &[p as u64]);
+    if r < 0 {
+        sys::sys(libc::SYS_close, &[m as u64]);
+        return r;
+    }
+    m
+}
+
 /// Opens `rp` remotely and returns a placeholder fd for it.
 pub fn open_remote(rp: &[u8], flags: u64, mode: u64) -> i64 {
-    let mut args = [flags, mode & 0o7777, 0, 0, 0];
+    let creates = flags & (libc::O_CREAT | libc::O_TMPFILE) as u64 != 0;
+    let mut args = [flags, if creates { masked(mode) } else { 0 }, 0, 0, 0];
     let (h, st_mode) = remote::call_aux(Opcode::OpenAt, &mut args, &[rp], None);
     if h < 0 {
         return h;
@@ -491,14 +666,7 @@ pub fn open_remote(rp: &[u8], flags: u64, mode: u64) -> i64 {
     } else {
         0
     };
-    let ph = sys::sys(
-        libc::SYS_openat,
-        &[
-            AT_FDCWD as u64,
-            c"/dev/null".as_ptr() as u64,
-            (libc::O_PATH | cloexec) as u64,
-        ],
-    );
+    let ph = new_placeholder(cloexec as u64);
     if ph < 0 {
         remote::call(Opcode::Close, [h as u64, 0, 0, 0, 0], &[], None);
         return ph;
@@ -689,8 +857,13 @@ fn stat_at(
             None => Ok(None),
         };
     }
+    if let Some(r) = proc_fd(path) {
+        let x = fetch_statx(Opcode::FStat, [r.handle.into(), 0, 0, 0, 0], None);
+        return Ok(Some(x.map(emit).unwrap_or_else(|e| e)));
+    }
     match resolve(dirfd, path)? {
         Loc::Local => Ok(Some(syscall6(nr, a))),
+        Loc::LocalAt(lp) => Ok(Some(local_call(nr, a, p, Some(&lp)))),
         Loc::Remote(rp) => {
             let f = flags & libc::AT_SYMLINK_NOFOLLOW as u64;
             let mask = statx_mask.unwrap_or(libc::STATX_BASIC_STATS as u64);
@@ -718,6 +891,17 @@ fn two_paths(
     let l2 = resolve(d2, path_arg(p2)?)?;
     Ok(Some(match (l1, l2) {
         (Loc::Local, Loc::Local) => syscall6(nr, a),
+        (l1 @ (Loc::Local | Loc::LocalAt(_)), l2 @ (Loc::Local | Loc::LocalAt(_))) => {
+            let a1 = if let Loc::LocalAt(x) = &l1 {
+                local_path_arg(nr, a, p1, x)
+            } else {
+                a
+            };
+            match &l2 {
+                Loc::LocalAt(y) => local_call(nr, a1, p2, Some(y)),
+                _ => syscall6(nr, a1),
+            }
+        }
         (Loc::Remote(x), Loc::Remote(y)) => {
             remote::call(op, [flags, 0, 0, 0, 0], &[x.as_bytes(), y.as_bytes()], None)
         }
@@ -774,6 +958,13 @@ fn utimensat(
             ))),
             None => Ok(None),
         };
+    }
+    if let Some(r) = by_proc_fd(p) {
+        return Ok(Some(remote_utimens(
+            [r.handle.into(), flags, given, 0, 0],
+            &ts,
+            b"",
+        )));
     }
     path_op(dirfd, p, nr, a, |rp| {
         remote_utimens([u64::MAX, flags, given, 0, 0], &ts, rp)
@@ -846,14 +1037,17 @@ fn statfs_remote(rp: &[u8], out: u64) -> i64 {
 
 fn chdir(dirfd: i64, p: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
     let path = path_arg(p)?;
-    match resolve(dirfd, path)? {
-        Loc::Local => {
-            let r = syscall6(nr, a);
-            if r == 0 {
-                cwd::set(None);
-            }
-            Ok(Some(r))
+    let local = |rewritten: Option<&PathBuf>| {
+        let r = local_call(nr, a, p, rewritten);
+        if r == 0 {
+            cwd::set(None);
+            cwd::invalidate_local();
         }
+        Ok(Some(r))
+    };
+    match resolve(dirfd, path)? {
+        Loc::Local => local(None),
+        Loc::LocalAt(lp) => local(Some(&lp)),
         Loc::Remote(rp) => {
             let x = match fetch_statx(
                 Opcode::StatAt,
@@ -1075,6 +1269,21 @@ fn mmap(a: [u64; 6]) -> Result<Option<i64>, i64> {
     Ok(Some(m))
 }
 
+/// The process's umask, applied to modes sent to the storage domain (which creates files
+/// with the mode it is given: its own umask is 0).
+static UMASK: AtomicU32 = AtomicU32::new(0o022);
+
+/// Reads the umask once at start-up (the constructor runs before any other thread).
+pub fn init_umask() {
+    let old = sys::sys(libc::SYS_umask, &[0o022]);
+    sys::sys(libc::SYS_umask, &[old as u64]);
+    UMASK.store(old as u32 & 0o777, Ordering::Relaxed);
+}
+
+fn masked(mode: u64) -> u64 {
+    mode & 0o7777 & !u64::from(UMASK.load(Ordering::Relaxed))
+}
+
 /// Set while the shim's constructor runs, so that early calls are not routed half-way.
 pub static READY: AtomicBool = AtomicBool::new(false);
 
@@ -1174,4 +1383,7 @@ pub const ROUTED: &[i64] = &[
     libc::SYS_getcwd,
     libc::SYS_execve,
     libc::SYS_execveat,
+    libc::SYS_umask,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigaction,
 ];

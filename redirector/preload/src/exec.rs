@@ -157,7 +157,12 @@ pub fn restore() {
     let token = u64_at(&mut b).unwrap_or(0);
     if token != 0 {
         let mut args = [token, 0, 0, 0, 0];
-        if remote::call_aux(Opcode::Adopt, &mut args, &[], None).0 < 0 {
+        let r = remote::call_aux(Opcode::Adopt, &mut args, &[], None).0;
+        if r < 0 {
+            eprintln!(
+                "virtuos: pid {pid}: the previous program's remote files are lost (adopt failed: {})",
+                std::io::Error::from_raw_os_error(-r as i32)
+            );
             return;
         }
     }

@@ -6,7 +6,7 @@
 //! same register either way.
 #![allow(clippy::missing_safety_doc)]
 
-use libc::{c_char, c_int, c_long, c_uint, c_ulong, c_void, mode_t, off_t, size_t, ssize_t};
+use libc::{c_char, c_int, c_uint, c_ulong, c_void, mode_t, off_t, size_t, ssize_t};
 
 use crate::dispatch::dispatch;
 
@@ -87,6 +87,8 @@ interpose! {
     fn readlink(path: *const c_char, buf: *mut c_char, n: size_t) -> ssize_t = libc::SYS_readlink, [path, buf, n];
     fn fchmod(fd: c_int, mode: mode_t) -> c_int = libc::SYS_fchmod, [fd, mode];
     fn chmod(path: *const c_char, mode: mode_t) -> c_int = libc::SYS_chmod, [path, mode];
+    fn sigprocmask(how: c_int, set: *const u64, old: *mut u64) -> c_int = libc::SYS_rt_sigprocmask, [how, set, old, 8];
+    fn umask(mask: mode_t) -> mode_t = libc::SYS_umask, [mask];
     fn getdents64(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t = libc::SYS_getdents64, [fd, buf, n];
     fn sendfile(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t = libc::SYS_sendfile, [out, inp, off, n];
     fn sendfile64(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t = libc::SYS_sendfile, [out, inp, off, n];
@@ -141,5 +143,16 @@ fn dup_c(with_nul: &[u8], size: size_t) -> *mut c_char {
     }
 }
 
-#[allow(dead_code)]
-fn _unused(_: c_long) {}
+/// `pthread_sigmask` returns the error number instead of setting errno.
+#[no_mangle]
+pub extern "C" fn pthread_sigmask(how: c_int, set: *const u64, old: *mut u64) -> c_int {
+    let r = dispatch(
+        libc::SYS_rt_sigprocmask,
+        [how as u64, set as u64, old as u64, 8, 0, 0],
+    );
+    if r < 0 {
+        -r as c_int
+    } else {
+        0
+    }
+}

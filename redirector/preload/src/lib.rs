@@ -75,7 +75,8 @@ extern "C" fn virtuos_init() {
     if cfg.storage_sock.is_none() {
         return;
     }
-    // Connects now (the first call would anyway), then restores what an exec carried over.
+    dispatch::init_umask();
+    // Restores what an exec carried over (connecting to the storage domain if so).
     exec::restore();
     // SAFETY: the handlers are plain extern "C" functions valid for the process's life.
     unsafe {

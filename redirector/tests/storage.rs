@@ -1,0 +1,255 @@
+//! Real programs under `virtuos-redirect run` against a real `virtuos-storage`, compared with
+//! the same programs run natively on a local copy of the same tree.
+//!
+//! Needs the workspace's binaries (`cargo test --workspace` builds them all).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_virtuos-redirect"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+struct Storage {
+    child: Child,
+    sock: PathBuf,
+    root: PathBuf,
+    local: PathBuf,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(self.root.parent().unwrap());
+    }
+}
+
+const MOUNT: &str = "/virtuos-test-mnt";
+
+fn start(name: &str) -> Storage {
+    let base = std::env::temp_dir().join(format!("virtuos-redir-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let root = base.join("export");
+    let local = base.join("local");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&local).unwrap();
+    let sock = base.join("storage.sock");
+    let storage = bin_dir().join("virtuos-storage");
+    assert!(
+        storage.exists(),
+        "{} missing: run cargo test --workspace",
+        storage.display()
+    );
+    let child = Command::new(storage)
+        .arg("--root")
+        .arg(&root)
+        .arg("--listen")
+        .arg(&sock)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "virtuos-storage did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Storage {
+        child,
+        sock,
+        root,
+        local,
+    }
+}
+
+impl Storage {
+    /// Runs `script` with sh under redirection, with `$D` = the mount prefix.
+    fn redirected(&self, script: &str) -> Output {
+        Command::new(bin_dir().join("virtuos-redirect"))
+            .args(["run", "--storage"])
+            .arg(&self.sock)
+            .args(["--mount", MOUNT, "--", "sh", "-c", script])
+            .env("D", MOUNT)
+            .env("VIRTUOS_PRELOAD", bin_dir().join("libvirtuos_preload.so"))
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `script` natively with `$D` = the local copy.
+    fn native(&self, script: &str) -> Output {
+        Command::new("sh")
+            .args(["-c", script])
+            .env("D", &self.local)
+            .output()
+            .unwrap()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `script` both ways; stdout (with the prefix replaced) and status must match.
+fn same(s: &Storage, script: &str) -> String {
+    let r = s.redirected(script);
+    let n = s.native(script);
+    let rs = String::from_utf8_lossy(&r.stdout).replace(MOUNT, "$D");
+    let ns = String::from_utf8_lossy(&n.stdout).replace(s.local.to_str().unwrap(), "$D");
+    assert_eq!(
+        r.status.code(),
+        n.status.code(),
+        "status differs for {script}\nredirected: {}\nnative: {}",
+        text(&r),
+        text(&n)
+    );
+    assert_eq!(
+        rs,
+        ns,
+        "output differs for {script}\nredirected: {}\nnative: {}",
+        text(&r),
+        text(&n)
+    );
+    rs
+}
+
+/// Compares two trees: relative paths, types, sizes, modes and contents.
+fn tree(root: &Path) -> Vec<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && find . -printf '%p %y %s %m\\n' | sort && find . -type f -exec sha256sum {} + | sort")
+        .arg("sh")
+        .arg(root)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn coreutils_behave_as_on_a_local_tree() {
+    let s = start("coreutils");
+    let script = r#"
+        set -e
+        mkdir -p $D/a/b/c
+        echo hello > $D/a/b/c/f.txt
+        printf 'line1\nline2\n' >> $D/a/b/c/f.txt
+        cat $D/a/b/c/f.txt
+        cp -a $D/a $D/copy
+        mv $D/copy/b/c/f.txt $D/copy/moved.txt
+        ln -s moved.txt $D/copy/link
+        readlink $D/copy/link
+        cat $D/copy/link
+        touch -d 2020-01-02 $D/copy/moved.txt
+        chmod 640 $D/copy/moved.txt
+        stat -c '%s %a %Y %F' $D/copy/moved.txt
+        stat -c '%s %a %F' $D/copy/link $D/a
+        ls -la $D/copy | awk '{print $1, $5, $NF}'
+        find $D | sort
+        du -s --apparent-size -b $D/a/b/c
+        cd $D/a/b && pwd && ls && cat c/f.txt | wc -l && cd .. && ls b
+        rm -r $D/copy/b
+        find $D | sort
+        head -c 300000 /dev/zero | tr '\0' 'x' > $D/big
+        wc -c < $D/big
+        cmp $D/big $D/big && echo same
+    "#;
+    same(&s, script);
+    assert_eq!(tree(&s.root), tree(&s.local), "resulting trees differ");
+}
+
+#[test]
+fn error_paths_match_linux() {
+    let s = start("errors");
+    let script = r#"
+        cat $D/missing; echo "rc=$?"
+        mkdir $D/d; : > $D/d/file
+        ls $D/d/file/x; echo "rc=$?"
+        rmdir $D/d; echo "rc=$?"
+        mv $D/d/file /tmp/virtuos-exdev-$$; echo "rc=$?"
+        ln $D/d/file /tmp/virtuos-exdev-$$; echo "rc=$?"
+        exec 3<$D/d/file; exec 3<&-; cat <&3; echo "rc=$?"
+    "#;
+    let out = same(&s, script);
+    assert!(out.contains("rc=1"), "{out}");
+}
+
+#[test]
+fn tar_round_trip_and_python_tree_walk() {
+    let s = start("tar");
+    let script = r#"
+        set -e
+        mkdir -p $D/src/sub
+        for i in 1 2 3 4 5; do seq 1 $((i * 500)) > $D/src/sub/f$i; done
+        ln -s sub/f1 $D/src/lnk
+        tar -C $D -cf $D/t.tar src
+        mkdir $D/out
+        tar -C $D/out -xf $D/t.tar
+        diff -r $D/src $D/out/src && echo identical
+        python3 - "$D" <<'PY'
+import os, sys, hashlib
+root = sys.argv[1]
+for dirpath, dirs, files in sorted(os.walk(os.path.join(root, "out"))):
+    dirs.sort()
+    for f in sorted(files):
+        p = os.path.join(dirpath, f)
+        data = open(p, "rb").read()
+        with open(p + ".up", "wb") as o:
+            o.write(data.upper())
+        print(os.path.relpath(p, root), len(data), hashlib.sha256(data).hexdigest()[:16])
+PY
+    "#;
+    same(&s, script);
+    assert_eq!(tree(&s.root), tree(&s.local));
+}
+
+#[test]
+fn sqlite_transactions_and_integrity() {
+    if Command::new("sqlite3").arg("--version").output().is_err() {
+        panic!("sqlite3 is required (scripts/setup.sh installs it)");
+    }
+    let s = start("sqlite");
+    let script = r#"
+        set -e
+        sqlite3 $D/db.sqlite 'create table t(id integer primary key, v text);'
+        for b in 0 1 2 3 4 5 6 7 8 9; do
+          ( echo 'begin;'; seq 1 1000 | sed "s/.*/insert into t(v) values('row-$b-&');/"; echo 'commit;' ) | sqlite3 $D/db.sqlite
+        done
+        sqlite3 $D/db.sqlite 'select count(*), sum(length(v)) from t; pragma integrity_check;'
+    "#;
+    let out = same(&s, script);
+    assert!(out.contains("10000|"), "{out}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn git_init_add_commit_log_status() {
+    let s = start("git");
+    let script = r#"
+        set -e
+        export GIT_AUTHOR_DATE=2020-01-01T00:00:00Z GIT_COMMITTER_DATE=2020-01-01T00:00:00Z
+        export HOME=/tmp GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null
+        mkdir $D/repo && cd $D/repo
+        git init -q -b main .
+        git config user.email t@example.com; git config user.name t
+        echo one > a.txt; mkdir d; echo two > d/b.txt
+        git add . && git commit -qm first
+        echo three >> a.txt
+        git status --short
+        git commit -qam second
+        git log --format='%H %s'
+        git status --short
+        git fsck --no-progress 2>&1 | grep -v '^dangling' || true
+    "#;
+    same(&s, script);
+}

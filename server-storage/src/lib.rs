@@ -1,0 +1,551 @@
+//! virtuos's storage service domain: file system calls forwarded over the session rings are
+//! executed here, confined to an export root and with the client's identity.
+//!
+//! [`Storage`] is the [`Handler`] the service runtime drives. It exports a directory
+//! ([`Storage::with_root`]) or a block device / image file that it mounts where no other
+//! process can see it ([`Storage::with_device`]). The root is held as one `O_PATH` descriptor;
+//! every path a client sends is resolved from it with
+//! `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so `..`, absolute symlinks and magic
+//! links all stay inside.
+//!
+//! How each opcode runs:
+//!
+//! - **io_uring** (under the session's io_uring personality, so the kernel checks the client's
+//!   uid, gid and groups): `OpenAt` (`IORING_OP_OPENAT2` from the root with the resolve flags),
+//!   `Read`/`Write` (offset -1: the open file's own position, shared by every handle and
+//!   session that shares the open file), `PRead`/`PWrite`, `FStat` (`IORING_OP_STATX` with
+//!   `AT_EMPTY_PATH`), `FSync`, `Fallocate`, `FTruncate` (Linux 6.9+), `Close` (when this was
+//!   the last holder of the open file).
+//! - **worker, inline** (in-memory, cannot block): `LSeek` with `SEEK_SET`/`SEEK_CUR`/
+//!   `SEEK_END`, `Fcntl` `F_GETFL` and the non-waiting lock commands (`F_GETLK`, `F_SETLK` and
+//!   their OFD forms), `Close` of a file another session still shares.
+//! - **a thread of its own**: `Fcntl(F_SETLKW)`, which waits as long as another client holds
+//!   the lock (so waiters cannot occupy the whole blocking pool).
+//! - **blocking pool** (a thread switched to the client's fsuid, fsgid and groups): every path
+//!   operation io_uring cannot confine (`StatAt`, `MkdirAt`, `UnlinkAt`, `RenameAt`, `LinkAt`,
+//!   `SymlinkAt`, `ReadLinkAt`, `AccessAt`, `TruncateAt`, `ChmodAt`, `ChownAt`, `UtimensAt`),
+//!   and the handle operations that may block or need the client's identity: `GetDents64`,
+//!   `FStatFs`, `FChmod`, `FChown`, `UtimensAt` on a handle, `LSeek` with `SEEK_DATA`/
+//!   `SEEK_HOLE`, `Fcntl(F_SETFL)`.
+//!
+//! Modes are applied as given: the server runs with umask 0 and the client applies its own.
+//!
+//! Record locks (`Fcntl` `F_GETLK`/`F_SETLK`/`F_SETLKW`, the `struct flock` at the window start)
+//! are taken as open-file-description locks on the handle's open file: the server holds every
+//! client's files, so process-owned POSIX locks would never conflict between clients.
+
+#![deny(missing_docs)]
+
+mod device;
+mod ops;
+pub mod path;
+mod sys;
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use abi::{Errno, Opcode, Response};
+use io_uring::{opcode, types};
+use service::{Call, Handler, Outcome};
+use thiserror::Error;
+use xen_transport::Credentials;
+use zerocopy::IntoBytes;
+
+pub use device::known_block_filesystems;
+pub use sys::raise_nofile_limit;
+
+/// Why the storage domain could not start.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// The export directory cannot be opened.
+    #[error("cannot open the export root {path}: {source}")]
+    Root {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--device` without the privilege to mount.
+    #[error("--device needs root (CAP_SYS_ADMIN) to attach a loop device and mount it in a private mount namespace; run virtuos-storage as root, or export a directory with --root")]
+    NotRoot,
+    /// `--fstype` names a file system this kernel does not know.
+    #[error("unknown file system type {fstype:?}; this kernel mounts block devices as: {known}")]
+    UnknownFsType {
+        /// What was asked for.
+        fstype: String,
+        /// What `/proc/filesystems` lists for block devices.
+        known: String,
+    },
+    /// `--device` names something that is neither a block device nor an image file.
+    #[error("{0}: not a block device or a regular (image) file")]
+    NotADevice(PathBuf),
+    /// The device could not be mounted.
+    #[error("cannot mount {path}: {detail}")]
+    Mount {
+        /// The device or image.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A system call failed while setting up.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The storage domain's [`Handler`].
+pub struct Storage {
+    root: Arc<OwnedFd>,
+    ftruncate_uring: bool,
+    export: String,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("export", &self.export)
+            .field("root_fd", &self.root.as_raw_fd())
+            .finish()
+    }
+}
+
+impl Storage {
+    /// Exports the directory `dir`.
+    ///
+    /// Sets the process umask to 0: modes from clients are applied as given.
+    pub fn with_root(dir: impl AsRef<Path>) -> Result<Storage, StorageError> {
+        let dir = dir.as_ref();
+        let root = nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| StorageError::Root {
+            path: dir.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok(Storage::new(root, format!("directory {}", dir.display())))
+    }
+
+    /// Mounts the block device or image file `dev` (type `fstype`, or probed) where only this
+    /// server can reach it, and exports it. Needs root.
+    ///
+    /// An image file is attached to a free loop device (`LOOP_CONFIGURE`, auto-clearing). The
+    /// mount is made by a short-lived thread in a mount namespace of its own, with `/` made
+    /// private so nothing propagates to the host, on a private temporary directory; the thread
+    /// keeps an `O_PATH` descriptor of the mounted root and detaches the mount. It stays alive
+    /// only through that descriptor: no mount table lists it, no other process can reach it,
+    /// and it is unmounted (and the loop device released) when the server exits.
+    pub fn with_device(
+        dev: impl AsRef<Path>,
+        fstype: Option<&str>,
+    ) -> Result<Storage, StorageError> {
+        let device::Mounted {
+            root,
+            fstype,
+            loop_dev,
+        } = device::mount(dev.as_ref(), fstype)?;
+        let export = format!(
+            "{} ({fstype}{})",
+            dev.as_ref().display(),
+            loop_dev
+                .map(|l| format!(" on {}", l.display()))
+                .unwrap_or_default()
+        );
+        Ok(Storage::new(root, export))
+    }
+
+    fn new(root: OwnedFd, export: String) -> Storage {
+        let old = sys::umask(0);
+        if old != 0 {
+            tracing::debug!(
+                old = format!("{old:03o}"),
+                "umask set to 0: clients apply their own"
+            );
+        }
+        Storage {
+            root: Arc::new(root),
+            ftruncate_uring: uring_supports(opcode::Ftruncate::CODE),
+            export,
+        }
+    }
+
+    /// What is exported, for logs.
+    pub fn export(&self) -> &str {
+        &self.export
+    }
+}
+
+fn uring_supports(op: u8) -> bool {
+    let Ok(ring) = io_uring::IoUring::new(2) else {
+        return false;
+    };
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).is_ok() && probe.is_supported(op)
+}
+
+fn errno(e: i32) -> Errno {
+    Errno::new(e).unwrap_or(Errno::EIO)
+}
+
+fn done(call: &Call<'_>, r: Result<Response, i32>) -> Response {
+    r.unwrap_or_else(|e| Response::err(call.id(), errno(e)))
+}
+
+/// Installs a freshly opened file in the session's table: result = handle, `aux[0]` = st_mode.
+pub(crate) fn install(call: &Call<'_>, fd: OwnedFd) -> Result<Response, i32> {
+    let mode = sys::fstat_mode(fd.as_fd())?;
+    let h = call.fds().insert(Arc::new(fd)).map_err(|e| e.get())?;
+    let mut r = Response::ok(call.id(), i64::from(h));
+    r.aux[0] = u64::from(mode);
+    Ok(r)
+}
+
+/// Open flags as `openat(2)` would take them, made acceptable to the stricter `openat2(2)`:
+/// unknown bits dropped, O_PATH's companions limited, the mode kept only when creating, and
+/// the server's own descriptor always close-on-exec.
+fn open_how(flags: u64, mode: u64) -> (u64, u64) {
+    const TMPFILE_BIT: i32 = 0o20000000; // __O_TMPFILE
+    let valid = libc::O_ACCMODE
+        | libc::O_CREAT
+        | libc::O_EXCL
+        | libc::O_NOCTTY
+        | libc::O_TRUNC
+        | libc::O_APPEND
+        | libc::O_NONBLOCK
+        | libc::O_DSYNC
+        | libc::O_ASYNC
+        | libc::O_DIRECT
+        | libc::O_LARGEFILE
+        | libc::O_DIRECTORY
+        | libc::O_NOFOLLOW
+        | libc::O_NOATIME
+        | libc::O_CLOEXEC
+        | libc::O_SYNC
+        | libc::O_PATH
+        | libc::O_TMPFILE;
+    let mut f = (flags as u32 as i32) & valid;
+    if f & libc::O_PATH != 0 {
+        f &= libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    }
+    let mode = if f & (libc::O_CREAT | TMPFILE_BIT) != 0 {
+        mode & 0o7777
+    } else {
+        0
+    };
+    ((f | libc::O_CLOEXEC) as u32 as u64, mode)
+}
+
+/// What an `OpenAt` entry points at.
+struct OpenKeep {
+    path: CString,
+    /// The kernel reads it when the operation starts.
+    _how: Box<types::OpenHow>,
+    flags: u64,
+    mode: u64,
+}
+
+/// What an `FStat` entry points at.
+struct StatKeep {
+    _fd: Arc<OwnedFd>,
+    buf: Box<sys::StatxBuf>,
+}
+
+impl Storage {
+    fn dispatch(&self, call: &Call<'_>) -> Result<Outcome, i32> {
+        let req = call.request();
+        let a = req.raw.args;
+        let len = req.raw.data_len;
+        let fd = |h: u64| call.fds().get(h).map_err(|e| e.get());
+        let keep =
+            |e: io_uring::squeue::Entry, fd: Arc<OwnedFd>| Outcome::SubmitKeep(e, Box::new(fd));
+        let offset = |o: u64| {
+            if o > i64::MAX as u64 {
+                Err(libc::EINVAL)
+            } else {
+                Ok(o)
+            }
+        };
+        Ok(match req.opcode {
+            Opcode::OpenAt => {
+                if !call.fds().has_room() {
+                    return Err(libc::EMFILE);
+                }
+                let path = ops::path_at(call, 0, a[4])?;
+                let (flags, mode) = open_how(a[0], a[1]);
+                let how = Box::new(
+                    types::OpenHow::new()
+                        .flags(flags)
+                        .mode(mode)
+                        .resolve(ops::RESOLVE),
+                );
+                let e = opcode::OpenAt2::new(
+                    types::Fd(self.root.as_raw_fd()),
+                    path.as_ptr(),
+                    &*how as *const types::OpenHow,
+                )
+                .build();
+                Outcome::SubmitKeep(
+                    e,
+                    Box::new(OpenKeep {
+                        path,
+                        _how: how,
+                        flags,
+                        mode,
+                    }),
+                )
+            }
+            Opcode::Close => {
+                let f = call.fds().remove(a[0]).map_err(|e| e.get())?;
+                match Arc::try_unwrap(f) {
+                    // The last holder: close through io_uring (close may flush, and fail).
+                    Ok(f) => {
+                        Outcome::Submit(opcode::Close::new(types::Fd(f.into_raw_fd())).build())
+                    }
+                    // Another session (a forked child) still shares the open file.
+                    Err(_) => Outcome::Done(Response::ok(call.id(), 0)),
+                }
+            }
+            Opcode::Read | Opcode::PRead => {
+                let f = fd(a[0])?;
+                let off = if req.opcode == Opcode::Read {
+                    u64::MAX
+                } else {
+                    offset(a[1])?
+                };
+                let e = opcode::Read::new(types::Fd(f.as_raw_fd()), call.window_ptr(), len)
+                    .offset(off)
+                    .build();
+                keep(e, f)
+            }
+            Opcode::Write | Opcode::PWrite => {
+                let f = fd(a[0])?;
+                let off = if req.opcode == Opcode::Write {
+                    u64::MAX
+                } else {
+                    offset(a[1])?
+                };
+                let e = opcode::Write::new(
+                    types::Fd(f.as_raw_fd()),
+                    call.window_ptr().cast_const(),
+                    len,
+                )
+                .offset(off)
+                .build();
+                keep(e, f)
+            }
+            Opcode::FStat => {
+                if (len as usize) < sys::STATX_SIZE {
+                    return Err(libc::EFAULT);
+                }
+                let f = fd(a[0])?;
+                let mut buf = Box::new(sys::StatxBuf::default());
+                let e = opcode::Statx::new(
+                    types::Fd(f.as_raw_fd()),
+                    c"".as_ptr(),
+                    buf.as_mut_ptr().cast::<types::statx>(),
+                )
+                .flags(libc::AT_EMPTY_PATH)
+                .mask(libc::STATX_BASIC_STATS | libc::STATX_BTIME)
+                .build();
+                Outcome::SubmitKeep(e, Box::new(StatKeep { _fd: f, buf }))
+            }
+            Opcode::FSync => {
+                let flags = match a[1] {
+                    0 => types::FsyncFlags::empty(),
+                    1 => types::FsyncFlags::DATASYNC,
+                    _ => return Err(libc::EINVAL),
+                };
+                let f = fd(a[0])?;
+                keep(
+                    opcode::Fsync::new(types::Fd(f.as_raw_fd()))
+                        .flags(flags)
+                        .build(),
+                    f,
+                )
+            }
+            Opcode::Fallocate => {
+                let f = fd(a[0])?;
+                let e = opcode::Fallocate::new(types::Fd(f.as_raw_fd()), a[3])
+                    .offset(a[2])
+                    .mode(a[1] as i32)
+                    .build();
+                keep(e, f)
+            }
+            Opcode::FTruncate if self.ftruncate_uring => {
+                let f = fd(a[0])?;
+                if a[1] > i64::MAX as u64 {
+                    return Err(libc::EINVAL);
+                }
+                keep(
+                    opcode::Ftruncate::new(types::Fd(f.as_raw_fd()), a[1]).build(),
+                    f,
+                )
+            }
+            Opcode::LSeek if a[2] <= 2 => {
+                let f = fd(a[0])?;
+                let pos = sys::lseek(f.as_fd(), a[1] as i64, a[2] as i32)?;
+                Outcome::Done(Response::ok(call.id(), pos))
+            }
+            Opcode::Fcntl => {
+                let f = fd(a[0])?;
+                match i32::try_from(a[1]) {
+                    Ok(libc::F_GETFL) => {
+                        Outcome::Done(Response::ok(call.id(), i64::from(sys::getfl(f.as_fd())?)))
+                    }
+                    Ok(libc::F_SETFL) => blocking_fd(f, ops::setfl),
+                    // Non-blocking lock calls: in-memory, answered at once.
+                    Ok(
+                        cmd @ (libc::F_GETLK
+                        | libc::F_SETLK
+                        | libc::F_OFD_GETLK
+                        | libc::F_OFD_SETLK),
+                    ) => Outcome::Done(done(call, ops::lock(f.as_fd(), call, cmd))),
+                    // A lock wait may last as long as another client holds the lock.
+                    Ok(cmd @ (libc::F_SETLKW | libc::F_OFD_SETLKW)) => {
+                        Outcome::Wait(Box::new(move |c: &Call<'_>| {
+                            done(c, ops::lock(f.as_fd(), c, cmd))
+                        }))
+                    }
+                    _ => return Err(libc::EINVAL),
+                }
+            }
+            Opcode::FTruncate => blocking_fd(fd(a[0])?, ops::ftruncate),
+            Opcode::LSeek => blocking_fd(fd(a[0])?, ops::lseek),
+            Opcode::GetDents64 => blocking_fd(fd(a[0])?, ops::getdents64),
+            Opcode::FStatFs => blocking_fd(fd(a[0])?, ops::fstatfs),
+            Opcode::FChmod => blocking_fd(fd(a[0])?, ops::fchmod),
+            Opcode::FChown => blocking_fd(fd(a[0])?, ops::fchown),
+            Opcode::UtimensAt if a[0] != u64::MAX => blocking_fd(fd(a[0])?, ops::futimens),
+            Opcode::UtimensAt => self.blocking_path(ops::utimens_at),
+            Opcode::StatAt => self.blocking_path(ops::stat_at),
+            Opcode::MkdirAt => self.blocking_path(ops::mkdir_at),
+            Opcode::UnlinkAt => self.blocking_path(ops::unlink_at),
+            Opcode::RenameAt => self.blocking_path(ops::rename_at),
+            Opcode::LinkAt => self.blocking_path(ops::link_at),
+            Opcode::SymlinkAt => self.blocking_path(ops::symlink_at),
+            Opcode::ReadLinkAt => self.blocking_path(ops::readlink_at),
+            Opcode::AccessAt => self.blocking_path(ops::access_at),
+            Opcode::TruncateAt => self.blocking_path(ops::truncate_at),
+            Opcode::ChmodAt => self.blocking_path(ops::chmod_at),
+            Opcode::ChownAt => self.blocking_path(ops::chown_at),
+            // The runtime answers its probes and the session opcodes itself.
+            _ => return Err(libc::ENOSYS),
+        })
+    }
+
+    fn blocking_path(&self, op: fn(BorrowedFd<'_>, &Call<'_>) -> Result<Response, i32>) -> Outcome {
+        let root = self.root.clone();
+        Outcome::Blocking(Box::new(move |c: &Call<'_>| done(c, op(root.as_fd(), c))))
+    }
+}
+
+fn blocking_fd(
+    fd: Arc<OwnedFd>,
+    op: fn(BorrowedFd<'_>, &Call<'_>) -> Result<Response, i32>,
+) -> Outcome {
+    Outcome::Blocking(Box::new(move |c: &Call<'_>| done(c, op(fd.as_fd(), c))))
+}
+
+impl Handler for Storage {
+    fn name(&self) -> &'static str {
+        "storage"
+    }
+
+    fn acts_as_client(&self) -> bool {
+        true
+    }
+
+    fn session_opened(&self, id: u64, creds: Credentials) {
+        tracing::debug!(
+            session = id,
+            pid = creds.pid,
+            uid = creds.uid,
+            "storage session"
+        );
+    }
+
+    fn handle(&self, call: &Call<'_>) -> Outcome {
+        self.dispatch(call)
+            .unwrap_or_else(|e| Outcome::Done(Response::err(call.id(), errno(e))))
+    }
+
+    fn complete(&self, call: &Call<'_>, result: i32) -> Outcome {
+        let id = call.id();
+        let op = call.request().opcode;
+        if result < 0 {
+            if op == Opcode::OpenAt && result == -libc::EAGAIN {
+                // RESOLVE_IN_ROOT saw a concurrent rename: retry synchronously on the pool.
+                if let Some(k) = call.kept::<OpenKeep>() {
+                    let (path, flags, mode) = (k.path.clone(), k.flags, k.mode);
+                    let root = self.root.clone();
+                    return Outcome::Blocking(Box::new(move |c: &Call<'_>| {
+                        done(c, ops::open_at(root.as_fd(), c, &path, flags, mode))
+                    }));
+                }
+            }
+            return Outcome::Done(Response::err(id, errno(-result)));
+        }
+        Outcome::Done(match op {
+            Opcode::OpenAt => done(call, install(call, sys::own_fd(result))),
+            Opcode::Read | Opcode::PRead => Response {
+                data_len: result as u32,
+                ..Response::ok(id, i64::from(result))
+            },
+            Opcode::FStat => match call.kept::<StatKeep>() {
+                Some(k) => {
+                    let n = call.write_payload(k.buf.as_bytes());
+                    Response {
+                        data_len: n as u32,
+                        ..Response::ok(id, 0)
+                    }
+                }
+                None => Response::err(id, Errno::EIO),
+            },
+            _ => Response::ok(id, i64::from(result)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_flags_become_acceptable_to_openat2() {
+        let (f, m) = open_how((libc::O_RDONLY | 0x4000_0000) as u64, 0o644);
+        assert_eq!(
+            (f as i32, m),
+            (libc::O_CLOEXEC, 0),
+            "unknown bit and mode dropped"
+        );
+        let (f, m) = open_how((libc::O_CREAT | libc::O_WRONLY) as u64, 0o100644);
+        assert_eq!(
+            (f as i32, m),
+            (libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644)
+        );
+        let (f, _) = open_how(
+            (libc::O_PATH | libc::O_RDWR | libc::O_TRUNC | libc::O_NOFOLLOW) as u64,
+            0,
+        );
+        assert_eq!(f as i32, libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        let (_, m) = open_how((libc::O_TMPFILE | libc::O_RDWR) as u64, 0o600);
+        assert_eq!(m, 0o600);
+        let (f, _) = open_how(1 << 40, 0);
+        assert_eq!(
+            f as i32,
+            libc::O_CLOEXEC,
+            "upper word ignored, as int flags"
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! Per-session tables of open files, and their hand-over to a forked child or a new program.
+//!
+//! A session names its open files by small integer *handles*, allocated lowest-free like file
+//! descriptors. Each handle holds an `Arc<OwnedFd>`: handles in different sessions (after a
+//! fork) may share one open file description, so they share its offset and flags, exactly as a
+//! parent and child share a descriptor. The file is closed when its last holder lets go.
+//!
+//! [`CloneTokens`] implements the session opcodes `PrepareClone`/`Adopt`: a snapshot of a table
+//! is parked under a one-time random token for 30 s, and only the right process may redeem it:
+//! the creator's child for a fork token, the creator itself (after `exec`) for an exec token.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use abi::Errno;
+
+/// One open file of a session.
+pub type Handle = Arc<OwnedFd>;
+
+/// A copy of a session's table: slot `i` holds handle `i`.
+pub type Snapshot = Vec<Option<Handle>>;
+
+/// Default bound on handles per session.
+pub const DEFAULT_MAX_HANDLES: usize = 1 << 16;
+
+/// A session's open files.
+#[derive(Debug)]
+pub struct FdTable {
+    inner: Mutex<Inner>,
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    slots: Snapshot,
+    /// No slot below this index is free.
+    lowest_free: usize,
+    open: usize,
+}
+
+impl Inner {
+    fn recount(&mut self) {
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+        }
+        self.open = self.slots.iter().filter(|s| s.is_some()).count();
+        self.lowest_free = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(self.slots.len());
+    }
+}
+
+impl FdTable {
+    /// An empty table holding at most `limit` handles.
+    pub fn new(limit: usize) -> FdTable {
+        FdTable {
+            inner: Mutex::new(Inner::default()),
+            limit,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the table inconsistent (every update is
+        // a single assignment), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open file behind `handle`, or `EBADF`.
+    pub fn get(&self, handle: u64) -> Result<Handle, Errno> {
+        let t = self.lock();
+        usize::try_from(handle)
+            .ok()
+            .and_then(|h| t.slots.get(h))
+            .and_then(Clone::clone)
+            .ok_or(Errno::EBADF)
+    }
+
+    /// Installs `fd` under the lowest free handle; `EMFILE` when the table is full.
+    pub fn insert(&self, fd: Handle) -> Result<u32, Errno> {
+        let mut t = self.lock();
+        if t.open >= self.limit {
+            return Err(Errno::EMFILE);
+        }
+        let h = t.lowest_free;
+        if h == t.slots.len() {
+            t.slots.push(Some(fd));
+        } else {
+            t.slots[h] = Some(fd);
+        }
+        t.open += 1;
+        t.lowest_free = t.slots[h + 1..]
+            .iter()
+            .position(Option::is_none)
+            .map_or(t.slots.len(), |i| h + 1 + i);
+        Ok(h as u32)
+    }
+
+    /// True when another handle can be installed now.
+    pub fn has_room(&self) -> bool {
+        self.lock().open < self.limit
+    }
+
+    /// Removes `handle` and returns its file (closed when the caller drops the last holder),
+    /// or `EBADF`.
+    pub fn remove(&self, handle: u64) -> Result<Handle, Errno> {
+        let mut t = self.lock();
+        let h = usize::try_from(handle).map_err(|_| Errno::EBADF)?;
+        let fd = t
+            .slots
+            .get_mut(h)
+            .and_then(Option::take)
+            .ok_or(Errno::EBADF)?;
+        t.open -= 1;
+        t.lowest_free = t.lowest_free.min(h);
+        while t.slots.last().is_some_and(Option::is_none) {
+            t.slots.pop();
+        }
+        Ok(fd)
+    }
+
+    /// Number of open handles.
+    pub fn len(&self) -> usize {
+        self.lock().open
+    }
+
+    /// True when no handle is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of the table sharing every open file.
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().slots.clone()
+    }
+
+    /// Replaces the whole table with `snap` (same handle numbers); returns the old contents.
+    /// `EMFILE` if `snap` holds more handles than this table may.
+    pub fn replace(&self, snap: Snapshot) -> Result<Snapshot, Errno> {
+        if snap.iter().filter(|s| s.is_some()).count() > self.limit {
+            return Err(Errno::EMFILE);
+        }
+        let mut t = self.lock();
+        let old = std::mem::replace(&mut t.slots, snap);
+        t.recount();
+        Ok(old)
+    }
+}
+
+/// What a clone token is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloneKind {
+    /// A forked child adopts its parent's table.
+    Fork,
+    /// The same process adopts its table after `exec`.
+    Exec,
+}
+
+impl CloneKind {
+    /// Decodes `PrepareClone`'s `args[0]`.
+    pub fn from_arg(a: u64) -> Option<CloneKind> {
+        match a {
+            0 => Some(CloneKind::Fork),
+            1 => Some(CloneKind::Exec),
+            _ => None,
+        }
+    }
+}
+
+/// How long a token stays redeemable.
+pub const TOKEN_LIFETIME: Duration = Duration::from_secs(30);
+/// Most tokens outstanding at once (server-wide).
+pub const MAX_TOKENS: usize = 4096;
+
+struct Parked {
+    kind: CloneKind,
+    creator_pid: i32,
+    created: Instant,
+    table: Snapshot,
+}
+
+/// Parked snapshots awaiting adoption, server-wide.
+#[derive(Default)]
+pub struct CloneTokens {
+    parked: Mutex<HashMap<u64, Parked>>,
+}
+
+impl CloneTokens {
+    /// An empty registry.
+    pub fn new() -> CloneTokens {
+        CloneTokens::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Parked>> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Parks `table` for a child (`Fork`) or a new image (`Exec`) of process `creator_pid`;
+    /// returns the token. `EAGAIN` when too many tokens are outstanding.
+    pub fn prepare(
+        &self,
+        kind: CloneKind,
+        creator_pid: i32,
+        table: Snapshot,
+    ) -> Result<u64, Errno> {
+        self.prepare_at(kind, creator_pid, table, Instant::now())
+    }
+
+    fn prepare_at(
+        &self,
+        kind: CloneKind,
+        creator_pid: i32,
+        table: Snapshot,
+        now: Instant,
+    ) -> Result<u64, Errno> {
+        let mut p = self.lock();
+        p.retain(|_, t| now.saturating_duration_since(t.created) < TOKEN_LIFETIME);
+        if p.len() >= MAX_TOKENS {
+            return Err(Errno::EAGAIN);
+        }
+        let token = loop {
+            let t = getrandom::u64().map_err(|_| Errno::EAGAIN)?;
+            if t != 0 && !p.contains_key(&t) {
+                break t;
+            }
+        };
+        p.insert(
+            token,
+            Parked {
+                kind,
+                creator_pid,
+                created: now,
+                table,
+            },
+        );
+        Ok(token)
+    }
+
+    /// Redeems `token` for process `pid` whose parent is `ppid`: `ENOENT` for an unknown,
+    /// used or expired token; `EPERM` (token kept) when this process may not redeem it.
+    pub fn redeem(&self, token: u64, pid: i32, ppid: i32) -> Result<Snapshot, Errno> {
+        self.redeem_at(token, pid, ppid, Instant::now())
+    }
+
+    fn redeem_at(&self, token: u64, pid: i32, ppid: i32, now: Instant) -> Result<Snapshot, Errno> {
+        let mut p = self.lock();
+        p.retain(|_, t| now.saturating_duration_since(t.created) < TOKEN_LIFETIME);
+        let t = p.get(&token).ok_or(Errno::ENOENT)?;
+        let allowed = match t.kind {
+            CloneKind::Fork => ppid == t.creator_pid && pid != t.creator_pid,
+            // The program that execs may be the creator itself, or a vfork/posix_spawn child
+            // that made the request through its parent's (shared) session memory.
+            CloneKind::Exec => pid == t.creator_pid || ppid == t.creator_pid,
+        };
+        if !allowed {
+            return Err(Errno::EPERM);
+        }
+        Ok(p.remove(&token).expect("present").table)
+    }
+
+    /// Tokens outstanding (expired ones included until the next prepare or redeem).
+    pub fn outstanding(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd() -> Handle {
+        Arc::new(std::fs::File::open("/dev/null").unwrap().into())
+    }
+
+    #[test]
+    fn handles_are_lowest_free_and_bounded() {
+        let t = FdTable::new(3);
+        assert_eq!(t.insert(fd()), Ok(0));
+        assert_eq!(t.insert(fd()), Ok(1));
+        assert_eq!(t.insert(fd()), Ok(2));
+        assert_eq!(t.insert(fd()), Err(Errno::EMFILE));
+        assert!(t.remove(1).is_ok());
+        assert_eq!(t.remove(1).unwrap_err(), Errno::EBADF);
+        assert_eq!(t.get(1).unwrap_err(), Errno::EBADF);
+        assert!(t.remove(0).is_ok());
+        assert_eq!(t.insert(fd()), Ok(0));
+        assert_eq!(t.insert(fd()), Ok(1));
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.get(u64::MAX).unwrap_err(), Errno::EBADF);
+        assert_eq!(t.remove(1 << 40).unwrap_err(), Errno::EBADF);
+        // Remove from the end: the table shrinks and numbering stays lowest-free.
+        assert!(t.remove(2).is_ok());
+        assert!(t.remove(1).is_ok());
+        assert_eq!(t.insert(fd()), Ok(1));
+    }
+
+    #[test]
+    fn snapshots_share_open_files() {
+        let a = FdTable::new(16);
+        let f = fd();
+        a.insert(f.clone()).unwrap();
+        a.insert(fd()).unwrap();
+        a.remove(0).unwrap();
+        let snap = a.snapshot();
+        let b = FdTable::new(16);
+        b.insert(fd()).unwrap();
+        let old = b.replace(snap).unwrap();
+        assert_eq!(old.len(), 1);
+        assert_eq!(b.get(0).unwrap_err(), Errno::EBADF);
+        assert!(Arc::ptr_eq(&b.get(1).unwrap(), &a.get(1).unwrap()));
+        assert_eq!(
+            b.insert(fd()),
+            Ok(0),
+            "hole below adopted handles is reused"
+        );
+        assert_eq!(b.insert(fd()), Ok(2));
+        assert_eq!(
+            Arc::strong_count(&f),
+            1,
+            "removed handle not kept by anyone"
+        );
+        let small = FdTable::new(1);
+        assert_eq!(small.replace(b.snapshot()).unwrap_err(), Errno::EMFILE);
+    }
+
+    #[test]
+    fn tokens_check_who_redeems_and_expire() {
+        let reg = CloneTokens::new();
+        let t0 = Instant::now();
+        let fork = reg
+            .prepare_at(CloneKind::Fork, 100, vec![Some(fd())], t0)
+            .unwrap();
+        // Not the child: kept for the right process.
+        assert_eq!(reg.redeem_at(fork, 100, 1, t0).unwrap_err(), Errno::EPERM);
+        assert_eq!(reg.redeem_at(fork, 300, 200, t0).unwrap_err(), Errno::EPERM);
+        assert_eq!(reg.redeem_at(fork, 101, 100, t0).unwrap().len(), 1);
+        assert_eq!(
+            reg.redeem_at(fork, 101, 100, t0).unwrap_err(),
+            Errno::ENOENT,
+            "one-time"
+        );
+        let exec = reg.prepare_at(CloneKind::Exec, 100, vec![], t0).unwrap();
+        assert_eq!(reg.redeem_at(exec, 300, 200, t0).unwrap_err(), Errno::EPERM);
+        assert!(reg.redeem_at(exec, 100, 1, t0).is_ok());
+        let late = reg.prepare_at(CloneKind::Exec, 100, vec![], t0).unwrap();
+        assert_eq!(
+            reg.redeem_at(late, 100, 1, t0 + TOKEN_LIFETIME)
+                .unwrap_err(),
+            Errno::ENOENT
+        );
+        assert_eq!(reg.outstanding(), 0);
+        assert_eq!(reg.redeem(12345, 1, 1).unwrap_err(), Errno::ENOENT);
+    }
+
+    #[test]
+    fn token_count_is_bounded() {
+        let reg = CloneTokens::new();
+        let t0 = Instant::now();
+        for _ in 0..MAX_TOKENS {
+            reg.prepare_at(CloneKind::Exec, 1, vec![], t0).unwrap();
+        }
+        assert_eq!(
+            reg.prepare_at(CloneKind::Exec, 1, vec![], t0).unwrap_err(),
+            Errno::EAGAIN
+        );
+        // Expired ones make room.
+        assert!(reg
+            .prepare_at(CloneKind::Exec, 1, vec![], t0 + TOKEN_LIFETIME)
+            .is_ok());
+    }
+}
