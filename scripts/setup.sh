@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
-APT_PACKAGES=(build-essential pkg-config git ca-certificates curl iproute2)
+APT_PACKAGES=(build-essential pkg-config git ca-certificates curl iproute2 python3 sqlite3 tar e2fsprogs util-linux busybox-static)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do have_pkg "$p" || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -38,10 +38,36 @@ if ! command -v cargo-fuzz >/dev/null; then
     cargo install cargo-fuzz --locked
 fi
 
+
+# eBPF toolchain (issue #6): bpf-linker built against rustc's own LLVM (no system LLVM needed),
+# bpftool for inspection. The eBPF crate itself is built with nightly + rust-src (above).
+if ! command -v bpftool >/dev/null; then
+    step "apt: installing bpftool"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bpftool || echo "bpftool not installable: tests fall back to the kernel's id enumeration"
+fi
+if ! command -v bpf-linker >/dev/null; then
+    step "bpf-linker: building against rustc's LLVM (a few minutes, once)"
+    t0=$(date +%s)
+    sysroot=$(rustc +stable --print sysroot)
+    llvm_real=$(ls "$sysroot"/lib/libLLVM.so.*-rust-* | head -n1)   # the library itself
+    llvm_major=$(basename "$llvm_real" | sed -E 's/^libLLVM\.so\.([0-9]+)\..*/\1/')
+    # A private copy, so that a later `rustup update` cannot pull the library from under it.
+    LLVM_PREFIX_DIR="${CARGO_HOME:-$HOME/.cargo}/virtuos-llvm"
+    mkdir -p "$LLVM_PREFIX_DIR/lib"
+    cp -f "$llvm_real" "$LLVM_PREFIX_DIR/lib/"
+    ln -sf "$(basename "$llvm_real")" "$LLVM_PREFIX_DIR/lib/libLLVM.so"
+    LLVM_PREFIX="$LLVM_PREFIX_DIR" RUSTFLAGS="-C link-arg=-Wl,-rpath,$LLVM_PREFIX_DIR/lib" \
+        cargo +stable install bpf-linker --version '~0.13' --locked --no-default-features --features "llvm-$llvm_major"
+    echo "bpf-linker installed in $(( $(date +%s) - t0 ))s"
+fi
+
 [ "${1:-}" = "--deps" ] && exit 0
 
 step "build: release workspace"
 cargo build --release --workspace
+step "build: eBPF programs (target/bpf/virtuos-ebpf.o)"
+scripts/build-ebpf.sh
 
 step "main job: virtuos-bench latency (native syscall, seccomp, ring round trips)"
 mkdir -p results

@@ -9,6 +9,12 @@ scripts/setup.sh --deps
 step() { printf '\n==> %s\n' "$*"; }
 FUZZ_SECONDS=${FUZZ_SECONDS:-15}
 
+step "ebpf: build (nightly + bpf-linker), fmt, clippy"
+scripts/build-ebpf.sh
+(cd ebpf && cargo fmt --check && cargo clippy --release -q -- -D warnings)
+# redirector/tests/bpf.rs (attach/detach/status/top, run --enforce on the real kernel) runs in
+# the workspace tests below; as root it must not skip.
+if [ "$(id -u)" -eq 0 ]; then export VIRTUOS_BPF_REQUIRE=1; fi
 step "fmt"
 cargo fmt --all --check
 step "clippy"

@@ -4,15 +4,22 @@
 //! `run` checks that the service domains it is given answer, then starts the command with the
 //! preload shim (`libvirtuos_preload.so`) and the routing configuration in its environment,
 //! and exits with the command's status.
+//!
+//! `attach`/`detach`/`status`/`top` manage the eBPF telemetry and enforcement of a cgroup
+//! (module `bpf`); `run --enforce` runs the program in a fresh cgroup with enforcement.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+mod supervise;
 use clap::{Parser, Subcommand};
 use xen_transport::control::connect_session;
 use xen_transport::ClientConfig;
+
+mod bpf;
 
 /// Run programs with their calls served by virtuos service domains.
 #[derive(Parser, Debug)]
@@ -26,6 +33,64 @@ struct Cli {
 enum Cmd {
     /// Run CMD with paths under --mount served by the storage domain at --storage.
     Run(RunArgs),
+    /// Load the eBPF programs and attach them to a cgroup (pinned under /sys/fs/bpf/virtuos).
+    Attach(AttachArgs),
+    /// Remove exactly what `attach` pinned for a cgroup.
+    Detach(DetachArgs),
+    /// Attached cgroups, their programs and hooks (with the kernel's answers), domain health.
+    Status(StatusArgs),
+    /// Live per-second view of the attached cgroups' system calls, routed and local.
+    Top(TopArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct AttachArgs {
+    /// The cgroup: a path on the cgroup2 mount, or relative to it.
+    #[arg(long, value_name = "PATH")]
+    cgroup: PathBuf,
+    /// Also attach the enforcement hooks (no direct AF_INET/AF_INET6 sockets, LSM variants).
+    #[arg(long)]
+    enforce: bool,
+    /// Create the cgroup if it does not exist.
+    #[arg(long)]
+    create: bool,
+    /// The storage domain's export: the `file_open` LSM variant (where the kernel allows it)
+    /// denies direct opens of files on its device.
+    #[arg(long, value_name = "DIR")]
+    export: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct DetachArgs {
+    /// The cgroup given to `attach`.
+    #[arg(long, value_name = "PATH")]
+    cgroup: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// Storage domain socket to check (repeatable).
+    #[arg(long, value_name = "SOCK")]
+    storage: Vec<PathBuf>,
+    /// Network domain socket to check (repeatable).
+    #[arg(long, value_name = "SOCK")]
+    net: Vec<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct TopArgs {
+    /// Print one sample and exit.
+    #[arg(long)]
+    once: bool,
+    /// One JSON object per sample.
+    #[arg(long)]
+    json: bool,
+    /// Sampling interval in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    interval_ms: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -39,7 +104,8 @@ struct RunArgs {
     /// Network domain socket (not available yet: issue #5).
     #[arg(long, value_name = "SOCK")]
     net: Option<PathBuf>,
-    /// Put the program in a fresh cgroup with eBPF enforcement (not available yet: issue #6).
+    /// Put the program in a fresh cgroup with eBPF enforcement (no direct inet sockets) and
+    /// a seccomp filter denying io_uring; the cgroup is removed afterwards. Needs root.
     #[arg(long)]
     enforce: bool,
     /// The program and its arguments.
@@ -98,17 +164,16 @@ fn run(args: RunArgs) -> Result<i32> {
     if args.net.is_some() {
         bail!("--net: the network domain is not implemented yet (issue #5)");
     }
-    if args.enforce {
-        bail!("--enforce: eBPF enforcement is not implemented yet (issue #6)");
-    }
     let prog =
         which(&args.cmd[0]).with_context(|| format!("{:?}: command not found", args.cmd[0]))?;
     if is_static(&prog)? {
-        bail!(
-            "{} is statically linked: the preload shim cannot enter it, and the supervised \
-             (seccomp user-notification) mode is not implemented yet",
-            prog.display()
-        );
+        // The shim cannot enter a static binary: serve it through seccomp user notification.
+        if let (Some(sock), Some(mount)) = (&args.storage, &args.mount) {
+            if !mount.is_absolute() {
+                bail!("--mount {}: must be an absolute path", mount.display());
+            }
+            return supervise::run(&prog, &args.cmd, sock, mount);
+        }
     }
     let mut cmd = Command::new(&args.cmd[0]);
     cmd.args(&args.cmd[1..]);
@@ -138,19 +203,93 @@ fn run(args: RunArgs) -> Result<i32> {
             .env("VIRTUOS_STORAGE", sock)
             .env("VIRTUOS_MOUNT", mount);
     }
+    let enforced = if args.enforce {
+        let e = bpf::EnforcedRun::start()?;
+        e.prepare(&mut cmd);
+        Some(e)
+    } else {
+        None
+    };
     // Spawn and wait, forwarding the exit status (a signal as 128 + number).
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {}", prog.display()))?;
+    let status = run_child(&mut cmd, enforced.is_some());
+    if let Some(e) = enforced {
+        let cg = e.cgroup.clone();
+        if let Err(err) = e.finish() {
+            eprintln!("virtuos-redirect: cleaning up {}: {err:#}", cg.display());
+        }
+    }
+    let status = status.with_context(|| format!("starting {}", prog.display()))?;
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Spawns and waits. With a cgroup to clean up afterwards, SIGINT/SIGQUIT are ignored while
+/// the child runs (as `system(3)` does), so that Ctrl-C reaches the child and not the cleanup.
+fn run_child(cmd: &mut Command, shield: bool) -> std::io::Result<std::process::ExitStatus> {
+    if !shield {
+        return cmd.status();
+    }
+    let mut child = cmd.spawn()?;
+    // SAFETY: setting and restoring dispositions to SIG_IGN / the previous handler.
+    let old = unsafe {
+        (
+            libc::signal(libc::SIGINT, libc::SIG_IGN),
+            libc::signal(libc::SIGQUIT, libc::SIG_IGN),
+        )
+    };
+    let r = child.wait();
+    // SAFETY: as above.
+    unsafe {
+        libc::signal(libc::SIGINT, old.0);
+        libc::signal(libc::SIGQUIT, old.1);
+    }
+    r
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Run(a) => run(a)?,
+        Cmd::Attach(a) => {
+            let at = bpf::attach(&bpf::AttachOpts {
+                cgroup: a.cgroup,
+                enforce: a.enforce,
+                create: a.create,
+                export: a.export,
+            })?;
+            bpf::print_attached(&at.record);
+            0
+        }
+        Cmd::Detach(a) => {
+            let d = bpf::detach(&a.cgroup)?;
+            println!(
+                "detached cgroup id {}: removed {} pin(s): {}",
+                d.cgroup_id,
+                d.removed.len(),
+                d.removed.join(" ")
+            );
+            if !d.still_loaded.is_empty() {
+                bail!("programs still loaded after detach: {:?}", d.still_loaded);
+            }
+            0
+        }
+        Cmd::Status(a) => {
+            bpf::status(&bpf::StatusOpts {
+                storage: a.storage,
+                net: a.net,
+                json: a.json,
+            })?;
+            0
+        }
+        Cmd::Top(a) => {
+            bpf::top::top(bpf::top::TopOpts {
+                once: a.once,
+                json: a.json,
+                interval: std::time::Duration::from_millis(a.interval_ms.max(10)),
+            })?;
+            0
+        }
     };
     std::process::exit(code);
 }

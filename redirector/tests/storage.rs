@@ -67,12 +67,14 @@ fn start(name: &str) -> Storage {
 }
 
 impl Storage {
-    /// Runs `script` with sh under redirection, with `$D` = the mount prefix.
-    fn redirected(&self, script: &str) -> Output {
+    /// Runs `script` with the shell command `shell` under redirection.
+    fn redirected_with(&self, shell: &[&str], script: &str) -> Output {
         Command::new(bin_dir().join("virtuos-redirect"))
             .args(["run", "--storage"])
             .arg(&self.sock)
-            .args(["--mount", MOUNT, "--", "sh", "-c", script])
+            .args(["--mount", MOUNT, "--"])
+            .args(shell)
+            .args(["-c", script])
             .env("D", MOUNT)
             .env("VIRTUOS_PRELOAD", bin_dir().join("libvirtuos_preload.so"))
             .output()
@@ -80,8 +82,9 @@ impl Storage {
     }
 
     /// Runs `script` natively with `$D` = the local copy.
-    fn native(&self, script: &str) -> Output {
-        Command::new("sh")
+    fn native_with(&self, shell: &[&str], script: &str) -> Output {
+        Command::new(shell[0])
+            .args(&shell[1..])
             .args(["-c", script])
             .env("D", &self.local)
             .output()
@@ -100,8 +103,12 @@ fn text(o: &Output) -> String {
 
 /// Runs `script` both ways; stdout (with the prefix replaced) and status must match.
 fn same(s: &Storage, script: &str) -> String {
-    let r = s.redirected(script);
-    let n = s.native(script);
+    same_with(s, &["sh"], script)
+}
+
+fn same_with(s: &Storage, shell: &[&str], script: &str) -> String {
+    let r = s.redirected_with(shell, script);
+    let n = s.native_with(shell, script);
     let rs = String::from_utf8_lossy(&r.stdout).replace(MOUNT, "$D");
     let ns = String::from_utf8_lossy(&n.stdout).replace(s.local.to_str().unwrap(), "$D");
     assert_eq!(
@@ -179,6 +186,9 @@ fn error_paths_match_linux() {
         mv $D/d/file /tmp/virtuos-exdev-$$; echo "rc=$?"
         ln $D/d/file /tmp/virtuos-exdev-$$; echo "rc=$?"
         exec 3<$D/d/file; exec 3<&-; cat <&3; echo "rc=$?"
+        echo secret > $D/secret; chmod 600 $D/secret
+        setpriv --reuid 65534 --regid 65534 --clear-groups cat $D/secret; echo "rc=$?"
+        setpriv --reuid 65534 --regid 65534 --clear-groups sh -c "echo x > $D/d/file"; echo "rc=$?"
     "#;
     let out = same(&s, script);
     assert!(out.contains("rc=1"), "{out}");
@@ -192,7 +202,7 @@ fn tar_round_trip_and_python_tree_walk() {
         mkdir -p $D/src/sub
         for i in 1 2 3 4 5; do seq 1 $((i * 500)) > $D/src/sub/f$i; done
         ln -s sub/f1 $D/src/lnk
-        tar -C $D -cf $D/t.tar src
+        tar -C $D --sort=name --mtime=2020-01-01 --owner=0 --group=0 --numeric-owner -cf $D/t.tar src
         mkdir $D/out
         tar -C $D/out -xf $D/t.tar
         diff -r $D/src $D/out/src && echo identical
@@ -252,4 +262,36 @@ fn git_init_add_commit_log_status() {
         git fsck --no-progress 2>&1 | grep -v '^dangling' || true
     "#;
     same(&s, script);
+}
+
+/// A statically linked program (busybox-static) runs through the supervised mode
+/// (seccomp user notification handled by virtuos-redirect), with the same results.
+#[test]
+fn busybox_static_through_the_supervised_mode() {
+    let busybox = Path::new("/usr/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "busybox-static is required (scripts/setup.sh installs it)"
+    );
+    let s = start("busybox");
+    let script = r#"
+        set -e
+        mkdir -p $D/bb/x/y
+        echo hello > $D/bb/x/f.txt
+        cat $D/bb/x/f.txt
+        cp $D/bb/x/f.txt $D/bb/x/y/g.txt
+        mv $D/bb/x/y/g.txt $D/bb/h.txt
+        ln -s h.txt $D/bb/link
+        readlink $D/bb/link
+        cat $D/bb/link
+        find $D/bb | sort
+        stat -c '%s %a %F' $D/bb/h.txt $D/bb/x
+        cd $D/bb && pwd && ls && cd x && ls -1 . y
+        wc -c $D/bb/h.txt
+        rm -r $D/bb/x
+        find $D | sort
+        cat $D/missing || echo "rc=$?"
+    "#;
+    same_with(&s, &["/usr/bin/busybox", "sh"], script);
+    assert_eq!(tree(&s.root), tree(&s.local));
 }

@@ -1,0 +1,1235 @@
+//! Supervised mode: statically linked programs, which the preload shim cannot enter.
+//!
+//! The child installs (before exec) a seccomp filter that turns every routed system call into
+//! a user notification and hands the listener to this process. A supervisor thread answers
+//! each notification: calls on local paths and fds continue in the kernel unchanged
+//! (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`); calls on the storage mount are executed against the
+//! storage domain, with arguments and results copied through `process_vm_readv`/`writev`, and
+//! remote files appear in the program as placeholder fds installed with
+//! `SECCOMP_IOCTL_NOTIF_ADDFD`. Slower than the shim (a notification round trip per routed
+//! call), but correct for programs that never go through libc's dynamic symbols.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::Command;
+
+use abi::Opcode;
+use anyhow::{bail, Context, Result};
+use xen_transport::control::connect_session;
+use xen_transport::{ClientConfig, Session};
+
+#[path = "../preload/src/paths.rs"]
+#[allow(dead_code)]
+mod paths;
+
+use paths::PathBuf as FixedPath;
+
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 1 << 3;
+const SECCOMP_USER_NOTIF_FLAG_CONTINUE: u32 = 1;
+const SECCOMP_ADDFD_FLAG_SETFD: u32 = 1;
+const SECCOMP_ADDFD_FLAG_SEND: u32 = 2;
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+
+const fn iowr(nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | ((b'!' as u64) << 8) | nr
+}
+const fn iow(nr: u64, size: usize) -> u64 {
+    (1 << 30) | ((size as u64) << 16) | ((b'!' as u64) << 8) | nr
+}
+const NOTIF_RECV: u64 = iowr(0, std::mem::size_of::<libc::seccomp_notif>());
+const NOTIF_SEND: u64 = iowr(1, std::mem::size_of::<libc::seccomp_notif_resp>());
+const NOTIF_ADDFD: u64 = iow(3, 24);
+
+/// The system calls supervised: those the shim routes (the same list keeps both modes alike).
+const SUPERVISED: &[i64] = &[
+    libc::SYS_open,
+    libc::SYS_creat,
+    libc::SYS_openat,
+    libc::SYS_close,
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_lseek,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_statx,
+    libc::SYS_getdents64,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_ftruncate,
+    libc::SYS_truncate,
+    libc::SYS_fchmod,
+    libc::SYS_chmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fchown,
+    libc::SYS_chown,
+    libc::SYS_lchown,
+    libc::SYS_fchownat,
+    libc::SYS_utimensat,
+    libc::SYS_access,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rmdir,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_link,
+    libc::SYS_linkat,
+    libc::SYS_symlink,
+    libc::SYS_symlinkat,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_chdir,
+    libc::SYS_fchdir,
+    libc::SYS_getcwd,
+    libc::SYS_fcntl,
+    libc::SYS_dup,
+    libc::SYS_dup2,
+    libc::SYS_dup3,
+    libc::SYS_mmap,
+    libc::SYS_ioctl,
+    libc::SYS_sendfile,
+    libc::SYS_copy_file_range,
+    libc::SYS_fstatfs,
+];
+
+fn filter() -> Vec<libc::sock_filter> {
+    let ld = |k| libc::sock_filter {
+        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let ret = |k| libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k, jt, jf| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let mut p = vec![
+        ld(4),
+        jeq(AUDIT_ARCH_X86_64, 1, 0),
+        ret(SECCOMP_RET_ALLOW),
+        ld(0),
+    ];
+    let n = SUPERVISED.len();
+    for (i, &nr) in SUPERVISED.iter().enumerate() {
+        // Match: jump to the USER_NOTIF return after the list.
+        p.push(jeq(nr as u32, (n - i) as u8, 0));
+    }
+    p.push(ret(SECCOMP_RET_ALLOW));
+    p.push(ret(SECCOMP_RET_USER_NOTIF));
+    p
+}
+
+/// Runs `prog` supervised; storage routing as given. Returns its exit status.
+pub fn run(prog: &Path, argv: &[OsString], sock: &Path, mount: &Path) -> Result<i32> {
+    let session = connect_session(sock, &ClientConfig::default())
+        .with_context(|| format!("storage domain at {}", sock.display()))?;
+    let mount = paths::normalize(mount.as_os_str().as_encoded_bytes())
+        .map_err(|_| anyhow::anyhow!("--mount path too long"))?;
+    let mut pair = [0; 2];
+    // SAFETY: `pair` has room for the two descriptors socketpair writes.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    } != 0
+    {
+        bail!("socketpair: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: socketpair just created both descriptors; we own them.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    let prog_filter = filter();
+    let child_end = theirs.as_raw_fd();
+    let mut cmd = Command::new(prog);
+    cmd.args(&argv[1..]);
+    // SAFETY: the hook runs in the forked child before exec and only makes raw system calls on
+    // memory prepared before the fork (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(move || {
+            let fprog = libc::sock_fprog {
+                len: prog_filter.len() as u16,
+                filter: prog_filter.as_ptr() as *mut _,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                &fprog,
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            send_fd(child_end, fd as RawFd)?;
+            libc::close(fd as RawFd);
+            Ok(())
+        });
+    }
+    let handle = std::thread::spawn(move || -> Result<()> {
+        let listener = recv_fd(ours.as_raw_fd()).context("receiving the seccomp listener")?;
+        Supervisor::new(session, mount)?.serve(&listener);
+        Ok(())
+    });
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", prog.display()))?;
+    drop(theirs);
+    let status = child.wait()?;
+    // The listener closes with the child; the supervisor then returns.
+    let _ = handle.join();
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+fn send_fd(sock: RawFd, fd: RawFd) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: msghdr/cmsghdr are filled within `cbuf` (32 bytes, enough for one fd) and the
+    // pointers stay valid for the sendmsg call.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
+        if libc::sendmsg(sock, &msg, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn recv_fd(sock: RawFd) -> Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: as in send_fd; the kernel writes at most msg_controllen bytes into `cbuf`.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf);
+        if libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) <= 0 {
+            bail!("the child exited before installing its filter");
+        }
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+            bail!("no listener fd received");
+        }
+        Ok(OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+            libc::CMSG_DATA(c) as *const RawFd,
+        )))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Rem {
+    handle: u32,
+    is_dir: bool,
+}
+
+#[derive(Clone, Default)]
+struct Target {
+    fds: HashMap<i32, Rem>,
+    cwd: Option<FixedPath>,
+    dirs: HashMap<u32, Vec<u8>>,
+}
+
+enum Answer {
+    Continue,
+    Val(i64),
+    /// Already answered by `SECCOMP_ADDFD_FLAG_SEND`.
+    Sent,
+}
+
+struct Supervisor {
+    session: Session,
+    mount: FixedPath,
+    targets: HashMap<i32, Target>,
+    tgid: HashMap<i32, i32>,
+    refs: HashMap<u32, u32>,
+    placeholder: OwnedFd,
+}
+
+fn proc_field(pid: i32, file: &str, key: &str) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl Supervisor {
+    fn new(session: Session, mount: FixedPath) -> Result<Self> {
+        // The source of every placeholder: a descriptor of a private, already removed
+        // directory. seccomp's ADDFD cannot install O_PATH descriptors, and this is the next
+        // best thing: read gives EISDIR, write EBADF, so any use the supervisor does not
+        // intercept fails loudly, and nothing shared can be reached through it.
+        let dir = std::env::temp_dir().join(format!("virtuos-placeholder-{}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let placeholder = OwnedFd::from(
+            std::fs::File::open(&dir).with_context(|| format!("opening {}", dir.display()))?,
+        );
+        std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        Ok(Supervisor {
+            session,
+            mount,
+            targets: HashMap::new(),
+            tgid: HashMap::new(),
+            refs: HashMap::new(),
+            placeholder,
+        })
+    }
+
+    fn serve(&mut self, listener: &OwnedFd) {
+        loop {
+            // Wait for a notification, or for the last supervised process to exit (HUP).
+            let mut pfd = libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if r < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return;
+            }
+            if pfd.revents & libc::POLLIN == 0 {
+                return;
+            }
+            // SAFETY: an all-zero seccomp_notif is what NOTIF_RECV requires.
+            let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+            // SAFETY: `n` is a valid, writable seccomp_notif.
+            if unsafe { libc::ioctl(listener.as_raw_fd(), NOTIF_RECV as _, &mut n) } != 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) | Some(libc::ENOENT) => continue,
+                    _ => return, // the target is gone
+                }
+            }
+            let pid = self.process_of(n.pid as i32);
+            let answer = self.handle(listener, pid, &n);
+            let mut resp = libc::seccomp_notif_resp {
+                id: n.id,
+                val: 0,
+                error: 0,
+                flags: 0,
+            };
+            match answer {
+                Answer::Continue => resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE,
+                Answer::Val(v) if (-4095..0).contains(&v) => resp.error = v as i32,
+                Answer::Val(v) => resp.val = v,
+                Answer::Sent => continue,
+            }
+            // SAFETY: `resp` is a valid seccomp_notif_resp.
+            unsafe { libc::ioctl(listener.as_raw_fd(), NOTIF_SEND as _, &resp) };
+        }
+    }
+
+    /// Thread id → process id, and a fork child's inherited table.
+    fn process_of(&mut self, tid: i32) -> i32 {
+        let pid = *self
+            .tgid
+            .entry(tid)
+            .or_insert_with(|| proc_field(tid, "status", "Tgid:").unwrap_or(tid));
+        if !self.targets.contains_key(&pid) {
+            let parent =
+                proc_field(pid, "status", "PPid:").and_then(|pp| self.targets.get(&pp).cloned());
+            let t = parent.unwrap_or_default();
+            for r in t.fds.values() {
+                *self.refs.entry(r.handle).or_insert(0) += 1;
+            }
+            self.targets.insert(pid, t);
+        }
+        pid
+    }
+
+    fn read_mem(&self, pid: i32, addr: u64, out: &mut [u8]) -> bool {
+        let local = libc::iovec {
+            iov_base: out.as_mut_ptr().cast(),
+            iov_len: out.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut _,
+            iov_len: out.len(),
+        };
+        // SAFETY: both iovecs describe valid ranges (ours is `out`; theirs is checked by the kernel).
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        n == out.len() as isize
+    }
+
+    fn write_mem(&self, pid: i32, addr: u64, data: &[u8]) -> bool {
+        let local = libc::iovec {
+            iov_base: data.as_ptr() as *mut _,
+            iov_len: data.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut _,
+            iov_len: data.len(),
+        };
+        // SAFETY: as in read_mem; the kernel checks the target range.
+        let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
+        n == data.len() as isize
+    }
+
+    fn read_path(&self, pid: i32, addr: u64) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut at = addr;
+        while out.len() < paths::PATH_MAX {
+            let chunk = (4096 - (at % 4096)) as usize;
+            let mut buf = vec![0u8; chunk];
+            if !self.read_mem(pid, at, &mut buf) {
+                return None;
+            }
+            if let Some(z) = buf.iter().position(|&b| b == 0) {
+                out.extend_from_slice(&buf[..z]);
+                return Some(out);
+            }
+            out.extend_from_slice(&buf);
+            at += chunk as u64;
+        }
+        None
+    }
+
+    /// Export-relative path if `path` (relative to `dirfd` of `pid`) is under the mount.
+    fn resolve(&self, pid: i32, dirfd: i64, path: &[u8]) -> Option<FixedPath> {
+        let t = self.targets.get(&pid)?;
+        let full = if path.first() == Some(&b'/') {
+            paths::normalize(path).ok()?
+        } else if dirfd == libc::AT_FDCWD as i64 {
+            paths::join(t.cwd.as_ref()?.as_bytes(), path).ok()?
+        } else {
+            let r = t.fds.get(&(dirfd as i32))?;
+            let rel = t.dirs.get(&r.handle)?;
+            let base =
+                paths::join(self.mount.as_bytes(), rel.strip_prefix(b"/").unwrap_or(rel)).ok()?;
+            paths::join(base.as_bytes(), path).ok()?
+        };
+        paths::strip_prefix(full.as_bytes(), self.mount.as_bytes())
+    }
+
+    fn call(
+        &self,
+        op: Opcode,
+        mut args: [u64; 5],
+        inputs: &[&[u8]],
+        out: Option<&mut [u8]>,
+        fixed: bool,
+    ) -> (i64, u64) {
+        let mut lease = self.session.lease();
+        let mut at = 0;
+        for (i, inp) in inputs.iter().enumerate() {
+            if lease.write(at, inp).is_err() {
+                return (-(libc::ENAMETOOLONG as i64), 0);
+            }
+            args[4 - i.min(1)] = inp.len() as u64;
+            at += inp.len();
+        }
+        let out_len = out.as_ref().map(|o| o.len()).unwrap_or(0);
+        let data_len = at.max(out_len).min(lease.window() as usize) as u32;
+        let req = abi::Request {
+            opcode: op as u16,
+            data_len,
+            args,
+            ..Default::default()
+        };
+        match lease.call(req) {
+            Ok(r) => {
+                if let Some(o) = out {
+                    let n = if fixed {
+                        o.len()
+                    } else {
+                        r.result.max(0) as usize
+                    }
+                    .min(o.len())
+                    .min(data_len as usize);
+                    if r.result >= 0 && lease.read(0, &mut o[..n]).is_err() {
+                        return (-(libc::EIO as i64), 0);
+                    }
+                }
+                (r.result, r.aux[0])
+            }
+            Err(e) => (-i64::from(e.errno().get()), 0),
+        }
+    }
+
+    fn add_fd(&self, listener: &OwnedFd, id: u64, newfd: Option<i32>, cloexec: bool) -> i64 {
+        #[repr(C)]
+        struct AddFd {
+            id: u64,
+            flags: u32,
+            srcfd: u32,
+            newfd: u32,
+            newfd_flags: u32,
+        }
+        let a = AddFd {
+            id,
+            flags: SECCOMP_ADDFD_FLAG_SEND
+                | if newfd.is_some() {
+                    SECCOMP_ADDFD_FLAG_SETFD
+                } else {
+                    0
+                },
+            srcfd: self.placeholder.as_raw_fd() as u32,
+            newfd: newfd.unwrap_or(0) as u32,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        // SAFETY: `a` is a valid seccomp_notif_addfd.
+        let r = unsafe { libc::ioctl(listener.as_raw_fd(), NOTIF_ADDFD as _, &a) };
+        if r < 0 {
+            -(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO) as i64)
+        } else {
+            r as i64
+        }
+    }
+
+    fn release(&mut self, h: u32) {
+        let n = self.refs.entry(h).or_insert(1);
+        *n -= 1;
+        if *n == 0 {
+            self.refs.remove(&h);
+            self.call(Opcode::Close, [h.into(), 0, 0, 0, 0], &[], None, false);
+        }
+    }
+
+    fn handle(&mut self, listener: &OwnedFd, pid: i32, n: &libc::seccomp_notif) -> Answer {
+        let a = n.data.args;
+        let nr = n.data.nr as i64;
+        let fd = a[0] as i32;
+        let rem = |s: &Self, fd: i32| s.targets.get(&pid).and_then(|t| t.fds.get(&fd)).copied();
+        let e = |x: i32| Answer::Val(-(x as i64));
+        // Path-taking calls: (dirfd, path pointer) for each.
+        let path_arg = match nr {
+            libc::SYS_open
+            | libc::SYS_creat
+            | libc::SYS_stat
+            | libc::SYS_lstat
+            | libc::SYS_access
+            | libc::SYS_mkdir
+            | libc::SYS_rmdir
+            | libc::SYS_unlink
+            | libc::SYS_chdir
+            | libc::SYS_chmod
+            | libc::SYS_chown
+            | libc::SYS_lchown
+            | libc::SYS_truncate
+            | libc::SYS_readlink => Some((libc::AT_FDCWD as i64, a[0])),
+            libc::SYS_openat
+            | libc::SYS_newfstatat
+            | libc::SYS_statx
+            | libc::SYS_faccessat
+            | libc::SYS_faccessat2
+            | libc::SYS_mkdirat
+            | libc::SYS_unlinkat
+            | libc::SYS_fchmodat
+            | libc::SYS_fchownat
+            | libc::SYS_readlinkat
+            | libc::SYS_utimensat => Some((a[0] as i32 as i64, a[1])),
+            _ => None,
+        };
+        if let Some((dirfd, p)) = path_arg {
+            if p == 0 {
+                return if nr == libc::SYS_utimensat && rem(self, fd).is_some() {
+                    e(libc::EOPNOTSUPP)
+                } else {
+                    Answer::Continue
+                };
+            }
+            let Some(path) = self.read_path(pid, p) else {
+                return Answer::Continue;
+            };
+            if path.is_empty() {
+                // AT_EMPTY_PATH on a remote fd.
+                return match rem(self, dirfd as i32) {
+                    Some(r) if matches!(nr, libc::SYS_newfstatat | libc::SYS_statx) => self
+                        .stat_out(
+                            pid,
+                            nr,
+                            a,
+                            Opcode::FStat,
+                            [r.handle.into(), 0, 0, 0, 0],
+                            &[],
+                        ),
+                    Some(_) => e(libc::EOPNOTSUPP),
+                    None => Answer::Continue,
+                };
+            }
+            let Some(rp) = self.resolve(pid, dirfd, &path) else {
+                return Answer::Continue;
+            };
+            let rp = rp.as_bytes().to_vec();
+            return self.path_call(listener, n.id, pid, nr, a, &rp);
+        }
+        match nr {
+            libc::SYS_close => {
+                if let Some(r) = self.targets.get_mut(&pid).and_then(|t| t.fds.remove(&fd)) {
+                    self.release(r.handle);
+                }
+                Answer::Continue
+            }
+            libc::SYS_read | libc::SYS_pread64 | libc::SYS_write | libc::SYS_pwrite64 => {
+                let Some(r) = rem(self, fd) else {
+                    return Answer::Continue;
+                };
+                if r.is_dir {
+                    return e(libc::EISDIR);
+                }
+                let write = matches!(nr, libc::SYS_write | libc::SYS_pwrite64);
+                let off = matches!(nr, libc::SYS_pread64 | libc::SYS_pwrite64).then_some(a[3]);
+                Answer::Val(self.rw(pid, r, write, a[1], a[2] as usize, off))
+            }
+            libc::SYS_readv | libc::SYS_writev => {
+                let Some(r) = rem(self, fd) else {
+                    return Answer::Continue;
+                };
+                let cnt = (a[2] as usize).min(1024);
+                let mut iov = vec![0u8; cnt * 16];
+                if !self.read_mem(pid, a[1], &mut iov) {
+                    return e(libc::EFAULT);
+                }
+                let mut total = 0i64;
+                for v in iov.chunks(16) {
+                    let base = u64::from_ne_bytes(v[..8].try_into().expect("8"));
+                    let len = u64::from_ne_bytes(v[8..].try_into().expect("8")) as usize;
+                    let k = self.rw(pid, r, nr == libc::SYS_writev, base, len, None);
+                    if k < 0 {
+                        return Answer::Val(if total > 0 { total } else { k });
+                    }
+                    total += k;
+                    if (k as usize) < len {
+                        break;
+                    }
+                }
+                Answer::Val(total)
+            }
+            libc::SYS_lseek => match rem(self, fd) {
+                Some(r) => Answer::Val(
+                    self.call(
+                        Opcode::LSeek,
+                        [r.handle.into(), a[1], a[2], 0, 0],
+                        &[],
+                        None,
+                        false,
+                    )
+                    .0,
+                ),
+                None => Answer::Continue,
+            },
+            libc::SYS_fstat => match rem(self, fd) {
+                Some(r) => self.stat_out(
+                    pid,
+                    nr,
+                    a,
+                    Opcode::FStat,
+                    [r.handle.into(), 0, 0, 0, 0],
+                    &[],
+                ),
+                None => Answer::Continue,
+            },
+            libc::SYS_getdents64 => match rem(self, fd) {
+                Some(r) => {
+                    let mut buf =
+                        vec![0u8; (a[2] as usize).min(self.session.layout().window as usize)];
+                    let (k, _) = self.call(
+                        Opcode::GetDents64,
+                        [r.handle.into(), 0, 0, 0, 0],
+                        &[],
+                        Some(&mut buf),
+                        false,
+                    );
+                    if k > 0 && !self.write_mem(pid, a[1], &buf[..k as usize]) {
+                        return e(libc::EFAULT);
+                    }
+                    Answer::Val(k)
+                }
+                None => Answer::Continue,
+            },
+            libc::SYS_fsync | libc::SYS_fdatasync => match rem(self, fd) {
+                Some(r) => Answer::Val(
+                    self.call(
+                        Opcode::FSync,
+                        [
+                            r.handle.into(),
+                            u64::from(nr == libc::SYS_fdatasync),
+                            0,
+                            0,
+                            0,
+                        ],
+                        &[],
+                        None,
+                        false,
+                    )
+                    .0,
+                ),
+                None => Answer::Continue,
+            },
+            libc::SYS_ftruncate => self.fd_op(pid, fd, Opcode::FTruncate, [0, a[1], 0, 0, 0]),
+            libc::SYS_fchmod => self.fd_op(pid, fd, Opcode::FChmod, [0, a[1], 0, 0, 0]),
+            libc::SYS_fchown => self.fd_op(
+                pid,
+                fd,
+                Opcode::FChown,
+                [0, a[1] as u32 as u64, a[2] as u32 as u64, 0, 0],
+            ),
+            libc::SYS_fstatfs => match rem(self, fd) {
+                Some(r) => {
+                    let mut buf = [0u8; std::mem::size_of::<libc::statfs>()];
+                    let (k, _) = self.call(
+                        Opcode::FStatFs,
+                        [r.handle.into(), 0, 0, 0, 0],
+                        &[],
+                        Some(&mut buf),
+                        true,
+                    );
+                    if k >= 0 && !self.write_mem(pid, a[1], &buf) {
+                        return e(libc::EFAULT);
+                    }
+                    Answer::Val(k)
+                }
+                None => Answer::Continue,
+            },
+            libc::SYS_fchdir => match rem(self, fd) {
+                Some(r) if r.is_dir => {
+                    let rel = self.targets[&pid]
+                        .dirs
+                        .get(&r.handle)
+                        .cloned()
+                        .unwrap_or_else(|| b"/".to_vec());
+                    let full = paths::join(
+                        self.mount.as_bytes(),
+                        rel.strip_prefix(b"/").unwrap_or(&rel),
+                    )
+                    .ok();
+                    self.targets.get_mut(&pid).expect("known").cwd = full;
+                    Answer::Val(0)
+                }
+                Some(_) => e(libc::ENOTDIR),
+                None => {
+                    self.targets.get_mut(&pid).expect("known").cwd = None;
+                    Answer::Continue
+                }
+            },
+            libc::SYS_getcwd => match self.targets[&pid].cwd.clone() {
+                Some(c) => {
+                    let mut b = c.as_bytes().to_vec();
+                    b.push(0);
+                    if (a[1] as usize) < b.len() {
+                        return e(libc::ERANGE);
+                    }
+                    if !self.write_mem(pid, a[0], &b) {
+                        return e(libc::EFAULT);
+                    }
+                    Answer::Val(b.len() as i64)
+                }
+                None => Answer::Continue,
+            },
+            libc::SYS_fcntl => match rem(self, fd) {
+                Some(r) => match a[1] as i32 {
+                    libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+                        // ADDFD allocates the lowest free fd (not ">= arg"); close enough for
+                        // the common F_DUPFD 0 / small-arg uses.
+                        self.dup_to(
+                            listener,
+                            n.id,
+                            pid,
+                            r,
+                            None,
+                            a[1] as i32 == libc::F_DUPFD_CLOEXEC,
+                        )
+                    }
+                    libc::F_GETFL | libc::F_SETFL => Answer::Val(
+                        self.call(
+                            Opcode::Fcntl,
+                            [r.handle.into(), a[1], a[2], 0, 0],
+                            &[],
+                            None,
+                            false,
+                        )
+                        .0,
+                    ),
+                    libc::F_GETFD | libc::F_SETFD => Answer::Continue,
+                    _ => e(libc::EINVAL),
+                },
+                None => Answer::Continue,
+            },
+            libc::SYS_dup => match rem(self, fd) {
+                Some(r) => self.dup_to(listener, n.id, pid, r, None, false),
+                None => Answer::Continue,
+            },
+            libc::SYS_dup2 | libc::SYS_dup3 => {
+                let to = a[1] as i32;
+                let src = rem(self, fd);
+                if src.is_none() && rem(self, to).is_none() {
+                    return Answer::Continue;
+                }
+                if to == fd {
+                    return if nr == libc::SYS_dup3 {
+                        e(libc::EINVAL)
+                    } else {
+                        Answer::Val(fd as i64)
+                    };
+                }
+                if let Some(old) = self.targets.get_mut(&pid).and_then(|t| t.fds.remove(&to)) {
+                    self.release(old.handle);
+                }
+                match src {
+                    Some(r) => self.dup_to(
+                        listener,
+                        n.id,
+                        pid,
+                        r,
+                        Some(to),
+                        a[2] as i32 & libc::O_CLOEXEC != 0 && nr == libc::SYS_dup3,
+                    ),
+                    None => Answer::Continue,
+                }
+            }
+            libc::SYS_mmap => match rem(self, a[4] as i32) {
+                Some(_) => e(libc::ENODEV),
+                None => Answer::Continue,
+            },
+            libc::SYS_ioctl => match rem(self, fd) {
+                Some(_) => e(libc::ENOTTY),
+                None => Answer::Continue,
+            },
+            libc::SYS_sendfile | libc::SYS_copy_file_range => {
+                if rem(self, fd).is_some()
+                    || rem(self, a[if nr == libc::SYS_sendfile { 1 } else { 2 }] as i32).is_some()
+                {
+                    // Programs fall back to read/write, which are served.
+                    e(if nr == libc::SYS_sendfile {
+                        libc::EINVAL
+                    } else {
+                        libc::EXDEV
+                    })
+                } else {
+                    Answer::Continue
+                }
+            }
+            libc::SYS_rename
+            | libc::SYS_renameat
+            | libc::SYS_renameat2
+            | libc::SYS_link
+            | libc::SYS_linkat => {
+                let (d1, p1, d2, p2, flags) = match nr {
+                    libc::SYS_rename | libc::SYS_link => {
+                        (libc::AT_FDCWD as i64, a[0], libc::AT_FDCWD as i64, a[1], 0)
+                    }
+                    _ => (
+                        a[0] as i32 as i64,
+                        a[1],
+                        a[2] as i32 as i64,
+                        a[3],
+                        if nr == libc::SYS_renameat { 0 } else { a[4] },
+                    ),
+                };
+                let (Some(x), Some(y)) = (self.read_path(pid, p1), self.read_path(pid, p2)) else {
+                    return e(libc::EFAULT);
+                };
+                let op = if matches!(nr, libc::SYS_link | libc::SYS_linkat) {
+                    Opcode::LinkAt
+                } else {
+                    Opcode::RenameAt
+                };
+                match (self.resolve(pid, d1, &x), self.resolve(pid, d2, &y)) {
+                    (None, None) => Answer::Continue,
+                    (Some(x), Some(y)) => Answer::Val(
+                        self.call(
+                            op,
+                            [flags, 0, 0, 0, 0],
+                            &[x.as_bytes(), y.as_bytes()],
+                            None,
+                            false,
+                        )
+                        .0,
+                    ),
+                    _ => e(libc::EXDEV),
+                }
+            }
+            libc::SYS_symlink | libc::SYS_symlinkat => {
+                let (target, d, p) = if nr == libc::SYS_symlink {
+                    (a[0], libc::AT_FDCWD as i64, a[1])
+                } else {
+                    (a[0], a[1] as i32 as i64, a[2])
+                };
+                let (Some(t), Some(lp)) = (self.read_path(pid, target), self.read_path(pid, p))
+                else {
+                    return e(libc::EFAULT);
+                };
+                match self.resolve(pid, d, &lp) {
+                    Some(rp) => Answer::Val(
+                        self.call(Opcode::SymlinkAt, [0; 5], &[&t, rp.as_bytes()], None, false)
+                            .0,
+                    ),
+                    None => Answer::Continue,
+                }
+            }
+            _ => Answer::Continue,
+        }
+    }
+
+    fn fd_op(&self, pid: i32, fd: i32, op: Opcode, mut args: [u64; 5]) -> Answer {
+        match self.targets.get(&pid).and_then(|t| t.fds.get(&fd)) {
+            Some(r) => {
+                args[0] = r.handle.into();
+                Answer::Val(self.call(op, args, &[], None, false).0)
+            }
+            None => Answer::Continue,
+        }
+    }
+
+    fn dup_to(
+        &mut self,
+        listener: &OwnedFd,
+        id: u64,
+        pid: i32,
+        r: Rem,
+        to: Option<i32>,
+        cloexec: bool,
+    ) -> Answer {
+        let newfd = self.add_fd(listener, id, to, cloexec);
+        if newfd < 0 {
+            return Answer::Val(newfd);
+        }
+        *self.refs.entry(r.handle).or_insert(0) += 1;
+        self.targets
+            .get_mut(&pid)
+            .expect("known")
+            .fds
+            .insert(newfd as i32, r);
+        Answer::Sent
+    }
+
+    fn rw(&self, pid: i32, r: Rem, write: bool, buf: u64, len: usize, off: Option<u64>) -> i64 {
+        let w = self.session.layout().window as usize;
+        let mut done = 0usize;
+        let mut tmp = vec![0u8; len.min(w)];
+        while done < len || len == 0 {
+            let chunk = (len - done).min(w);
+            let at = off.map(|o| o + done as u64);
+            let (op, args) = match (write, at) {
+                (false, None) => (Opcode::Read, [r.handle.into(), 0, 0, 0, 0]),
+                (false, Some(o)) => (Opcode::PRead, [r.handle.into(), o, 0, 0, 0]),
+                (true, None) => (Opcode::Write, [r.handle.into(), 0, 0, 0, 0]),
+                (true, Some(o)) => (Opcode::PWrite, [r.handle.into(), o, 0, 0, 0]),
+            };
+            let k = if write {
+                if !self.read_mem(pid, buf + done as u64, &mut tmp[..chunk]) {
+                    return if done > 0 {
+                        done as i64
+                    } else {
+                        -(libc::EFAULT as i64)
+                    };
+                }
+                self.call(op, args, &[&tmp[..chunk]], None, false).0
+            } else {
+                let k = self.call(op, args, &[], Some(&mut tmp[..chunk]), false).0;
+                if k > 0 && !self.write_mem(pid, buf + done as u64, &tmp[..k as usize]) {
+                    return -(libc::EFAULT as i64);
+                }
+                k
+            };
+            if k < 0 {
+                return if done > 0 { done as i64 } else { k };
+            }
+            done += k as usize;
+            if (k as usize) < chunk || len == 0 {
+                break;
+            }
+        }
+        done as i64
+    }
+
+    fn stat_out(
+        &self,
+        pid: i32,
+        nr: i64,
+        a: [u64; 6],
+        op: Opcode,
+        args: [u64; 5],
+        inputs: &[&[u8]],
+    ) -> Answer {
+        let mut x = [0u8; std::mem::size_of::<libc::statx>()];
+        let (k, _) = self.call(op, args, inputs, Some(&mut x), true);
+        if k < 0 {
+            return Answer::Val(k);
+        }
+        // SAFETY: statx is plain data of exactly this size.
+        let sx: libc::statx = unsafe { std::ptr::read_unaligned(x.as_ptr().cast()) };
+        let (addr, bytes): (u64, Vec<u8>) = if nr == libc::SYS_statx {
+            (a[4], x.to_vec())
+        } else {
+            // SAFETY: struct stat is plain data; zero is a valid value.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            st.st_dev = libc::makedev(sx.stx_dev_major, sx.stx_dev_minor);
+            st.st_ino = sx.stx_ino;
+            st.st_nlink = u64::from(sx.stx_nlink);
+            st.st_mode = u32::from(sx.stx_mode);
+            st.st_uid = sx.stx_uid;
+            st.st_gid = sx.stx_gid;
+            st.st_rdev = libc::makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
+            st.st_size = sx.stx_size as i64;
+            st.st_blksize = i64::from(sx.stx_blksize);
+            st.st_blocks = sx.stx_blocks as i64;
+            st.st_atime = sx.stx_atime.tv_sec;
+            st.st_atime_nsec = i64::from(sx.stx_atime.tv_nsec);
+            st.st_mtime = sx.stx_mtime.tv_sec;
+            st.st_mtime_nsec = i64::from(sx.stx_mtime.tv_nsec);
+            st.st_ctime = sx.stx_ctime.tv_sec;
+            st.st_ctime_nsec = i64::from(sx.stx_ctime.tv_nsec);
+            let addr = match nr {
+                libc::SYS_fstat | libc::SYS_stat | libc::SYS_lstat => a[1],
+                _ => a[2],
+            };
+            // SAFETY: `st` is plain data; viewing it as bytes is sound.
+            let b = unsafe {
+                std::slice::from_raw_parts(
+                    (&st as *const libc::stat).cast::<u8>(),
+                    std::mem::size_of::<libc::stat>(),
+                )
+            };
+            (addr, b.to_vec())
+        };
+        if !self.write_mem(pid, addr, &bytes) {
+            return Answer::Val(-(libc::EFAULT as i64));
+        }
+        Answer::Val(0)
+    }
+
+    fn path_call(
+        &mut self,
+        listener: &OwnedFd,
+        id: u64,
+        pid: i32,
+        nr: i64,
+        a: [u64; 6],
+        rp: &[u8],
+    ) -> Answer {
+        let call0 = |s: &Self, op, args| Answer::Val(s.call(op, args, &[rp], None, false).0);
+        match nr {
+            libc::SYS_open | libc::SYS_openat | libc::SYS_creat => {
+                let (flags, mode) = match nr {
+                    libc::SYS_open => (a[1], a[2]),
+                    libc::SYS_creat => (
+                        (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64,
+                        a[1],
+                    ),
+                    _ => (a[2], a[3]),
+                };
+                let umask = proc_umask(pid);
+                let (h, st_mode) = self.call(
+                    Opcode::OpenAt,
+                    [flags, mode & 0o7777 & !umask, 0, 0, 0],
+                    &[rp],
+                    None,
+                    false,
+                );
+                if h < 0 {
+                    return Answer::Val(h);
+                }
+                let r = Rem {
+                    handle: h as u32,
+                    is_dir: st_mode as u32 & libc::S_IFMT == libc::S_IFDIR,
+                };
+                if r.is_dir {
+                    self.targets
+                        .get_mut(&pid)
+                        .expect("known")
+                        .dirs
+                        .insert(r.handle, rp.to_vec());
+                }
+                // The placeholder's reference (taken by dup_to) is the open's only one.
+                let ans = self.dup_to(
+                    listener,
+                    id,
+                    pid,
+                    r,
+                    None,
+                    flags & libc::O_CLOEXEC as u64 != 0,
+                );
+                if let Answer::Val(err) = ans {
+                    self.call(Opcode::Close, [h as u64, 0, 0, 0, 0], &[], None, false);
+                    return Answer::Val(err);
+                }
+                ans
+            }
+            libc::SYS_stat | libc::SYS_lstat | libc::SYS_newfstatat | libc::SYS_statx => {
+                let flags = match nr {
+                    libc::SYS_lstat => libc::AT_SYMLINK_NOFOLLOW as u64,
+                    libc::SYS_newfstatat => a[3],
+                    libc::SYS_statx => a[2],
+                    _ => 0,
+                } & libc::AT_SYMLINK_NOFOLLOW as u64;
+                self.stat_out(
+                    pid,
+                    nr,
+                    a,
+                    Opcode::StatAt,
+                    [flags, libc::STATX_BASIC_STATS as u64, 0, 0, 0],
+                    &[rp],
+                )
+            }
+            libc::SYS_access => call0(self, Opcode::AccessAt, [a[1], 0, 0, 0, 0]),
+            libc::SYS_faccessat => call0(self, Opcode::AccessAt, [a[2], 0, 0, 0, 0]),
+            libc::SYS_faccessat2 => call0(self, Opcode::AccessAt, [a[2], a[3], 0, 0, 0]),
+            libc::SYS_mkdir => call0(
+                self,
+                Opcode::MkdirAt,
+                [0, a[1] & 0o7777 & !proc_umask(pid), 0, 0, 0],
+            ),
+            libc::SYS_mkdirat => call0(
+                self,
+                Opcode::MkdirAt,
+                [0, a[2] & 0o7777 & !proc_umask(pid), 0, 0, 0],
+            ),
+            libc::SYS_rmdir => call0(
+                self,
+                Opcode::UnlinkAt,
+                [libc::AT_REMOVEDIR as u64, 0, 0, 0, 0],
+            ),
+            libc::SYS_unlink => call0(self, Opcode::UnlinkAt, [0; 5]),
+            libc::SYS_unlinkat => call0(self, Opcode::UnlinkAt, [a[2], 0, 0, 0, 0]),
+            libc::SYS_chmod => call0(self, Opcode::ChmodAt, [0, a[1], 0, 0, 0]),
+            libc::SYS_fchmodat => call0(self, Opcode::ChmodAt, [0, a[2], 0, 0, 0]),
+            libc::SYS_chown => call0(
+                self,
+                Opcode::ChownAt,
+                [0, a[1] as u32 as u64, a[2] as u32 as u64, 0, 0],
+            ),
+            libc::SYS_lchown => call0(
+                self,
+                Opcode::ChownAt,
+                [
+                    libc::AT_SYMLINK_NOFOLLOW as u64,
+                    a[1] as u32 as u64,
+                    a[2] as u32 as u64,
+                    0,
+                    0,
+                ],
+            ),
+            libc::SYS_fchownat => call0(
+                self,
+                Opcode::ChownAt,
+                [a[4], a[2] as u32 as u64, a[3] as u32 as u64, 0, 0],
+            ),
+            libc::SYS_truncate => call0(self, Opcode::TruncateAt, [0, a[1], 0, 0, 0]),
+            libc::SYS_readlink | libc::SYS_readlinkat => {
+                let (buf, size) = if nr == libc::SYS_readlink {
+                    (a[1], a[2])
+                } else {
+                    (a[2], a[3])
+                };
+                let mut out = vec![0u8; (size as usize).min(4096)];
+                let (k, _) = self.call(Opcode::ReadLinkAt, [0; 5], &[rp], Some(&mut out), false);
+                if k > 0 && !self.write_mem(pid, buf, &out[..k as usize]) {
+                    return Answer::Val(-(libc::EFAULT as i64));
+                }
+                Answer::Val(k)
+            }
+            libc::SYS_utimensat => {
+                let mut ts = [0u8; 32];
+                let given = a[2] != 0;
+                if given && !self.read_mem(pid, a[2], &mut ts) {
+                    return Answer::Val(-(libc::EFAULT as i64));
+                }
+                let mut payload = ts.to_vec();
+                payload.extend_from_slice(rp);
+                let mut lease = self.session.lease();
+                if lease.write(0, &payload).is_err() {
+                    return Answer::Val(-(libc::ENAMETOOLONG as i64));
+                }
+                let req = abi::Request {
+                    opcode: Opcode::UtimensAt as u16,
+                    data_len: payload.len() as u32,
+                    args: [u64::MAX, a[3], u64::from(given), 0, rp.len() as u64],
+                    ..Default::default()
+                };
+                Answer::Val(
+                    lease
+                        .call(req)
+                        .map(|r| r.result)
+                        .unwrap_or(-(libc::EIO as i64)),
+                )
+            }
+            libc::SYS_chdir => {
+                let mut x = [0u8; std::mem::size_of::<libc::statx>()];
+                let (k, _) = self.call(
+                    Opcode::StatAt,
+                    [0, libc::STATX_TYPE as u64, 0, 0, 0],
+                    &[rp],
+                    Some(&mut x),
+                    true,
+                );
+                if k < 0 {
+                    return Answer::Val(k);
+                }
+                // SAFETY: statx is plain data of exactly this size.
+                let sx: libc::statx = unsafe { std::ptr::read_unaligned(x.as_ptr().cast()) };
+                if u32::from(sx.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
+                    return Answer::Val(-(libc::ENOTDIR as i64));
+                }
+                let full =
+                    paths::join(self.mount.as_bytes(), rp.strip_prefix(b"/").unwrap_or(rp)).ok();
+                self.targets.get_mut(&pid).expect("known").cwd = full;
+                Answer::Val(0)
+            }
+            _ => Answer::Continue,
+        }
+    }
+}
+
+/// The target's umask, from /proc (the storage domain creates with the mode it is given).
+fn proc_umask(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string()))
+        })
+        .and_then(|v| u64::from_str_radix(&v, 8).ok())
+        .unwrap_or(0o022)
+}
