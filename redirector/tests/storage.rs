@@ -295,3 +295,105 @@ fn busybox_static_through_the_supervised_mode() {
     same_with(&s, &["/usr/bin/busybox", "sh"], script);
     assert_eq!(tree(&s.root), tree(&s.local));
 }
+
+/// Threads of one program use the storage domain at once; a private read-only mapping of a
+/// remote file is emulated and a shared one fails with ENODEV, as on a file system without
+/// mmap.
+#[test]
+fn threads_and_mmap() {
+    let s = start("threads");
+    let script = r#"
+        python3 - "$D" <<'PY'
+import mmap, os, sys, threading, errno
+root = sys.argv[1]
+def work(i):
+    p = os.path.join(root, f"t{i}.txt")
+    with open(p, "w") as f:
+        for j in range(200):
+            f.write(f"thread {i} line {j}\n")
+    with open(p) as f:
+        assert len(f.readlines()) == 200
+ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print(sorted(os.listdir(root)))
+fd = os.open(os.path.join(root, "t3.txt"), os.O_RDONLY)
+m = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+print(m[:20], len(m))
+try:
+    mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    print("shared mapping allowed")
+except OSError as e:
+    print("shared mapping:", errno.errorcode[e.errno])
+PY
+    "#;
+    let r = s.redirected_with(&["sh"], script);
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", text(&r));
+    assert!(out.contains("'t7.txt'"), "{out}");
+    assert!(out.contains("b'thread 3 line 0\\nthre' 3490"), "{out}");
+    assert!(out.contains("shared mapping: ENODEV"), "{out}");
+}
+
+/// A storage domain that dies under a running program: calls under the mount fail fast with
+/// EIO, local calls keep working, nothing hangs; `run` refuses to start without the domain.
+#[test]
+fn dead_storage_domain_fails_fast_with_eio() {
+    let mut s = start("dead");
+    std::fs::write(s.root.join("f"), b"data\n").unwrap();
+    let script = r#"
+        cat $D/f
+        read line   # wait until the test killed the server
+        start=$(date +%s%N)
+        cat $D/f; echo "rc=$?"
+        ls $D > /dev/null; echo "rc=$?"
+        echo local > /tmp/virtuos-dead-$$ && cat /tmp/virtuos-dead-$$ && rm /tmp/virtuos-dead-$$
+        end=$(date +%s%N)
+        echo "ms=$(( (end - start) / 1000000 ))"
+    "#;
+    let mut child = Command::new(bin_dir().join("virtuos-redirect"))
+        .args(["run", "--storage"])
+        .arg(&s.sock)
+        .args(["--mount", MOUNT, "--", "sh", "-c", script])
+        .env("D", MOUNT)
+        .env("VIRTUOS_PRELOAD", bin_dir().join("libvirtuos_preload.so"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the redirected program hung");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(out.starts_with("data\n"), "{out}\n{err}");
+    assert!(out.contains("rc=1\nrc=2\nlocal\n"), "{out}\n{err}");
+    assert!(err.contains("Input/output error"), "{err}");
+    let ms: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ms="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ms < 5000, "calls on a dead domain took {ms} ms");
+
+    // With the domain gone, `run` says so before starting anything.
+    let o = Command::new(bin_dir().join("virtuos-redirect"))
+        .args(["run", "--storage"])
+        .arg(&s.sock)
+        .args(["--mount", MOUNT, "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("storage domain at"), "{err}");
+}
