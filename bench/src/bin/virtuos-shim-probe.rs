@@ -52,15 +52,17 @@ fn main() {
         std::io::Error::last_os_error()
     );
     let mut buf = [0u8; 4096];
-    // SAFETY (all three closures): the buffer outlives the calls and the lengths fit it.
-    let local = time(samples, || unsafe {
-        libc::read(z, buf.as_mut_ptr().cast(), 1);
+    let local = time(samples, || {
+        // SAFETY: the buffer outlives the call and holds the length asked for.
+        unsafe { libc::read(z, buf.as_mut_ptr().cast(), 1) };
     });
-    let remote = time(samples, || unsafe {
-        libc::pread(f, buf.as_mut_ptr().cast(), 4096, 0);
+    let remote = time(samples, || {
+        // SAFETY: as above.
+        unsafe { libc::pread(f, buf.as_mut_ptr().cast(), 4096, 0) };
     });
-    let raw = time(samples, || unsafe {
-        libc::syscall(libc::SYS_read, z, buf.as_mut_ptr(), 1);
+    let raw = time(samples, || {
+        // SAFETY: as above.
+        unsafe { libc::syscall(libc::SYS_read, z, buf.as_mut_ptr(), 1) };
     });
     println!(
         "{{\"read_local\":[{},{}],\"pread_4k\":[{},{}],\"raw_syscall_read\":[{},{}]}}",
