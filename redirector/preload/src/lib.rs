@@ -68,6 +68,29 @@ extern "C" fn after_fork_child() {
     }
 }
 
+/// With `VIRTUOS_REPORT` set, prints this process's routed and trapped call counts at exit,
+/// so a hot call on the slow (trapped) path is visible at once.
+#[cfg_attr(test, allow(dead_code))]
+extern "C" fn report_at_exit() {
+    let line = format!(
+        "virtuos: pid {}: {} calls routed to the storage domain, {} calls trapped (slow path)\n",
+        std::process::id(),
+        remote::ROUTED.load(Ordering::Relaxed),
+        sys::TRAPPED.load(Ordering::Relaxed)
+    );
+    // Programs often close stderr in their own exit handlers, which run before this one:
+    // write to the copy taken at start-up.
+    let fd = REPORT_FD.load(Ordering::Relaxed);
+    sys::sys(
+        libc::SYS_write,
+        &[fd, line.as_ptr() as u64, line.len() as u64],
+    );
+}
+
+/// A close-on-exec copy of stderr for the exit report.
+#[cfg_attr(test, allow(dead_code))]
+static REPORT_FD: AtomicU64 = AtomicU64::new(2);
+
 /// Runs when the library is loaded.
 #[cfg(not(test))]
 extern "C" fn virtuos_init() {
@@ -76,6 +99,14 @@ extern "C" fn virtuos_init() {
         return;
     }
     dispatch::init_umask();
+    if std::env::var_os("VIRTUOS_REPORT").is_some() {
+        let fd = sys::sys(libc::SYS_fcntl, &[2, libc::F_DUPFD_CLOEXEC as u64, 512]);
+        if fd >= 0 {
+            REPORT_FD.store(fd as u64, Ordering::Relaxed);
+        }
+        // SAFETY: registering a plain extern "C" function that lives as long as the process.
+        unsafe { libc::atexit(report_at_exit) };
+    }
     // Restores what an exec carried over (connecting to the storage domain if so).
     exec::restore();
     // SAFETY: the handlers are plain extern "C" functions valid for the process's life.

@@ -10,6 +10,9 @@ use crate::config;
 
 static STORAGE: AtomicPtr<Session> = AtomicPtr::new(std::ptr::null_mut());
 
+/// Calls sent to the storage domain by this process (telemetry).
+pub static ROUTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 const EIO: i64 = -(libc::EIO as i64);
 
 /// Connects (or reconnects, after fork) the storage session. Returns `-errno` on failure.
@@ -87,6 +90,7 @@ pub fn call_aux(
     out: Option<&mut [u8]>,
 ) -> (i64, u64) {
     let Some(s) = session() else { return (EIO, 0) };
+    ROUTED.fetch_add(1, Ordering::Relaxed);
     let mut lease = s.lease();
     let mut at = 0usize;
     for (i, inp) in inputs.iter().enumerate() {
@@ -136,6 +140,7 @@ pub fn call_aux(
 /// A call whose payload is written as is, with `args` untouched.
 pub fn call_raw(op: Opcode, args: [u64; 5], payload: &[u8], out: Option<&mut [u8]>) -> i64 {
     let Some(s) = session() else { return EIO };
+    ROUTED.fetch_add(1, Ordering::Relaxed);
     let mut lease = s.lease();
     if lease.write(0, payload).is_err() {
         return -(libc::ENAMETOOLONG as i64);
