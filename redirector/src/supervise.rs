@@ -25,6 +25,9 @@ use xen_transport::{ClientConfig, Session};
 #[allow(dead_code)]
 mod paths;
 
+#[path = "../preload/src/statconv.rs"]
+mod statconv;
+
 use paths::PathBuf as FixedPath;
 
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
@@ -1003,24 +1006,7 @@ impl Supervisor {
         let (addr, bytes): (u64, Vec<u8>) = if nr == libc::SYS_statx {
             (a[4], x.to_vec())
         } else {
-            // SAFETY: struct stat is plain data; zero is a valid value.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            st.st_dev = libc::makedev(sx.stx_dev_major, sx.stx_dev_minor);
-            st.st_ino = sx.stx_ino;
-            st.st_nlink = u64::from(sx.stx_nlink);
-            st.st_mode = u32::from(sx.stx_mode);
-            st.st_uid = sx.stx_uid;
-            st.st_gid = sx.stx_gid;
-            st.st_rdev = libc::makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
-            st.st_size = sx.stx_size as i64;
-            st.st_blksize = i64::from(sx.stx_blksize);
-            st.st_blocks = sx.stx_blocks as i64;
-            st.st_atime = sx.stx_atime.tv_sec;
-            st.st_atime_nsec = i64::from(sx.stx_atime.tv_nsec);
-            st.st_mtime = sx.stx_mtime.tv_sec;
-            st.st_mtime_nsec = i64::from(sx.stx_mtime.tv_nsec);
-            st.st_ctime = sx.stx_ctime.tv_sec;
-            st.st_ctime_nsec = i64::from(sx.stx_ctime.tv_nsec);
+            let st = statconv::statx_to_stat(&sx);
             let addr = match nr {
                 libc::SYS_fstat | libc::SYS_stat | libc::SYS_lstat => a[1],
                 _ => a[2],

@@ -11,6 +11,7 @@ use abi::Opcode;
 use crate::fdtable::{self, Remote};
 use crate::paths::{self, PathBuf};
 use crate::remote;
+use crate::statconv::statx_to_stat;
 use crate::sys::{self, c_str, get, put, syscall6, user_buf, user_buf_mut};
 use crate::{config, cwd};
 
@@ -779,28 +780,6 @@ fn vectored(nr: i64, fd: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
         }
     }
     Ok(Some(total))
-}
-
-fn statx_to_stat(x: &libc::statx) -> libc::stat {
-    // SAFETY: struct stat is plain data; all zeroes is valid.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    st.st_dev = libc::makedev(x.stx_dev_major, x.stx_dev_minor);
-    st.st_ino = x.stx_ino;
-    st.st_nlink = u64::from(x.stx_nlink);
-    st.st_mode = u32::from(x.stx_mode);
-    st.st_uid = x.stx_uid;
-    st.st_gid = x.stx_gid;
-    st.st_rdev = libc::makedev(x.stx_rdev_major, x.stx_rdev_minor);
-    st.st_size = x.stx_size as i64;
-    st.st_blksize = i64::from(x.stx_blksize);
-    st.st_blocks = x.stx_blocks as i64;
-    st.st_atime = x.stx_atime.tv_sec;
-    st.st_atime_nsec = i64::from(x.stx_atime.tv_nsec);
-    st.st_mtime = x.stx_mtime.tv_sec;
-    st.st_mtime_nsec = i64::from(x.stx_mtime.tv_nsec);
-    st.st_ctime = x.stx_ctime.tv_sec;
-    st.st_ctime_nsec = i64::from(x.stx_ctime.tv_nsec);
-    st
 }
 
 const STATX_SIZE: usize = std::mem::size_of::<libc::statx>();

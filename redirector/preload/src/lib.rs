@@ -20,6 +20,7 @@ pub mod exec;
 pub mod fdtable;
 pub mod paths;
 pub mod remote;
+pub mod statconv;
 pub mod sys;
 
 #[cfg(not(test))]
