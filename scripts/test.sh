@@ -20,8 +20,12 @@ cargo fmt --all --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 step "tests (debug)"
+# The integration tests run the real binaries and the preload shim (a cdylib that `cargo test`
+# alone does not build).
+cargo build --workspace
 cargo test --workspace
 step "tests (release: the 8x100k stress test at full speed too)"
+cargo build --release --workspace
 cargo test --release --workspace
 step "miri: ring and record logic"
 cargo +nightly miri test -p virtuos-abi -p xen-transport --lib

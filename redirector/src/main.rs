@@ -115,7 +115,15 @@ struct RunArgs {
 
 fn preload_path() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("VIRTUOS_PRELOAD") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            // The loader would only warn and run the program unredirected: refuse instead.
+            bail!(
+                "VIRTUOS_PRELOAD={}: no such file (build it with `cargo build --workspace`)",
+                p.display()
+            );
+        }
+        return Ok(p);
     }
     let exe = std::env::current_exe().context("locating virtuos-redirect")?;
     let p = exe.with_file_name("libvirtuos_preload.so");

@@ -39,6 +39,12 @@ fn start(name: &str) -> Storage {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(&local).unwrap();
     let sock = base.join("storage.sock");
+    let preload = bin_dir().join("libvirtuos_preload.so");
+    assert!(
+        preload.exists(),
+        "{} missing: run `cargo build --workspace` first (scripts/test.sh does)",
+        preload.display()
+    );
     let storage = bin_dir().join("virtuos-storage");
     assert!(
         storage.exists(),
@@ -69,6 +75,17 @@ fn start(name: &str) -> Storage {
 impl Storage {
     /// Runs `script` with the shell command `shell` under redirection.
     fn redirected_with(&self, shell: &[&str], script: &str) -> Output {
+        let out = self.redirected_unchecked(shell, script);
+        // Nothing may have been written to the local file system at the mount path: that
+        // would mean the program ran unredirected.
+        assert!(
+            !Path::new(MOUNT).exists(),
+            "{MOUNT} exists locally: the program escaped redirection"
+        );
+        out
+    }
+
+    fn redirected_unchecked(&self, shell: &[&str], script: &str) -> Output {
         Command::new(bin_dir().join("virtuos-redirect"))
             .args(["run", "--storage"])
             .arg(&self.sock)
