@@ -414,3 +414,54 @@ fn dead_storage_domain_fails_fast_with_eio() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("storage domain at"), "{err}");
 }
+
+/// sendfile from a remote file to a local non-blocking socket with short writes: every byte
+/// arrives once, in order, and the file position moves by what was sent.
+#[test]
+fn sendfile_with_short_writes_loses_nothing() {
+    let s = start("sendfile");
+    let data: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(s.root.join("big"), &data).unwrap();
+    std::fs::write(s.local.join("big"), &data).unwrap();
+    let script = r#"
+        python3 - "$D/big" <<'PY'
+import hashlib, os, socket, sys
+a, b = socket.socketpair()
+a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+a.setblocking(False)
+f = os.open(sys.argv[1], os.O_RDONLY)
+got = bytearray()
+sent_total = 0
+while True:
+    try:
+        n = os.sendfile(a.fileno(), f, None, 1 << 20)
+    except BlockingIOError:
+        n = -1
+    if n == 0:
+        break
+    if n > 0:
+        sent_total += n
+    b.setblocking(False)
+    try:
+        while True:
+            chunk = b.recv(1 << 16)
+            if not chunk:
+                break
+            got += chunk
+    except BlockingIOError:
+        pass
+a.close()
+b.setblocking(True)
+while True:
+    chunk = b.recv(1 << 16)
+    if not chunk:
+        break
+    got += chunk
+print(len(got), sent_total, os.lseek(f, 0, os.SEEK_CUR), hashlib.sha256(got).hexdigest())
+PY
+    "#;
+    let out = same(&s, script);
+    assert!(out.starts_with("2000000 2000000 2000000 "), "{out}");
+}

@@ -500,7 +500,10 @@ impl<H: Handler> Acceptor<H> {
             };
             for ev in &events[..n] {
                 match ev.data() {
-                    WAKE_TOKEN => {}
+                    // Drain the kick, or the level-triggered wait returns at once forever.
+                    WAKE_TOKEN => {
+                        let _ = self.wake.read();
+                    }
                     LISTENER_TOKEN => self.accept_all(&epoll)?,
                     id => self.close_session(&epoll, id),
                 }

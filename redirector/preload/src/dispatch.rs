@@ -1153,58 +1153,79 @@ fn sendfile(a: [u64; 6]) -> Result<Option<i64>, i64> {
     if rin.is_none() && rout.is_none() {
         return Ok(None);
     }
-    // Emulate with a bounce buffer: read from the source, write to the destination.
-    let mut buf = vec![0u8; remote::window().clamp(4096, 1 << 20)];
-    let count = a[3] as usize;
-    let mut off = if a[2] != 0 {
-        Some(get::<i64>(a[2]) as u64)
-    } else {
-        None
-    };
-    let mut done = 0usize;
-    while done < count {
-        let want = (count - done).min(buf.len());
-        let n = match rin {
-            Some(r) => rw(r, false, buf.as_mut_ptr() as u64, want, off),
-            None => match off {
-                Some(o) => sys::sys(
-                    libc::SYS_pread64,
-                    &[in_fd as u64, buf.as_mut_ptr() as u64, want as u64, o],
-                ),
-                None => sys::sys(
-                    libc::SYS_read,
-                    &[in_fd as u64, buf.as_mut_ptr() as u64, want as u64],
-                ),
-            },
-        };
-        if n <= 0 {
-            if n < 0 && done == 0 {
-                return Ok(Some(n));
-            }
-            break;
-        }
-        let w = match rout {
-            Some(r) => rw(r, true, buf.as_ptr() as u64, n as usize, None),
-            None => dispatch(
-                libc::SYS_write,
-                [out_fd as u64, buf.as_ptr() as u64, n as u64, 0, 0, 0],
+    // Emulated with a per-thread bounce buffer. The source is always read at an explicit
+    // position, so bytes read but not written (a short write to a non-blocking socket) are
+    // not consumed: with a NULL offset the file position moves by what was sent, as Linux's.
+    let seek = |whence: i32, to: u64| -> i64 {
+        match rin {
+            Some(r) => remote::call(
+                Opcode::LSeek,
+                [r.handle.into(), to, whence as u64, 0, 0],
+                &[],
+                None,
             ),
-        };
-        if w < 0 {
-            return Ok(Some(if done > 0 { done as i64 } else { w }));
+            None => sys::sys(libc::SYS_lseek, &[in_fd as u64, to, whence as u64]),
         }
-        done += w as usize;
-        if let Some(o) = off.as_mut() {
-            *o += w as u64;
+    };
+    let start = if a[2] != 0 {
+        get::<i64>(a[2])
+    } else {
+        seek(libc::SEEK_CUR, 0)
+    };
+    if start < 0 {
+        return Ok(Some(start));
+    }
+    let count = a[3] as usize;
+    let mut done = 0usize;
+    let r = BOUNCE.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.is_empty() {
+            buf.resize(remote::window().clamp(64 << 10, 1 << 20), 0);
         }
-        if (w as usize) < n as usize {
-            break;
+        while done < count {
+            let want = (count - done).min(buf.len());
+            let at = start as u64 + done as u64;
+            let n = match rin {
+                Some(r) => rw(r, false, buf.as_mut_ptr() as u64, want, Some(at)),
+                None => sys::sys(
+                    libc::SYS_pread64,
+                    &[in_fd as u64, buf.as_mut_ptr() as u64, want as u64, at],
+                ),
+            };
+            if n <= 0 {
+                return if n < 0 && done == 0 { n } else { done as i64 };
+            }
+            let w = match rout {
+                Some(r) => rw(r, true, buf.as_ptr() as u64, n as usize, None),
+                None => dispatch(
+                    libc::SYS_write,
+                    [out_fd as u64, buf.as_ptr() as u64, n as u64, 0, 0, 0],
+                ),
+            };
+            if w < 0 {
+                return if done > 0 { done as i64 } else { w };
+            }
+            done += w as usize;
+            if (w as usize) < n as usize {
+                break;
+            }
+        }
+        done as i64
+    });
+    if done > 0 || r >= 0 {
+        let end = start as u64 + done as u64;
+        if a[2] != 0 {
+            put(a[2], end as i64);
+        } else {
+            seek(libc::SEEK_SET, end);
         }
     }
-    if let Some(o) = off {
-        put(a[2], o as i64);
-    }
-    Ok(Some(done as i64))
+    Ok(Some(r))
+}
+
+thread_local! {
+    /// sendfile's bounce buffer, allocated once per thread.
+    static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// File mappings of remote files: private ones are emulated with an anonymous mapping filled
