@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
-APT_PACKAGES=(build-essential pkg-config git ca-certificates curl iproute2 python3 sqlite3 tar e2fsprogs util-linux busybox-static)
+APT_PACKAGES=(build-essential pkg-config git ca-certificates curl iproute2 python3 sqlite3 tar e2fsprogs util-linux busybox-static nginx wrk)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do have_pkg "$p" || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -73,3 +73,7 @@ step "main job: virtuos-bench latency (native syscall, seccomp, ring round trips
 mkdir -p results
 ./target/release/virtuos-bench latency --json results/latency.json --plot results/latency.svg
 echo "wrote results/latency.json and results/latency.svg"
+
+step "main job: nginx under wrk, native and through the storage domain (virtuos-bench nginx --quick)"
+./target/release/virtuos-bench nginx --quick --json results/nginx-quick.json --plot results/nginx-quick.svg
+./target/release/virtuos-bench report --latency results/latency.json --nginx results/nginx-quick.json --out results/report.md

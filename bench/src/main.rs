@@ -4,13 +4,23 @@
 //! a native system call, a futex ping-pong between two threads, a seccomp user-notification
 //! round trip, a seccomp SIGSYS trap, and the shared-memory ring in spinning and sleeping
 //! modes. It prints a table, and optionally writes a JSON report and an SVG chart.
+//!
+//! `virtuos-bench nginx` measures nginx served natively and through the service domains under
+//! wrk (module `nginx`); `virtuos-bench report` turns the JSON files into one Markdown page.
 
+mod cpus;
+mod http;
 mod machine;
+mod nginx;
 mod plot;
+mod procs;
+mod report;
 mod ring;
+mod sha256;
 mod stats;
 mod sys;
 mod syscalls;
+mod wrk;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -46,6 +56,20 @@ enum Command {
     /// Client and peer threads are pinned to two different CPUs when there are at least two.
     /// Sub-microsecond operations are timed in batches and divided by the batch size.
     Latency(LatencyArgs),
+    /// nginx under wrk, natively and with its calls served by the service domains: requests/s,
+    /// p50/p99 latency, bytes/s and CPU time per mode × size × keep-alive, with ratios to
+    /// native at equal application workers and at equal total cores.
+    ///
+    /// Starts nginx itself from a generated configuration in a temporary directory (the
+    /// system's nginx configuration is never read or touched) on 127.0.0.1 and a free port,
+    /// checks that every mode serves byte-identical files, then runs the modes interleaved
+    /// (order rotated each repetition) and reports median and min–max. Needs nginx and wrk;
+    /// the redirected modes need virtuos-storage, virtuos-redirect and libvirtuos_preload.so
+    /// next to this binary. Modes whose service domain is not available are reported as
+    /// skipped, never estimated.
+    Nginx(nginx::NginxArgs),
+    /// One Markdown page from the JSON files of `latency` and `nginx`, plots linked.
+    Report(report::ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +114,8 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Latency(args) => latency(&args),
+        Command::Nginx(args) => nginx::run(&args),
+        Command::Report(args) => report::run(&args),
     }
 }
 
@@ -244,12 +270,44 @@ mod tests {
             "a.svg",
         ])
         .unwrap();
-        let Command::Latency(args) = cli.command;
+        let Command::Latency(args) = cli.command else {
+            panic!("not latency");
+        };
         assert!(args.quick);
         assert_eq!(args.samples, Some(5));
         assert_eq!(args.json.as_deref(), Some(Path::new("a.json")));
         assert!(Cli::try_parse_from(["virtuos-bench", "latency", "--samples", "0"]).is_err());
         assert!(Cli::try_parse_from(["virtuos-bench", "storage"]).is_err());
+    }
+
+    #[test]
+    fn parses_nginx_and_report_flags() {
+        let cli = Cli::try_parse_from([
+            "virtuos-bench",
+            "nginx",
+            "--quick",
+            "--sizes",
+            "1k,1m",
+            "--keepalive",
+            "off",
+            "--app-cpus",
+            "0",
+            "--server-cpus",
+            "1",
+            "--workers",
+            "2",
+        ])
+        .unwrap();
+        let Command::Nginx(args) = cli.command else {
+            panic!("not nginx");
+        };
+        assert!(args.quick);
+        assert_eq!(args.workers, 2);
+        assert_eq!(args.keepalive, nginx::KeepAlive::Off);
+        assert!(Cli::try_parse_from(["virtuos-bench", "nginx", "--workers", "0"]).is_err());
+        assert!(Cli::try_parse_from(["virtuos-bench", "nginx", "--keepalive", "x"]).is_err());
+        assert!(Cli::try_parse_from(["virtuos-bench", "report"]).is_err());
+        assert!(Cli::try_parse_from(["virtuos-bench", "report", "--nginx", "n.json"]).is_ok());
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Raw system interfaces the benchmarks need: CPU affinity, futexes, seccomp filters and
-//! listeners, the SIGSYS trap handler and `uname`.
+//! listeners, the SIGSYS trap handler, `uname`, clock ticks and signals to processes.
 //!
 //! Every `unsafe` block of the crate lives in this module; callers get safe wrappers that
 //! report failures as [`io::Error`].
@@ -405,6 +405,30 @@ fn field_to_string(field: &[libc::c_char]) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+// ----- processes ------------------------------------------------------------------------------
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of /proc/<pid>/stat CPU times.
+pub fn clock_ticks_per_s() -> u64 {
+    // SAFETY: sysconf takes no pointers and has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(100)
+}
+
+/// Sends `signal` to process `pid` (`kill(2)`); `pid` must be positive (one process, never a
+/// group or every process).
+pub fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: kill takes no pointers; a positive pid names exactly one process.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +447,13 @@ mod tests {
             getppid_raw().unwrap(),
             i64::from(std::os::unix::process::parent_id())
         );
+    }
+
+    #[test]
+    fn process_helpers() {
+        assert!(clock_ticks_per_s() > 0);
+        send_signal(std::process::id(), 0).unwrap();
+        assert!(send_signal(0, 0).is_err());
     }
 
     #[test]
