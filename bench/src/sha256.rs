@@ -4,7 +4,10 @@ use sha2::{Digest, Sha256};
 
 /// Lowercase hex SHA-256 of `data`.
 pub fn hex_digest(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

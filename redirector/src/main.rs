@@ -20,6 +20,7 @@ use xen_transport::control::connect_session;
 use xen_transport::ClientConfig;
 
 mod bpf;
+mod domains;
 
 /// Run programs with their calls served by virtuos service domains.
 #[derive(Parser, Debug)]
@@ -41,6 +42,24 @@ enum Cmd {
     Status(StatusArgs),
     /// Live per-second view of the attached cgroups' system calls, routed and local.
     Top(TopArgs),
+    /// Supervise the service domains: start them, restart them when they die (with backoff).
+    Domains(DomainsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DomainsArgs {
+    /// Export root of the storage domain.
+    #[arg(long, value_name = "DIR")]
+    storage_root: PathBuf,
+    /// Socket the storage domain listens on.
+    #[arg(long, value_name = "SOCK")]
+    storage: PathBuf,
+    /// CPUs for the storage domain's workers (passed as --cpus).
+    #[arg(long, value_name = "LIST")]
+    storage_cpus: Option<String>,
+    /// State file (JSON) read by `status`.
+    #[arg(long, value_name = "FILE", default_value = domains::DEFAULT_STATE)]
+    state: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -282,6 +301,12 @@ fn main() -> Result<()> {
             }
             0
         }
+        Cmd::Domains(a) => domains::run(domains::DomainsOpts {
+            storage_root: a.storage_root,
+            storage_sock: a.storage,
+            storage_cpus: a.storage_cpus,
+            state: a.state,
+        })?,
         Cmd::Status(a) => {
             bpf::status(&bpf::StatusOpts {
                 storage: a.storage,

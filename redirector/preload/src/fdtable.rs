@@ -10,6 +10,18 @@
 //! Lookups and updates are single atomic operations on static arrays: no allocation, no lock,
 //! safe in signal handlers. Directory paths (for `fchdir` and `*at` calls relative to a remote
 //! directory) are kept per handle behind a spin lock.
+//!
+//! **Generations.** Every storage session the process connects gets a generation number (see
+//! `remote`); a table entry records the generation its handle was opened in (bits 32..62 of
+//! the entry). After the storage domain restarted, the new session numbers its handles from
+//! scratch, so an entry of an older generation must never reach it: [`get`] returns such an
+//! entry with the handle [`STALE`], which `remote` fails with EIO without sending anything.
+//!
+//! The handle that [`get`] hands out (and that [`set`] takes) is a *tagged* handle: the
+//! server's handle in the low [`HANDLE_BITS`] bits and, above them, an 8-bit tag of the
+//! generation it belongs to (0: untagged, meaning the current generation; 255: [`STALE`]).
+//! The tag lets `remote` recheck, at the moment it sends a call, that the handle belongs to
+//! the session it is about to use, closing the window between a lookup and a reconnect.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -18,29 +30,108 @@ pub const MAX_FDS: usize = 65536;
 /// Highest remote handle number, plus one.
 pub const MAX_HANDLES: usize = 65536;
 
+/// Bits of a tagged handle that carry the server's handle number.
+pub const HANDLE_BITS: u32 = 24;
+const HANDLE_MASK: u32 = (1 << HANDLE_BITS) - 1;
+/// The handle of an entry from an older generation: every call on it fails with EIO.
+pub const STALE: u32 = u32::MAX;
+const STALE_TAG: u32 = STALE >> HANDLE_BITS;
+
 const PRESENT: u64 = 1 << 63;
 const IS_DIR: u64 = 1 << 62;
+const GEN_SHIFT: u32 = 32;
+/// Generations are 30 bits wide (bits 32..62 of an entry); 0 is never a live generation.
+const GEN_MASK: u64 = (1 << 30) - 1;
 
 static FDS: [AtomicU64; MAX_FDS] = [const { AtomicU64::new(0) }; MAX_FDS];
 static REFS: [AtomicU32; MAX_HANDLES] = [const { AtomicU32::new(0) }; MAX_HANDLES];
 static REMOTE_COUNT: AtomicU32 = AtomicU32::new(0);
+/// The generation of the current storage session.
+static GENERATION: AtomicU32 = AtomicU32::new(1);
 
 /// A remote file as the table knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Remote {
-    /// Handle in the storage session's table.
+    /// Handle in the storage session's table, tagged with its generation (see the module
+    /// documentation), or [`STALE`].
     pub handle: u32,
     /// Opened as a directory.
     pub is_dir: bool,
 }
 
-fn encode(r: Remote) -> u64 {
-    PRESENT | if r.is_dir { IS_DIR } else { 0 } | u64::from(r.handle)
+/// The generation of the current session.
+pub fn generation() -> u32 {
+    GENERATION.load(Ordering::Acquire)
 }
 
-fn decode(v: u64) -> Option<Remote> {
-    (v & PRESENT != 0).then_some(Remote {
-        handle: v as u32,
+/// The generation after `g` (30 bits, skipping 0).
+pub fn next_generation(g: u32) -> u32 {
+    let n = (u64::from(g) + 1) & GEN_MASK;
+    if n == 0 {
+        1
+    } else {
+        n as u32
+    }
+}
+
+/// Makes `g` the current generation. Entries of other generations become stale.
+pub fn set_generation(g: u32) {
+    GENERATION.store(g, Ordering::Release);
+}
+
+/// Starts a new generation whose handle numbers begin afresh: every existing entry becomes
+/// stale, handle reference counts and directory paths start empty. Called before the new
+/// session is published. Returns the new generation.
+pub fn new_generation() -> u32 {
+    let g = next_generation(generation());
+    set_generation(g);
+    for r in REFS.iter() {
+        r.store(0, Ordering::Relaxed);
+    }
+    with_dirs(|d| d.clear());
+    g
+}
+
+/// The 8-bit tag of generation `g` (1..=254).
+pub fn tag_of_generation(g: u32) -> u32 {
+    g % 254 + 1
+}
+
+/// Tags the server handle `raw` as belonging to generation `g`. Handles that do not fit
+/// [`HANDLE_BITS`] cannot be tagged: the caller must not hand them out.
+pub fn tag(raw: u32, g: u32) -> u32 {
+    (tag_of_generation(g) << HANDLE_BITS) | (raw & HANDLE_MASK)
+}
+
+/// The server's handle number inside a tagged handle.
+pub fn raw(handle: u32) -> u32 {
+    handle & HANDLE_MASK
+}
+
+/// What a tagged handle means to a session of generation `g`: its server handle number, or
+/// None when it belongs to another generation (or is [`STALE`]).
+pub fn handle_in(handle: u32, g: u32) -> Option<u32> {
+    let t = handle >> HANDLE_BITS;
+    (t != STALE_TAG && (t == 0 || t == tag_of_generation(g))).then_some(handle & HANDLE_MASK)
+}
+
+fn encode(raw: u32, is_dir: bool, g: u32) -> u64 {
+    PRESENT
+        | if is_dir { IS_DIR } else { 0 }
+        | ((u64::from(g) & GEN_MASK) << GEN_SHIFT)
+        | u64::from(raw)
+}
+
+/// Decodes an entry for a table whose current generation is `cur`: the tagged handle, or
+/// [`STALE`] for an entry of another generation.
+fn decode(v: u64, cur: u32) -> Option<Remote> {
+    if v & PRESENT == 0 {
+        return None;
+    }
+    let g = ((v >> GEN_SHIFT) & GEN_MASK) as u32;
+    let handle = if g == cur { tag(v as u32, g) } else { STALE };
+    Some(Remote {
+        handle,
         is_dir: v & IS_DIR != 0,
     })
 }
@@ -48,7 +139,7 @@ fn decode(v: u64) -> Option<Remote> {
 /// What `fd` stands for, if it is a remote placeholder.
 pub fn get(fd: i64) -> Option<Remote> {
     let i = usize::try_from(fd).ok().filter(|&i| i < MAX_FDS)?;
-    decode(FDS[i].load(Ordering::Acquire))
+    decode(FDS[i].load(Ordering::Acquire), generation())
 }
 
 /// True when any remote fd exists (fork/exec then need to carry the session over).
@@ -56,43 +147,67 @@ pub fn any() -> bool {
     REMOTE_COUNT.load(Ordering::Relaxed) > 0
 }
 
+/// The generation an entry for the tagged handle `handle` gets: the current one for an
+/// untagged handle or one tagged with the current generation, else 0 (never live: stale).
+fn generation_for(handle: u32, cur: u32) -> u32 {
+    if handle_in(handle, cur).is_some() {
+        cur
+    } else {
+        0
+    }
+}
+
 /// Records that placeholder `fd` stands for `r`, taking a reference on its handle. A previous
-/// remote meaning of `fd` is returned so the caller can release it.
+/// remote meaning of `fd` is returned so the caller can release it. A handle of another
+/// generation (or [`STALE`]) is recorded as stale and takes no reference.
 pub fn set(fd: i64, r: Remote) -> Option<Remote> {
     let i = usize::try_from(fd).ok().filter(|&i| i < MAX_FDS)?;
-    if (r.handle as usize) < MAX_HANDLES {
-        REFS[r.handle as usize].fetch_add(1, Ordering::AcqRel);
+    let cur = generation();
+    let g = generation_for(r.handle, cur);
+    let h = raw(r.handle);
+    if g != 0 && (h as usize) < MAX_HANDLES {
+        REFS[h as usize].fetch_add(1, Ordering::AcqRel);
     }
-    let old = decode(FDS[i].swap(encode(r), Ordering::AcqRel));
+    let old = decode(FDS[i].swap(encode(h, r.is_dir, g), Ordering::AcqRel), cur);
     if old.is_none() {
         REMOTE_COUNT.fetch_add(1, Ordering::Relaxed);
     }
     old
 }
 
-/// Forgets `fd`; returns what it stood for and whether that was the handle's last reference.
+/// Forgets `fd`; returns what it stood for and whether that was the handle's last reference
+/// (always true for a stale entry, whose handle died with its session).
 pub fn clear(fd: i64) -> Option<(Remote, bool)> {
     let i = usize::try_from(fd).ok().filter(|&i| i < MAX_FDS)?;
-    let old = decode(FDS[i].swap(0, Ordering::AcqRel))?;
+    let old = decode(FDS[i].swap(0, Ordering::AcqRel), generation())?;
     REMOTE_COUNT.fetch_sub(1, Ordering::Relaxed);
     Some((old, release(old.handle)))
 }
 
-/// Drops one reference on `handle`; true when it was the last.
+/// Drops one reference on the tagged `handle`; true when it was the last (or when the
+/// handle belongs to another generation, which holds no references).
 pub fn release(handle: u32) -> bool {
-    match REFS.get(handle as usize) {
+    let Some(h) = handle_in(handle, generation()) else {
+        return true;
+    };
+    match REFS.get(h as usize) {
         Some(r) => r.fetch_sub(1, Ordering::AcqRel) == 1,
         None => true,
     }
 }
 
-/// Calls `f(fd, remote)` for every remote fd.
+/// Calls `f(fd, remote)` for every remote fd. Handles are given untagged (the server's
+/// numbers, as an exec's new image will know them), stale ones as [`STALE`].
 pub fn for_each(mut f: impl FnMut(i64, Remote)) {
     if !any() {
         return;
     }
+    let cur = generation();
     for (i, e) in FDS.iter().enumerate() {
-        if let Some(r) = decode(e.load(Ordering::Acquire)) {
+        if let Some(mut r) = decode(e.load(Ordering::Acquire), cur) {
+            if r.handle != STALE {
+                r.handle = raw(r.handle);
+            }
             f(i as i64, r);
         }
     }
@@ -127,8 +242,12 @@ fn with_dirs<R>(f: impl FnOnce(&mut Vec<Option<(u32, Box<[u8]>)>>) -> R) -> R {
     r
 }
 
-/// Remembers the export-relative path of directory handle `handle`.
+/// Remembers the export-relative path of directory handle `handle` (tagged; a handle of
+/// another generation is ignored).
 pub fn set_dir_path(handle: u32, path: &[u8]) {
+    let Some(handle) = handle_in(handle, generation()) else {
+        return;
+    };
     let boxed: Box<[u8]> = path.into();
     with_dirs(|d| {
         if let Some(slot) = d
@@ -144,8 +263,10 @@ pub fn set_dir_path(handle: u32, path: &[u8]) {
     })
 }
 
-/// Copies the path of directory handle `handle` into `out`; returns its length.
+/// Copies the path of directory handle `handle` into `out`; returns its length (None for a
+/// stale handle).
 pub fn dir_path(handle: u32, out: &mut [u8]) -> Option<usize> {
+    let handle = handle_in(handle, generation())?;
     with_dirs(|d| {
         let (_, p) = d.iter().flatten().find(|(h, _)| *h == handle)?;
         let n = p.len().min(out.len());
@@ -156,6 +277,9 @@ pub fn dir_path(handle: u32, out: &mut [u8]) -> Option<usize> {
 
 /// Forgets the path of `handle`.
 pub fn forget_dir(handle: u32) {
+    let Some(handle) = handle_in(handle, generation()) else {
+        return;
+    };
     with_dirs(|d| {
         for s in d.iter_mut() {
             if matches!(s, Some((h, _)) if *h == handle) {
@@ -163,4 +287,126 @@ pub fn forget_dir(handle: u32) {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_with_their_generation() {
+        for g in [1u32, 2, 253, 254, 255, (1 << 30) - 1] {
+            for raw_h in [0u32, 1, 7, 65535, HANDLE_MASK] {
+                for is_dir in [false, true] {
+                    let v = encode(raw_h, is_dir, g);
+                    let r = decode(v, g).unwrap();
+                    assert_eq!(r.is_dir, is_dir);
+                    assert_eq!(handle_in(r.handle, g), Some(raw_h), "g {g} h {raw_h}");
+                    assert_ne!(r.handle, STALE);
+                    // In any other generation the entry is stale.
+                    let other = decode(v, next_generation(g)).unwrap();
+                    assert_eq!(other.handle, STALE);
+                    assert_eq!(other.is_dir, is_dir);
+                    assert_eq!(handle_in(other.handle, g), None);
+                    assert_eq!(handle_in(other.handle, next_generation(g)), None);
+                }
+            }
+        }
+        assert_eq!(decode(0, 1), None);
+    }
+
+    #[test]
+    fn generations_skip_zero_and_tags_stay_in_range() {
+        assert_eq!(next_generation((1 << 30) - 1), 1);
+        assert_eq!(next_generation(1), 2);
+        for g in 1..2000u32 {
+            let t = tag_of_generation(g);
+            assert!((1..=254).contains(&t));
+            assert_ne!(t, tag_of_generation(next_generation(g)));
+        }
+    }
+
+    #[test]
+    fn tagged_handles_reach_only_their_own_generation() {
+        let h = tag(5, 3);
+        assert_eq!(handle_in(h, 3), Some(5));
+        assert_eq!(handle_in(h, 4), None);
+        // Untagged handles (an exec's restored table) belong to the current generation.
+        assert_eq!(handle_in(5, 4), Some(5));
+        assert_eq!(handle_in(STALE, 3), None);
+        assert_eq!(generation_for(h, 3), 3);
+        assert_eq!(generation_for(h, 4), 0);
+        assert_eq!(generation_for(STALE, 3), 0);
+        assert_eq!(raw(h), 5);
+    }
+
+    #[test]
+    fn table_turns_stale_across_a_new_generation() {
+        // One test touches the global table, so nothing else races with it.
+        let g = generation();
+        assert_eq!(
+            set(
+                10,
+                Remote {
+                    handle: tag(4, g),
+                    is_dir: false
+                }
+            ),
+            None
+        );
+        assert_eq!(set(11, get(10).unwrap()), None); // a dup shares handle 4
+        set_dir_path(tag(6, g), b"dir");
+        assert_eq!(
+            set(
+                12,
+                Remote {
+                    handle: tag(6, g),
+                    is_dir: true
+                }
+            ),
+            None
+        );
+        let mut buf = [0u8; 8];
+        assert_eq!(dir_path(get(12).unwrap().handle, &mut buf), Some(3));
+        assert_eq!(
+            clear(10).map(|(r, last)| (raw(r.handle), last)),
+            Some((4, false))
+        );
+        let g2 = new_generation();
+        assert_ne!(g, g2);
+        let stale = get(11).unwrap();
+        assert_eq!(stale.handle, STALE);
+        assert_eq!(dir_path(get(12).unwrap().handle, &mut buf), None);
+        // The new session's handle 4 is counted on its own.
+        assert_eq!(
+            set(
+                20,
+                Remote {
+                    handle: tag(4, g2),
+                    is_dir: false
+                }
+            ),
+            None
+        );
+        assert_eq!(clear(11), Some((stale, true)));
+        assert_eq!(
+            clear(20).map(|(r, last)| (r.handle, last)),
+            Some((tag(4, g2), true))
+        );
+        // A handle tagged by the old session, recorded late, is stale at once.
+        set(
+            21,
+            Remote {
+                handle: tag(9, g),
+                is_dir: false,
+            },
+        );
+        assert_eq!(get(21).unwrap().handle, STALE);
+        let mut seen = Vec::new();
+        for_each(|fd, r| seen.push((fd, r.handle)));
+        assert!(seen.contains(&(21, STALE)));
+        assert!(seen.contains(&(12, STALE)));
+        reset();
+        assert!(!any());
+    }
 }

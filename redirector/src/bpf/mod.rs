@@ -781,6 +781,7 @@ pub fn status(opts: &StatusOpts) -> Result<()> {
         "attached": attached,
         "lsm_probe": kernel,
         "domains": domains,
+        "supervised": crate::domains::status_report().0,
     });
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -837,6 +838,9 @@ pub fn status(opts: &StatusOpts) -> Result<()> {
     if root {
         println!("kernel answer to the BPF LSM variants (load without attach, now):");
         print_hooks(&kernel, "  ");
+    }
+    for line in crate::domains::status_report().1 {
+        println!("{line}");
     }
     for d in &domains {
         if d["ok"].as_bool() == Some(true) {
