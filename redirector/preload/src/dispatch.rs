@@ -255,22 +255,7 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
                 remote::call(Opcode::FChmod, [r.handle.into(), a[1], 0, 0, 0], &[], None)
             })
         }
-        libc::SYS_fchown => {
-            return on_fd(fd, |r| {
-                remote::call(
-                    Opcode::FChown,
-                    [
-                        r.handle.into(),
-                        a[1] as u32 as u64,
-                        a[2] as u32 as u64,
-                        0,
-                        0,
-                    ],
-                    &[],
-                    None,
-                )
-            })
-        }
+        libc::SYS_fchown => return on_fd(fd, |r| fchown_remote(r, a[1], a[2])),
         libc::SYS_fallocate => {
             return on_fd(fd, |r| {
                 remote::call(
@@ -426,12 +411,7 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             } else {
                 (a[1], a[2])
             };
-            remote::call(
-                Opcode::FChown,
-                [r.handle.into(), u as u32 as u64, g as u32 as u64, 0, 0],
-                &[],
-                None,
-            )
+            fchown_remote(r, u, g)
         }
         libc::SYS_chmod => {
             return path_op(AT_FDCWD, a[0], nr, a, |p| {
@@ -476,20 +456,7 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
         }
         libc::SYS_fchownat => {
             if a[4] & libc::AT_EMPTY_PATH as u64 != 0 && path_arg(a[1])?.is_empty() {
-                return on_fd(fd, |r| {
-                    remote::call(
-                        Opcode::FChown,
-                        [
-                            r.handle.into(),
-                            a[2] as u32 as u64,
-                            a[3] as u32 as u64,
-                            0,
-                            0,
-                        ],
-                        &[],
-                        None,
-                    )
-                });
+                return on_fd(fd, |r| fchown_remote(r, a[2], a[3]));
             }
             return path_op(fd, a[1], nr, a, |p| {
                 remote::call(
@@ -567,6 +534,12 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
 /// `proc_fd` of a path argument.
 fn by_proc_fd(p: u64) -> Option<Remote> {
     c_str(p, 64).and_then(proc_fd)
+}
+
+/// FChown on a remote file (uid/gid `u32::MAX`, as -1 from C, leave it unchanged).
+fn fchown_remote(r: Remote, uid: u64, gid: u64) -> i64 {
+    let args = [r.handle.into(), uid as u32 as u64, gid as u32 as u64, 0, 0];
+    remote::call(Opcode::FChown, args, &[], None)
 }
 
 fn either_remote(fd: i64, other: u64) -> bool {
