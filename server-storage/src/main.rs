@@ -6,9 +6,8 @@
 
 use anyhow::Context;
 use clap::{ArgGroup, Parser};
-use service::{cpus, install_signal_handlers, Runtime, RuntimeConfig};
+use service::{install_signal_handlers, Runtime, RuntimeConfig};
 use virtuos_storage::Storage;
-use xen_transport::SpinPolicy;
 
 /// Serve forwarded file system calls, confined to an export root and run with each client's
 /// uid, gid and supplementary groups.
@@ -54,12 +53,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    service::init_logging();
     let args = Args::parse();
     let storage = match (&args.root, &args.device) {
         (Some(dir), _) => Storage::with_root(dir)?,
@@ -73,21 +67,15 @@ fn main() -> anyhow::Result<()> {
         Ok(n) => tracing::debug!(limit = n, "open file limit"),
         Err(e) => tracing::warn!(errno = e, "cannot raise the open file limit"),
     }
-    let mut cfg = RuntimeConfig::new(&args.listen);
-    if let Some(list) = &args.cpus {
-        cfg.cpus = cpus::parse_cpu_list(list)?;
-    }
-    cfg.threads = args.threads.unwrap_or(cfg.cpus.len().max(1));
-    cfg.max_sessions = args.max_sessions;
+    let mut cfg = RuntimeConfig::from_common_options(
+        &args.listen,
+        args.cpus.as_deref(),
+        args.threads,
+        args.max_sessions,
+        args.spin_max_ns,
+    )?;
     cfg.blocking_threads = args.blocking_threads;
     cfg.max_handles = args.max_files;
-    if let Some(ns) = args.spin_max_ns {
-        let max = std::time::Duration::from_nanos(ns);
-        cfg.spin = SpinPolicy {
-            min: cfg.spin.min.min(max),
-            max,
-        };
-    }
     let export = storage.export().to_string();
     let rt = Runtime::start(cfg, storage).context("starting the storage service")?;
     // Every local user may connect; each acts as themselves.

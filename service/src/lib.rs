@@ -128,6 +128,32 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
+    /// Defaults for a socket path with the command-line options every server shares applied:
+    /// `--cpus LIST`, `--threads N` (default: one per listed CPU, or 1), `--max-sessions N`
+    /// and `--spin-max-ns NS` (longest idle spin; 0 sleeps at once).
+    pub fn from_common_options(
+        listen: impl Into<PathBuf>,
+        cpus: Option<&str>,
+        threads: Option<usize>,
+        max_sessions: usize,
+        spin_max_ns: Option<u64>,
+    ) -> Result<Self, ServiceError> {
+        let mut cfg = RuntimeConfig::new(listen);
+        if let Some(list) = cpus {
+            cfg.cpus = cpus::parse_cpu_list(list)?;
+        }
+        cfg.threads = threads.unwrap_or(cfg.cpus.len().max(1));
+        cfg.max_sessions = max_sessions;
+        if let Some(ns) = spin_max_ns {
+            let max = Duration::from_nanos(ns);
+            cfg.spin = SpinPolicy {
+                min: cfg.spin.min.min(max),
+                max,
+            };
+        }
+        Ok(cfg)
+    }
+
     /// Defaults for a socket path.
     pub fn new(listen: impl Into<PathBuf>) -> Self {
         RuntimeConfig {
@@ -262,6 +288,16 @@ impl ShutdownHandle {
     pub fn is_triggered(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`): what every server binary does first.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Wires SIGTERM and SIGINT to `handle` (a thread waits for them; no async-signal hazards).

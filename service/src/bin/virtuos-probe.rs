@@ -5,8 +5,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use virtuos_service::{cpus, install_signal_handlers, ProbeHandler, Runtime, RuntimeConfig};
-use xen_transport::SpinPolicy;
+use virtuos_service::{install_signal_handlers, ProbeHandler, Runtime, RuntimeConfig};
 
 /// Serve the virtuos probe opcodes (Nop, UringNop, Echo, WhoAmI, Delay) on a Unix socket.
 #[derive(Parser, Debug)]
@@ -30,26 +29,15 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    virtuos_service::init_logging();
     let args = Args::parse();
-    let mut cfg = RuntimeConfig::new(&args.listen);
-    if let Some(list) = &args.cpus {
-        cfg.cpus = cpus::parse_cpu_list(list)?;
-    }
-    cfg.threads = args.threads.unwrap_or(cfg.cpus.len().max(1));
-    cfg.max_sessions = args.max_sessions;
-    if let Some(ns) = args.spin_max_ns {
-        let max = std::time::Duration::from_nanos(ns);
-        cfg.spin = SpinPolicy {
-            min: cfg.spin.min.min(max),
-            max,
-        };
-    }
+    let cfg = RuntimeConfig::from_common_options(
+        &args.listen,
+        args.cpus.as_deref(),
+        args.threads,
+        args.max_sessions,
+        args.spin_max_ns,
+    )?;
     let rt = Runtime::start(cfg, ProbeHandler).context("starting the probe service")?;
     install_signal_handlers(rt.shutdown_handle())?;
     rt.join();
