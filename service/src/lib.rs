@@ -47,7 +47,7 @@ use xen_transport::{Credentials, Layout, ServerSession, ServerState, SpinPolicy,
 
 pub use fdtable::{CloneKind, CloneTokens, FdTable};
 pub use pool::DEFAULT_BLOCKING_THREADS;
-pub use worker::{BlockingFn, Call, Keep, Outcome, SessionCtx};
+pub use worker::{BlockingFn, Call, Keep, Outcome, SessionCtx, SessionRef};
 
 /// Default geometry offered to clients that do not ask for one.
 pub const DEFAULT_CHANNELS: u32 = 64;
@@ -88,6 +88,10 @@ pub trait Handler: Send + Sync + 'static {
 
     /// A session ended (the client exited or closed its connection).
     fn session_closed(&self, _id: u64, _creds: Credentials) {}
+
+    /// A session adopted a snapshot of another one's files ([`abi::Opcode::Adopt`], after a
+    /// fork or an exec): `call` is the adopt request, [`Call::fds`] the new table.
+    fn adopted(&self, _call: &Call<'_>) {}
 }
 
 /// A handler that only serves the runtime's own probes (benchmarks, tests).
@@ -209,6 +213,8 @@ fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> ServiceError {
 pub(crate) struct Live {
     pub(crate) s: ServerSession,
     pub(crate) ctx: SessionCtx,
+    /// Set when the session ended (handlers holding a [`SessionRef`] check it).
+    pub(crate) closed: AtomicBool,
 }
 
 /// The live sessions, shared by the acceptor and the workers.
@@ -617,6 +623,7 @@ impl<H: Handler> Acceptor<H> {
                             identity,
                             fds: FdTable::new(self.max_handles),
                         },
+                        closed: AtomicBool::new(false),
                     });
                     epoll
                         .add(
@@ -648,6 +655,7 @@ impl<H: Handler> Acceptor<H> {
 
     fn close_session(&mut self, epoll: &Epoll, id: u64) {
         if let Some(l) = self.sessions.remove(id) {
+            l.closed.store(true, Ordering::Relaxed);
             let s = &l.s;
             let _ = epoll.delete(s.control());
             let c = s.client_stats();

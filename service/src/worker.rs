@@ -52,6 +52,42 @@ pub enum Outcome {
     /// lock request): it runs on a thread of its own, so that waiters cannot take every pool
     /// thread and starve the calls that would release them.
     Wait(BlockingFn),
+    /// As [`Outcome::SubmitKeep`] (the keep may be `()`), for an operation that may wait
+    /// indefinitely: it is linked to an io_uring timeout of the given length (`None`: no
+    /// limit). When the timeout fires, [`Handler::complete`] gets `-EAGAIN`; when the client
+    /// cancels the request (a signal interrupted it), `-EINTR`.
+    SubmitWaiting(io_uring::squeue::Entry, Keep, Option<Duration>),
+}
+
+/// A session as a handler may keep it beyond one call (to push readiness from elsewhere).
+#[derive(Clone)]
+pub struct SessionRef(pub(crate) Arc<Live>);
+
+impl SessionRef {
+    /// The session id.
+    pub fn id(&self) -> u64 {
+        self.0.s.id()
+    }
+
+    /// The session's open files.
+    pub fn fds(&self) -> &FdTable {
+        &self.0.ctx.fds
+    }
+
+    /// Publishes handle `h`'s readiness (see [`xen_transport::events`]).
+    pub fn publish_event(&self, h: usize, mask: u32, edge: bool) {
+        self.0.s.publish_event(h, mask, edge)
+    }
+
+    /// Clears handle `h`'s readiness word.
+    pub fn clear_event(&self, h: usize) {
+        self.0.s.clear_event(h)
+    }
+
+    /// True once the session has ended (its client is gone).
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Relaxed)
+    }
 }
 
 /// Per-session state the runtime keeps beside the shared region.
@@ -67,7 +103,7 @@ pub struct SessionCtx {
 
 /// One request being served.
 pub struct Call<'a> {
-    live: &'a Live,
+    live: &'a Arc<Live>,
     channel: u32,
     req: ValidRequest,
     personality: Option<u16>,
@@ -103,6 +139,11 @@ impl Call<'_> {
     /// The session's open files.
     pub fn fds(&self) -> &FdTable {
         &self.live.ctx.fds
+    }
+
+    /// The session, to keep beyond this call.
+    pub fn session(&self) -> SessionRef {
+        SessionRef(self.live.clone())
     }
 
     /// The io_uring personality acting as this session's client on this worker (the runtime
@@ -175,7 +216,8 @@ pub(crate) struct WorkerCtx<H: Handler> {
 /// A session as one worker sees it: its channels and their private indices.
 struct Mine {
     live: Arc<Live>,
-    channels: Vec<(u32, BackState)>,
+    /// Channel, its private indices, the last cancel id seen.
+    channels: Vec<(u32, BackState, u64)>,
     /// This worker's io_uring personality for the session's client.
     personality: Option<u16>,
 }
@@ -192,17 +234,24 @@ struct InFlight {
     keep: Option<Keep>,
     /// An io_uring operation (else a blocking-pool call).
     uring: bool,
+    /// A linked timeout's length, kept until the entry is submitted.
+    timeout: Option<Box<types::Timespec>>,
+    /// The client asked to cancel it (a signal interrupted the caller).
+    cancelled: bool,
 }
 
 /// Work a request still needs after the polling pass.
 enum Work {
     Uring(io_uring::squeue::Entry, Option<Keep>),
+    Waiting(io_uring::squeue::Entry, Keep, Option<Duration>),
     Blocking(BlockingFn),
     Wait(BlockingFn),
 }
 
 const WAKE_TOKEN: u64 = u64::MAX;
 const URING_TOKEN: u64 = u64::MAX - 1;
+/// user_data of linked timeouts and cancel entries (their completions are ignored).
+const AUX_TOKEN: u64 = u64::MAX - 2;
 /// Requests taken from one channel per pass, so one busy client cannot starve the others.
 const BATCH: usize = 16;
 
@@ -345,7 +394,7 @@ impl<H: Handler> Worker<H> {
             }
             let channels = (0..l.s.layout().channels)
                 .filter(|c| *c as usize % self.ctx.workers == self.ctx.index)
-                .map(|c| (c, BackState::default()))
+                .map(|c| (c, BackState::default(), 0))
                 .collect();
             let fd = l.s.bell().doorbell_fd(self.ctx.index);
             if let Err(e) = self.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, id)) {
@@ -382,12 +431,20 @@ impl<H: Handler> Worker<H> {
         let mut submissions = std::mem::take(&mut self.submissions);
         let ctx = &self.ctx;
         let stats = &ctx.stats[ctx.index];
+        let mut cancels = Vec::new();
         for m in self.mine.values_mut() {
             let live = &m.live;
             let session = &live.s;
-            for (c, back) in m.channels.iter_mut() {
+            for (c, back, last_cancel) in m.channels.iter_mut() {
                 if session.is_quarantined(*c) {
                     continue;
+                }
+                if back.in_flight() > 0 {
+                    let want = session.cancel_word(*c);
+                    if want != *last_cancel {
+                        *last_cancel = want;
+                        cancels.push((session.id(), *c, want));
+                    }
                 }
                 let ring = session.ring(*c);
                 let mut answered = 0u64;
@@ -431,7 +488,37 @@ impl<H: Handler> Worker<H> {
             }
         }
         self.submissions = submissions;
+        for (id, c, req_id) in cancels {
+            self.cancel(id, c, req_id);
+        }
         busy
+    }
+
+    /// Cancels the io_uring operation of request `req_id` on channel `c` of session `id`, if
+    /// it is still in flight (its completion then reports `-EINTR`).
+    fn cancel(&mut self, id: u64, c: u32, req_id: u64) {
+        let found = self.inflight.iter_mut().enumerate().find_map(|(slot, f)| {
+            let f = f.as_mut()?;
+            (f.uring && !f.answered && f.live.s.id() == id && f.channel == c
+                && f.req.raw.id == req_id)
+                .then(|| {
+                    f.cancelled = true;
+                    slot
+                })
+        });
+        let Some(slot) = found else {
+            return;
+        };
+        let entry = opcode::AsyncCancel::new(slot as u64)
+            .build()
+            .user_data(AUX_TOKEN);
+        // SAFETY: a cancel entry names no buffers.
+        while unsafe { self.uring.submission().push(&entry) }.is_err() {
+            if let Err(e) = self.uring.submit() {
+                tracing::error!(%e, "io_uring submit failed");
+                return;
+            }
+        }
     }
 
     fn alloc(&mut self, f: InFlight) -> usize {
@@ -462,7 +549,19 @@ impl<H: Handler> Worker<H> {
                 } else {
                     entry
                 };
-                self.submit(live, channel, req, entry, keep);
+                self.submit(live, channel, req, entry, keep, None);
+                None
+            }
+            Work::Waiting(entry, keep, timeout) => {
+                let entry = if live.ctx.identity.is_some() {
+                    match self.mine.get(&live.s.id()).and_then(|m| m.personality) {
+                        Some(p) => entry.personality(p),
+                        None => return Some(Response::err(req.raw.id, Errno::EACCES)),
+                    }
+                } else {
+                    entry
+                };
+                self.submit(live, channel, req, entry, Some(keep), timeout);
                 None
             }
             Work::Blocking(f) => self.start_blocking(live, channel, req, f, false),
@@ -477,7 +576,12 @@ impl<H: Handler> Worker<H> {
         req: ValidRequest,
         entry: io_uring::squeue::Entry,
         keep: Option<Keep>,
+        timeout: Option<Duration>,
     ) {
+        let ts = timeout.map(|t| Box::new(types::Timespec::from(t)));
+        let link = ts
+            .as_deref()
+            .map(|t| opcode::LinkTimeout::new(t as *const _).build().user_data(AUX_TOKEN));
         let slot = self.alloc(InFlight {
             live: live.clone(),
             channel,
@@ -485,15 +589,33 @@ impl<H: Handler> Worker<H> {
             answered: false,
             keep,
             uring: true,
+            timeout: ts,
+            cancelled: false,
         });
         let entry = entry.user_data(slot as u64);
+        let entry = if link.is_some() {
+            entry.flags(io_uring::squeue::Flags::IO_LINK)
+        } else {
+            entry
+        };
         loop {
-            // SAFETY: the buffers named by `entry` live in the session's mapped window or in
-            // `keep`; the `Arc<Live>` and `keep` stored in `inflight[slot]` keep them alive
-            // until the completion is reaped.
-            if unsafe { self.uring.submission().push(&entry) }.is_ok() {
+            let mut sq = self.uring.submission();
+            // The operation and its linked timeout go in together.
+            let need = if link.is_some() { 2 } else { 1 };
+            if sq.capacity() - sq.len() >= need {
+                // SAFETY: the buffers named by `entry` live in the session's mapped window or
+                // in `keep`, and the timeout's timespec in `inflight[slot].timeout`; the
+                // `Arc<Live>` and both boxes stored there keep them alive until the
+                // completion is reaped.
+                unsafe {
+                    let _ = sq.push(&entry);
+                    if let Some(l) = &link {
+                        let _ = sq.push(l);
+                    }
+                }
                 break;
             }
+            drop(sq);
             // Submission queue full: hand the batch to the kernel and retry.
             if let Err(e) = self.uring.submit() {
                 tracing::error!(%e, "io_uring submit failed");
@@ -517,6 +639,8 @@ impl<H: Handler> Worker<H> {
             answered: false,
             keep: None,
             uring: false,
+            timeout: None,
+            cancelled: false,
         });
         let tx = self.done_tx.clone();
         let wake = self.ctx.wake.clone();
@@ -582,6 +706,20 @@ impl<H: Handler> Worker<H> {
             if f.answered {
                 continue;
             }
+            // A cancelled waiting operation: by the client (a signal) or by its timeout.
+            let result = if result == -libc::ECANCELED && f.timeout.is_some() || f.cancelled {
+                if result == -libc::ECANCELED {
+                    if f.cancelled {
+                        -libc::EINTR
+                    } else {
+                        -libc::EAGAIN
+                    }
+                } else {
+                    result
+                }
+            } else {
+                result
+            };
             let outcome = {
                 let call = Call {
                     live: &f.live,
@@ -630,8 +768,8 @@ impl<H: Handler> Worker<H> {
         let live = &m.live;
         m.channels
             .iter_mut()
-            .find(|(c, _)| *c == channel)
-            .map(|(_, b)| (live, b))
+            .find(|(c, _, _)| *c == channel)
+            .map(|(_, b, _)| (live, b))
     }
 
     /// Pushes a response for a request taken earlier (its session may have ended since).
@@ -668,7 +806,7 @@ impl<H: Handler> Worker<H> {
     fn arm_all(&self) -> bool {
         let mut pending = false;
         for m in self.mine.values() {
-            for (c, back) in &m.channels {
+            for (c, back, _) in &m.channels {
                 if !m.live.s.is_quarantined(*c) {
                     pending |= back.arm(&m.live.s.ring(*c));
                 }
@@ -714,7 +852,7 @@ impl<H: Handler> Worker<H> {
         // Queued requests: take and answer each.
         for m in self.mine.values_mut() {
             let s = &m.live.s;
-            for (c, back) in m.channels.iter_mut() {
+            for (c, back, _) in m.channels.iter_mut() {
                 let ring = s.ring(*c);
                 while let Ok(Some(slot)) = back.take(&ring) {
                     let id = abi::Request::from_slot_unchecked(&slot).id;
@@ -751,7 +889,7 @@ fn shutdown_response(id: u64) -> Response {
 }
 
 /// Runs a blocking call on a pool thread, acting as the session's client.
-fn run_blocking(live: &Live, channel: u32, req: ValidRequest, f: BlockingFn) -> Response {
+fn run_blocking(live: &Arc<Live>, channel: u32, req: ValidRequest, f: BlockingFn) -> Response {
     let id = req.raw.id;
     let switched = match &live.ctx.identity {
         Some(ident) => creds::assume(ident),
@@ -794,13 +932,14 @@ fn outcome_work(o: Outcome) -> Result<Response, Work> {
         Outcome::SubmitKeep(e, k) => Err(Work::Uring(e, Some(k))),
         Outcome::Blocking(f) => Err(Work::Blocking(f)),
         Outcome::Wait(f) => Err(Work::Wait(f)),
+        Outcome::SubmitWaiting(e, k, t) => Err(Work::Waiting(e, k, t)),
     }
 }
 
 /// Decodes one request slot and executes it (or prepares its io_uring entry or blocking call).
 fn serve<H: Handler>(
     ctx: &WorkerCtx<H>,
-    live: &Live,
+    live: &Arc<Live>,
     channel: u32,
     personality: Option<u16>,
     slot: &RawSlot,
@@ -855,7 +994,13 @@ fn serve<H: Handler>(
             Outcome::SubmitKeep(entry, ts)
         }
         Opcode::PrepareClone => Outcome::Done(prepare_clone(ctx, live, id, args[0])),
-        Opcode::Adopt => Outcome::Done(adopt(ctx, live, id, args[0])),
+        Opcode::Adopt => {
+            let rsp = adopt(ctx, live, id, args[0]);
+            if rsp.result >= 0 {
+                ctx.handler.adopted(&call);
+            }
+            Outcome::Done(rsp)
+        }
         _ => ctx.handler.handle(&call),
     };
     match outcome_work(outcome) {

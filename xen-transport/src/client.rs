@@ -108,6 +108,8 @@ pub struct Session {
     spin: AdaptiveSpin,
     dead: AtomicBool,
     session_id: u64,
+    /// The readiness eventfd (see [`crate::events`]), if the backend has one.
+    event_fd: Option<OwnedFd>,
 }
 
 thread_local! {
@@ -141,7 +143,56 @@ impl Session {
             spin: AdaptiveSpin::new(spin),
             dead: AtomicBool::new(false),
             session_id,
+            event_fd: None,
         }
+    }
+
+    pub(crate) fn set_event_fd(&mut self, fd: OwnedFd) {
+        self.event_fd = Some(fd);
+    }
+
+    /// The readiness eventfd to poll beside local fds (semaphore mode, non-blocking).
+    pub fn event_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.event_fd.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// Handle `h`'s readiness as the server last published it (`None` beyond the words).
+    pub fn readiness(&self, h: usize) -> Option<crate::Readiness> {
+        (h < crate::layout::EVENT_SLOTS).then(|| {
+            crate::Readiness::from_word(
+                self.mem
+                    .u64_at(self.layout.event_off(h))
+                    .load(Ordering::SeqCst),
+            )
+        })
+    }
+
+    /// The readiness epoch (bumped by the server after every change).
+    pub fn event_epoch(&self) -> u32 {
+        self.mem
+            .u32_at(header::EVENT_EPOCH)
+            .load(Ordering::SeqCst)
+    }
+
+    /// Announces (`+1`) or withdraws (`-1`) a thread about to sleep for readiness. After
+    /// announcing, re-read [`Session::event_epoch`] before sleeping (see [`crate::events`]).
+    pub fn event_waiter(&self, announce: bool) {
+        let w = self.mem.u32_at(header::EVENT_WAITERS);
+        if announce {
+            w.fetch_add(1, Ordering::SeqCst);
+        } else {
+            w.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// True when the server process is gone (checks its control socket; cheap).
+    pub fn server_gone(&self) -> bool {
+        self.is_dead() || self.check_alive().is_err()
+    }
+
+    /// The control socket: it hangs up when the server dies (poll it beside local fds).
+    pub fn control_fd(&self) -> std::os::fd::RawFd {
+        self.control.as_raw_fd()
     }
 
     /// The region's geometry.
@@ -299,7 +350,30 @@ impl Lease<'_> {
     /// A server that breaks the ring protocol makes the whole session unusable: this and every
     /// later call fail with an error whose errno is `EIO`.
     pub fn call(&mut self, req: Request) -> Result<Response, CallError> {
-        self.call_inner(req).inspect_err(|e| {
+        self.call_checked(req, None)
+    }
+
+    /// As [`Lease::call`], for a request that may wait indefinitely in the server (a blocking
+    /// accept or recv). When a signal handler runs while the caller sleeps, `on_signal` is
+    /// asked whether the call should be interrupted (Linux's `EINTR`, as opposed to a restart
+    /// under `SA_RESTART`); if it says yes, the server is asked to cancel the request (the
+    /// channel's `CLIENT_CANCEL` word and its doorbell). The call still returns the server's
+    /// response: the operation's own result if it finished first, else the server's answer
+    /// for a cancelled operation (`-EINTR`).
+    pub fn call_interruptible(
+        &mut self,
+        req: Request,
+        on_signal: &mut dyn FnMut() -> bool,
+    ) -> Result<Response, CallError> {
+        self.call_checked(req, Some(on_signal))
+    }
+
+    fn call_checked(
+        &mut self,
+        req: Request,
+        on_signal: Option<&mut dyn FnMut() -> bool>,
+    ) -> Result<Response, CallError> {
+        self.call_inner(req, on_signal).inspect_err(|e| {
             if matches!(
                 e,
                 CallError::Ring(_) | CallError::Response(_) | CallError::ServerGone
@@ -309,7 +383,11 @@ impl Lease<'_> {
         })
     }
 
-    fn call_inner(&mut self, mut req: Request) -> Result<Response, CallError> {
+    fn call_inner(
+        &mut self,
+        mut req: Request,
+        mut on_signal: Option<&mut dyn FnMut() -> bool>,
+    ) -> Result<Response, CallError> {
         let s = self.session;
         if s.dead.load(Ordering::Relaxed) {
             return Err(CallError::ServerGone);
@@ -323,7 +401,7 @@ impl Lease<'_> {
         // Synchronous calls leave at most in-flight fire-and-forget requests behind; drain
         // their responses if the ring is full.
         while !self.front.push(&ring, &req.to_slot()) {
-            self.wait_any(&ring)?;
+            self.wait_any(&ring, &mut None)?;
             self.front.take(&ring)?;
         }
         self.bump(ring::CLIENT_CALLS);
@@ -333,8 +411,13 @@ impl Lease<'_> {
                 s.check_alive()?;
             }
         }
+        let mut intr = on_signal.as_mut().map(|f| Interrupt {
+            on_signal: &mut **f,
+            id: req.id,
+            sent: false,
+        });
         loop {
-            self.wait_any(&ring)?;
+            self.wait_any(&ring, &mut intr)?;
             if let Some(slot) = self.front.take(&ring)? {
                 let rsp = decode_response(&slot, req.data_len)?;
                 if rsp.id == req.id {
@@ -345,8 +428,22 @@ impl Lease<'_> {
         }
     }
 
+    /// Asks the server to cancel request `id` on this channel.
+    fn request_cancel(&self, id: u64) {
+        let s = self.session;
+        s.mem
+            .u64_at(s.layout.ring_off(self.channel) + ring::CLIENT_CANCEL)
+            .store(id, Ordering::SeqCst);
+        self.bump(ring::CLIENT_WAKEUPS);
+        let _ = s.bell.notify_server(self.channel);
+    }
+
     /// Waits until a response is published on this channel.
-    fn wait_any(&self, ring: &RingView<'_>) -> Result<(), CallError> {
+    fn wait_any(
+        &self,
+        ring: &RingView<'_>,
+        intr: &mut Option<Interrupt<'_>>,
+    ) -> Result<(), CallError> {
         let s = self.session;
         let word = ring.rsp_prod_word();
         let cons = self.front.rsp_cons;
@@ -374,7 +471,13 @@ impl Lease<'_> {
             self.bump(ring::CLIENT_SLEEPS);
             // A failing wait (not EINTR/EAGAIN/timeout) leaves us polling via the liveness
             // check below, never hanging.
-            let _ = s.bell.wait_response(word, cons, LIVENESS_INTERVAL);
+            let waited = s.bell.wait_response(word, cons, LIVENESS_INTERVAL);
+            if let (Err(e), Some(i)) = (&waited, intr.as_mut()) {
+                if e.kind() == std::io::ErrorKind::Interrupted && !i.sent && (i.on_signal)() {
+                    i.sent = true;
+                    self.request_cancel(i.id);
+                }
+            }
             if ready() {
                 break;
             }
@@ -383,6 +486,13 @@ impl Lease<'_> {
         s.spin.record(start.elapsed());
         Ok(())
     }
+}
+
+/// An interruptible call's state while it waits.
+struct Interrupt<'a> {
+    on_signal: &'a mut dyn FnMut() -> bool,
+    id: u64,
+    sent: bool,
 }
 
 impl Drop for Lease<'_> {

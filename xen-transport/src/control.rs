@@ -164,23 +164,27 @@ pub fn connect_session(path: &Path, cfg: &ClientConfig) -> Result<Session, Conne
         )));
     }
     let doorbells = w.doorbells as usize;
-    if doorbells == 0 || doorbells > MAX_DOORBELLS || fds.len() != doorbells + 1 {
+    // memfd, one doorbell per worker, the readiness eventfd.
+    if doorbells == 0 || doorbells > MAX_DOORBELLS || fds.len() != doorbells + 2 {
         return Err(proto(format!(
             "{} fds for {doorbells} doorbells",
             fds.len()
         )));
     }
     let memfd = fds.remove(0);
+    let event_fd = fds.pop().expect("counted above");
     let mem = local::map_region(memfd, layout.region_len()).map_err(|e| proto(e.to_string()))?;
     check_header(&mem, &layout).map_err(proto)?;
-    Ok(Session::new(
+    let mut s = Session::new(
         mem,
         layout,
         Box::new(LocalBell::new(fds)),
         sock,
         cfg.spin,
         w.session_id,
-    ))
+    );
+    s.set_event_fd(event_fd);
+    Ok(s)
 }
 
 fn check_header(mem: &crate::SharedMem, l: &Layout) -> Result<(), String> {
@@ -412,7 +416,10 @@ impl Pending {
         let (memfd, mem) = local::create_region(layout.region_len())?;
         let doorbells = local::create_doorbells(workers)?;
         let bell = LocalBell::new(doorbells);
-        let session = ServerSession::new(id, self.creds, mem, layout, Box::new(bell), self.stream);
+        let mut session =
+            ServerSession::new(id, self.creds, mem, layout, Box::new(bell), self.stream);
+        let event_fd = local::create_event_fd()?;
+        session.set_event_fd(event_fd);
         let welcome = Welcome {
             magic: MAGIC,
             kind: KIND_WELCOME,
@@ -431,6 +438,7 @@ impl Pending {
         };
         let mut fds = vec![memfd.as_raw_fd()];
         fds.extend((0..workers).map(|w| session.bell().doorbell_fd(w).as_raw_fd()));
+        fds.extend(session.event_fd().map(|f| f.as_raw_fd()));
         send(session.control(), &Message::Welcome(welcome), &fds).map_err(|e| ListenError::Io {
             path: PathBuf::from("<client>"),
             source: e.into(),

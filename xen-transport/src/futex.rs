@@ -4,8 +4,9 @@ use std::io;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
-/// Sleeps while `*word == expected`, at most `timeout`. Returns on wake-up, value change,
-/// timeout or signal; the caller re-checks its condition in every case.
+/// Sleeps while `*word == expected`, at most `timeout`. Returns on wake-up, value change or
+/// timeout; a signal handler that ran returns `ErrorKind::Interrupted`. The caller re-checks
+/// its condition in every case.
 pub fn wait(word: &AtomicU32, expected: u32, timeout: Duration) -> io::Result<()> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
@@ -27,7 +28,7 @@ pub fn wait(word: &AtomicU32, expected: u32, timeout: Duration) -> io::Result<()
     }
     let e = io::Error::last_os_error();
     match e.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EINTR) | Some(libc::ETIMEDOUT) => Ok(()),
+        Some(libc::EAGAIN) | Some(libc::ETIMEDOUT) => Ok(()),
         _ => Err(e),
     }
 }

@@ -4,7 +4,11 @@
 //! page 0              region header: magic, geometry, server state, counters
 //! rings_off           channel 0 ring, channel 1 ring, ...   (channel_bytes each)
 //! data_off            channel 0 data window, channel 1 window, ... (window bytes each)
+//! events_off          readiness words, one u64 per handle (EVENT_SLOTS of them)
 //! ```
+//!
+//! The readiness words let a server push the readiness of the client's sockets into shared
+//! memory (see [`crate::events`]): word `h` holds `seq << 32 | mask` for handle `h`.
 //!
 //! A channel ring is four cache lines of indices and two of counters (each line written by one
 //! side only) followed by
@@ -46,7 +50,17 @@ pub mod header {
     pub const SERVER_STATE: usize = 64;
     /// `u64` session id, written by the server.
     pub const SESSION_ID: usize = 24;
+    /// `u32` readiness epoch: bumped by the server after every change of a readiness word;
+    /// its own cache line.
+    pub const EVENT_EPOCH: usize = 128;
+    /// `u32` number of client threads about to sleep for readiness (client writes); its own
+    /// cache line.
+    pub const EVENT_WAITERS: usize = 192;
 }
+
+/// Readiness words per session: handles at or above this have none (a server that pushes
+/// readiness limits its handles to this many).
+pub const EVENT_SLOTS: usize = 16384;
 
 /// Offsets inside one channel ring.
 pub mod ring {
@@ -67,6 +81,9 @@ pub mod ring {
     pub const CLIENT_SLEEPS: usize = CLIENT_CALLS + 16;
     /// Client counter: doorbells the client rang.
     pub const CLIENT_WAKEUPS: usize = CLIENT_CALLS + 24;
+    /// `u64` id of an in-flight request the client asks the server to cancel (its caller was
+    /// interrupted by a signal); written by the client before it rings the doorbell.
+    pub const CLIENT_CANCEL: usize = CLIENT_CALLS + 32;
     /// Server counters (`u64`), on a line only the server writes: requests answered.
     pub const SERVER_REQUESTS: usize = 320;
     /// Server counter: requests rejected by validation.
@@ -163,9 +180,20 @@ impl Layout {
         self.data_off() + c as usize * self.window as usize
     }
 
+    /// Offset of the readiness words (page aligned).
+    pub fn events_off(&self) -> usize {
+        self.data_off() + self.channels as usize * self.window as usize
+    }
+
+    /// Offset of handle `h`'s readiness word.
+    pub fn event_off(&self, h: usize) -> usize {
+        assert!(h < EVENT_SLOTS);
+        self.events_off() + h * 8
+    }
+
     /// Total region size in bytes (page multiple).
     pub fn region_len(&self) -> usize {
-        self.data_off() + self.channels as usize * self.window as usize
+        self.events_off() + EVENT_SLOTS * 8
     }
 
     /// Offset of slot `index` (taken modulo the ring size) of channel `c`.
@@ -221,9 +249,11 @@ mod tests {
             let l = Layout::new(ch, 1 << rs_log, pages * PAGE as u32).unwrap();
             let last_slot = l.slot_off(ch - 1, u32::MAX) + SLOT_SIZE;
             prop_assert!(last_slot <= l.data_off());
-            prop_assert!(l.ring_off(0) >= header::SERVER_STATE + 64);
+            prop_assert!(l.ring_off(0) >= header::EVENT_WAITERS + 64);
+            prop_assert!(header::EVENT_EPOCH >= header::SERVER_STATE + 64);
             prop_assert_eq!(l.region_len() % PAGE, 0);
-            prop_assert_eq!(l.window_off(ch - 1) + l.window as usize, l.region_len());
+            prop_assert_eq!(l.window_off(ch - 1) + l.window as usize, l.events_off());
+            prop_assert_eq!(l.event_off(EVENT_SLOTS - 1) + 8, l.region_len());
         }
     }
 }

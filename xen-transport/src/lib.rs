@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod client;
 pub mod control;
+pub mod events;
 mod futex;
 pub mod layout;
 pub mod mem;
@@ -25,6 +26,7 @@ pub mod server;
 pub mod wait;
 
 pub use client::{CallError, ClientConfig, Lease, Session};
+pub use events::Readiness;
 pub use layout::Layout;
 pub use mem::SharedMem;
 pub use server::{Credentials, ServerSession};

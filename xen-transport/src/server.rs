@@ -4,11 +4,12 @@
 //! session's rings, data windows, state word and counters, and quarantines channels whose
 //! client broke the ring protocol.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::ServerBell;
-use crate::layout::{header, ring, Layout, REGION_MAGIC, REGION_VERSION};
+use crate::events::Readiness;
+use crate::layout::{header, ring, Layout, EVENT_SLOTS, REGION_MAGIC, REGION_VERSION};
 use crate::mem::SharedMem;
 use crate::ring::{RingError, RingView};
 use crate::wait::WaitSnapshot;
@@ -34,6 +35,8 @@ pub struct ServerSession {
     bell: Box<dyn ServerBell>,
     control: OwnedFd,
     quarantined: Box<[AtomicBool]>,
+    /// The readiness eventfd shared with the client (semaphore mode), if the backend has one.
+    event_fd: Option<OwnedFd>,
 }
 
 impl ServerSession {
@@ -73,7 +76,72 @@ impl ServerSession {
             bell,
             control,
             quarantined,
+            event_fd: None,
         }
+    }
+
+    /// Sets the readiness eventfd (the local backend passes it to the client).
+    pub fn set_event_fd(&mut self, fd: OwnedFd) {
+        self.event_fd = Some(fd);
+    }
+
+    /// The readiness eventfd, if any.
+    pub fn event_fd(&self) -> Option<&OwnedFd> {
+        self.event_fd.as_ref()
+    }
+
+    /// Publishes handle `h`'s readiness: `mask` is what is ready now; `edge` says new
+    /// readiness arrived (edge-triggered waiters see it once more). Handles at or above
+    /// [`EVENT_SLOTS`] are ignored. Wakes sleeping client threads.
+    pub fn publish_event(&self, h: usize, mask: u32, edge: bool) {
+        if h >= EVENT_SLOTS {
+            return;
+        }
+        let w = self.mem.u64_at(self.layout.event_off(h));
+        let old = Readiness::from_word(w.load(Ordering::Relaxed));
+        let gained = mask & !old.mask != 0;
+        if old.mask == mask && !edge {
+            return;
+        }
+        let new = Readiness {
+            mask,
+            seq: if edge || gained { old.seq.wrapping_add(1) } else { old.seq },
+        };
+        w.store(new.to_word(), Ordering::SeqCst);
+        self.mem
+            .u32_at(header::EVENT_EPOCH)
+            .fetch_add(1, Ordering::SeqCst);
+        self.wake_event_waiters();
+    }
+
+    /// Clears handle `h`'s readiness word (the handle was closed).
+    pub fn clear_event(&self, h: usize) {
+        if h < EVENT_SLOTS {
+            self.mem
+                .u64_at(self.layout.event_off(h))
+                .store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Writes one eventfd unit per announced waiter.
+    pub fn wake_event_waiters(&self) {
+        // The client reads the value once and clamps it: it is only a wake-up count.
+        let waiters = self.mem.u32_at(header::EVENT_WAITERS).load(Ordering::SeqCst);
+        if waiters == 0 {
+            return;
+        }
+        let Some(fd) = &self.event_fd else {
+            return;
+        };
+        let n: u64 = u64::from(waiters.min(1024));
+        // SAFETY: writes 8 bytes from a local to an eventfd this session owns.
+        let _ = unsafe {
+            libc::write(
+                fd.as_raw_fd(),
+                &n as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
     }
 
     /// Session id.
@@ -139,6 +207,13 @@ impl ServerSession {
     /// True when channel `c` is quarantined.
     pub fn is_quarantined(&self, c: u32) -> bool {
         self.quarantined[c as usize].load(Ordering::Relaxed)
+    }
+
+    /// The id of the request the client last asked to cancel on channel `c` (0: none).
+    pub fn cancel_word(&self, c: u32) -> u64 {
+        self.mem
+            .u64_at(self.layout.ring_off(c) + ring::CLIENT_CANCEL)
+            .load(Ordering::Acquire)
     }
 
     /// Adds `n` to a server counter of channel `c` (a `ring::SERVER_*` offset).

@@ -77,6 +77,14 @@ pub fn create_doorbells(workers: usize) -> Result<Vec<OwnedFd>, TransportError> 
         .collect()
 }
 
+/// Creates a session's readiness eventfd: semaphore mode, so each waiting client thread takes
+/// one unit (see [`crate::events`]).
+pub fn create_event_fd() -> Result<OwnedFd, TransportError> {
+    EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_SEMAPHORE)
+        .map(OwnedFd::from)
+        .map_err(|e| TransportError::Region(io::Error::from(e)))
+}
+
 /// Doorbells of a local session, usable from either side.
 pub struct LocalBell {
     doorbells: Vec<OwnedFd>,

@@ -24,7 +24,8 @@ pub trait ClientBell: Send + Sync {
     /// Wakes the server worker that serves `channel`.
     fn notify_server(&self, channel: u32) -> io::Result<()>;
     /// Sleeps until `word` (a channel's published response index) differs from `seen`, a
-    /// wake-up arrives, or `timeout` passes. Spurious returns are allowed.
+    /// wake-up arrives, or `timeout` passes. Spurious returns are allowed; a signal handler
+    /// that ran during the sleep makes it return an `ErrorKind::Interrupted` error.
     fn wait_response(&self, word: &AtomicU32, seen: u32, timeout: Duration) -> io::Result<()>;
 }
 
