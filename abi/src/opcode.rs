@@ -132,6 +132,54 @@ opcodes! {
     /// open-file-description locks on the handle's file, so they conflict between clients as
     /// POSIX locks conflict between processes; F_GETLK reports `l_pid = -1`.
     Fcntl = 283,
+
+    // ---- network domain, 300.. ----
+    // Handles name sockets in the session's own table; `Close`, `FStat` and `Fcntl`
+    // (F_GETFL/F_SETFL) above apply to them too. Socket addresses travel as the kernel's
+    // `struct sockaddr_*` bytes. A call on a blocking socket waits in the server (io_uring,
+    // bounded by SO_RCVTIMEO/SO_SNDTIMEO); the client cancels it when a signal interrupts
+    // its caller (result `-EINTR`). After every call the server republishes the socket's
+    // readiness word (see `xen_transport::events`).
+    /// socket: `args[0]` = domain, `args[1]` = type (with SOCK_NONBLOCK; SOCK_CLOEXEC is the
+    /// client's business), `args[2]` = protocol. Result: handle.
+    Socket = 300,
+    /// bind: `args[0]` = handle; the address is window[data_off .. +args[4]]. Ports below
+    /// the unprivileged start need a client with uid 0 or CAP_NET_BIND_SERVICE.
+    Bind = 301,
+    /// listen: `args[0]` = handle, `args[1]` = backlog.
+    Listen = 302,
+    /// accept4: `args[0]` = handle, `args[1]` = flags (SOCK_NONBLOCK), `args[2]` = room for
+    /// the peer address (0: not wanted). Result: new handle; the peer address is written at
+    /// window[data_off ..] and its full length is `aux[0]`.
+    Accept = 303,
+    /// connect: `args[0]` = handle; the address is window[data_off .. +args[4]].
+    Connect = 304,
+    /// send/sendto/sendmsg (flattened): `args[0]` = handle, `args[1]` = MSG_* flags; the
+    /// bytes are window[data_off .. +args[4]]; a destination address, if any, follows them,
+    /// `args[3]` bytes long. Result: bytes sent.
+    Send = 305,
+    /// recv/recvfrom/recvmsg (flattened): `args[0]` = handle, `args[1]` = MSG_* flags,
+    /// `args[2]` = bytes wanted, `args[3]` = room for the source address (0: not wanted),
+    /// `args[4]` = 1 to get the message flags (recvmsg).
+    /// The bytes land at window[data_off ..], the address after `args[2]` bytes; result: bytes
+    /// received; `aux[0]` = full address length, `aux[1]` = the message's MSG_* flags.
+    Recv = 306,
+    /// shutdown: `args[0]` = handle, `args[1]` = how.
+    Shutdown = 307,
+    /// getsockopt: `args[0]` = handle, `args[1]` = level, `args[2]` = name, `args[3]` = room;
+    /// the value is written at window[data_off ..]; result: its length.
+    GetSockOpt = 308,
+    /// setsockopt: `args[0]` = handle, `args[1]` = level, `args[2]` = name; the value is
+    /// window[data_off .. +args[4]].
+    SetSockOpt = 309,
+    /// getsockname: `args[0]` = handle, `args[3]` = room; the address is written at
+    /// window[data_off ..]; result: its full length.
+    GetSockName = 310,
+    /// getpeername: as GetSockName.
+    GetPeerName = 311,
+    /// ioctl: `args[0]` = handle, `args[1]` = request: FIONBIO (`args[2]` = the int),
+    /// FIONREAD/SIOCINQ, SIOCOUTQ (result: the int).
+    Ioctl = 312,
 }
 
 #[cfg(test)]

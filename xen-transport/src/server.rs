@@ -98,16 +98,28 @@ impl ServerSession {
             return;
         }
         let w = self.mem.u64_at(self.layout.event_off(h));
-        let old = Readiness::from_word(w.load(Ordering::Relaxed));
-        let gained = mask & !old.mask != 0;
-        if old.mask == mask && !edge {
-            return;
+        // Several server threads may publish the same word (a worker after a call, the
+        // readiness watcher after an edge): update it atomically so no edge is lost.
+        let mut cur = w.load(Ordering::SeqCst);
+        loop {
+            let old = Readiness::from_word(cur);
+            let gained = mask & !old.mask != 0;
+            if old.mask == mask && !edge {
+                return;
+            }
+            let new = Readiness {
+                mask,
+                seq: if edge || gained {
+                    old.seq.wrapping_add(1)
+                } else {
+                    old.seq
+                },
+            };
+            match w.compare_exchange(cur, new.to_word(), Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
         }
-        let new = Readiness {
-            mask,
-            seq: if edge || gained { old.seq.wrapping_add(1) } else { old.seq },
-        };
-        w.store(new.to_word(), Ordering::SeqCst);
         self.mem
             .u32_at(header::EVENT_EPOCH)
             .fetch_add(1, Ordering::SeqCst);

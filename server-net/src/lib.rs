@@ -1,0 +1,571 @@
+//! The network service domain: owns every TCP/UDP socket of its clients.
+//!
+//! [`Net`] is the [`service::Handler`] of `virtuos-net`. Sockets live in the server process
+//! (in the network namespace it was started in); each client session names them by handles in
+//! its own table. Data calls (send, recv, blocking accept and connect) run on the worker's
+//! io_uring, straight between the socket and the session's shared window; calls that never
+//! wait (socket, bind, listen, options, names, a non-blocking accept or connect) run inline on
+//! the worker.
+//!
+//! **Blocking semantics.** io_uring ignores `O_NONBLOCK` (it waits for readiness whatever the
+//! file's mode), so the server keeps each socket's `O_NONBLOCK` exactly as the client set it
+//! (shared by every session that holds the socket, as Linux shares it between processes) and
+//! reads it per call: a non-blocking client gets `MSG_DONTWAIT` or an inline attempt, a
+//! blocking one an io_uring operation linked to its SO_RCVTIMEO/SO_SNDTIMEO and cancellable by
+//! the client when a signal interrupts it.
+//!
+//! **Readiness.** A [`watch::Watcher`] thread keeps every socket of every session registered
+//! (edge-triggered) in one epoll set and, on each edge, writes the socket's readiness into the
+//! session's shared readiness word; workers republish after every call. Clients merge these
+//! words with their local fds in poll, select and epoll.
+
+pub mod sys;
+pub mod watch;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use abi::{Errno, Opcode, Response};
+use io_uring::{opcode, types};
+use service::fdtable::Handle;
+use service::{Call, Handler, Outcome};
+use xen_transport::Credentials;
+
+use crate::sys::MsgBuf;
+use crate::watch::Watcher;
+
+/// Room for any socket address.
+const ADDR_MAX: usize = 128;
+
+/// The network domain's handler.
+pub struct Net {
+    watch: Arc<Watcher>,
+    unprivileged_port: u16,
+}
+
+impl Net {
+    /// A handler with its readiness watcher thread started.
+    pub fn new() -> std::io::Result<Net> {
+        Ok(Net {
+            watch: Watcher::start()?,
+            unprivileged_port: sys::unprivileged_port_start(),
+        })
+    }
+
+    /// The readiness watcher (tests and statistics).
+    pub fn watcher(&self) -> &Arc<Watcher> {
+        &self.watch
+    }
+}
+
+/// What an io_uring socket operation keeps alive until it completes.
+struct Op {
+    /// The socket (so a concurrent close cannot close it under the operation).
+    fd: Handle,
+    handle: u32,
+    /// SENDMSG/RECVMSG header, or the address buffer of ACCEPT/CONNECT.
+    msg: Option<Box<MsgBuf>>,
+    addr: Option<Box<([u8; ADDR_MAX], libc::socklen_t)>>,
+}
+
+fn err(call: &Call<'_>, e: i32) -> Outcome {
+    Outcome::Done(Response::err(call.id(), Errno::new(e).unwrap_or(Errno::EIO)))
+}
+
+fn done(call: &Call<'_>, r: Result<i64, i32>) -> Outcome {
+    match r {
+        Ok(v) => Outcome::Done(Response::ok(call.id(), v)),
+        Err(e) => err(call, e),
+    }
+}
+
+fn int_arg(v: u64) -> i32 {
+    v as u32 as i32
+}
+
+impl Net {
+    fn socket_of(&self, call: &Call<'_>) -> Result<(u32, Handle), i32> {
+        let h = call.request().raw.args[0];
+        let fd = call.fds().get(h).map_err(|e| i32::from(e.get()))?;
+        Ok((h as u32, fd))
+    }
+
+    /// Reads `len` bytes of the payload at `off` (bounded by the request's data length).
+    fn payload(call: &Call<'_>, off: usize, len: usize) -> Result<Vec<u8>, i32> {
+        let data_len = call.request().raw.data_len as usize;
+        if off.checked_add(len).is_none_or(|end| end > data_len) {
+            return Err(libc::EFAULT);
+        }
+        let mut v = vec![0u8; len];
+        call.read_payload_at(off, &mut v);
+        Ok(v)
+    }
+
+    /// Adds a new socket to the session's table and starts watching it.
+    fn install(&self, call: &Call<'_>, fd: OwnedFd) -> Result<i64, i32> {
+        let fd: Handle = Arc::new(fd);
+        let h = call
+            .fds()
+            .insert(fd.clone())
+            .map_err(|e| i32::from(e.get()))?;
+        self.watch.add(&call.session(), h, &fd);
+        Ok(i64::from(h))
+    }
+
+    fn refresh(&self, call: &Call<'_>, h: u32, fd: &Handle) {
+        call.session()
+            .publish_event(h as usize, sys::readiness(fd.as_fd()), false);
+    }
+
+    fn bind(&self, call: &Call<'_>) -> Outcome {
+        let a = call.request().raw.args;
+        let (_, fd) = match self.socket_of(call) {
+            Ok(x) => x,
+            Err(e) => return err(call, e),
+        };
+        let addr = match Self::payload(call, 0, (a[4] as usize).min(ADDR_MAX)) {
+            Ok(v) => v,
+            Err(e) => return err(call, e),
+        };
+        if let Some(port) = inet_port(&addr) {
+            if port != 0 && port < self.unprivileged_port && !privileged(call.creds()) {
+                return err(call, libc::EACCES);
+            }
+        }
+        done(call, sys::bind(fd.as_fd(), &addr))
+    }
+
+    fn accept(&self, call: &Call<'_>) -> Outcome {
+        let a = call.request().raw.args;
+        let (h, fd) = match self.socket_of(call) {
+            Ok(x) => x,
+            Err(e) => return err(call, e),
+        };
+        let flags = int_arg(a[1]) & libc::SOCK_NONBLOCK;
+        if sys::nonblocking(fd.as_fd()) {
+            let mut addr = [0u8; ADDR_MAX];
+            let r = sys::accept4(fd.as_fd(), &mut addr, flags);
+            self.refresh(call, h, &fd);
+            return match r {
+                Ok((new, len)) => self.finish_accept(call, new, &addr, len),
+                Err(e) => err(call, e),
+            };
+        }
+        let timeout = sys::timeout(fd.as_fd(), false);
+        let mut addr = Box::new(([0u8; ADDR_MAX], ADDR_MAX as libc::socklen_t));
+        let entry = opcode::Accept::new(
+            types::Fd(std::os::fd::AsRawFd::as_raw_fd(&*fd)),
+            addr.0.as_mut_ptr() as *mut libc::sockaddr,
+            &mut addr.1,
+        )
+        .flags(flags | libc::SOCK_CLOEXEC)
+        .build();
+        let op = Op {
+            fd,
+            handle: h,
+            msg: None,
+            addr: Some(addr),
+        };
+        Outcome::SubmitWaiting(entry, Box::new(op), timeout)
+    }
+
+    fn finish_accept(&self, call: &Call<'_>, new: OwnedFd, addr: &[u8], len: usize) -> Outcome {
+        let room = (call.request().raw.args[2] as usize)
+            .min(call.request().raw.data_len as usize)
+            .min(len)
+            .min(addr.len());
+        match self.install(call, new) {
+            Ok(h) => {
+                let n = call.write_payload(&addr[..room]);
+                let mut r = Response::ok(call.id(), h);
+                r.aux[0] = len as u64;
+                r.data_len = n as u32;
+                Outcome::Done(r)
+            }
+            Err(e) => err(call, e),
+        }
+    }
+
+    fn connect(&self, call: &Call<'_>) -> Outcome {
+        let a = call.request().raw.args;
+        let (h, fd) = match self.socket_of(call) {
+            Ok(x) => x,
+            Err(e) => return err(call, e),
+        };
+        let addr = match Self::payload(call, 0, (a[4] as usize).min(ADDR_MAX)) {
+            Ok(v) => v,
+            Err(e) => return err(call, e),
+        };
+        if sys::nonblocking(fd.as_fd()) {
+            let r = sys::connect(fd.as_fd(), &addr);
+            self.refresh(call, h, &fd);
+            return done(call, r);
+        }
+        let timeout = sys::timeout(fd.as_fd(), true);
+        let mut buf = Box::new(([0u8; ADDR_MAX], addr.len() as libc::socklen_t));
+        buf.0[..addr.len()].copy_from_slice(&addr);
+        let entry = opcode::Connect::new(
+            types::Fd(std::os::fd::AsRawFd::as_raw_fd(&*fd)),
+            buf.0.as_ptr() as *const libc::sockaddr,
+            buf.1,
+        )
+        .build();
+        let op = Op {
+            fd,
+            handle: h,
+            msg: None,
+            addr: Some(buf),
+        };
+        Outcome::SubmitWaiting(entry, Box::new(op), timeout)
+    }
+
+    fn send(&self, call: &Call<'_>) -> Outcome {
+        let raw = call.request().raw;
+        let a = raw.args;
+        let (h, fd) = match self.socket_of(call) {
+            Ok(x) => x,
+            Err(e) => return err(call, e),
+        };
+        let len = a[4] as usize;
+        let name_len = a[3] as usize;
+        if len
+            .checked_add(name_len)
+            .is_none_or(|end| end > raw.data_len as usize)
+            || name_len > ADDR_MAX
+        {
+            return err(call, libc::EFAULT);
+        }
+        let nb = sys::nonblocking(fd.as_fd());
+        let mut flags = int_arg(a[1]) | libc::MSG_NOSIGNAL;
+        if nb {
+            flags |= libc::MSG_DONTWAIT;
+        } else if stream(&fd) {
+            // A blocking send on a stream returns when everything is sent, as on Linux.
+            flags |= libc::MSG_WAITALL;
+        }
+        let base = call.window_ptr();
+        let raw_fd = types::Fd(std::os::fd::AsRawFd::as_raw_fd(&*fd));
+        let (entry, msg) = if name_len == 0 {
+            (
+                opcode::Send::new(raw_fd, base, len as u32)
+                    .flags(flags)
+                    .build(),
+                None,
+            )
+        } else {
+            // SAFETY: not dereferenced here; `len + name_len <= data_len` was checked, so the
+            // address lies inside the request's window range.
+            let name = unsafe { base.add(len) };
+            let m = MsgBuf::new(base, len, name, name_len);
+            (
+                opcode::SendMsg::new(raw_fd, &m.hdr).flags(flags as u32).build(),
+                Some(m),
+            )
+        };
+        let op = Op {
+            fd: fd.clone(),
+            handle: h,
+            msg,
+            addr: None,
+        };
+        if nb {
+            Outcome::SubmitKeep(entry, Box::new(op))
+        } else {
+            Outcome::SubmitWaiting(entry, Box::new(op), sys::timeout(fd.as_fd(), true))
+        }
+    }
+
+    fn recv(&self, call: &Call<'_>) -> Outcome {
+        let raw = call.request().raw;
+        let a = raw.args;
+        let (h, fd) = match self.socket_of(call) {
+            Ok(x) => x,
+            Err(e) => return err(call, e),
+        };
+        let len = a[2] as usize;
+        let name_len = (a[3] as usize).min(ADDR_MAX);
+        if len
+            .checked_add(name_len)
+            .is_none_or(|end| end > raw.data_len as usize)
+        {
+            return err(call, libc::EFAULT);
+        }
+        let nb = sys::nonblocking(fd.as_fd());
+        let mut flags = int_arg(a[1]);
+        if nb {
+            flags |= libc::MSG_DONTWAIT;
+        }
+        let base = call.window_ptr();
+        let raw_fd = types::Fd(std::os::fd::AsRawFd::as_raw_fd(&*fd));
+        // RECVMSG when the caller wants the source address or the message flags.
+        let want_msg = name_len > 0 || a[4] == 1;
+        let (entry, msg) = if !want_msg {
+            (
+                opcode::Recv::new(raw_fd, base, len as u32)
+                    .flags(flags)
+                    .build(),
+                None,
+            )
+        } else {
+            // SAFETY: not dereferenced here; `len + name_len <= data_len` was checked.
+            let name = if name_len > 0 {
+                unsafe { base.add(len) }
+            } else {
+                std::ptr::null_mut()
+            };
+            let mut m = MsgBuf::new(base, len, name, name_len);
+            (
+                opcode::RecvMsg::new(raw_fd, &mut m.hdr)
+                    .flags(flags as u32)
+                    .build(),
+                Some(m),
+            )
+        };
+        let op = Op {
+            fd: fd.clone(),
+            handle: h,
+            msg,
+            addr: None,
+        };
+        if nb {
+            Outcome::SubmitKeep(entry, Box::new(op))
+        } else {
+            Outcome::SubmitWaiting(entry, Box::new(op), sys::timeout(fd.as_fd(), false))
+        }
+    }
+
+    fn sockopt(&self, call: &Call<'_>, set: bool) -> Outcome {
+        let raw = call.request().raw;
+        let a = raw.args;
+        let (h, fd) = match self.socket_of(call) {
+            Ok(x) => x,
+            Err(e) => return err(call, e),
+        };
+        let (level, name) = (int_arg(a[1]), int_arg(a[2]));
+        if set {
+            let val = match Self::payload(call, 0, (a[4] as usize).min(4096)) {
+                Ok(v) => v,
+                Err(e) => return err(call, e),
+            };
+            let r = sys::setsockopt(fd.as_fd(), level, name, &val);
+            self.refresh(call, h, &fd);
+            done(call, r)
+        } else {
+            let room = (a[3] as usize).min(raw.data_len as usize).min(4096);
+            let mut buf = vec![0u8; room];
+            match sys::getsockopt(fd.as_fd(), level, name, &mut buf) {
+                Ok(n) => {
+                    let n = (n as usize).min(room);
+                    let w = call.write_payload(&buf[..n]);
+                    Outcome::Done(Response {
+                        data_len: w as u32,
+                        ..Response::ok(call.id(), n as i64)
+                    })
+                }
+                Err(e) => err(call, e),
+            }
+        }
+    }
+
+    fn name(&self, call: &Call<'_>, peer: bool) -> Outcome {
+        let (_, fd) = match self.socket_of(call) {
+            Ok(x) => x,
+            Err(e) => return err(call, e),
+        };
+        let mut addr = [0u8; ADDR_MAX];
+        match sys::sockname(fd.as_fd(), peer, &mut addr) {
+            Ok(len) => {
+                let room = (call.request().raw.args[3] as usize).min(len as usize);
+                let n = call.write_payload(&addr[..room]);
+                Outcome::Done(Response {
+                    data_len: n as u32,
+                    ..Response::ok(call.id(), len)
+                })
+            }
+            Err(e) => err(call, e),
+        }
+    }
+
+    fn close(&self, call: &Call<'_>) -> Outcome {
+        let h = call.request().raw.args[0];
+        match call.fds().remove(h) {
+            Ok(fd) => {
+                let s = call.session();
+                self.watch.remove(s.id(), h as u32);
+                s.clear_event(h as usize);
+                drop(fd);
+                Outcome::Done(Response::ok(call.id(), 0))
+            }
+            Err(e) => err(call, i32::from(e.get())),
+        }
+    }
+}
+
+/// The port of an AF_INET/AF_INET6 address.
+fn inet_port(addr: &[u8]) -> Option<u16> {
+    let family = i32::from(u16::from_ne_bytes([*addr.first()?, *addr.get(1)?]));
+    (family == libc::AF_INET || family == libc::AF_INET6)
+        .then(|| u16::from_be_bytes([addr[2], addr[3]]))
+        .filter(|_| addr.len() >= 4)
+}
+
+/// Whether the client may bind privileged ports.
+fn privileged(c: Credentials) -> bool {
+    sys::can_bind_privileged(c.pid)
+}
+
+fn stream(fd: &Handle) -> bool {
+    let mut ty = [0u8; 4];
+    sys::getsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE, &mut ty).is_ok()
+        && i32::from_ne_bytes(ty) == libc::SOCK_STREAM
+}
+
+impl Handler for Net {
+    fn name(&self) -> &'static str {
+        "net"
+    }
+
+    fn handle(&self, call: &Call<'_>) -> Outcome {
+        let a = call.request().raw.args;
+        match call.request().opcode {
+            Opcode::Socket => {
+                let (domain, ty, proto) = (int_arg(a[0]), int_arg(a[1]), int_arg(a[2]));
+                if domain != libc::AF_INET && domain != libc::AF_INET6 {
+                    return err(call, libc::EAFNOSUPPORT);
+                }
+                if !call.fds().has_room() {
+                    return err(call, libc::EMFILE);
+                }
+                let r = sys::socket(domain, ty & !libc::SOCK_CLOEXEC, proto)
+                    .and_then(|fd| self.install(call, fd));
+                done(call, r)
+            }
+            Opcode::Bind => self.bind(call),
+            Opcode::Listen => match self.socket_of(call) {
+                Ok((h, fd)) => {
+                    let r = sys::listen(fd.as_fd(), int_arg(a[1]));
+                    self.refresh(call, h, &fd);
+                    done(call, r)
+                }
+                Err(e) => err(call, e),
+            },
+            Opcode::Accept => self.accept(call),
+            Opcode::Connect => self.connect(call),
+            Opcode::Send => self.send(call),
+            Opcode::Recv => self.recv(call),
+            Opcode::Shutdown => match self.socket_of(call) {
+                Ok((h, fd)) => {
+                    let r = sys::shutdown(fd.as_fd(), int_arg(a[1]));
+                    self.refresh(call, h, &fd);
+                    done(call, r)
+                }
+                Err(e) => err(call, e),
+            },
+            Opcode::GetSockOpt => self.sockopt(call, false),
+            Opcode::SetSockOpt => self.sockopt(call, true),
+            Opcode::GetSockName => self.name(call, false),
+            Opcode::GetPeerName => self.name(call, true),
+            Opcode::Ioctl => match self.socket_of(call) {
+                Ok((_, fd)) => {
+                    let req = a[1];
+                    let ok = [
+                        libc::FIONBIO,
+                        libc::FIONREAD,
+                        libc::TIOCOUTQ, // SIOCOUTQ
+                    ];
+                    if !ok.contains(&(req as _)) {
+                        return err(call, libc::ENOTTY);
+                    }
+                    let r = sys::ioctl_int(fd.as_fd(), req, int_arg(a[2]));
+                    done(call, r.map(|v| if req == libc::FIONBIO as u64 { 0 } else { v }))
+                }
+                Err(e) => err(call, e),
+            },
+            Opcode::Fcntl => match self.socket_of(call) {
+                Ok((_, fd)) => {
+                    let cmd = int_arg(a[1]);
+                    match cmd {
+                        libc::F_GETFL => done(call, sys::fcntl_fl(fd.as_fd(), cmd, 0)),
+                        libc::F_SETFL => {
+                            // Only the status flags Linux lets F_SETFL change on a socket.
+                            let keep = libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC;
+                            let v = i64::from(int_arg(a[2]) & keep);
+                            done(call, sys::fcntl_fl(fd.as_fd(), cmd, v))
+                        }
+                        _ => err(call, libc::EINVAL),
+                    }
+                }
+                Err(e) => err(call, e),
+            },
+            Opcode::FStat => match self.socket_of(call) {
+                Ok((_, fd)) => {
+                    let mut st = [0u8; 256];
+                    match sys::fstatx(fd.as_fd(), &mut st) {
+                        Ok(_) => {
+                            let n = call.write_payload(&st);
+                            Outcome::Done(Response {
+                                data_len: n as u32,
+                                ..Response::ok(call.id(), 0)
+                            })
+                        }
+                        Err(e) => err(call, e),
+                    }
+                }
+                Err(e) => err(call, e),
+            },
+            Opcode::Close => self.close(call),
+            _ => err(call, libc::ENOSYS),
+        }
+    }
+
+    fn complete(&self, call: &Call<'_>, result: i32) -> Outcome {
+        let Some(op) = call.kept::<Op>() else {
+            return Outcome::Done(Response::ok(call.id(), i64::from(result)));
+        };
+        self.refresh(call, op.handle, &op.fd);
+        let opc = call.request().opcode;
+        if result < 0 {
+            let e = match (opc, -result) {
+                // A blocking connect that timed out is still in progress, as on Linux.
+                (Opcode::Connect, libc::EAGAIN) => libc::EINPROGRESS,
+                (_, e) => e,
+            };
+            return err(call, e);
+        }
+        match opc {
+            Opcode::Accept => {
+                // SAFETY: io_uring returned this fd for the accept just completed.
+                let new = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(result) };
+                let (addr, len) = op.addr.as_deref().copied().unwrap_or(([0; ADDR_MAX], 0));
+                self.finish_accept(call, new, &addr, len as usize)
+            }
+            Opcode::Recv => {
+                let mut r = Response::ok(call.id(), i64::from(result));
+                if let Some(m) = &op.msg {
+                    r.aux[0] = u64::from(m.hdr.msg_namelen);
+                    r.aux[1] = m.hdr.msg_flags as u32 as u64;
+                }
+                r.data_len = call.request().raw.data_len;
+                Outcome::Done(r)
+            }
+            _ => Outcome::Done(Response::ok(call.id(), i64::from(result))),
+        }
+    }
+
+    fn adopted(&self, call: &Call<'_>) {
+        let s = call.session();
+        for (h, fd) in call.fds().snapshot().iter().enumerate() {
+            if let Some(fd) = fd {
+                self.watch.add(&s, h as u32, fd);
+            }
+        }
+    }
+
+    fn session_closed(&self, id: u64, _creds: Credentials) {
+        self.watch.remove_session(id);
+    }
+}
+
+/// Default idle spin of the network domain's workers.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
