@@ -120,7 +120,8 @@ struct RunArgs {
     /// Absolute path prefix routed to the storage domain; it stands for the export root.
     #[arg(long, value_name = "PREFIX", requires = "storage")]
     mount: Option<PathBuf>,
-    /// Network domain socket (not available yet: issue #5).
+    /// Network domain socket (as given to `virtuos-net --listen`): every AF_INET/AF_INET6
+    /// socket of the program lives in the network domain.
     #[arg(long, value_name = "SOCK")]
     net: Option<PathBuf>,
     /// Put the program in a fresh cgroup with eBPF enforcement (no direct inet sockets) and
@@ -188,12 +189,15 @@ fn is_static(path: &Path) -> Result<bool> {
 }
 
 fn run(args: RunArgs) -> Result<i32> {
-    if args.net.is_some() {
-        bail!("--net: the network domain is not implemented yet (issue #5)");
-    }
     let prog =
         which(&args.cmd[0]).with_context(|| format!("{:?}: command not found", args.cmd[0]))?;
     if is_static(&prog)? {
+        if args.net.is_some() {
+            bail!(
+                "{}: a statically linked program cannot be served by the network domain (the supervised mode for static binaries covers the storage domain only); use a dynamically linked build",
+                prog.display()
+            );
+        }
         // The shim cannot enter a static binary: serve it through seccomp user notification.
         if let (Some(sock), Some(mount)) = (&args.storage, &args.mount) {
             if !mount.is_absolute() {
@@ -204,10 +208,7 @@ fn run(args: RunArgs) -> Result<i32> {
     }
     let mut cmd = Command::new(&args.cmd[0]);
     cmd.args(&args.cmd[1..]);
-    if let (Some(sock), Some(mount)) = (&args.storage, &args.mount) {
-        if !mount.is_absolute() {
-            bail!("--mount {}: must be an absolute path", mount.display());
-        }
+    let probe = |sock: &PathBuf, what: &str| -> Result<()> {
         connect_session(
             sock,
             &ClientConfig {
@@ -215,7 +216,21 @@ fn run(args: RunArgs) -> Result<i32> {
                 ..ClientConfig::default()
             },
         )
-        .with_context(|| format!("storage domain at {}", sock.display()))?;
+        .map(drop)
+        .with_context(|| format!("{what} domain at {}", sock.display()))
+    };
+    if let Some(sock) = &args.net {
+        probe(sock, "network")?;
+        cmd.env("VIRTUOS_NET", sock);
+    }
+    if let (Some(sock), Some(mount)) = (&args.storage, &args.mount) {
+        if !mount.is_absolute() {
+            bail!("--mount {}: must be an absolute path", mount.display());
+        }
+        probe(sock, "storage")?;
+        cmd.env("VIRTUOS_STORAGE", sock).env("VIRTUOS_MOUNT", mount);
+    }
+    if args.net.is_some() || args.storage.is_some() {
         let so = preload_path()?;
         let preload = match std::env::var_os("LD_PRELOAD") {
             Some(old) if !old.is_empty() => {
@@ -226,9 +241,7 @@ fn run(args: RunArgs) -> Result<i32> {
             }
             _ => so.into_os_string(),
         };
-        cmd.env("LD_PRELOAD", preload)
-            .env("VIRTUOS_STORAGE", sock)
-            .env("VIRTUOS_MOUNT", mount);
+        cmd.env("LD_PRELOAD", preload);
     }
     let enforced = if args.enforce {
         let e = bpf::EnforcedRun::start()?;

@@ -8,6 +8,8 @@ use crate::paths::{self, PathBuf};
 pub const ENV_STORAGE: &str = "VIRTUOS_STORAGE";
 /// Environment variable naming the mount prefix routed to the storage domain.
 pub const ENV_MOUNT: &str = "VIRTUOS_MOUNT";
+/// Environment variable naming the network domain's socket.
+pub const ENV_NET: &str = "VIRTUOS_NET";
 
 /// What the shim routes where.
 pub struct Config {
@@ -15,6 +17,8 @@ pub struct Config {
     pub storage_sock: Option<std::path::PathBuf>,
     /// Normalised absolute mount prefix.
     pub mount: Option<PathBuf>,
+    /// Network domain socket: AF_INET/AF_INET6 sockets go there.
+    pub net_sock: Option<std::path::PathBuf>,
 }
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
@@ -34,6 +38,7 @@ pub fn get() -> &'static Config {
         Config {
             storage_sock,
             mount,
+            net_sock: std::env::var_os(ENV_NET).map(std::path::PathBuf::from),
         }
     })
 }

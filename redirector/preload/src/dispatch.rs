@@ -148,6 +148,9 @@ fn path_arg(p: u64) -> Result<&'static [u8], i64> {
 
 /// Dispatches system call `nr` with arguments `a`.
 pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
+    if let Some(r) = crate::net::route(nr, a) {
+        return r;
+    }
     match route(nr, a) {
         Ok(Some(r)) => r,
         Ok(None) => syscall6(nr, a),
@@ -582,7 +585,7 @@ fn open_at(
 /// private memfd. `O_PATH` makes any use the shim does not intercept fail with EBADF instead
 /// of silently succeeding, and the private inode means a stray `chmod("/proc/self/fd/N")` or
 /// similar can only ever touch that memfd, never a shared file.
-fn new_placeholder(cloexec: u64) -> i64 {
+pub(crate) fn new_placeholder(cloexec: u64) -> i64 {
     let m = sys::sys(
         libc::SYS_memfd_create,
         &[c"virtuos-remote".as_ptr() as u64, 0],
@@ -649,20 +652,33 @@ pub fn open_remote(rp: &[u8], flags: u64, mode: u64) -> i64 {
     if is_dir {
         fdtable::set_dir_path(handle, rp);
     }
-    fdtable::set(ph, Remote { handle, is_dir });
+    fdtable::set(
+        ph,
+        Remote {
+            handle,
+            is_dir,
+            net: false,
+        },
+    );
     ph
 }
 
 fn close(fd: i64) -> Result<i64, i64> {
     match fdtable::clear(fd) {
-        None => Ok(sys::sys(libc::SYS_close, &[fd as u64])),
+        None => {
+            crate::netpoll::closed_local(fd);
+            Ok(sys::sys(libc::SYS_close, &[fd as u64]))
+        }
         Some((r, last)) => {
             let rc = sys::sys(libc::SYS_close, &[fd as u64]);
+            if r.net {
+                crate::net::forget_fd(fd);
+            }
             if last {
-                if r.is_dir {
+                if r.is_dir && !r.net {
                     fdtable::forget_dir(r.handle);
                 }
-                let rr = remote::call(Opcode::Close, [r.handle.into(), 0, 0, 0, 0], &[], None);
+                let rr = remote::close_handle(r);
                 if rr < 0 && rr != e(libc::EBADF) {
                     return Ok(rr);
                 }
@@ -1038,8 +1054,8 @@ fn chdir(dirfd: i64, p: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
 
 /// dup (no target), dup2 (`dup3_flags` None) and dup3.
 fn dup(fd: i64, target: Option<i64>, dup3_flags: Option<u64>) -> Result<Option<i64>, i64> {
-    let src = fdtable::get(fd);
-    if src.is_none() && target.map(|t| fdtable::get(t).is_none()).unwrap_or(true) {
+    let src = fdtable::get_any(fd);
+    if src.is_none() && target.map(|t| fdtable::get_any(t).is_none()).unwrap_or(true) {
         return Ok(None);
     }
     let r = match (target, dup3_flags) {
@@ -1059,19 +1075,18 @@ fn dup(fd: i64, target: Option<i64>, dup3_flags: Option<u64>) -> Result<Option<i
 }
 
 /// `newfd` now refers to what `src` describes (or a local file): release its old meaning.
-fn replace_entry(newfd: i64, src: Option<Remote>) {
+pub(crate) fn replace_entry(newfd: i64, src: Option<Remote>) {
     let old = match src {
-        Some(r) => fdtable::set(newfd, r),
-        None => fdtable::clear(newfd).map(|(r, _)| r),
+        // `set` leaves the old entry's reference to the caller; `clear` drops it.
+        Some(r) => fdtable::set(newfd, r).map(|o| (o, fdtable::release(o))),
+        None => fdtable::clear(newfd),
     };
-    if let Some(o) = old {
-        let last = if src.is_some() {
-            fdtable::release(o.handle)
-        } else {
-            true
-        };
+    if let Some((o, last)) = old {
+        if o.net {
+            crate::net::forget_fd(newfd);
+        }
         if last {
-            remote::call(Opcode::Close, [o.handle.into(), 0, 0, 0, 0], &[], None);
+            remote::close_handle(o);
         }
     }
 }
@@ -1259,6 +1274,33 @@ fn masked(mode: u64) -> u64 {
 
 /// Set while the shim's constructor runs, so that early calls are not routed half-way.
 pub static READY: AtomicBool = AtomicBool::new(false);
+
+/// The system calls routed when the network domain is in use (added to [`ROUTED`]).
+pub const NET_ROUTED: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_select,
+    libc::SYS_pselect6,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+];
 
 /// The routed system call numbers: the seccomp filter traps these unless the shim made them.
 pub const ROUTED: &[i64] = &[

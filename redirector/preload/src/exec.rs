@@ -1,8 +1,8 @@
 //! Carrying remote fds and the routed cwd across `execve`.
 //!
-//! Before the kernel replaces the program, the shim asks the storage domain for an exec token
-//! (a snapshot of the session's open files) and writes the token, the routed cwd and the fd
-//! table to `/dev/shm/virtuos-exec-<pid>`. The new image's shim reads and deletes that file,
+//! Before the kernel replaces the program, the shim asks each domain it uses for an exec token
+//! (a snapshot of the session's open files or sockets) and writes the tokens, the routed cwd
+//! and the fd table to `/dev/shm/virtuos-exec-<pid>`. The new image's shim reads and deletes that file,
 //! redeems the token in its new session and keeps the entries whose placeholder survived the
 //! exec (those without `O_CLOEXEC`). Everything here uses raw system calls and a static
 //! buffer, because it may run in a SIGSYS handler or in a `vfork` child.
@@ -71,8 +71,14 @@ pub fn execve(nr: i64, a: [u64; 6]) -> i64 {
     if !fdtable::any() && cwd.is_none() {
         return syscall6(nr, a);
     }
-    let mut args = [1, 0, 0, 0, 0];
-    let (r, token) = remote::call_aux(Opcode::PrepareClone, &mut args, &[], None);
+    let mut tokens = [0u64; 2];
+    for (i, d) in [&remote::STORAGE, &remote::NET].into_iter().enumerate() {
+        if fdtable::any_of(d.net) || (!d.net && cwd.is_some()) {
+            let mut args = [1, 0, 0, 0, 0];
+            let (r, token) = d.call_aux(Opcode::PrepareClone, &mut args, &[], None);
+            tokens[i] = if r < 0 { 0 } else { token };
+        }
+    }
     let pid = sys::sys(libc::SYS_getpid, &[]);
     let mut path = [0u8; 64];
     state_path(pid, &mut path);
@@ -88,8 +94,9 @@ pub fn execve(nr: i64, a: [u64; 6]) -> i64 {
         buf: &mut buf[..],
         at: 0,
     };
-    let mut ok =
-        w.put(&MAGIC.to_ne_bytes()) && w.put(&(if r < 0 { 0 } else { token }).to_ne_bytes());
+    let mut ok = w.put(&MAGIC.to_ne_bytes())
+        && w.put(&tokens[0].to_ne_bytes())
+        && w.put(&tokens[1].to_ne_bytes());
     let c = cwd.as_ref().map(|c| c.as_bytes()).unwrap_or(b"");
     ok &= w.put(&(c.len() as u32).to_ne_bytes()) && w.put(c);
     let mut dir = [0u8; PATH_MAX];
@@ -101,7 +108,7 @@ pub fn execve(nr: i64, a: [u64; 6]) -> i64 {
         };
         ok &= w.put(&(fd as i32).to_ne_bytes())
             && w.put(&rem.handle.to_ne_bytes())
-            && w.put(&[u8::from(rem.is_dir)])
+            && w.put(&[u8::from(rem.is_dir) | (u8::from(rem.net) << 1)])
             && w.put(&(n as u32).to_ne_bytes())
             && w.put(&dir[..n]);
     });
@@ -154,16 +161,21 @@ pub fn restore() {
     if u64_at(&mut b) != Some(MAGIC) {
         return;
     }
-    let token = u64_at(&mut b).unwrap_or(0);
-    if token != 0 {
-        let mut args = [token, 0, 0, 0, 0];
-        let r = remote::call_aux(Opcode::Adopt, &mut args, &[], None).0;
+    let tokens = [u64_at(&mut b).unwrap_or(0), u64_at(&mut b).unwrap_or(0)];
+    let mut adopted = [true; 2];
+    for (i, d) in [&remote::STORAGE, &remote::NET].into_iter().enumerate() {
+        if tokens[i] == 0 {
+            continue;
+        }
+        let mut args = [tokens[i], 0, 0, 0, 0];
+        let r = d.call_aux(Opcode::Adopt, &mut args, &[], None).0;
         if r < 0 {
             eprintln!(
-                "virtuos: pid {pid}: the previous program's remote files are lost (adopt failed: {})",
+                "virtuos: pid {pid}: the previous program's remote {} are lost (adopt failed: {})",
+                if d.net { "sockets" } else { "files" },
                 std::io::Error::from_raw_os_error(-r as i32)
             );
-            return;
+            adopted[i] = false;
         }
     }
     let clen = u32_at(&mut b).unwrap_or(0) as usize;
@@ -175,24 +187,38 @@ pub fn restore() {
     let mut dead = Vec::new();
     let mut alive = Vec::new();
     while let (Some(fd), Some(h)) = (u32_at(&mut b), u32_at(&mut b)) {
-        let is_dir = take(&mut b, 1).map(|x| x[0] != 0).unwrap_or(false);
+        let flags = take(&mut b, 1).map(|x| x[0]).unwrap_or(0);
+        let (is_dir, net) = (flags & 1 != 0, flags & 2 != 0);
         let plen = u32_at(&mut b).unwrap_or(0) as usize;
         let dpath = take(&mut b, plen).unwrap_or(b"");
         let fd = fd as i32 as i64;
+        if !adopted[usize::from(net)] {
+            // The placeholder stays, naming nothing: calls on it fail with EIO.
+            fdtable::set(
+                fd,
+                Remote {
+                    handle: fdtable::STALE,
+                    is_dir,
+                    net,
+                },
+            );
+            continue;
+        }
         if sys::sys(libc::SYS_fcntl, &[fd as u64, libc::F_GETFD as u64]) >= 0 {
             if is_dir {
                 fdtable::set_dir_path(h, dpath);
             }
-            fdtable::set(fd, Remote { handle: h, is_dir });
-            alive.push(h);
+            fdtable::set(fd, Remote { handle: h, is_dir, net });
+            alive.push((net, h));
         } else {
-            dead.push(h);
+            dead.push((net, h));
         }
     }
     // Handles only close-on-exec placeholders referred to are closed now.
-    for h in dead {
-        if !alive.contains(&h) {
-            remote::call(Opcode::Close, [h.into(), 0, 0, 0, 0], &[], None);
+    for (net, h) in dead {
+        if !alive.contains(&(net, h)) {
+            let d = if net { &remote::NET } else { &remote::STORAGE };
+            d.call_aux(Opcode::Close, &mut [h.into(), 0, 0, 0, 0], &[], None);
         }
     }
 }

@@ -92,6 +92,55 @@ interpose! {
     fn getdents64(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t = libc::SYS_getdents64, [fd, buf, n];
     fn sendfile(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t = libc::SYS_sendfile, [out, inp, off, n];
     fn sendfile64(out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t = libc::SYS_sendfile, [out, inp, off, n];
+    fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int = libc::SYS_socket, [domain, ty, proto];
+    fn bind(fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int = libc::SYS_bind, [fd, addr, len];
+    fn listen(fd: c_int, backlog: c_int) -> c_int = libc::SYS_listen, [fd, backlog];
+    fn accept(fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int = libc::SYS_accept, [fd, addr, len];
+    fn accept4(fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t, flags: c_int) -> c_int = libc::SYS_accept4, [fd, addr, len, flags];
+    fn connect(fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int = libc::SYS_connect, [fd, addr, len];
+    fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t = libc::SYS_sendto, [fd, buf, n, flags, 0, 0];
+    fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> ssize_t = libc::SYS_sendto, [fd, buf, n, flags, addr, len];
+    fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t = libc::SYS_sendmsg, [fd, msg, flags];
+    fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t = libc::SYS_recvfrom, [fd, buf, n, flags, 0, 0];
+    fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> ssize_t = libc::SYS_recvfrom, [fd, buf, n, flags, addr, len];
+    fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t = libc::SYS_recvmsg, [fd, msg, flags];
+    fn shutdown(fd: c_int, how: c_int) -> c_int = libc::SYS_shutdown, [fd, how];
+    fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut libc::socklen_t) -> c_int = libc::SYS_getsockopt, [fd, level, name, val, len];
+    fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: libc::socklen_t) -> c_int = libc::SYS_setsockopt, [fd, level, name, val, len];
+    fn getsockname(fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int = libc::SYS_getsockname, [fd, addr, len];
+    fn getpeername(fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int = libc::SYS_getpeername, [fd, addr, len];
+    fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int = libc::SYS_poll, [fds, n, timeout];
+    fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int = libc::SYS_ppoll, [fds, n, ts, mask, 8];
+    fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, x: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int = libc::SYS_select, [n, r, w, x, tv];
+    fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int = libc::SYS_epoll_ctl, [epfd, op, fd, ev];
+    fn epoll_wait(epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int = libc::SYS_epoll_wait, [epfd, ev, max, timeout];
+    fn epoll_pwait(epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int = libc::SYS_epoll_pwait, [epfd, ev, max, timeout, mask, 8];
+    fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int = libc::SYS_ioctl, [fd, req, arg];
+}
+
+/// glibc's pselect takes the signal mask itself; the system call takes {mask, size}.
+#[no_mangle]
+pub extern "C" fn pselect(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    x: *mut libc::fd_set,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // The kernel may update the timeout; pselect's is const, so pass a copy.
+    let mut t = if ts.is_null() {
+        None
+    } else {
+        Some(crate::sys::get::<libc::timespec>(ts as u64))
+    };
+    let tp = t.as_mut().map_or(0, |t| t as *mut libc::timespec as u64);
+    let m: [u64; 2] = [mask as u64, 8];
+    let mp = if mask.is_null() { 0 } else { m.as_ptr() as u64 };
+    ret(dispatch(
+        libc::SYS_pselect6,
+        [n as u64, r as u64, w as u64, x as u64, tp, mp],
+    )) as c_int
 }
 
 /// `getcwd` must also allocate when `buf` is null (glibc extension), so it is not a plain wrapper.

@@ -39,15 +39,20 @@ const STALE_TAG: u32 = STALE >> HANDLE_BITS;
 
 const PRESENT: u64 = 1 << 63;
 const IS_DIR: u64 = 1 << 62;
+/// The entry names a socket of the network domain (else a file of the storage domain).
+const NET: u64 = 1 << 31;
 const GEN_SHIFT: u32 = 32;
 /// Generations are 30 bits wide (bits 32..62 of an entry); 0 is never a live generation.
 const GEN_MASK: u64 = (1 << 30) - 1;
 
 static FDS: [AtomicU64; MAX_FDS] = [const { AtomicU64::new(0) }; MAX_FDS];
-static REFS: [AtomicU32; MAX_HANDLES] = [const { AtomicU32::new(0) }; MAX_HANDLES];
-static REMOTE_COUNT: AtomicU32 = AtomicU32::new(0);
-/// The generation of the current storage session.
-static GENERATION: AtomicU32 = AtomicU32::new(1);
+/// Placeholders per handle, per domain (0: storage, 1: network).
+static REFS: [[AtomicU32; MAX_HANDLES]; 2] =
+    [const { [const { AtomicU32::new(0) }; MAX_HANDLES] }; 2];
+/// Remote placeholders per domain (0: storage, 1: network).
+static REMOTE_COUNT: [AtomicU32; 2] = [const { AtomicU32::new(0) }; 2];
+/// The generation of the current session of each domain (0: storage, 1: network).
+static GENERATION: [AtomicU32; 2] = [const { AtomicU32::new(1) }; 2];
 
 /// A remote file as the table knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,11 +62,13 @@ pub struct Remote {
     pub handle: u32,
     /// Opened as a directory.
     pub is_dir: bool,
+    /// A socket of the network domain (else a file of the storage domain).
+    pub net: bool,
 }
 
-/// The generation of the current session.
-pub fn generation() -> u32 {
-    GENERATION.load(Ordering::Acquire)
+/// The generation of the current session of a domain.
+pub fn generation(net: bool) -> u32 {
+    GENERATION[usize::from(net)].load(Ordering::Acquire)
 }
 
 /// The generation after `g` (30 bits, skipping 0).
@@ -74,21 +81,24 @@ pub fn next_generation(g: u32) -> u32 {
     }
 }
 
-/// Makes `g` the current generation. Entries of other generations become stale.
-pub fn set_generation(g: u32) {
-    GENERATION.store(g, Ordering::Release);
+/// Makes `g` a domain's current generation. Its entries of other generations become stale.
+pub fn set_generation(net: bool, g: u32) {
+    GENERATION[usize::from(net)].store(g, Ordering::Release);
 }
 
-/// Starts a new generation whose handle numbers begin afresh: every existing entry becomes
-/// stale, handle reference counts and directory paths start empty. Called before the new
-/// session is published. Returns the new generation.
-pub fn new_generation() -> u32 {
-    let g = next_generation(generation());
-    set_generation(g);
-    for r in REFS.iter() {
+/// Starts a new generation of a domain whose handle numbers begin afresh: every existing
+/// entry of that domain becomes stale, its handle reference counts (and, for storage,
+/// directory paths) start empty. Called before the new session is published. Returns the new
+/// generation.
+pub fn new_generation(net: bool) -> u32 {
+    let g = next_generation(generation(net));
+    set_generation(net, g);
+    for r in REFS[usize::from(net)].iter() {
         r.store(0, Ordering::Relaxed);
     }
-    with_dirs(|d| d.clear());
+    if !net {
+        with_dirs(|d| d.clear());
+    }
     g
 }
 
@@ -115,36 +125,61 @@ pub fn handle_in(handle: u32, g: u32) -> Option<u32> {
     (t != STALE_TAG && (t == 0 || t == tag_of_generation(g))).then_some(handle & HANDLE_MASK)
 }
 
-fn encode(raw: u32, is_dir: bool, g: u32) -> u64 {
+fn encode(raw: u32, is_dir: bool, net: bool, g: u32) -> u64 {
     PRESENT
         | if is_dir { IS_DIR } else { 0 }
+        | if net { NET } else { 0 }
         | ((u64::from(g) & GEN_MASK) << GEN_SHIFT)
-        | u64::from(raw)
+        | u64::from(raw & HANDLE_MASK)
 }
 
-/// Decodes an entry for a table whose current generation is `cur`: the tagged handle, or
+/// Decodes an entry against its domain's current generation: the tagged handle, or
 /// [`STALE`] for an entry of another generation.
-fn decode(v: u64, cur: u32) -> Option<Remote> {
+fn decode(v: u64) -> Option<Remote> {
+    decode_in(v, generation(v & NET != 0))
+}
+
+fn decode_in(v: u64, cur: u32) -> Option<Remote> {
     if v & PRESENT == 0 {
         return None;
     }
     let g = ((v >> GEN_SHIFT) & GEN_MASK) as u32;
-    let handle = if g == cur { tag(v as u32, g) } else { STALE };
+    let handle = if g == cur {
+        tag(v as u32 & HANDLE_MASK, g)
+    } else {
+        STALE
+    };
     Some(Remote {
         handle,
         is_dir: v & IS_DIR != 0,
+        net: v & NET != 0,
     })
 }
 
-/// What `fd` stands for, if it is a remote placeholder.
+/// What `fd` stands for, if it is a remote placeholder of the storage domain.
 pub fn get(fd: i64) -> Option<Remote> {
+    get_any(fd).filter(|r| !r.net)
+}
+
+/// What `fd` stands for, if it is a socket of the network domain.
+pub fn get_net(fd: i64) -> Option<Remote> {
+    get_any(fd).filter(|r| r.net)
+}
+
+/// What `fd` stands for, if it is a remote placeholder of either domain.
+pub fn get_any(fd: i64) -> Option<Remote> {
     let i = usize::try_from(fd).ok().filter(|&i| i < MAX_FDS)?;
-    decode(FDS[i].load(Ordering::Acquire), generation())
+    decode(FDS[i].load(Ordering::Acquire))
 }
 
 /// True when any remote fd exists (fork/exec then need to carry the session over).
 pub fn any() -> bool {
-    REMOTE_COUNT.load(Ordering::Relaxed) > 0
+    any_of(false) || any_of(true)
+}
+
+/// True when any remote fd of the domain exists.
+pub fn any_of(net: bool) -> bool {
+    REMOTE_COUNT[usize::from(net)].load(Ordering::Relaxed) > 0
 }
 
 /// The generation an entry for the tagged handle `handle` gets: the current one for an
@@ -162,15 +197,16 @@ fn generation_for(handle: u32, cur: u32) -> u32 {
 /// generation (or [`STALE`]) is recorded as stale and takes no reference.
 pub fn set(fd: i64, r: Remote) -> Option<Remote> {
     let i = usize::try_from(fd).ok().filter(|&i| i < MAX_FDS)?;
-    let cur = generation();
+    let cur = generation(r.net);
     let g = generation_for(r.handle, cur);
     let h = raw(r.handle);
     if g != 0 && (h as usize) < MAX_HANDLES {
-        REFS[h as usize].fetch_add(1, Ordering::AcqRel);
+        REFS[usize::from(r.net)][h as usize].fetch_add(1, Ordering::AcqRel);
     }
-    let old = decode(FDS[i].swap(encode(h, r.is_dir, g), Ordering::AcqRel), cur);
-    if old.is_none() {
-        REMOTE_COUNT.fetch_add(1, Ordering::Relaxed);
+    let old = decode(FDS[i].swap(encode(h, r.is_dir, r.net, g), Ordering::AcqRel));
+    REMOTE_COUNT[usize::from(r.net)].fetch_add(1, Ordering::Relaxed);
+    if let Some(o) = old {
+        REMOTE_COUNT[usize::from(o.net)].fetch_sub(1, Ordering::Relaxed);
     }
     old
 }
@@ -179,18 +215,18 @@ pub fn set(fd: i64, r: Remote) -> Option<Remote> {
 /// (always true for a stale entry, whose handle died with its session).
 pub fn clear(fd: i64) -> Option<(Remote, bool)> {
     let i = usize::try_from(fd).ok().filter(|&i| i < MAX_FDS)?;
-    let old = decode(FDS[i].swap(0, Ordering::AcqRel), generation())?;
-    REMOTE_COUNT.fetch_sub(1, Ordering::Relaxed);
-    Some((old, release(old.handle)))
+    let old = decode(FDS[i].swap(0, Ordering::AcqRel))?;
+    REMOTE_COUNT[usize::from(old.net)].fetch_sub(1, Ordering::Relaxed);
+    Some((old, release(old)))
 }
 
-/// Drops one reference on the tagged `handle`; true when it was the last (or when the
-/// handle belongs to another generation, which holds no references).
-pub fn release(handle: u32) -> bool {
-    let Some(h) = handle_in(handle, generation()) else {
+/// Drops one reference on `r`'s handle; true when it was the last (or when the handle
+/// belongs to another generation, which holds no references).
+pub fn release(r: Remote) -> bool {
+    let Some(h) = handle_in(r.handle, generation(r.net)) else {
         return true;
     };
-    match REFS.get(h as usize) {
+    match REFS[usize::from(r.net)].get(h as usize) {
         Some(r) => r.fetch_sub(1, Ordering::AcqRel) == 1,
         None => true,
     }
@@ -202,9 +238,8 @@ pub fn for_each(mut f: impl FnMut(i64, Remote)) {
     if !any() {
         return;
     }
-    let cur = generation();
     for (i, e) in FDS.iter().enumerate() {
-        if let Some(mut r) = decode(e.load(Ordering::Acquire), cur) {
+        if let Some(mut r) = decode(e.load(Ordering::Acquire)) {
             if r.handle != STALE {
                 r.handle = raw(r.handle);
             }
@@ -218,10 +253,12 @@ pub fn reset() {
     for e in FDS.iter() {
         e.store(0, Ordering::Relaxed);
     }
-    for r in REFS.iter() {
+    for r in REFS.iter().flatten() {
         r.store(0, Ordering::Relaxed);
     }
-    REMOTE_COUNT.store(0, Ordering::Relaxed);
+    for c in REMOTE_COUNT.iter() {
+        c.store(0, Ordering::Relaxed);
+    }
 }
 
 // ---- directory paths, by handle ----
@@ -245,7 +282,7 @@ fn with_dirs<R>(f: impl FnOnce(&mut Vec<Option<(u32, Box<[u8]>)>>) -> R) -> R {
 /// Remembers the export-relative path of directory handle `handle` (tagged; a handle of
 /// another generation is ignored).
 pub fn set_dir_path(handle: u32, path: &[u8]) {
-    let Some(handle) = handle_in(handle, generation()) else {
+    let Some(handle) = handle_in(handle, generation(false)) else {
         return;
     };
     let boxed: Box<[u8]> = path.into();
@@ -266,7 +303,7 @@ pub fn set_dir_path(handle: u32, path: &[u8]) {
 /// Copies the path of directory handle `handle` into `out`; returns its length (None for a
 /// stale handle).
 pub fn dir_path(handle: u32, out: &mut [u8]) -> Option<usize> {
-    let handle = handle_in(handle, generation())?;
+    let handle = handle_in(handle, generation(false))?;
     with_dirs(|d| {
         let (_, p) = d.iter().flatten().find(|(h, _)| *h == handle)?;
         let n = p.len().min(out.len());
@@ -277,7 +314,7 @@ pub fn dir_path(handle: u32, out: &mut [u8]) -> Option<usize> {
 
 /// Forgets the path of `handle`.
 pub fn forget_dir(handle: u32) {
-    let Some(handle) = handle_in(handle, generation()) else {
+    let Some(handle) = handle_in(handle, generation(false)) else {
         return;
     };
     with_dirs(|d| {
@@ -298,13 +335,13 @@ mod tests {
         for g in [1u32, 2, 253, 254, 255, (1 << 30) - 1] {
             for raw_h in [0u32, 1, 7, 65535, HANDLE_MASK] {
                 for is_dir in [false, true] {
-                    let v = encode(raw_h, is_dir, g);
-                    let r = decode(v, g).unwrap();
+                    let v = encode(raw_h, is_dir, false, g);
+                    let r = decode_in(v, g).unwrap();
                     assert_eq!(r.is_dir, is_dir);
                     assert_eq!(handle_in(r.handle, g), Some(raw_h), "g {g} h {raw_h}");
                     assert_ne!(r.handle, STALE);
                     // In any other generation the entry is stale.
-                    let other = decode(v, next_generation(g)).unwrap();
+                    let other = decode_in(v, next_generation(g)).unwrap();
                     assert_eq!(other.handle, STALE);
                     assert_eq!(other.is_dir, is_dir);
                     assert_eq!(handle_in(other.handle, g), None);
@@ -312,7 +349,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(decode(0, 1), None);
+        assert_eq!(decode_in(0, 1), None);
     }
 
     #[test]
@@ -343,13 +380,14 @@ mod tests {
     #[test]
     fn table_turns_stale_across_a_new_generation() {
         // One test touches the global table, so nothing else races with it.
-        let g = generation();
+        let g = generation(false);
         assert_eq!(
             set(
                 10,
                 Remote {
                     handle: tag(4, g),
-                    is_dir: false
+                    is_dir: false,
+                    net: false
                 }
             ),
             None
@@ -361,7 +399,8 @@ mod tests {
                 12,
                 Remote {
                     handle: tag(6, g),
-                    is_dir: true
+                    is_dir: true,
+                    net: false
                 }
             ),
             None
@@ -372,7 +411,7 @@ mod tests {
             clear(10).map(|(r, last)| (raw(r.handle), last)),
             Some((4, false))
         );
-        let g2 = new_generation();
+        let g2 = new_generation(false);
         assert_ne!(g, g2);
         let stale = get(11).unwrap();
         assert_eq!(stale.handle, STALE);
@@ -383,7 +422,8 @@ mod tests {
                 20,
                 Remote {
                     handle: tag(4, g2),
-                    is_dir: false
+                    is_dir: false,
+                    net: false
                 }
             ),
             None
@@ -399,6 +439,7 @@ mod tests {
             Remote {
                 handle: tag(9, g),
                 is_dir: false,
+                net: false,
             },
         );
         assert_eq!(get(21).unwrap().handle, STALE);

@@ -18,6 +18,8 @@ pub mod cwd;
 pub mod dispatch;
 pub mod exec;
 pub mod fdtable;
+pub mod net;
+pub mod netpoll;
 pub mod paths;
 pub mod remote;
 pub mod statconv;
@@ -30,41 +32,55 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use abi::Opcode;
 
-/// Token of a pending fork snapshot (between the atfork prepare and child handlers).
+/// Tokens of pending fork snapshots (storage, network), between the atfork prepare and
+/// child handlers.
 #[cfg_attr(test, allow(dead_code))]
-static FORK_TOKEN: AtomicU64 = AtomicU64::new(0);
+static FORK_TOKEN: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+
+#[cfg_attr(test, allow(dead_code))]
+fn domains() -> [&'static remote::Domain; 2] {
+    [&remote::STORAGE, &remote::NET]
+}
 
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn before_fork() {
-    if !fdtable::any() && cwd::get().is_none() {
-        return;
+    for (i, d) in domains().into_iter().enumerate() {
+        if !fdtable::any_of(d.net) && (d.net || cwd::get().is_none()) {
+            continue;
+        }
+        let mut args = [0u64; 5];
+        let (r, token) = d.call_aux(Opcode::PrepareClone, &mut args, &[], None);
+        FORK_TOKEN[i].store(if r < 0 { 0 } else { token }, Ordering::Relaxed);
     }
-    let mut args = [0u64; 5];
-    let (r, token) = remote::call_aux(Opcode::PrepareClone, &mut args, &[], None);
-    FORK_TOKEN.store(if r < 0 { 0 } else { token }, Ordering::Relaxed);
 }
 
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn after_fork_parent() {
-    FORK_TOKEN.store(0, Ordering::Relaxed);
+    for t in FORK_TOKEN.iter() {
+        t.store(0, Ordering::Relaxed);
+    }
 }
 
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn after_fork_child() {
-    // The child must not use the parent's rings: start its own session and adopt the
-    // parent's open files, which it shares as a forked process shares them on Linux.
+    // The child must not use the parent's rings: start its own sessions and adopt the
+    // parent's open files and sockets, which it shares as a forked process shares them.
     remote::abandon();
-    let token = FORK_TOKEN.swap(0, Ordering::Relaxed);
-    if token != 0 {
-        // Connects (lazily) and adopts; without a token the child connects on first use.
-        let mut args = [token, 0, 0, 0, 0];
-        let (r, _) = remote::call_aux(Opcode::Adopt, &mut args, &[], None);
-        if r < 0 {
-            eprintln!(
-                "virtuos: child {} could not adopt its parent's remote files (errno {})",
-                std::process::id(),
-                -r
-            );
+    net::after_fork_child();
+    for (i, d) in domains().into_iter().enumerate() {
+        let token = FORK_TOKEN[i].swap(0, Ordering::Relaxed);
+        if token != 0 {
+            // Connects and adopts; without a token the child connects on first use.
+            let mut args = [token, 0, 0, 0, 0];
+            let (r, _) = d.call_aux(Opcode::Adopt, &mut args, &[], None);
+            if r < 0 {
+                eprintln!(
+                    "virtuos: child {} could not adopt its parent's remote {} (errno {})",
+                    std::process::id(),
+                    if d.net { "sockets" } else { "files" },
+                    -r
+                );
+            }
         }
     }
 }
@@ -74,9 +90,10 @@ extern "C" fn after_fork_child() {
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn report_at_exit() {
     let line = format!(
-        "virtuos: pid {}: {} calls routed to the storage domain, {} calls trapped (slow path)\n",
+        "virtuos: pid {}: {} calls routed to the storage domain, {} to the network domain, {} calls trapped (slow path)\n",
         std::process::id(),
-        remote::ROUTED.load(Ordering::Relaxed),
+        remote::STORAGE.routed.load(Ordering::Relaxed),
+        remote::NET.routed.load(Ordering::Relaxed),
         sys::TRAPPED.load(Ordering::Relaxed)
     );
     // Programs often close stderr in their own exit handlers, which run before this one:
@@ -96,7 +113,7 @@ static REPORT_FD: AtomicU64 = AtomicU64::new(2);
 #[cfg(not(test))]
 extern "C" fn virtuos_init() {
     let cfg = config::get();
-    if cfg.storage_sock.is_none() {
+    if cfg.storage_sock.is_none() && cfg.net_sock.is_none() {
         return;
     }
     dispatch::init_umask();
@@ -125,7 +142,10 @@ extern "C" fn virtuos_init() {
         );
         return;
     }
-    let nrs: Vec<u32> = dispatch::ROUTED.iter().map(|&n| n as u32).collect();
+    let mut nrs: Vec<u32> = dispatch::ROUTED.iter().map(|&n| n as u32).collect();
+    if cfg.net_sock.is_some() {
+        nrs.extend(dispatch::NET_ROUTED.iter().map(|&n| n as u32));
+    }
     if let Err(e) = sys::install_filter(&nrs) {
         eprintln!("virtuos: cannot install the seccomp filter (errno {}); libc-internal calls will not be routed", -e);
     }

@@ -1,0 +1,770 @@
+//! Sockets of the network domain, and readiness across domains.
+//!
+//! With `VIRTUOS_NET` set, every AF_INET/AF_INET6 socket the program creates lives in the
+//! network domain; the program holds a placeholder fd for it (see [`crate::fdtable`]). Socket
+//! calls, `read`/`write` and their vectored forms, `fcntl`/`ioctl` and `sendfile` on such fds
+//! are forwarded here. Calls that may wait (accept, connect, send, recv on a blocking socket)
+//! wait in the server; a signal handler without `SA_RESTART` that runs meanwhile makes the
+//! call fail with `EINTR` (the server cancels it), as on Linux.
+//!
+//! `poll`, `ppoll`, `select`, `pselect6` and `epoll_*` on sets that hold remote sockets are
+//! emulated: remote readiness comes from the session's shared readiness words, which the
+//! server keeps current; local fds are polled by the kernel. A thread that has to wait
+//! announces itself in shared memory and sleeps in `ppoll` on its local fds plus the session's
+//! readiness eventfd and control socket, so whichever side becomes ready first wakes it and an
+//! idle wait costs no CPU.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use abi::{Opcode, Request, Response};
+use xen_transport::Lease;
+
+use crate::dispatch::{new_placeholder, replace_entry};
+use crate::fdtable::{self, Remote};
+use crate::remote::{Live, Pin, NET};
+use crate::sys::{self, get, iovecs, put, user_buf, user_buf_mut};
+
+const EIO: i64 = -(libc::EIO as i64);
+
+fn e(n: i32) -> i64 {
+    -i64::from(n)
+}
+
+/// Whether the network domain is configured.
+pub fn enabled() -> bool {
+    NET.configured()
+}
+
+/// A signal handler ran while a call waited: does Linux interrupt the call (`EINTR`)? It does
+/// unless the handler was installed with `SA_RESTART`. The shim cannot tell which signal
+/// arrived, so it interrupts when any installed handler lacks `SA_RESTART`.
+fn should_interrupt() -> bool {
+    for sig in 1..=64u64 {
+        if sig == libc::SIGSYS as u64 || sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64
+        {
+            continue;
+        }
+        let mut old = [0u64; 4]; // struct kernel_sigaction: handler, flags, restorer, mask
+        let r = sys::sys(
+            libc::SYS_rt_sigaction,
+            &[sig, 0, old.as_mut_ptr() as u64, 8],
+        );
+        if r < 0 {
+            continue;
+        }
+        let (handler, flags) = (old[0], old[1]);
+        let installed = handler != libc::SIG_DFL as u64 && handler != libc::SIG_IGN as u64;
+        if installed && flags & libc::SA_RESTART as u64 == 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// Runs `f` with a lease on the network session, the handle in `args[0]` translated.
+fn with_lease<R>(
+    op: Opcode,
+    args: &mut [u64; 5],
+    f: impl FnOnce(&'static Live, &mut Lease<'static>, &[u64; 5]) -> Result<R, i64>,
+) -> Result<R, i64> {
+    let d = &NET;
+    let _pin = Pin::new(d);
+    let live = d.session(Some(op)).ok_or(EIO)?;
+    d.check_handle(live, op, args)?;
+    d.routed.fetch_add(1, Ordering::Relaxed);
+    let mut lease = live.s.lease();
+    f(live, &mut lease, args)
+}
+
+fn send_req(
+    lease: &mut Lease<'_>,
+    op: Opcode,
+    args: &[u64; 5],
+    data_len: usize,
+    interruptible: bool,
+) -> Result<Response, i64> {
+    let req = Request {
+        opcode: op as u16,
+        data_off: 0,
+        data_len: data_len.min(lease.window() as usize) as u32,
+        args: *args,
+        ..Request::default()
+    };
+    let r = if interruptible {
+        lease.call_interruptible(req, &mut should_interrupt)
+    } else {
+        lease.call(req)
+    };
+    match r {
+        Ok(rsp) if rsp.result < 0 => Err(rsp.result),
+        Ok(rsp) => Ok(rsp),
+        Err(err) => Err(-i64::from(err.errno().get())),
+    }
+}
+
+/// A simple call: `input` at the window start, up to `out.len()` result bytes back.
+fn simple(
+    op: Opcode,
+    mut args: [u64; 5],
+    input: &[u8],
+    out: Option<&mut [u8]>,
+) -> Result<Response, i64> {
+    with_lease(op, &mut args, |_, lease, args| {
+        let mut a = *args;
+        if !input.is_empty() {
+            lease.write(0, input).map_err(|_| e(libc::EINVAL))?;
+            a[4] = input.len() as u64;
+        }
+        let olen = out.as_ref().map_or(0, |o| o.len());
+        let rsp = send_req(lease, op, &a, input.len().max(olen), false)?;
+        if let Some(out) = out {
+            let n = (rsp.data_len as usize).min(out.len());
+            lease.read(0, &mut out[..n]).map_err(|_| EIO)?;
+        }
+        Ok(rsp)
+    })
+}
+
+/// Makes a placeholder for a new remote socket handle (tagged), honouring SOCK_CLOEXEC.
+fn install(handle: i64, cloexec: bool) -> i64 {
+    let ph = new_placeholder(if cloexec { libc::O_CLOEXEC as u64 } else { 0 });
+    if ph < 0 {
+        let _ = crate::remote::close_handle(Remote {
+            handle: handle as u32,
+            is_dir: false,
+            net: true,
+        });
+        return ph;
+    }
+    fdtable::set(
+        ph,
+        Remote {
+            handle: handle as u32,
+            is_dir: false,
+            net: true,
+        },
+    );
+    ph
+}
+
+fn socket(domain: u64, ty: u64, proto: u64) -> i64 {
+    let mut args = [domain, ty & !(libc::SOCK_CLOEXEC as u64), proto, 0, 0];
+    let h = with_lease(Opcode::Socket, &mut args, |live, lease, a| {
+        let rsp = send_req(lease, Opcode::Socket, a, 0, false)?;
+        Ok(NET.tag_result(live, Opcode::Socket, rsp.result))
+    });
+    match h {
+        Ok(h) if h >= 0 => install(h, ty & libc::SOCK_CLOEXEC as u64 != 0),
+        Ok(err) | Err(err) => err,
+    }
+}
+
+fn addr_in(p: u64, len: u64) -> Result<&'static [u8], i64> {
+    if p == 0 || len > 128 {
+        return Err(e(libc::EINVAL));
+    }
+    Ok(user_buf(p, len as usize))
+}
+
+/// Copies a returned address to the caller's (`addr`, `*addrlen`) as the kernel does:
+/// truncated to the room given, the full length stored back.
+fn addr_out(addr: u64, lenp: u64, bytes: &[u8], full: u64) {
+    if addr == 0 || lenp == 0 {
+        return;
+    }
+    let room = get::<u32>(lenp) as usize;
+    let n = room.min(bytes.len());
+    user_buf_mut(addr, n).copy_from_slice(&bytes[..n]);
+    put::<u32>(lenp, full as u32);
+}
+
+fn accept(r: Remote, addr: u64, lenp: u64, flags: u64) -> i64 {
+    let room = if addr != 0 && lenp != 0 {
+        (get::<u32>(lenp) as u64).min(128)
+    } else {
+        0
+    };
+    let mut args = [r.handle.into(), flags & libc::SOCK_NONBLOCK as u64, room, 0, 0];
+    let res = with_lease(Opcode::Accept, &mut args, |live, lease, a| {
+        let rsp = send_req(lease, Opcode::Accept, a, 128, true)?;
+        let mut buf = [0u8; 128];
+        let n = (rsp.data_len as usize).min(128);
+        lease.read(0, &mut buf[..n]).map_err(|_| EIO)?;
+        let h = NET.tag_result(live, Opcode::Accept, rsp.result);
+        Ok((rsp, h, buf, n))
+    });
+    match res {
+        Ok((rsp, h, buf, n)) => {
+            if h < 0 {
+                return h;
+            }
+            addr_out(addr, lenp, &buf[..n], rsp.aux[0]);
+            install(h, flags & libc::SOCK_CLOEXEC as u64 != 0)
+        }
+        Err(err) => err,
+    }
+}
+
+fn connect(r: Remote, addr: u64, len: u64) -> i64 {
+    let a = match addr_in(addr, len) {
+        Ok(a) => a,
+        Err(err) => return err,
+    };
+    let mut args = [r.handle.into(), 0, 0, 0, a.len() as u64];
+    with_lease(Opcode::Connect, &mut args, |_, lease, args| {
+        lease.write(0, a).map_err(|_| e(libc::EINVAL))?;
+        send_req(lease, Opcode::Connect, args, a.len(), true).map(|r| r.result)
+    })
+    .unwrap_or_else(|err| err)
+}
+
+/// Raises SIGPIPE in the calling thread for a send that hit a closed pipe, as Linux does
+/// unless MSG_NOSIGNAL was given.
+fn sigpipe(r: i64, flags: u64) -> i64 {
+    if r == e(libc::EPIPE) && flags & libc::MSG_NOSIGNAL as u64 == 0 {
+        let tid = sys::sys(libc::SYS_gettid, &[]);
+        let pid = sys::sys(libc::SYS_getpid, &[]);
+        sys::sys(
+            libc::SYS_tgkill,
+            &[pid as u64, tid as u64, libc::SIGPIPE as u64],
+        );
+    }
+    r
+}
+
+/// send/sendto/sendmsg/write: `segs` gathered into the window (chunked for streams).
+fn send(r: Remote, segs: &[libc::iovec], flags: u64, dest: &[u8]) -> i64 {
+    let total: usize = segs.iter().map(|s| s.iov_len).sum();
+    let mut done = 0usize;
+    let mut seg = 0usize;
+    let mut seg_off = 0usize;
+    loop {
+        let mut args = [r.handle.into(), flags, 0, dest.len() as u64, 0];
+        let res = with_lease(Opcode::Send, &mut args, |_, lease, a| {
+            let w = lease.window() as usize - dest.len();
+            if !dest.is_empty() && total > w {
+                return Err(e(libc::EMSGSIZE));
+            }
+            // Gather the next chunk straight from the caller's buffers into the window.
+            let mut n = 0usize;
+            let (mut s, mut so) = (seg, seg_off);
+            while s < segs.len() && n < w {
+                let iv = segs[s];
+                let take = (iv.iov_len - so).min(w - n);
+                if take > 0 {
+                    lease
+                        .write(n, user_buf(iv.iov_base as u64 + so as u64, take))
+                        .map_err(|_| e(libc::EFAULT))?;
+                }
+                n += take;
+                so += take;
+                if so == iv.iov_len {
+                    s += 1;
+                    so = 0;
+                }
+            }
+            if !dest.is_empty() {
+                lease.write(n, dest).map_err(|_| e(libc::EINVAL))?;
+            }
+            let mut a = *a;
+            a[4] = n as u64;
+            let rsp = send_req(lease, Opcode::Send, &a, n + dest.len(), true)?;
+            Ok((rsp.result as usize, n))
+        });
+        match res {
+            Ok((sent, chunk)) => {
+                done += sent;
+                // Advance the segment cursor by what was sent.
+                let mut left = sent;
+                while left > 0 && seg < segs.len() {
+                    let avail = segs[seg].iov_len - seg_off;
+                    let t = avail.min(left);
+                    left -= t;
+                    seg_off += t;
+                    if seg_off == segs[seg].iov_len {
+                        seg += 1;
+                        seg_off = 0;
+                    }
+                }
+                if sent < chunk || done >= total {
+                    return done as i64;
+                }
+            }
+            Err(err) => {
+                return if done > 0 {
+                    done as i64
+                } else {
+                    sigpipe(err, flags)
+                }
+            }
+        }
+    }
+}
+
+/// recv/recvfrom/recvmsg/read: one window-sized chunk scattered into `segs`; returns
+/// (bytes, source address bytes, full address length, message flags).
+fn recv(
+    r: Remote,
+    segs: &[libc::iovec],
+    flags: u64,
+    name_room: usize,
+    want_flags: bool,
+) -> Result<(usize, [u8; 128], usize, u64), i64> {
+    let total: usize = segs.iter().map(|s| s.iov_len).sum();
+    let name_room = name_room.min(128);
+    let mut args = [
+        r.handle.into(),
+        flags,
+        0,
+        name_room as u64,
+        u64::from(want_flags),
+    ];
+    with_lease(Opcode::Recv, &mut args, |_, lease, a| {
+        let want = total.min(lease.window() as usize - name_room);
+        let mut a = *a;
+        a[2] = want as u64;
+        let rsp = send_req(lease, Opcode::Recv, &a, want + name_room, true)?;
+        let n = (rsp.result as usize).min(want);
+        // Scatter from the window into the caller's buffers.
+        let mut at = 0usize;
+        for iv in segs {
+            if at >= n {
+                break;
+            }
+            let t = iv.iov_len.min(n - at);
+            lease
+                .read(at, user_buf_mut(iv.iov_base as u64, t))
+                .map_err(|_| e(libc::EFAULT))?;
+            at += t;
+        }
+        let mut name = [0u8; 128];
+        if name_room > 0 {
+            let m = (rsp.aux[0] as usize).min(name_room);
+            lease
+                .read(want, &mut name[..m])
+                .map_err(|_| e(libc::EFAULT))?;
+        }
+        Ok((n, name, rsp.aux[0] as usize, rsp.aux[1]))
+    })
+}
+
+fn one_seg(buf: u64, len: u64) -> [libc::iovec; 1] {
+    [libc::iovec {
+        iov_base: buf as *mut libc::c_void,
+        iov_len: len as usize,
+    }]
+}
+
+fn sendmsg(r: Remote, msg: u64, flags: u64) -> i64 {
+    let m: libc::msghdr = get(msg);
+    let segs = iovecs(m.msg_iov as u64, m.msg_iovlen);
+    let dest = if m.msg_name.is_null() || m.msg_namelen == 0 {
+        &[][..]
+    } else {
+        match addr_in(m.msg_name as u64, u64::from(m.msg_namelen)) {
+            Ok(a) => a,
+            Err(err) => return err,
+        }
+    };
+    send(r, segs, flags, dest)
+}
+
+fn recvmsg(r: Remote, msg: u64, flags: u64) -> i64 {
+    let mut m: libc::msghdr = get(msg);
+    let segs = iovecs(m.msg_iov as u64, m.msg_iovlen);
+    let room = if m.msg_name.is_null() {
+        0
+    } else {
+        m.msg_namelen as usize
+    };
+    match recv(r, segs, flags, room, true) {
+        Ok((n, name, full, mflags)) => {
+            if room > 0 {
+                let k = room.min(full).min(128);
+                user_buf_mut(m.msg_name as u64, k).copy_from_slice(&name[..k]);
+                m.msg_namelen = full as u32;
+            }
+            // Ancillary data is not forwarded.
+            m.msg_controllen = 0;
+            m.msg_flags = mflags as i32;
+            put(msg, m);
+            n as i64
+        }
+        Err(err) => err,
+    }
+}
+
+fn sockopt_get(r: Remote, level: u64, name: u64, val: u64, lenp: u64) -> i64 {
+    if val == 0 || lenp == 0 {
+        return e(libc::EFAULT);
+    }
+    let room = (get::<u32>(lenp) as usize).min(4096);
+    let mut buf = vec![0u8; room];
+    match simple(
+        Opcode::GetSockOpt,
+        [r.handle.into(), level, name, room as u64, 0],
+        &[],
+        Some(&mut buf),
+    ) {
+        Ok(rsp) => {
+            let n = (rsp.result as usize).min(room);
+            user_buf_mut(val, n).copy_from_slice(&buf[..n]);
+            put::<u32>(lenp, n as u32);
+            0
+        }
+        Err(err) => err,
+    }
+}
+
+fn sockopt_set(r: Remote, level: u64, name: u64, val: u64, len: u64) -> i64 {
+    if len > 4096 {
+        return e(libc::EINVAL);
+    }
+    let v = if len == 0 {
+        &[][..]
+    } else {
+        user_buf(val, len as usize)
+    };
+    simple(
+        Opcode::SetSockOpt,
+        [r.handle.into(), level, name, 0, 0],
+        v,
+        None,
+    )
+    .map(|r| r.result)
+    .unwrap_or_else(|err| err)
+}
+
+fn sockname(r: Remote, peer: bool, addr: u64, lenp: u64) -> i64 {
+    if addr == 0 || lenp == 0 {
+        return e(libc::EFAULT);
+    }
+    let mut buf = [0u8; 128];
+    let op = if peer {
+        Opcode::GetPeerName
+    } else {
+        Opcode::GetSockName
+    };
+    match simple(op, [r.handle.into(), 0, 0, 128, 0], &[], Some(&mut buf)) {
+        Ok(rsp) => {
+            let n = (rsp.data_len as usize).min(128);
+            addr_out(addr, lenp, &buf[..n], rsp.result as u64);
+            0
+        }
+        Err(err) => err,
+    }
+}
+
+fn fstat(r: Remote, out: u64) -> i64 {
+    let mut buf = [0u8; 256];
+    match simple(
+        Opcode::FStat,
+        [r.handle.into(), 0, 0, 0, 0],
+        &[],
+        Some(&mut buf),
+    ) {
+        Ok(_) => {
+            // SAFETY-free conversion: statx is plain data read from our own buffer.
+            let x: libc::statx = get(buf.as_ptr() as u64);
+            put(out, crate::statconv::statx_to_stat(&x));
+            0
+        }
+        Err(err) => err,
+    }
+}
+
+fn fcntl(fd: i64, r: Remote, a: [u64; 6]) -> i64 {
+    let cmd = a[1] as i32;
+    match cmd {
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => {
+            let n = sys::sys(libc::SYS_fcntl, &[fd as u64, a[1], a[2]]);
+            if n >= 0 {
+                replace_entry(n, Some(r));
+            }
+            n
+        }
+        libc::F_GETFD | libc::F_SETFD => sys::sys(libc::SYS_fcntl, &[fd as u64, a[1], a[2]]),
+        libc::F_GETFL => simple(
+            Opcode::Fcntl,
+            [r.handle.into(), libc::F_GETFL as u64, 0, 0, 0],
+            &[],
+            None,
+        )
+        .map(|rsp| (rsp.result & !(libc::O_ACCMODE as i64)) | libc::O_RDWR as i64)
+        .unwrap_or_else(|err| err),
+        libc::F_SETFL => simple(
+            Opcode::Fcntl,
+            [r.handle.into(), libc::F_SETFL as u64, a[2], 0, 0],
+            &[],
+            None,
+        )
+        .map(|rsp| rsp.result)
+        .unwrap_or_else(|err| err),
+        libc::F_GETOWN | libc::F_SETOWN => 0,
+        _ => e(libc::EINVAL),
+    }
+}
+
+fn ioctl(fd: i64, r: Remote, req: u64, arg: u64) -> i64 {
+    match req as libc::c_ulong {
+        libc::FIOCLEX | libc::FIONCLEX => sys::sys(libc::SYS_ioctl, &[fd as u64, req, arg]),
+        libc::FIONBIO => {
+            if arg == 0 {
+                return e(libc::EFAULT);
+            }
+            let v = get::<i32>(arg);
+            simple(
+                Opcode::Ioctl,
+                [r.handle.into(), req, v as u32 as u64, 0, 0],
+                &[],
+                None,
+            )
+            .map(|_| 0)
+            .unwrap_or_else(|err| err)
+        }
+        libc::FIONREAD | libc::TIOCOUTQ => {
+            if arg == 0 {
+                return e(libc::EFAULT);
+            }
+            match simple(Opcode::Ioctl, [r.handle.into(), req, 0, 0, 0], &[], None) {
+                Ok(rsp) => {
+                    put::<i32>(arg, rsp.result as i32);
+                    0
+                }
+                Err(err) => err,
+            }
+        }
+        _ => e(libc::ENOTTY),
+    }
+}
+
+/// sendfile(out = remote socket, in = local or storage file): the file's bytes are read
+/// straight into a buffer and sent in window-sized chunks. With a NULL offset the input's
+/// position moves by what was sent.
+fn sendfile(out: Remote, a: [u64; 6]) -> i64 {
+    let in_fd = a[1] as i32 as i64;
+    let off_p = a[2];
+    let count = a[3] as usize;
+    let storage = fdtable::get(in_fd);
+    let seek = |whence: i32, to: u64| -> i64 {
+        match storage {
+            Some(r) => crate::remote::call(
+                Opcode::LSeek,
+                [r.handle.into(), to, whence as u64, 0, 0],
+                &[],
+                None,
+            ),
+            None => sys::sys(libc::SYS_lseek, &[in_fd as u64, to, whence as u64]),
+        }
+    };
+    let start = if off_p != 0 {
+        get::<i64>(off_p)
+    } else {
+        seek(libc::SEEK_CUR, 0)
+    };
+    if start < 0 {
+        return start;
+    }
+    let mut buf = vec![0u8; count.min(256 << 10)];
+    let mut done = 0usize;
+    let mut err = 0i64;
+    while done < count {
+        let want = (count - done).min(buf.len());
+        let at = start as u64 + done as u64;
+        let n = match storage {
+            Some(r) => crate::remote::call(
+                Opcode::PRead,
+                [r.handle.into(), at, 0, 0, 0],
+                &[],
+                Some(&mut buf[..want]),
+            ),
+            None => sys::sys(
+                libc::SYS_pread64,
+                &[in_fd as u64, buf.as_mut_ptr() as u64, want as u64, at],
+            ),
+        };
+        if n <= 0 {
+            if n < 0 {
+                err = n;
+            }
+            break;
+        }
+        let w = send(out, &one_seg(buf.as_ptr() as u64, n as u64), 0, &[]);
+        if w < 0 {
+            err = w;
+            break;
+        }
+        done += w as usize;
+        if (w as usize) < n as usize {
+            break;
+        }
+    }
+    if done == 0 && err < 0 {
+        return err;
+    }
+    if off_p != 0 {
+        put::<i64>(off_p, start + done as i64);
+    } else {
+        seek(libc::SEEK_SET, start as u64 + done as u64);
+    }
+    done as i64
+}
+
+/// Routes a system call that involves a network-domain socket; `None`: not ours.
+pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
+    if !enabled() {
+        return None;
+    }
+    let fd = a[0] as i32 as i64;
+    if nr == libc::SYS_socket {
+        let dom = a[0] as i32;
+        if dom == libc::AF_INET || dom == libc::AF_INET6 {
+            return Some(socket(a[0], a[1], a[2]));
+        }
+        return None;
+    }
+    match nr {
+        libc::SYS_poll => return crate::netpoll::poll(a[0], a[1], a[2] as i32 as i64),
+        libc::SYS_ppoll => return crate::netpoll::ppoll(a),
+        libc::SYS_select => return crate::netpoll::select(a, false),
+        libc::SYS_pselect6 => return crate::netpoll::select(a, true),
+        libc::SYS_epoll_ctl => return crate::netpoll::epoll_ctl(a),
+        libc::SYS_epoll_wait | libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 => {
+            return crate::netpoll::epoll_wait(nr, a)
+        }
+        libc::SYS_sendfile => {
+            let out = fdtable::get_net(fd)?;
+            return Some(sendfile(out, a));
+        }
+        _ => {}
+    }
+    let r = fdtable::get_net(fd)?;
+    if r.handle == fdtable::STALE {
+        // The socket belonged to a network domain session that died.
+        return Some(match nr {
+            libc::SYS_close => {
+                fdtable::clear(fd);
+                forget_fd(fd);
+                sys::sys(libc::SYS_close, &[fd as u64])
+            }
+            _ => e(libc::ECONNRESET),
+        });
+    }
+    Some(match nr {
+        libc::SYS_bind => match addr_in(a[1], a[2]) {
+            Ok(addr) => simple(
+                Opcode::Bind,
+                [r.handle.into(), 0, 0, 0, 0],
+                addr,
+                None,
+            )
+            .map(|r| r.result)
+            .unwrap_or_else(|err| err),
+            Err(err) => err,
+        },
+        libc::SYS_listen => simple(
+            Opcode::Listen,
+            [r.handle.into(), a[1] as i32 as i64 as u64, 0, 0, 0],
+            &[],
+            None,
+        )
+        .map(|r| r.result)
+        .unwrap_or_else(|err| err),
+        libc::SYS_accept => accept(r, a[1], a[2], 0),
+        libc::SYS_accept4 => accept(r, a[1], a[2], a[3]),
+        libc::SYS_connect => connect(r, a[1], a[2]),
+        libc::SYS_shutdown => simple(
+            Opcode::Shutdown,
+            [r.handle.into(), a[1], 0, 0, 0],
+            &[],
+            None,
+        )
+        .map(|r| r.result)
+        .unwrap_or_else(|err| err),
+        libc::SYS_getsockname => sockname(r, false, a[1], a[2]),
+        libc::SYS_getpeername => sockname(r, true, a[1], a[2]),
+        libc::SYS_getsockopt => sockopt_get(r, a[1], a[2], a[3], a[4]),
+        libc::SYS_setsockopt => sockopt_set(r, a[1], a[2], a[3], a[4]),
+        libc::SYS_sendto => {
+            let dest = if a[4] == 0 {
+                &[][..]
+            } else {
+                match addr_in(a[4], a[5]) {
+                    Ok(d) => d,
+                    Err(err) => return Some(err),
+                }
+            };
+            send(r, &one_seg(a[1], a[2]), a[3], dest)
+        }
+        libc::SYS_write => send(r, &one_seg(a[1], a[2]), 0, &[]),
+        libc::SYS_writev => send(r, iovecs(a[1], a[2] as usize), 0, &[]),
+        libc::SYS_sendmsg => sendmsg(r, a[1], a[2]),
+        libc::SYS_recvfrom => {
+            let room = if a[4] != 0 && a[5] != 0 {
+                get::<u32>(a[5]) as usize
+            } else {
+                0
+            };
+            match recv(r, &one_seg(a[1], a[2]), a[3], room, false) {
+                Ok((n, name, full, _)) => {
+                    if room > 0 {
+                        addr_out(a[4], a[5], &name[..room.min(full).min(128)], full as u64);
+                    }
+                    n as i64
+                }
+                Err(err) => err,
+            }
+        }
+        libc::SYS_read => recv(r, &one_seg(a[1], a[2]), 0, 0, false)
+            .map(|x| x.0 as i64)
+            .unwrap_or_else(|err| err),
+        libc::SYS_readv => recv(r, iovecs(a[1], a[2] as usize), 0, 0, false)
+            .map(|x| x.0 as i64)
+            .unwrap_or_else(|err| err),
+        libc::SYS_recvmsg => recvmsg(r, a[1], a[2]),
+        libc::SYS_pread64 | libc::SYS_pwrite64 | libc::SYS_preadv | libc::SYS_pwritev
+        | libc::SYS_preadv2 | libc::SYS_pwritev2 | libc::SYS_lseek => e(libc::ESPIPE),
+        libc::SYS_fstat => fstat(r, a[1]),
+        libc::SYS_fcntl => fcntl(fd, r, a),
+        libc::SYS_ioctl => ioctl(fd, r, a[1], a[2]),
+        libc::SYS_dup => {
+            let n = sys::sys(libc::SYS_dup, &[fd as u64]);
+            if n >= 0 {
+                replace_entry(n, Some(r));
+            }
+            n
+        }
+        libc::SYS_dup2 | libc::SYS_dup3 => return None, // the shared dup handles both domains
+        libc::SYS_close => return None,                  // the shared close handles both domains
+        libc::SYS_fsync | libc::SYS_fdatasync => e(libc::EINVAL),
+        libc::SYS_ftruncate | libc::SYS_fallocate => e(libc::EINVAL),
+        libc::SYS_fchmod | libc::SYS_fchown => 0,
+        libc::SYS_getdents64 => e(libc::ENOTDIR),
+        libc::SYS_mmap => e(libc::ENODEV),
+        _ => return None,
+    })
+}
+
+/// A placeholder fd of a network socket went away: drop it from emulated epoll sets.
+pub fn forget_fd(fd: i64) {
+    crate::netpoll::forget_fd(fd);
+}
+
+static CHILD: AtomicBool = AtomicBool::new(false);
+
+/// In a fork child (before it adopts the parent's sockets).
+pub fn after_fork_child() {
+    CHILD.store(true, Ordering::Relaxed);
+    crate::netpoll::after_fork_child();
+}
+
+/// Current time for deadlines.
+pub(crate) fn now() -> Instant {
+    Instant::now()
+}
+
+/// A timeout in milliseconds (negative: none) as a deadline.
+pub(crate) fn deadline_ms(ms: i64) -> Option<Instant> {
+    (ms >= 0).then(|| now() + Duration::from_millis(ms as u64))
+}
