@@ -170,7 +170,8 @@ opcodes! {
     /// the value is written at window[data_off ..]; result: its length.
     GetSockOpt = 308,
     /// setsockopt: `args[0]` = handle, `args[1]` = level, `args[2]` = name; the value is
-    /// window[data_off .. +args[4]].
+    /// window[data_off .. +args[4]], or, with `args[4]` = 0 and no payload, the 4-byte int in
+    /// `args[3]` (so the client may post it without waiting).
     SetSockOpt = 309,
     /// getsockname: `args[0]` = handle, `args[3]` = room; the address is written at
     /// window[data_off ..]; result: its full length.

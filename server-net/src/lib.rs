@@ -14,9 +14,10 @@
 //! blocking one an io_uring operation linked to its SO_RCVTIMEO/SO_SNDTIMEO and cancellable by
 //! the client when a signal interrupts it.
 //!
-//! **Readiness.** A [`watch::Watcher`] thread keeps every socket of every session registered
-//! (edge-triggered) in one epoll set and, on each edge, writes the socket's readiness into the
-//! session's shared readiness word; workers republish after every call. Clients merge these
+//! **Readiness.** A [`watch::Watcher`] keeps every socket of every session registered
+//! (edge-triggered) in one epoll set, which worker 0 watches on its io_uring; on each edge the
+//! socket's readiness goes into the session's shared readiness word, and workers republish
+//! after every call. Clients merge these
 //! words with their local fds in poll, select and epoll.
 
 pub mod sys;
@@ -70,7 +71,10 @@ struct Op {
 }
 
 fn err(call: &Call<'_>, e: i32) -> Outcome {
-    Outcome::Done(Response::err(call.id(), Errno::new(e).unwrap_or(Errno::EIO)))
+    Outcome::Done(Response::err(
+        call.id(),
+        Errno::new(e).unwrap_or(Errno::EIO),
+    ))
 }
 
 fn done(call: &Call<'_>, r: Result<i64, i32>) -> Outcome {
@@ -87,7 +91,7 @@ fn int_arg(v: u64) -> i32 {
 impl Net {
     fn socket_of(&self, call: &Call<'_>) -> Result<(u32, Handle), i32> {
         let h = call.request().raw.args[0];
-        let fd = call.fds().get(h).map_err(|e| i32::from(e.get()))?;
+        let fd = call.fds().get(h).map_err(|e| e.get())?;
         Ok((h as u32, fd))
     }
 
@@ -105,10 +109,7 @@ impl Net {
     /// Adds a new socket to the session's table and starts watching it.
     fn install(&self, call: &Call<'_>, fd: OwnedFd) -> Result<i64, i32> {
         let fd: Handle = Arc::new(fd);
-        let h = call
-            .fds()
-            .insert(fd.clone())
-            .map_err(|e| i32::from(e.get()))?;
+        let h = call.fds().insert(fd.clone()).map_err(|e| e.get())?;
         self.watch.add(&call.session(), h, &fd);
         Ok(i64::from(h))
     }
@@ -259,7 +260,9 @@ impl Net {
             let name = unsafe { base.add(len) };
             let m = MsgBuf::new(base, len, name, name_len);
             (
-                opcode::SendMsg::new(raw_fd, &m.hdr).flags(flags as u32).build(),
+                opcode::SendMsg::new(raw_fd, &m.hdr)
+                    .flags(flags as u32)
+                    .build(),
                 Some(m),
             )
         };
@@ -308,8 +311,8 @@ impl Net {
                 None,
             )
         } else {
-            // SAFETY: not dereferenced here; `len + name_len <= data_len` was checked.
             let name = if name_len > 0 {
+                // SAFETY: not dereferenced here; `len + name_len <= data_len` was checked.
                 unsafe { base.add(len) }
             } else {
                 std::ptr::null_mut()
@@ -344,10 +347,22 @@ impl Net {
         };
         let (level, name) = (int_arg(a[1]), int_arg(a[2]));
         if set {
-            let val = match Self::payload(call, 0, (a[4] as usize).min(4096)) {
-                Ok(v) => v,
-                Err(e) => return err(call, e),
+            // A 4-byte int may travel in args[3] (no payload), so the call can be posted
+            // without a reply.
+            let val = if a[4] == 0 && raw.data_len == 0 {
+                (a[3] as u32).to_ne_bytes().to_vec()
+            } else {
+                match Self::payload(call, 0, (a[4] as usize).min(4096)) {
+                    Ok(v) => v,
+                    Err(e) => return err(call, e),
+                }
             };
+            if let Some(caps) = option_caps(level, name, &val) {
+                let pid = call.creds().pid;
+                if !caps.iter().any(|&c| sys::has_capability(pid, c)) {
+                    return err(call, libc::EPERM);
+                }
+            }
             let r = sys::setsockopt(fd.as_fd(), level, name, &val);
             self.refresh(call, h, &fd);
             done(call, r)
@@ -397,17 +412,45 @@ impl Net {
                 drop(fd);
                 Outcome::Done(Response::ok(call.id(), 0))
             }
-            Err(e) => err(call, i32::from(e.get())),
+            Err(e) => err(call, e.get()),
         }
     }
 }
 
-/// The port of an AF_INET/AF_INET6 address.
+/// The port of an address the kernel binds as AF_INET/AF_INET6: AF_UNSPEC too, which an
+/// AF_INET socket takes as AF_INET (with INADDR_ANY). `None` for other families and for
+/// addresses too short to hold a port (the kernel refuses those).
 fn inet_port(addr: &[u8]) -> Option<u16> {
-    let family = i32::from(u16::from_ne_bytes([*addr.first()?, *addr.get(1)?]));
-    (family == libc::AF_INET || family == libc::AF_INET6)
-        .then(|| u16::from_be_bytes([addr[2], addr[3]]))
-        .filter(|_| addr.len() >= 4)
+    let [f0, f1, p0, p1, ..] = *addr else {
+        return None;
+    };
+    let family = i32::from(u16::from_ne_bytes([f0, f1]));
+    [libc::AF_INET, libc::AF_INET6, libc::AF_UNSPEC]
+        .contains(&family)
+        .then_some(u16::from_be_bytes([p0, p1]))
+}
+
+/// The capabilities (any one of them) Linux asks of a caller setting this option: the server
+/// holds them, so it asks them of the client. `None` for options anybody may set.
+fn option_caps(level: i32, name: i32, val: &[u8]) -> Option<&'static [u32]> {
+    const ADMIN: &[u32] = &[sys::CAP_NET_ADMIN];
+    const RAW_OR_ADMIN: &[u32] = &[sys::CAP_NET_RAW, sys::CAP_NET_ADMIN];
+    let int = val
+        .get(..4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    match (level, name) {
+        (libc::SOL_SOCKET, libc::SO_MARK) => Some(RAW_OR_ADMIN),
+        (libc::SOL_SOCKET, libc::SO_RCVBUFFORCE | libc::SO_SNDBUFFORCE) => Some(ADMIN),
+        // TC_PRIO_BESTEFFORT..=TC_PRIO_INTERACTIVE are free.
+        (libc::SOL_SOCKET, libc::SO_PRIORITY) if int.is_some_and(|p| !(0..=6).contains(&p)) => {
+            Some(RAW_OR_ADMIN)
+        }
+        (libc::SOL_IP, libc::IP_TRANSPARENT) | (libc::SOL_IPV6, libc::IPV6_TRANSPARENT) => {
+            Some(RAW_OR_ADMIN)
+        }
+        (libc::SOL_TCP, libc::TCP_REPAIR) => Some(ADMIN),
+        _ => None,
+    }
 }
 
 /// Whether the client may bind privileged ports.
@@ -436,6 +479,13 @@ impl Handler for Net {
                 }
                 if !call.fds().has_room() {
                     return err(call, libc::EMFILE);
+                }
+                // The server may open raw sockets; the client needs CAP_NET_RAW for that.
+                const SOCK_TYPE_MASK: i32 = 0xf;
+                if ty & SOCK_TYPE_MASK == libc::SOCK_RAW
+                    && !sys::has_capability(call.creds().pid, sys::CAP_NET_RAW)
+                {
+                    return err(call, libc::EPERM);
                 }
                 let r = sys::socket(domain, ty & !libc::SOCK_CLOEXEC, proto)
                     .and_then(|fd| self.install(call, fd));
@@ -478,7 +528,7 @@ impl Handler for Net {
                         return err(call, libc::ENOTTY);
                     }
                     let r = sys::ioctl_int(fd.as_fd(), req, int_arg(a[2]));
-                    done(call, r.map(|v| if req == libc::FIONBIO as u64 { 0 } else { v }))
+                    done(call, r.map(|v| if req == libc::FIONBIO { 0 } else { v }))
                 }
                 Err(e) => err(call, e),
             },
@@ -553,8 +603,21 @@ impl Handler for Net {
         }
     }
 
+    fn event_source(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.watch.fd())
+    }
+
+    fn service_events(&self) {
+        self.watch.drain();
+    }
+
     fn adopted(&self, call: &Call<'_>) {
         let s = call.session();
+        // The table was replaced: stop watching the old sockets (the watcher's duplicates
+        // would keep them open) and clear their words, then watch the adopted ones.
+        for h in self.watch.remove_session(s.id()) {
+            s.clear_event(h as usize);
+        }
         for (h, fd) in call.fds().snapshot().iter().enumerate() {
             if let Some(fd) = fd {
                 self.watch.add(&s, h as u32, fd);

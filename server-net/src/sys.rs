@@ -12,7 +12,7 @@ fn check(r: libc::c_long) -> Result<i64, i32> {
             .raw_os_error()
             .unwrap_or(libc::EIO))
     } else {
-        Ok(r as i64)
+        Ok(r)
     }
 }
 
@@ -229,10 +229,19 @@ impl MsgBuf {
 
 /// linux/capability.h
 const CAP_NET_BIND_SERVICE: u32 = 10;
+/// linux/capability.h
+pub const CAP_NET_ADMIN: u32 = 12;
+/// linux/capability.h
+pub const CAP_NET_RAW: u32 = 13;
 
 /// Whether process `pid` may bind privileged ports: CAP_NET_BIND_SERVICE in its effective
 /// set (read from /proc, as the kernel reported it when asked).
 pub fn can_bind_privileged(pid: i32) -> bool {
+    has_capability(pid, CAP_NET_BIND_SERVICE)
+}
+
+/// Whether process `pid` has capability `cap` in its effective set (read from /proc).
+pub fn has_capability(pid: i32, cap: u32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };
@@ -240,7 +249,7 @@ pub fn can_bind_privileged(pid: i32) -> bool {
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_NET_BIND_SERVICE) != 0)
+        .is_some_and(|caps| cap < 64 && caps & (1 << cap) != 0)
 }
 
 /// The first unprivileged port (sysctl net.ipv4.ip_unprivileged_port_start; 1024 if unreadable).

@@ -3,8 +3,9 @@
 //! Every socket handle of every session is registered, through a private duplicate of its fd,
 //! in one edge-triggered epoll set (a duplicate per session, because a socket shared after a
 //! fork is one open file with several holders, and epoll keys registrations by file and fd).
-//! A thread waits on the set; on each edge it polls the socket's current state and publishes
-//! it with the edge counted, which wakes the session's sleeping threads. Workers republish the
+//! Worker 0 of the runtime watches the set on its io_uring ([`service::Handler::event_source`])
+//! and drains it when it becomes readable; for each edge it polls the socket's current state
+//! and publishes it with the edge counted, which wakes the session's sleeping threads. Workers republish the
 //! level after each call on the socket, so a drained socket stops looking ready.
 
 use std::collections::HashMap;
@@ -40,19 +41,19 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Creates the watcher and starts its thread.
+    /// Creates the watcher (drained by [`Watcher::drain`] when its fd is readable).
     pub fn start() -> std::io::Result<Arc<Watcher>> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        let w = Arc::new(Watcher {
+        Ok(Arc::new(Watcher {
             epoll,
             inner: Mutex::new(Inner::default()),
             edges: AtomicU64::new(0),
-        });
-        let t = w.clone();
-        std::thread::Builder::new()
-            .name("virtuos-net-ready".into())
-            .spawn(move || t.run())?;
-        Ok(w)
+        }))
+    }
+
+    /// The epoll fd to watch for readability.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.epoll.0)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -67,8 +68,12 @@ impl Watcher {
         let dup = match sys::dup(fd.as_fd()) {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(session = session.id(), handle = h, errno = e,
-                    "cannot watch socket; its readiness will not be pushed");
+                tracing::warn!(
+                    session = session.id(),
+                    handle = h,
+                    errno = e,
+                    "cannot watch socket; its readiness will not be pushed"
+                );
                 return;
             }
         };
@@ -111,21 +116,22 @@ impl Watcher {
         }
     }
 
-    /// Stops watching every handle of session `id`.
-    pub fn remove_session(&self, id: u64) {
+    /// Stops watching every handle of session `id`; returns the handles that were watched.
+    pub fn remove_session(&self, id: u64) -> Vec<u32> {
         let mut inner = self.lock();
-        let keys: Vec<u64> = inner
+        let keys: Vec<(u32, u64)> = inner
             .by_handle
             .iter()
             .filter(|((s, _), _)| *s == id)
-            .map(|(_, k)| *k)
+            .map(|((_, h), k)| (*h, *k))
             .collect();
         inner.by_handle.retain(|(s, _), _| *s != id);
-        for k in keys {
-            if let Some(e) = inner.by_key.remove(&k) {
+        for (_, k) in &keys {
+            if let Some(e) = inner.by_key.remove(k) {
                 let _ = self.epoll.delete(&e.dup);
             }
         }
+        keys.into_iter().map(|(h, _)| h).collect()
     }
 
     /// Sockets watched now.
@@ -133,17 +139,21 @@ impl Watcher {
         self.lock().by_key.len()
     }
 
-    fn run(&self) {
-        let mut events = vec![EpollEvent::empty(); 256];
+    /// Publishes every pending edge without waiting.
+    pub fn drain(&self) {
+        let mut events = [EpollEvent::empty(); 256];
         loop {
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            let n = match self.epoll.wait(&mut events, EpollTimeout::ZERO) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    tracing::error!(%e, "readiness watcher: epoll_wait failed; readiness no longer pushed");
+                    tracing::error!(%e, "readiness watcher: epoll_wait failed");
                     return;
                 }
             };
+            if n == 0 {
+                return;
+            }
             let inner = self.lock();
             for ev in &events[..n] {
                 if let Some(e) = inner.by_key.get(&ev.data()) {
@@ -154,6 +164,9 @@ impl Watcher {
                     e.session.publish_event(e.handle as usize, mask, true);
                     self.edges.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            if n < events.len() {
+                return;
             }
         }
     }

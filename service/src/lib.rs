@@ -89,6 +89,17 @@ pub trait Handler: Send + Sync + 'static {
     /// A session ended (the client exited or closed its connection).
     fn session_closed(&self, _id: u64, _creds: Credentials) {}
 
+    /// A pollable fd (an epoll set, say) that worker 0 watches on its io_uring, without a
+    /// system call while it polls: whenever it becomes readable, the worker calls
+    /// [`Handler::service_events`]. Asked once, when the worker starts.
+    fn event_source(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// The [event source](Handler::event_source) became readable: handle what it reports
+    /// without blocking.
+    fn service_events(&self) {}
+
     /// A session adopted a snapshot of another one's files ([`abi::Opcode::Adopt`], after a
     /// fork or an exec): `call` is the adopt request, [`Call::fds`] the new table.
     fn adopted(&self, _call: &Call<'_>) {}

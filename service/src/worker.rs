@@ -252,6 +252,8 @@ const WAKE_TOKEN: u64 = u64::MAX;
 const URING_TOKEN: u64 = u64::MAX - 1;
 /// user_data of linked timeouts and cancel entries (their completions are ignored).
 const AUX_TOKEN: u64 = u64::MAX - 2;
+/// user_data of the multishot poll on the handler's event source.
+const EVENT_TOKEN: u64 = u64::MAX - 3;
 /// Requests taken from one channel per pass, so one busy client cannot starve the others.
 const BATCH: usize = 16;
 
@@ -315,12 +317,33 @@ pub(crate) fn run<H: Handler>(ctx: WorkerCtx<H>, uring: IoUring) {
         done_tx,
         done_rx,
     };
+    w.arm_event_source();
     w.run();
 }
 
 impl<H: Handler> Worker<H> {
     fn stats(&self) -> &WorkerStats {
         &self.ctx.stats[self.ctx.index]
+    }
+
+    /// Worker 0 watches the handler's event source with a multishot poll.
+    fn arm_event_source(&mut self) {
+        if self.ctx.index != 0 {
+            return;
+        }
+        let Some(fd) = self.ctx.handler.event_source() else {
+            return;
+        };
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(EVENT_TOKEN);
+        // SAFETY: a poll entry names no buffers; the fd outlives the worker (the handler
+        // owns it).
+        while unsafe { self.uring.submission().push(&entry) }.is_err() {
+            let _ = self.uring.submit();
+        }
+        let _ = self.uring.submit();
     }
 
     fn run(&mut self) {
@@ -345,8 +368,15 @@ impl<H: Handler> Worker<H> {
             // Read the clock only every 64 idle passes: a pass is far cheaper than a clock
             // read in a VM, and the clock read delays noticing the next request.
             idle_passes = idle_passes.wrapping_add(1);
-            if !idle_passes.is_multiple_of(64) || since.elapsed() < self.spin.budget() {
+            if !idle_passes.is_multiple_of(64) {
                 std::hint::spin_loop();
+                continue;
+            }
+            if since.elapsed() < self.spin.budget() {
+                // Let another runnable thread on this core (a second domain's worker pinned
+                // beside this one, or the application itself on a small machine) run: an idle
+                // spinner must not hold the core it shares for a whole time slice.
+                std::thread::yield_now();
                 continue;
             }
             if self.arm_all() {
@@ -683,14 +713,26 @@ impl<H: Handler> Worker<H> {
                 tracing::error!(%e, "io_uring submit failed");
             }
         }
-        let cqes: Vec<(u64, i32)> = self
-            .uring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
+        let mut cqes: Vec<(u64, i32)> = Vec::new();
+        let mut events = false;
+        let mut rearm = false;
+        for c in self.uring.completion() {
+            if c.user_data() == EVENT_TOKEN {
+                events = true;
+                rearm |= !io_uring::cqueue::more(c.flags());
+            } else {
+                cqes.push((c.user_data(), c.result()));
+            }
+        }
+        if events {
+            self.ctx.handler.service_events();
+            if rearm {
+                self.arm_event_source();
+            }
+        }
         let done: Vec<(usize, Response)> = self.done_rx.try_iter().collect();
         if cqes.is_empty() && done.is_empty() {
-            return false;
+            return events;
         }
         let mut touched: Vec<(u64, u32)> = Vec::new();
         for (ud, result) in cqes {

@@ -428,6 +428,35 @@ impl Lease<'_> {
         }
     }
 
+    /// Sends `req` without waiting for its response (fire and forget: the response is
+    /// skipped by a later call on this channel). The request must not use the data window,
+    /// which the next call on the channel may overwrite before the server reads it.
+    pub fn post(&mut self, mut req: Request) -> Result<(), CallError> {
+        let s = self.session;
+        if s.dead.load(Ordering::Relaxed) {
+            return Err(CallError::ServerGone);
+        }
+        if s.server_state() != ServerState::Running as u32 {
+            return Err(CallError::ServerClosing);
+        }
+        req.data_len = 0;
+        req.flags |= abi::REQ_FLAG_NO_REPLY_WAIT;
+        let ring = RingView::new(&s.mem, &s.layout, self.channel);
+        req.id = (u64::from(self.channel) << 32) | u64::from(self.front.req_prod_pvt);
+        while !self.front.push(&ring, &req.to_slot()) {
+            self.wait_any(&ring, &mut None)?;
+            self.front.take(&ring)?;
+        }
+        self.bump(ring::CLIENT_CALLS);
+        if self.front.publish(&ring) {
+            self.bump(ring::CLIENT_WAKEUPS);
+            if s.bell.notify_server(self.channel).is_err() {
+                s.check_alive()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Asks the server to cancel request `id` on this channel.
     fn request_cancel(&self, id: u64) {
         let s = self.session;

@@ -126,6 +126,66 @@ fn simple(
     })
 }
 
+/// Sockets known to be in non-blocking mode, by server handle (what this process set with
+/// SOCK_NONBLOCK, fcntl F_SETFL or ioctl FIONBIO).
+static NONBLOCK: [AtomicBool; fdtable::MAX_HANDLES] =
+    [const { AtomicBool::new(false) }; fdtable::MAX_HANDLES];
+
+fn set_nonblocking(tagged: u32, nb: bool) {
+    if let Some(x) = NONBLOCK.get(fdtable::raw(tagged) as usize) {
+        x.store(nb, Ordering::Relaxed);
+    }
+}
+
+fn nonblocking(r: Remote) -> bool {
+    NONBLOCK
+        .get(fdtable::raw(r.handle) as usize)
+        .is_some_and(|x| x.load(Ordering::Relaxed))
+}
+
+/// A non-blocking call on a socket whose readiness word lacks every bit of `want` would fail
+/// with EAGAIN: answer it here, without a round trip. (The word can only lag behind a change
+/// that the server has yet to publish, and publishing it wakes any waiter: the same race a
+/// program has with the kernel.)
+fn would_block(r: Remote, flags: u64, want: u32) -> bool {
+    if !nonblocking(r) && flags & libc::MSG_DONTWAIT as u64 == 0 {
+        return false;
+    }
+    let _pin = Pin::new(&NET);
+    let Some(live) = NET.session(None) else {
+        return false;
+    };
+    let Some(raw) = fdtable::handle_in(r.handle, live.generation()) else {
+        return false;
+    };
+    let dead = (libc::POLLERR | libc::POLLHUP | libc::POLLRDHUP) as u32;
+    live.s
+        .readiness(raw as usize)
+        .is_some_and(|x| x.mask & (want | dead) == 0)
+}
+
+/// Sends a call that needs no answer (nothing in the window), without waiting.
+fn post(op: Opcode, mut args: [u64; 5]) -> i64 {
+    with_lease(op, &mut args, |_, lease, a| {
+        lease
+            .post(Request {
+                opcode: op as u16,
+                args: *a,
+                ..Request::default()
+            })
+            .map(|_| 0)
+            .map_err(|err| -i64::from(err.errno().get()))
+    })
+    .unwrap_or_else(|err| err)
+}
+
+/// Closes a socket handle in the domain without waiting (Linux's close of a socket does not
+/// fail in a way programs act on).
+pub fn close_handle(r: Remote) -> i64 {
+    set_nonblocking(r.handle, false);
+    post(Opcode::Close, [u64::from(r.handle), 0, 0, 0, 0])
+}
+
 /// Makes a placeholder for a new remote socket handle (tagged), honouring SOCK_CLOEXEC.
 fn install(handle: i64, cloexec: bool) -> i64 {
     let ph = new_placeholder(if cloexec { libc::O_CLOEXEC as u64 } else { 0 });
@@ -155,7 +215,10 @@ fn socket(domain: u64, ty: u64, proto: u64) -> i64 {
         Ok(NET.tag_result(live, Opcode::Socket, rsp.result))
     });
     match h {
-        Ok(h) if h >= 0 => install(h, ty & libc::SOCK_CLOEXEC as u64 != 0),
+        Ok(h) if h >= 0 => {
+            set_nonblocking(h as u32, ty & libc::SOCK_NONBLOCK as u64 != 0);
+            install(h, ty & libc::SOCK_CLOEXEC as u64 != 0)
+        }
         Ok(err) | Err(err) => err,
     }
 }
@@ -180,6 +243,9 @@ fn addr_out(addr: u64, lenp: u64, bytes: &[u8], full: u64) {
 }
 
 fn accept(r: Remote, addr: u64, lenp: u64, flags: u64) -> i64 {
+    if would_block(r, 0, libc::POLLIN as u32) {
+        return e(libc::EAGAIN);
+    }
     let room = if addr != 0 && lenp != 0 {
         (get::<u32>(lenp) as u64).min(128)
     } else {
@@ -200,6 +266,7 @@ fn accept(r: Remote, addr: u64, lenp: u64, flags: u64) -> i64 {
                 return h;
             }
             addr_out(addr, lenp, &buf[..n], rsp.aux[0]);
+            set_nonblocking(h as u32, flags & libc::SOCK_NONBLOCK as u64 != 0);
             install(h, flags & libc::SOCK_CLOEXEC as u64 != 0)
         }
         Err(err) => err,
@@ -311,6 +378,9 @@ fn recv(
     name_room: usize,
     want_flags: bool,
 ) -> Result<(usize, [u8; 128], usize, u64), i64> {
+    if would_block(r, flags, (libc::POLLIN | libc::POLLPRI) as u32) {
+        return Err(e(libc::EAGAIN));
+    }
     let total: usize = segs.iter().map(|s| s.iov_len).sum();
     let name_room = name_room.min(128);
     let mut args = [
@@ -421,6 +491,19 @@ fn sockopt_set(r: Remote, level: u64, name: u64, val: u64, len: u64) -> i64 {
     if len > 4096 {
         return e(libc::EINVAL);
     }
+    // Per-request options of busy servers (nginx corks and uncorks every response): sent
+    // without waiting for the answer, which cannot fail on a live TCP socket.
+    let posted = matches!(
+        (level as i32, name as i32),
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY | libc::TCP_CORK)
+    );
+    if posted && len == 4 && val != 0 {
+        let v = get::<u32>(val);
+        return post(
+            Opcode::SetSockOpt,
+            [r.handle.into(), level, name, u64::from(v), 0],
+        );
+    }
     let v = if len == 0 {
         &[][..]
     } else {
@@ -493,14 +576,20 @@ fn fcntl(fd: i64, r: Remote, a: [u64; 6]) -> i64 {
         )
         .map(|rsp| (rsp.result & !(libc::O_ACCMODE as i64)) | libc::O_RDWR as i64)
         .unwrap_or_else(|err| err),
-        libc::F_SETFL => simple(
-            Opcode::Fcntl,
-            [r.handle.into(), libc::F_SETFL as u64, a[2], 0, 0],
-            &[],
-            None,
-        )
-        .map(|rsp| rsp.result)
-        .unwrap_or_else(|err| err),
+        libc::F_SETFL => {
+            let res = simple(
+                Opcode::Fcntl,
+                [r.handle.into(), libc::F_SETFL as u64, a[2], 0, 0],
+                &[],
+                None,
+            )
+            .map(|rsp| rsp.result)
+            .unwrap_or_else(|err| err);
+            if res >= 0 {
+                set_nonblocking(r.handle, a[2] & libc::O_NONBLOCK as u64 != 0);
+            }
+            res
+        }
         libc::F_GETOWN | libc::F_SETOWN => 0,
         _ => e(libc::EINVAL),
     }
@@ -514,14 +603,18 @@ fn ioctl(fd: i64, r: Remote, req: u64, arg: u64) -> i64 {
                 return e(libc::EFAULT);
             }
             let v = get::<i32>(arg);
-            simple(
+            let res = simple(
                 Opcode::Ioctl,
                 [r.handle.into(), req, v as u32 as u64, 0, 0],
                 &[],
                 None,
             )
             .map(|_| 0)
-            .unwrap_or_else(|err| err)
+            .unwrap_or_else(|err| err);
+            if res == 0 {
+                set_nonblocking(r.handle, v != 0);
+            }
+            res
         }
         libc::FIONREAD | libc::TIOCOUTQ => {
             if arg == 0 {
@@ -566,7 +659,31 @@ fn sendfile(out: Remote, a: [u64; 6]) -> i64 {
     if start < 0 {
         return start;
     }
-    let mut buf = vec![0u8; count.min(256 << 10)];
+    SENDFILE_BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < count.min(256 << 10) {
+            buf.resize(count.min(256 << 10), 0);
+        }
+        sendfile_loop(out, in_fd, storage, start, count, &mut buf, off_p, &seek)
+    })
+}
+
+thread_local! {
+    /// sendfile's bounce buffer, allocated once per thread.
+    static SENDFILE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sendfile_loop(
+    out: Remote,
+    in_fd: i64,
+    storage: Option<Remote>,
+    start: i64,
+    count: usize,
+    buf: &mut [u8],
+    off_p: u64,
+    seek: &dyn Fn(i32, u64) -> i64,
+) -> i64 {
     let mut done = 0usize;
     let mut err = 0i64;
     while done < count {

@@ -422,8 +422,10 @@ impl Domain {
 
 /// Closes the remote handle of `r` in its domain (its last placeholder went away).
 pub fn close_handle(r: fdtable::Remote) -> i64 {
-    let d = if r.net { &NET } else { &STORAGE };
-    d.call_aux(
+    if r.net {
+        return crate::net::close_handle(r);
+    }
+    STORAGE.call_aux(
         Opcode::Close,
         &mut [u64::from(r.handle), 0, 0, 0, 0],
         &[],
