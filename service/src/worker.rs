@@ -368,15 +368,15 @@ impl<H: Handler> Worker<H> {
             // Read the clock only every 64 idle passes: a pass is far cheaper than a clock
             // read in a VM, and the clock read delays noticing the next request.
             idle_passes = idle_passes.wrapping_add(1);
-            if !idle_passes.is_multiple_of(64) {
+            if !idle_passes.is_multiple_of(8) {
                 std::hint::spin_loop();
                 continue;
             }
-            if since.elapsed() < self.spin.budget() {
-                // Let another runnable thread on this core (a second domain's worker pinned
-                // beside this one, or the application itself on a small machine) run: an idle
-                // spinner must not hold the core it shares for a whole time slice.
-                std::thread::yield_now();
+            // Let another runnable thread on this core (a second domain's worker pinned beside
+            // this one, or the application itself on a small machine) run: an idle spinner
+            // must not hold a core it shares. Without one, this returns at once.
+            std::thread::yield_now();
+            if !idle_passes.is_multiple_of(64) || since.elapsed() < self.spin.budget() {
                 continue;
             }
             if self.arm_all() {
