@@ -422,7 +422,7 @@ fn nginx_section(md: &mut String, v: &Value, plot: Option<&Path>, out_dir: &Path
         );
     }
 
-    let mut shim: Vec<(String, u64, u64, u64)> = Vec::new();
+    let mut shim: Vec<(String, u64, u64, u64, u64)> = Vec::new();
     for st in v
         .get("stacks")
         .and_then(Value::as_array)
@@ -438,9 +438,16 @@ fn nginx_section(md: &mut String, v: &Value, plot: Option<&Path>, out_dir: &Path
             Some(t) => {
                 t.1 += get("processes");
                 t.2 += get("routed");
-                t.3 += get("trapped");
+                t.3 += get("routed_net");
+                t.4 += get("trapped");
             }
-            None => shim.push((mode, get("processes"), get("routed"), get("trapped"))),
+            None => shim.push((
+                mode,
+                get("processes"),
+                get("routed"),
+                get("routed_net"),
+                get("trapped"),
+            )),
         }
     }
     if !shim.is_empty() {
@@ -450,11 +457,11 @@ fn nginx_section(md: &mut String, v: &Value, plot: Option<&Path>, out_dir: &Path
         );
         let _ = writeln!(
             md,
-            "| mode | processes | routed to the storage domain | trapped (slow path) |"
+            "| mode | processes | routed to the storage domain | routed to the network domain | trapped (slow path) |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|");
-        for (m, p, r, t) in shim {
-            let _ = writeln!(md, "| {m} | {p} | {r} | {t} |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+        for (m, p, r, n, t) in shim {
+            let _ = writeln!(md, "| {m} | {p} | {r} | {n} | {t} |");
         }
     }
 
@@ -583,7 +590,7 @@ mod tests {
                          "quick":true,"app_cpus":[0],"server_cpus":[1],"wrk_cpus":[],"wrk_shares_cores":true},
                "modes":[{"name":"native","workers":1,"app_cpus":[0],"storage_cpus":[],"net_cpus":[],"total_cores":1,"skipped":null},
                         {"name":"net","workers":1,"app_cpus":[0],"storage_cpus":[],"net_cpus":[1],"total_cores":2,
-                         "skipped":"network domain not available (issue #5): no"},
+                         "skipped":"network domain not available: no"},
                         {"name":"storage","workers":1,"app_cpus":[0],"storage_cpus":[1],"net_cpus":[],"total_cores":2,"skipped":null}],
                "summary":[{"mode":"native","size":"16k","keepalive":true,"ok_samples":1,"failed_samples":0,
                            "requests_per_s":{"median":10000.0,"min":10000.0,"max":10000.0,"n":1},
@@ -615,7 +622,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("skipped: network domain not available (issue #5)"),
+            md.contains("skipped: network domain not available"),
             "{md}"
         );
         assert!(

@@ -978,6 +978,7 @@ fn print_summary(
                 Some((_, t)) => {
                     t.processes += c.processes;
                     t.routed += c.routed;
+                    t.routed_net += c.routed_net;
                     t.trapped += c.trapped;
                 }
                 None => by_mode.push((st.mode.clone(), c)),
@@ -987,9 +988,10 @@ fn print_summary(
     for (mode, c) in by_mode {
         println!(
             "{mode}: shim exit reports of {} process(es): {} calls routed to the storage domain, \
-             {} calls trapped (slow path){}",
+             {} to the network domain, {} calls trapped (slow path){}",
             c.processes,
             c.routed,
+            c.routed_net,
             c.trapped,
             if c.processes == 0 {
                 " — no report found (workers killed?)"
@@ -1031,7 +1033,7 @@ fn print_headline(modes: &[Mode], cells: &[Cell], sizes: &[String], keepalive: &
     for m in modes {
         let text = match (&m.skipped, rps(&m.name)) {
             (Some(_), _) => format!(
-                "{} skipped (network domain not available, issue #5)",
+                "{} skipped (network domain not available)",
                 m.name
             ),
             (None, Some(r)) => match (m.name.as_str(), native) {

@@ -101,7 +101,7 @@ pub fn plan(
         };
         let total = workers + storage_cpus.len() + net_cpus.len();
         let skipped = match (d.net(), net_unavailable) {
-            (true, Some(why)) => Some(format!("network domain not available (issue #5): {why}")),
+            (true, Some(why)) => Some(format!("network domain not available: {why}")),
             _ => None,
         };
         let redirected = d != Domains::Native;
@@ -251,7 +251,7 @@ mod tests {
             .skipped
             .as_deref()
             .unwrap()
-            .starts_with("network domain not available (issue #5)"));
+            .starts_with("network domain not available"));
         assert!(get("both").skipped.is_some());
         assert!(get("storage").skipped.is_none());
         assert_eq!(get("storage").total_cores, 2);

@@ -72,7 +72,7 @@ pub fn write_svg(path: &Path, modes: &[Mode], cells: &[Cell], cfg: &Config) -> R
         String::new()
     } else {
         format!(
-            "skipped: {} (network domain not available, issue #5)",
+            "skipped: {} (network domain not available)",
             skipped.join(", ")
         )
     };

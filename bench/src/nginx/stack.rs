@@ -416,11 +416,14 @@ pub struct ShimCounts {
     pub processes: u64,
     /// Calls routed to the storage domain.
     pub routed: u64,
+    /// Calls routed to the network domain.
+    pub routed_net: u64,
     /// Calls that took the slow (trapped) path.
     pub trapped: u64,
 }
 
-/// Sums lines `virtuos: pid N: R calls routed to the storage domain, T calls trapped ...`.
+/// Sums lines `virtuos: pid N: R calls routed to the storage domain, Q to the network domain,
+/// T calls trapped ...` (older shims print no network count).
 pub fn parse_shim_reports(text: &str) -> ShimCounts {
     let mut c = ShimCounts::default();
     for line in text.lines() {
@@ -435,9 +438,15 @@ pub fn parse_shim_reports(text: &str) -> ShimCounts {
                 .find(|w| w[1] == "calls" && w[2].starts_with(word))
                 .and_then(|w| w[0].parse::<u64>().ok())
         };
+        let net = words
+            .windows(4)
+            .find(|w| w[1] == "to" && w[2] == "the" && w[3] == "network")
+            .and_then(|w| w[0].parse::<u64>().ok())
+            .unwrap_or(0);
         if let (Some(r), Some(t)) = (num_before("routed"), num_before("trapped")) {
             c.processes += 1;
             c.routed += r;
+            c.routed_net += net;
             c.trapped += t;
         }
     }
@@ -483,12 +492,13 @@ mod tests {
     fn shim_reports() {
         let text = "2026/01/01 [notice] 1#1: start\n\
             virtuos: pid 10: 120 calls routed to the storage domain, 0 calls trapped (slow path)\n\
-            virtuos: pid 11: 5 calls routed to the storage domain, 2 calls trapped (slow path)\n";
+            virtuos: pid 11: 5 calls routed to the storage domain, 7 to the network domain, 2 calls trapped (slow path)\n";
         assert_eq!(
             parse_shim_reports(text),
             ShimCounts {
                 processes: 2,
                 routed: 125,
+                routed_net: 7,
                 trapped: 2
             }
         );

@@ -15,6 +15,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use xen_transport::layout::header;
+
 use crate::fdtable::{self, Remote};
 use crate::remote::{Live, Pin, NET};
 use crate::sys::{self, get, put};
@@ -141,20 +143,114 @@ fn sleep(
             size,
         ],
     );
+    let mut foreign = None;
     if let Some(l) = live {
-        l.s.event_waiter(false);
         if let Some(efd) = l.s.event_fd() {
             if local.get(n_local).is_some_and(|p| p.revents != 0) {
-                let mut v = 0u64;
-                sys::sys(libc::SYS_read, &[efd as u64, &mut v as *mut u64 as u64, 8]);
+                if owns_unit(l, epoch) {
+                    take_unit(efd);
+                } else {
+                    foreign = Some((l, efd));
+                }
             }
         }
+        l.s.event_waiter(false);
     }
     local.truncate(n_local);
     if r == e(libc::EINTR) {
         return Err(r);
     }
+    if let Some((l, efd)) = foreign {
+        return leave_unit(l, efd, epoch, local, deadline, sigmask);
+    }
     Ok(())
+}
+
+/// Naps of a waiter that leaves a readiness unit to its owner (see [`owns_unit`]), at most
+/// this many before it takes the unit as a left-over.
+const FOREIGN_NAPS: u32 = 16;
+const NAP: Duration = Duration::from_millis(1);
+
+/// Whether a waiter woken by the readiness eventfd may take a unit. The server writes one unit
+/// per announced waiter; a waiter whose epoch has not moved was not written a unit for a
+/// change it has not seen. The unit then belongs to another waiter that the kernel woke but
+/// that has not run yet: taking it would send that waiter back to sleep until its timeout (a
+/// lost wake-up). Only when no other thread is announced can it be a left-over (of a waiter
+/// that woke for a local fd or its timeout, or of several changes during one sleep).
+fn owns_unit(l: &Live, epoch: u32) -> bool {
+    l.s.event_epoch() != epoch
+        || l.s
+            .region()
+            .u32_at(header::EVENT_WAITERS)
+            .load(Ordering::SeqCst)
+            <= 1
+}
+
+fn take_unit(efd: i32) {
+    let mut v = 0u64;
+    sys::sys(libc::SYS_read, &[efd as u64, &mut v as *mut u64 as u64, 8]);
+}
+
+/// Leaves a unit that is not ours (see [`owns_unit`]) to its owner: naps on the local fds and
+/// the control socket, without the eventfd, until the unit is gone, the epoch moves, a local
+/// fd is ready, the deadline passes or a signal arrives; a unit still there after
+/// [`FOREIGN_NAPS`] naps is a left-over and is taken.
+fn leave_unit(
+    l: &Live,
+    efd: i32,
+    epoch: u32,
+    local: &mut Vec<libc::pollfd>,
+    deadline: Option<Instant>,
+    sigmask: Option<(u64, u64)>,
+) -> Result<(), i64> {
+    let n_local = local.len();
+    local.push(libc::pollfd {
+        fd: l.s.control_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    });
+    let (mask, size) = sigmask.unwrap_or((0, 8));
+    let mut nap = || -> Result<(), i64> {
+        for _ in 0..FOREIGN_NAPS {
+            let left = deadline.map_or(NAP, |d| d.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                return Ok(());
+            }
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: left.min(NAP).subsec_nanos() as libc::c_long,
+            };
+            let r = sys::sys(
+                libc::SYS_ppoll,
+                &[
+                    local.as_mut_ptr() as u64,
+                    local.len() as u64,
+                    &ts as *const libc::timespec as u64,
+                    mask,
+                    size,
+                ],
+            );
+            if r == e(libc::EINTR) {
+                return Err(r);
+            }
+            if r != 0 || l.s.event_epoch() != epoch {
+                return Ok(());
+            }
+            let mut probe = [libc::pollfd {
+                fd: efd,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if sys::sys(libc::SYS_poll, &[probe.as_mut_ptr() as u64, 1, 0]) <= 0 {
+                return Ok(()); // its owner took it
+            }
+        }
+        take_unit(efd);
+        Ok(())
+    };
+    let result = nap();
+    local.truncate(n_local);
+    result
 }
 
 /// The core of poll/ppoll/select: `pfds` (a copy) gets revents; returns the number of
