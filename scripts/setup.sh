@@ -74,6 +74,6 @@ mkdir -p results
 ./target/release/virtuos-bench latency --json results/latency.json --plot results/latency.svg
 echo "wrote results/latency.json and results/latency.svg"
 
-step "main job: nginx under wrk, native and through the storage domain (virtuos-bench nginx --quick)"
+step "main job: nginx under wrk, native and through the network domain, the storage domain and both (virtuos-bench nginx --quick)"
 ./target/release/virtuos-bench nginx --quick --json results/nginx-quick.json --plot results/nginx-quick.svg
 ./target/release/virtuos-bench report --latency results/latency.json --nginx results/nginx-quick.json --out results/report.md
