@@ -621,10 +621,7 @@ mod tests {
             md.contains("`seccomp_user_notif` / `ring_spin` = 11.25x"),
             "{md}"
         );
-        assert!(
-            md.contains("skipped: network domain not available"),
-            "{md}"
-        );
+        assert!(md.contains("skipped: network domain not available"), "{md}");
         assert!(
             md.contains("| 16k | on | storage | 5000 | 5000 – 5000 | 0.50x |"),
             "{md}"

@@ -529,7 +529,10 @@ impl<H: Handler> Worker<H> {
     fn cancel(&mut self, id: u64, c: u32, req_id: u64) {
         let found = self.inflight.iter_mut().enumerate().find_map(|(slot, f)| {
             let f = f.as_mut()?;
-            (f.uring && !f.answered && f.live.s.id() == id && f.channel == c
+            (f.uring
+                && !f.answered
+                && f.live.s.id() == id
+                && f.channel == c
                 && f.req.raw.id == req_id)
                 .then(|| {
                     f.cancelled = true;
@@ -609,9 +612,11 @@ impl<H: Handler> Worker<H> {
         timeout: Option<Duration>,
     ) {
         let ts = timeout.map(|t| Box::new(types::Timespec::from(t)));
-        let link = ts
-            .as_deref()
-            .map(|t| opcode::LinkTimeout::new(t as *const _).build().user_data(AUX_TOKEN));
+        let link = ts.as_deref().map(|t| {
+            opcode::LinkTimeout::new(t as *const _)
+                .build()
+                .user_data(AUX_TOKEN)
+        });
         let slot = self.alloc(InFlight {
             live: live.clone(),
             channel,

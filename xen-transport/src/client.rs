@@ -169,9 +169,7 @@ impl Session {
 
     /// The readiness epoch (bumped by the server after every change).
     pub fn event_epoch(&self) -> u32 {
-        self.mem
-            .u32_at(header::EVENT_EPOCH)
-            .load(Ordering::SeqCst)
+        self.mem.u32_at(header::EVENT_EPOCH).load(Ordering::SeqCst)
     }
 
     /// Announces (`+1`) or withdraws (`-1`) a thread about to sleep for readiness. After

@@ -138,7 +138,10 @@ impl ServerSession {
     /// Writes one eventfd unit per announced waiter.
     pub fn wake_event_waiters(&self) {
         // The client reads the value once and clamps it: it is only a wake-up count.
-        let waiters = self.mem.u32_at(header::EVENT_WAITERS).load(Ordering::SeqCst);
+        let waiters = self
+            .mem
+            .u32_at(header::EVENT_WAITERS)
+            .load(Ordering::SeqCst);
         if waiters == 0 {
             return;
         }
@@ -147,13 +150,7 @@ impl ServerSession {
         };
         let n: u64 = u64::from(waiters.min(1024));
         // SAFETY: writes 8 bytes from a local to an eventfd this session owns.
-        let _ = unsafe {
-            libc::write(
-                fd.as_raw_fd(),
-                &n as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        let _ = unsafe { libc::write(fd.as_raw_fd(), &n as *const u64 as *const libc::c_void, 8) };
     }
 
     /// Session id.

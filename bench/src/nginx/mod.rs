@@ -1032,10 +1032,7 @@ fn print_headline(modes: &[Mode], cells: &[Cell], sizes: &[String], keepalive: &
     let mut parts = Vec::new();
     for m in modes {
         let text = match (&m.skipped, rps(&m.name)) {
-            (Some(_), _) => format!(
-                "{} skipped (network domain not available)",
-                m.name
-            ),
+            (Some(_), _) => format!("{} skipped (network domain not available)", m.name),
             (None, Some(r)) => match (m.name.as_str(), native) {
                 ("native", _) | (_, None) => format!("{} {r:.0} req/s", m.name),
                 (_, Some(n)) => format!("{} {r:.0} req/s ({:.2}x native)", m.name, r / n),

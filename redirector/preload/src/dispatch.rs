@@ -1055,7 +1055,11 @@ fn chdir(dirfd: i64, p: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
 /// dup (no target), dup2 (`dup3_flags` None) and dup3.
 fn dup(fd: i64, target: Option<i64>, dup3_flags: Option<u64>) -> Result<Option<i64>, i64> {
     let src = fdtable::get_any(fd);
-    if src.is_none() && target.map(|t| fdtable::get_any(t).is_none()).unwrap_or(true) {
+    if src.is_none()
+        && target
+            .map(|t| fdtable::get_any(t).is_none())
+            .unwrap_or(true)
+    {
         return Ok(None);
     }
     let r = match (target, dup3_flags) {

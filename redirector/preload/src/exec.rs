@@ -208,7 +208,14 @@ pub fn restore() {
             if is_dir {
                 fdtable::set_dir_path(h, dpath);
             }
-            fdtable::set(fd, Remote { handle: h, is_dir, net });
+            fdtable::set(
+                fd,
+                Remote {
+                    handle: h,
+                    is_dir,
+                    net,
+                },
+            );
             alive.push((net, h));
         } else {
             dead.push((net, h));

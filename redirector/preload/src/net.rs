@@ -251,7 +251,13 @@ fn accept(r: Remote, addr: u64, lenp: u64, flags: u64) -> i64 {
     } else {
         0
     };
-    let mut args = [r.handle.into(), flags & libc::SOCK_NONBLOCK as u64, room, 0, 0];
+    let mut args = [
+        r.handle.into(),
+        flags & libc::SOCK_NONBLOCK as u64,
+        room,
+        0,
+        0,
+    ];
     let res = with_lease(Opcode::Accept, &mut args, |live, lease, a| {
         let rsp = send_req(lease, Opcode::Accept, a, 128, true)?;
         let mut buf = [0u8; 128];
@@ -770,14 +776,9 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
     }
     Some(match nr {
         libc::SYS_bind => match addr_in(a[1], a[2]) {
-            Ok(addr) => simple(
-                Opcode::Bind,
-                [r.handle.into(), 0, 0, 0, 0],
-                addr,
-                None,
-            )
-            .map(|r| r.result)
-            .unwrap_or_else(|err| err),
+            Ok(addr) => simple(Opcode::Bind, [r.handle.into(), 0, 0, 0, 0], addr, None)
+                .map(|r| r.result)
+                .unwrap_or_else(|err| err),
             Err(err) => err,
         },
         libc::SYS_listen => simple(
@@ -840,8 +841,13 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
             .map(|x| x.0 as i64)
             .unwrap_or_else(|err| err),
         libc::SYS_recvmsg => recvmsg(r, a[1], a[2]),
-        libc::SYS_pread64 | libc::SYS_pwrite64 | libc::SYS_preadv | libc::SYS_pwritev
-        | libc::SYS_preadv2 | libc::SYS_pwritev2 | libc::SYS_lseek => e(libc::ESPIPE),
+        libc::SYS_pread64
+        | libc::SYS_pwrite64
+        | libc::SYS_preadv
+        | libc::SYS_pwritev
+        | libc::SYS_preadv2
+        | libc::SYS_pwritev2
+        | libc::SYS_lseek => e(libc::ESPIPE),
         libc::SYS_fstat => fstat(r, a[1]),
         libc::SYS_fcntl => fcntl(fd, r, a),
         libc::SYS_ioctl => ioctl(fd, r, a[1], a[2]),
@@ -853,7 +859,7 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
             n
         }
         libc::SYS_dup2 | libc::SYS_dup3 => return None, // the shared dup handles both domains
-        libc::SYS_close => return None,                  // the shared close handles both domains
+        libc::SYS_close => return None,                 // the shared close handles both domains
         libc::SYS_fsync | libc::SYS_fdatasync => e(libc::EINVAL),
         libc::SYS_ftruncate | libc::SYS_fallocate => e(libc::EINVAL),
         libc::SYS_fchmod | libc::SYS_fchown => 0,

@@ -425,13 +425,14 @@ pub fn close_handle(r: fdtable::Remote) -> i64 {
     if r.net {
         return crate::net::close_handle(r);
     }
-    STORAGE.call_aux(
-        Opcode::Close,
-        &mut [u64::from(r.handle), 0, 0, 0, 0],
-        &[],
-        None,
-    )
-    .0
+    STORAGE
+        .call_aux(
+            Opcode::Close,
+            &mut [u64::from(r.handle), 0, 0, 0, 0],
+            &[],
+            None,
+        )
+        .0
 }
 
 /// Connects the storage session now (without waiting for a first call).
