@@ -9,6 +9,7 @@
 
 mod modes;
 mod plot;
+mod scaling;
 mod stack;
 mod summary;
 
@@ -47,7 +48,7 @@ pub enum KeepAlive {
 }
 
 /// Arguments of `virtuos-bench nginx`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct NginxArgs {
     /// CI run: 1 repetition, one size (16k), 3 s per wrk run; still checks that every mode
     /// serves correct bytes. Explicit --reps/--sizes/--duration override it.
@@ -110,6 +111,11 @@ pub struct NginxArgs {
     /// The nginx binary [default: nginx on PATH, then /usr/sbin/nginx].
     #[arg(long, value_name = "PATH")]
     pub nginx: Option<PathBuf>,
+    /// Scaling mode: repeat the whole run for 1..=N nginx workers and report throughput
+    /// against the cores each mode keeps busy (--json gets the scaling summary, each run's
+    /// full JSON goes beside it as FILE.wK.json; --plot gets req/s against cores).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub scale: Option<u64>,
 }
 
 /// A file of the document root.
@@ -261,8 +267,16 @@ struct Ctx {
     redirect_bin: Option<PathBuf>,
 }
 
-/// Runs the benchmark.
+/// Runs the benchmark (or, with `--scale`, the scaling series).
 pub fn run(args: &NginxArgs) -> Result<()> {
+    match args.scale {
+        Some(n) => scaling::run(args, n as usize),
+        None => run_once(args).map(drop),
+    }
+}
+
+/// One run: every mode, size and keep-alive setting. Returns the modes and their cells.
+pub(crate) fn run_once(args: &NginxArgs) -> Result<(Vec<Mode>, Vec<summary::Cell>)> {
     let started = Instant::now();
     let load_average_start = load_average();
     let sizes = parse_sizes(args.sizes.as_deref().unwrap_or(if args.quick {
@@ -490,7 +504,7 @@ pub fn run(args: &NginxArgs) -> Result<()> {
             s.error.as_deref().unwrap_or("")
         );
     }
-    Ok(())
+    Ok((modes, cells))
 }
 
 fn on_off(b: bool) -> &'static str {
