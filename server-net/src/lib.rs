@@ -24,6 +24,7 @@ pub mod sys;
 pub mod watch;
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,6 +109,7 @@ impl Net {
 
     /// Adds a new socket to the session's table and starts watching it.
     fn install(&self, call: &Call<'_>, fd: OwnedFd) -> Result<i64, i32> {
+        forget_flags(&fd);
         let fd: Handle = Arc::new(fd);
         let h = call.fds().insert(fd.clone()).map_err(|e| e.get())?;
         self.watch.add(&call.session(), h, &fd);
@@ -144,7 +146,7 @@ impl Net {
             Err(e) => return err(call, e),
         };
         let flags = int_arg(a[1]) & libc::SOCK_NONBLOCK;
-        if sys::nonblocking(fd.as_fd()) {
+        if nonblocking(&fd) {
             let mut addr = [0u8; ADDR_MAX];
             let r = sys::accept4(fd.as_fd(), &mut addr, flags);
             self.refresh(call, h, &fd);
@@ -198,7 +200,7 @@ impl Net {
             Ok(v) => v,
             Err(e) => return err(call, e),
         };
-        if sys::nonblocking(fd.as_fd()) {
+        if nonblocking(&fd) {
             let r = sys::connect(fd.as_fd(), &addr);
             self.refresh(call, h, &fd);
             return done(call, r);
@@ -237,7 +239,7 @@ impl Net {
         {
             return err(call, libc::EFAULT);
         }
-        let nb = sys::nonblocking(fd.as_fd());
+        let nb = nonblocking(&fd);
         let mut flags = int_arg(a[1]) | libc::MSG_NOSIGNAL;
         if nb {
             flags |= libc::MSG_DONTWAIT;
@@ -294,7 +296,7 @@ impl Net {
         {
             return err(call, libc::EFAULT);
         }
-        let nb = sys::nonblocking(fd.as_fd());
+        let nb = nonblocking(&fd);
         let mut flags = int_arg(a[1]);
         if nb {
             flags |= libc::MSG_DONTWAIT;
@@ -458,10 +460,48 @@ fn privileged(c: Credentials) -> bool {
     sys::can_bind_privileged(c.pid)
 }
 
-fn stream(fd: &Handle) -> bool {
+// Flags of the server's own sockets, by fd number. Every change of a socket's O_NONBLOCK goes
+// through this server (clients hold only placeholders), so the cache is authoritative and
+// saves a system call or two per data call; `install` resets the entry of a reused number,
+// F_SETFL and FIONBIO reset it too, and an unknown entry is filled from the kernel.
+const F_KNOWN: u8 = 1;
+const F_NONBLOCK: u8 = 2;
+const F_STREAM: u8 = 4;
+const FLAG_FDS: usize = 1 << 20;
+static FLAGS: [AtomicU8; FLAG_FDS] = [const { AtomicU8::new(0) }; FLAG_FDS];
+
+fn flags(fd: &impl AsFd) -> u8 {
+    let fd = fd.as_fd();
+    let slot = FLAGS.get(std::os::fd::AsRawFd::as_raw_fd(&fd) as usize);
+    if let Some(f) = slot.map(|s| s.load(Ordering::Relaxed)) {
+        if f & F_KNOWN != 0 {
+            return f;
+        }
+    }
     let mut ty = [0u8; 4];
-    sys::getsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_TYPE, &mut ty).is_ok()
-        && i32::from_ne_bytes(ty) == libc::SOCK_STREAM
+    let stream = sys::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, &mut ty).is_ok()
+        && i32::from_ne_bytes(ty) == libc::SOCK_STREAM;
+    let f = F_KNOWN
+        | if sys::nonblocking(fd) { F_NONBLOCK } else { 0 }
+        | if stream { F_STREAM } else { 0 };
+    if let Some(s) = slot {
+        s.store(f, Ordering::Relaxed);
+    }
+    f
+}
+
+fn forget_flags(fd: &impl AsFd) {
+    if let Some(s) = FLAGS.get(std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()) as usize) {
+        s.store(0, Ordering::Relaxed);
+    }
+}
+
+fn nonblocking(fd: &Handle) -> bool {
+    flags(fd) & F_NONBLOCK != 0
+}
+
+fn stream(fd: &Handle) -> bool {
+    flags(fd) & F_STREAM != 0
 }
 
 impl Handler for Net {
@@ -528,6 +568,9 @@ impl Handler for Net {
                         return err(call, libc::ENOTTY);
                     }
                     let r = sys::ioctl_int(fd.as_fd(), req, int_arg(a[2]));
+                    if req == libc::FIONBIO {
+                        forget_flags(&fd);
+                    }
                     done(call, r.map(|v| if req == libc::FIONBIO { 0 } else { v }))
                 }
                 Err(e) => err(call, e),
@@ -541,7 +584,9 @@ impl Handler for Net {
                             // Only the status flags Linux lets F_SETFL change on a socket.
                             let keep = libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC;
                             let v = i64::from(int_arg(a[2]) & keep);
-                            done(call, sys::fcntl_fl(fd.as_fd(), cmd, v))
+                            let r = sys::fcntl_fl(fd.as_fd(), cmd, v);
+                            forget_flags(&fd);
+                            done(call, r)
                         }
                         _ => err(call, libc::EINVAL),
                     }
@@ -573,8 +618,15 @@ impl Handler for Net {
         let Some(op) = call.kept::<Op>() else {
             return Outcome::Done(Response::ok(call.id(), i64::from(result)));
         };
-        self.refresh(call, op.handle, &op.fd);
         let opc = call.request().opcode;
+        let a = call.request().raw.args;
+        // A send that sent everything almost always leaves the socket writable, and if it did
+        // not, the next send's EAGAIN republishes: skip the poll. Everything else may have
+        // changed what the client must see (a recv may have drained the socket).
+        let unchanged = opc == Opcode::Send && result > 0 && result as u64 >= a[4];
+        if !unchanged {
+            self.refresh(call, op.handle, &op.fd);
+        }
         if result < 0 {
             let e = match (opc, -result) {
                 // A blocking connect that timed out is still in progress, as on Linux.

@@ -77,7 +77,12 @@ fn serves_inside_its_network_namespace_only() {
 
     // A bad namespace name is refused with a message that says what to do.
     let bad = Command::new(bin("virtuos-net"))
-        .args(["--listen", "/tmp/unused.sock", "--netns", "no-such-ns-virtuos"])
+        .args([
+            "--listen",
+            "/tmp/unused.sock",
+            "--netns",
+            "no-such-ns-virtuos",
+        ])
         .output()
         .unwrap();
     assert!(!bad.status.success());
