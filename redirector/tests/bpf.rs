@@ -318,3 +318,287 @@ fn clear_errors_for_missing_cgroups_and_paths_off_cgroup2() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("not on the cgroup2 hierarchy"), "{e}");
 }
+
+/// A native TCP echo server on 127.0.0.1 (upper-cases what it gets), in this test process:
+/// outside every test cgroup. Returns its port.
+fn echo_listener() -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 256];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n].to_ascii_uppercase()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A `virtuos-net` started by the test, outside the enforced cgroups; killed on drop.
+struct NetDomain {
+    child: std::process::Child,
+    dir: PathBuf,
+    sock: PathBuf,
+}
+
+impl NetDomain {
+    fn start(tag: &str) -> NetDomain {
+        let bin = Path::new(BIN).with_file_name("virtuos-net");
+        assert!(
+            bin.is_file(),
+            "{} missing: run `cargo build --workspace` first (scripts/test.sh does)",
+            bin.display()
+        );
+        let dir = std::env::temp_dir().join(format!("virtuos-bpf-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("net.sock");
+        let child = Command::new(bin)
+            .arg("--listen")
+            .arg(&sock)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("starting virtuos-net");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "virtuos-net did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        NetDomain { child, dir, sock }
+    }
+}
+
+impl Drop for NetDomain {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// argv: PORT N [wait STOPFILE]. Creates an AF_INET socket (printing the errno and exception
+/// type if that fails), connects to the echo server, makes N round trips, prints its cgroup.
+/// With `wait`: prints `ready`, waits for a line on stdin, echoes until STOPFILE exists
+/// (printing `looping` once), then prints `done`.
+const INET_ECHO: &str = "
+import socket, sys, errno, os
+port, n = int(sys.argv[1]), int(sys.argv[2])
+try:
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+except OSError as e:
+    print('socket', errno.errorcode.get(e.errno, e.errno), type(e).__name__)
+    sys.exit(0)
+c.connect(('127.0.0.1', port))
+def echo(i):
+    c.sendall(b'ping %d' % i)
+    got = c.recv(100)
+    assert got == b'PING %d' % i, got
+for i in range(n):
+    echo(i)
+print('echo ok', n)
+print(open('/proc/self/cgroup').read().strip().splitlines()[-1])
+if len(sys.argv) > 3:
+    print('ready', flush=True)
+    sys.stdin.readline()
+    i = 0
+    while True:
+        echo(i)
+        i += 1
+        if i == 50:
+            print('looping', flush=True)
+        if i % 50 == 0 and os.path.exists(sys.argv[4]):
+            break
+    print('done', i, flush=True)
+c.close()
+";
+
+fn run_echo(args: &[&str], port: u16, n: u32) -> String {
+    let (port, n) = (port.to_string(), n.to_string());
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .args(["--", "python3", "-c", INET_ECHO, &port, &n])
+        .env("RUST_BACKTRACE", "0");
+    let o = cmd.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{args:?}: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+#[test]
+fn run_enforce_with_net_serves_inet_sockets_that_enforcement_denies_without_it() {
+    require_env!();
+    let port = echo_listener();
+    let net = NetDomain::start("enforce-net");
+    let sock = net.sock.to_str().unwrap();
+
+    // In the enforced cgroup, through the network domain: the socket works.
+    let out = run_echo(&["run", "--enforce", "--net", sock], port, 20);
+    assert!(out.contains("echo ok 20"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("0::/virtuos/run-")),
+        "not in a run cgroup: {out}"
+    );
+
+    // The same program in an enforced cgroup without the network domain: EPERM on socket().
+    let out = run_echo(&["run", "--enforce"], port, 20);
+    assert!(
+        out.contains("socket EPERM PermissionError"),
+        "enforcement did not deny the direct socket: {out}"
+    );
+
+    // Outside any cgroup of ours the same program is unaffected.
+    let o = Command::new("python3")
+        .args(["-c", INET_ECHO, &port.to_string(), "20"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("echo ok 20"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out.lines().any(|l| l.starts_with("0::/virtuos/")), "{out}");
+}
+
+fn top_once(interval_ms: u32) -> Value {
+    serde_json::from_str(&ok(&[
+        "top",
+        "--once",
+        "--json",
+        "--interval-ms",
+        &interval_ms.to_string(),
+    ]))
+    .expect("top JSON")
+}
+
+/// The `routed.domains` entry of domain `name` for the cgroup whose path ends in `rel`.
+fn routed_domain(v: &Value, rel: &str, name: &str) -> Value {
+    let cg = v["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup"].as_str().is_some_and(|p| p.ends_with(rel)))
+        .unwrap_or_else(|| panic!("top does not list {rel}: {v}"));
+    cg["routed"]["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["domain"] == name)
+        .unwrap_or_else(|| panic!("no routed calls to {name} in {}", cg["routed"]))
+        .clone()
+}
+
+#[test]
+fn top_shows_routed_calls_and_latency_percentiles_per_domain() {
+    use std::io::{BufRead, BufReader, Write};
+    require_env!();
+    let port = echo_listener();
+    let net = NetDomain::start("top-net");
+    let stop = net.dir.join("stop");
+    const N: u64 = 500;
+    let started = std::time::Instant::now();
+    let mut child = Command::new(BIN)
+        .args(["run", "--enforce", "--net", net.sock.to_str().unwrap()])
+        .args(["--", "python3", "-c", INET_ECHO])
+        .arg(port.to_string())
+        .arg(N.to_string())
+        .arg("wait")
+        .arg(&stop)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .env("RUST_BACKTRACE", "0")
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().expect("program output").unwrap();
+    let mut rel = None;
+    loop {
+        let l = next();
+        if let Some(r) = l.strip_prefix("0::") {
+            rel = Some(r.to_string());
+        }
+        if l == "ready" {
+            break;
+        }
+    }
+    // Every routed call so far happened before this point, one at a time.
+    let wall_ns = started.elapsed().as_nanos() as u64;
+    let rel = rel.expect("cgroup line");
+
+    // Idle now: nothing routed in the interval, so the percentiles are those since start.
+    let v = top_once(100);
+    let d = routed_domain(&v, &rel, "virtuos-net");
+    eprintln!("idle sample: {d}");
+    assert_eq!(
+        d["server_pid"].as_u64(),
+        Some(u64::from(net.child.id())),
+        "{d}"
+    );
+    assert!(d["sessions"].as_u64() >= Some(1), "{d}");
+    let calls = d["calls_total"].as_u64().unwrap();
+    let lat = &d["latency"];
+    let timed = lat["timed_total"].as_u64().unwrap();
+    // Each round trip is at least a send and a recv, both synchronous (timed) calls; posted
+    // calls count as calls but are not timed.
+    assert!(timed >= 2 * N && calls >= timed, "{d}");
+    assert_eq!(lat["window"], "since_start", "{d}");
+    assert_eq!(d["calls_per_sec"].as_f64(), Some(0.0), "{d}");
+    let (p50, p99) = (
+        lat["p50_ns"].as_u64().unwrap(),
+        lat["p99_ns"].as_u64().unwrap(),
+    );
+    // Plausible: above a cross-process round trip's floor; the median is at most twice the
+    // mean (Markov) and a percentile at most twice its value (bucket upper edge), and the
+    // single-threaded program spent at most wall_ns in its timed calls.
+    assert!(p50 >= 256 && p50 <= p99, "{d}");
+    assert!(
+        p50 <= 4 * wall_ns / timed,
+        "p50 {p50} ns implausible for {timed} calls in {wall_ns} ns: {d}"
+    );
+    assert!(p99 <= 2 * wall_ns, "{d}");
+    // The cgroup totals include the domain's.
+    let cg = v["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cgroup"].as_str().is_some_and(|p| p.ends_with(&rel)))
+        .unwrap();
+    assert!(cg["routed"]["calls_total"].as_u64() >= Some(calls), "{cg}");
+    assert!(cg["routed"]["latency"]["timed_total"].as_u64() >= Some(timed));
+
+    // Busy: percentiles over the interval, with a non-zero rate.
+    writeln!(stdin, "go").unwrap();
+    assert_eq!(next(), "looping");
+    let v = top_once(300);
+    std::fs::write(&stop, "").unwrap();
+    let d = routed_domain(&v, &rel, "virtuos-net");
+    eprintln!("busy sample: {d}");
+    let lat = &d["latency"];
+    assert_eq!(lat["window"], "interval", "{d}");
+    assert!(d["calls_per_sec"].as_f64() > Some(0.0), "{d}");
+    assert!(lat["timed_interval"].as_u64() > Some(0), "{d}");
+    let (p50, p99) = (
+        lat["p50_ns"].as_u64().unwrap(),
+        lat["p99_ns"].as_u64().unwrap(),
+    );
+    assert!(p50 >= 256 && p50 <= p99 && p99 <= 2_000_000_000, "{d}");
+
+    assert!(next().starts_with("done"));
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}

@@ -94,6 +94,27 @@ fn probes_answer_over_a_real_session() {
 }
 
 #[test]
+fn latency_histogram_times_each_synchronous_call() {
+    let (rt, path) = start("latency", |_| {});
+    let s = connect(&path);
+    for _ in 0..100 {
+        s.call(op(Opcode::Nop)).unwrap();
+    }
+    let mut delay = op(Opcode::Delay);
+    delay.args[0] = 20_000;
+    s.call(delay).unwrap();
+    // Fire and forget: a call, but nobody waits for it, so it is not timed.
+    s.lease().post(op(Opcode::Nop)).unwrap();
+    let h = s.latency_histogram();
+    assert_eq!(h.iter().sum::<u64>(), 101, "{h:?}");
+    assert_eq!(s.stats().calls, 102);
+    // The 20 ms delay lands at 2^24 ns (16.8 ms) or above; a round trip takes some ns.
+    assert!(h[24..].iter().sum::<u64>() >= 1, "{h:?}");
+    assert_eq!(h[0], 0, "{h:?}");
+    rt.stop();
+}
+
+#[test]
 fn eight_threads_times_100k_calls_lose_nothing() {
     let (rt, path) = start("stress", |c| c.threads = 2);
     let s = Arc::new(connect(&path));

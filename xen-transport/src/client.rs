@@ -5,6 +5,15 @@
 //! is asleep, then spins and finally sleeps on the channel's response word. Nothing on this
 //! path allocates or takes a blocking lock, so it may run inside a signal handler: a handler
 //! that interrupts a call simply leases another channel.
+//!
+//! Every synchronous call is timed from the publication of its request until its response is
+//! seen, and counted in the region's log2 latency histogram
+//! ([`crate::layout::header::LAT_HIST`]), which `virtuos-redirect top` reads from outside.
+//! The clock reads are the ones the wait already makes for the adaptive spin (its start, just
+//! after publishing, and its end); only a call that rings a sleeping server's doorbell reads
+//! the clock once more, before the doorbell, so that the doorbell counts in its round trip.
+//! What the fast path adds is one relaxed atomic add on a stripe of the histogram shared only
+//! with channels `LAT_STRIPES` apart. Fire-and-forget posts are not timed.
 
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -277,6 +286,21 @@ impl Session {
         Ok(())
     }
 
+    /// The routed-call latency histogram, summed over its stripes: `[b]` counts calls whose
+    /// round trip took `[2^b, 2^(b+1))` ns (the last bucket: everything longer).
+    pub fn latency_histogram(&self) -> [u64; header::LAT_BUCKETS] {
+        let mut h = [0; header::LAT_BUCKETS];
+        for s in 0..header::LAT_STRIPES {
+            for (b, v) in h.iter_mut().enumerate() {
+                *v += self
+                    .mem
+                    .u64_at(header::lat_bucket(s, b))
+                    .load(Ordering::Relaxed);
+            }
+        }
+        h
+    }
+
     /// Sums the per-channel client counters.
     pub fn stats(&self) -> WaitSnapshot {
         let mut s = WaitSnapshot::default();
@@ -342,6 +366,18 @@ impl Lease<'_> {
         w.store(w.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
+    /// Counts one round trip of `took` in the latency histogram. Channels `LAT_STRIPES`
+    /// apart (and a forked child's copy of the session) share a stripe: an atomic add.
+    fn record_latency(&self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let b = (ns.max(1).ilog2() as usize).min(header::LAT_BUCKETS - 1);
+        let stripe = self.channel as usize % header::LAT_STRIPES;
+        self.session
+            .mem
+            .u64_at(header::lat_bucket(stripe, b))
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Sends `req` (its `id` is replaced by a channel-unique one) and waits for its response.
     /// A payload must already be in the window at `req.data_off`.
     ///
@@ -403,7 +439,11 @@ impl Lease<'_> {
             self.front.take(&ring)?;
         }
         self.bump(ring::CLIENT_CALLS);
+        // When the round trip began: before the doorbell if the server must be woken, else
+        // (the fast path, no extra clock read) when the first wait begins.
+        let mut sent = None;
         if self.front.publish(&ring) {
+            sent = Some(Instant::now());
             self.bump(ring::CLIENT_WAKEUPS);
             if s.bell.notify_server(self.channel).is_err() {
                 s.check_alive()?;
@@ -415,10 +455,12 @@ impl Lease<'_> {
             sent: false,
         });
         loop {
-            self.wait_any(&ring, &mut intr)?;
+            let (began, seen) = self.wait_any(&ring, &mut intr)?;
+            let sent = *sent.get_or_insert(began);
             if let Some(slot) = self.front.take(&ring)? {
                 let rsp = decode_response(&slot, req.data_len)?;
                 if rsp.id == req.id {
+                    self.record_latency(seen.saturating_duration_since(sent));
                     return Ok(rsp);
                 }
                 // A response to an earlier fire-and-forget request: nobody waits for it.
@@ -465,12 +507,13 @@ impl Lease<'_> {
         let _ = s.bell.notify_server(self.channel);
     }
 
-    /// Waits until a response is published on this channel.
+    /// Waits until a response is published on this channel; returns when the wait began and
+    /// when the response was seen.
     fn wait_any(
         &self,
         ring: &RingView<'_>,
         intr: &mut Option<Interrupt<'_>>,
-    ) -> Result<(), CallError> {
+    ) -> Result<(Instant, Instant), CallError> {
         let s = self.session;
         let word = ring.rsp_prod_word();
         let cons = self.front.rsp_cons;
@@ -478,8 +521,9 @@ impl Lease<'_> {
         let start = Instant::now();
         if spin_until(s.spin.budget(), ready) {
             self.bump(ring::CLIENT_SPINS);
-            s.spin.record(start.elapsed());
-            return Ok(());
+            let seen = Instant::now();
+            s.spin.record(seen - start);
+            return Ok((start, seen));
         }
         let mut closing_since: Option<Instant> = None;
         loop {
@@ -510,8 +554,9 @@ impl Lease<'_> {
             }
             s.check_alive()?;
         }
-        s.spin.record(start.elapsed());
-        Ok(())
+        let seen = Instant::now();
+        s.spin.record(seen - start);
+        Ok((start, seen))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Where everything lives in a session region.
 //!
 //! ```text
-//! page 0              region header: magic, geometry, server state, counters
+//! page 0              region header: magic, geometry, server state, counters, the
+//!                     client's routed-call latency histograms
 //! rings_off           channel 0 ring, channel 1 ring, ...   (channel_bytes each)
 //! data_off            channel 0 data window, channel 1 window, ... (window bytes each)
 //! events_off          readiness words, one u64 per handle (EVENT_SLOTS of them)
@@ -56,6 +57,30 @@ pub mod header {
     /// `u32` number of client threads about to sleep for readiness (client writes); its own
     /// cache line.
     pub const EVENT_WAITERS: usize = 192;
+    /// Routed-call latency histograms, written by the client only: [`LAT_STRIPES`] stripes of
+    /// [`LAT_BUCKETS`] `u64` counters each; counter `b` of a stripe counts calls whose round
+    /// trip (request published to response seen) took `[2^b, 2^(b+1))` ns, the last bucket
+    /// everything longer. A call on channel `c` counts in stripe `c % LAT_STRIPES`, so threads
+    /// on different channels rarely share a line. Readers (`virtuos-redirect top`) sum the
+    /// stripes. Bytes 256..1024 of this page stay free for further fields.
+    pub const LAT_HIST: usize = 1024;
+    /// Stripes of [`LAT_HIST`].
+    pub const LAT_STRIPES: usize = 8;
+    /// Buckets per stripe (log2 ns, as the eBPF syscall histograms).
+    pub const LAT_BUCKETS: usize = 32;
+    /// Bytes of one stripe (four cache lines).
+    pub const LAT_STRIPE_BYTES: usize = LAT_BUCKETS * 8;
+    /// Offset of counter `bucket` of stripe `stripe`.
+    pub const fn lat_bucket(stripe: usize, bucket: usize) -> usize {
+        LAT_HIST + stripe * LAT_STRIPE_BYTES + bucket * 8
+    }
+    // The histograms fill whole cache lines of page 0, after the other header fields.
+    const _: () = assert!(
+        LAT_HIST.is_multiple_of(64)
+            && LAT_STRIPE_BYTES.is_multiple_of(64)
+            && LAT_HIST >= EVENT_WAITERS + 64
+            && lat_bucket(LAT_STRIPES, 0) <= super::PAGE
+    );
 }
 
 /// Readiness words per session: handles at or above this have none (a server that pushes
@@ -251,6 +276,11 @@ mod tests {
             prop_assert!(last_slot <= l.data_off());
             prop_assert!(l.ring_off(0) >= header::EVENT_WAITERS + 64);
             prop_assert!(header::EVENT_EPOCH >= header::SERVER_STATE + 64);
+            prop_assert!(header::LAT_HIST >= header::EVENT_WAITERS + 64);
+            prop_assert!(
+                header::lat_bucket(header::LAT_STRIPES - 1, header::LAT_BUCKETS - 1) + 8
+                    <= l.rings_off()
+            );
             prop_assert_eq!(l.region_len() % PAGE, 0);
             prop_assert_eq!(l.window_off(ch - 1) + l.window as usize, l.events_off());
             prop_assert_eq!(l.event_off(EVENT_SLOTS - 1) + 8, l.region_len());
