@@ -285,6 +285,13 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
         return 0;
     }
     let file: u64 = ctx.arg(0);
+    // `file` is a BTF-typed pointer to the verifier, which refuses adding an unbounded scalar
+    // to it ("math between ptr_ pointer and register with unbounded min value", Linux 6.1):
+    // bound the offset (struct member offsets are far below 64 KiB).
+    if off_inode > 0xffff {
+        return 0;
+    }
+    let off_inode = off_inode & 0xffff;
     // SAFETY: bpf_probe_read_kernel checks the addresses; offsets come from the kernel's BTF.
     let file_dev = unsafe {
         let inode: u64 = match bpf_probe_read_kernel((file + off_inode) as *const u64) {

@@ -1,12 +1,12 @@
 //! `virtuos-redirect domains`: supervises the service domains.
 //!
-//! Starts `virtuos-storage` (found next to this binary), restarts it whenever it dies, with
-//! exponential backoff (100 ms doubling to 5 s; back to 100 ms once a run lasted 10 s), and
-//! forwards SIGTERM/SIGINT to it before exiting. After every change it writes the domains'
-//! state as JSON to the state file (default [`DEFAULT_STATE`]), which `status` reads.
-//!
-//! The network domain (issue 5) does not exist yet; it will be supervised the same way.
+//! Starts `virtuos-storage` and/or `virtuos-net` (found next to this binary), restarts each
+//! whenever it dies, with exponential backoff of its own (100 ms doubling to 5 s; back to
+//! 100 ms once a run lasted 10 s), and forwards SIGTERM/SIGINT to them before exiting. After
+//! every change it writes the domains' state as JSON to the state file (default
+//! [`DEFAULT_STATE`]), which `status` reads.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -23,16 +23,40 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A run at least this long resets the backoff.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How long the domains get to exit after the supervisor forwarded SIGTERM/SIGINT.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// What `domains` is asked to run.
+/// The storage domain to supervise.
+#[derive(Debug, Clone)]
+pub struct StorageOpts {
+    /// Export root (`--root`).
+    pub root: PathBuf,
+    /// Socket it listens on (`--listen`).
+    pub sock: PathBuf,
+    /// CPUs for its workers (`--cpus`).
+    pub cpus: Option<String>,
+}
+
+/// The network domain to supervise.
+#[derive(Debug, Clone)]
+pub struct NetOpts {
+    /// Socket it listens on (`--listen`).
+    pub sock: PathBuf,
+    /// CPUs for its workers (`--cpus`).
+    pub cpus: Option<String>,
+    /// Worker threads (`--threads`).
+    pub threads: Option<usize>,
+    /// Network namespace to serve in (`--netns`).
+    pub netns: Option<String>,
+}
+
+/// What `domains` is asked to run (at least one domain).
 #[derive(Debug, Clone)]
 pub struct DomainsOpts {
-    /// Export root of the storage domain.
-    pub storage_root: PathBuf,
-    /// Socket the storage domain listens on.
-    pub storage_sock: PathBuf,
-    /// CPUs for the storage domain's workers (`--cpus`).
-    pub storage_cpus: Option<String>,
+    /// The storage domain, if supervised.
+    pub storage: Option<StorageOpts>,
+    /// The network domain, if supervised.
+    pub net: Option<NetOpts>,
     /// State file.
     pub state: PathBuf,
 }
@@ -40,7 +64,7 @@ pub struct DomainsOpts {
 /// One supervised domain as the state file records it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DomainState {
-    /// `storage` (later also `net`).
+    /// `storage` or `net`.
     pub domain: String,
     /// The server's pid while it runs (null between a death and its restart).
     pub pid: Option<u32>,
@@ -59,7 +83,7 @@ pub struct DomainState {
 pub struct State {
     /// The supervisor's pid.
     pub supervisor_pid: u32,
-    /// Every supervised domain.
+    /// Every supervised domain (storage first when both are).
     pub domains: Vec<DomainState>,
 }
 
@@ -111,145 +135,261 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-fn spawn_storage(exe: &Path, o: &DomainsOpts) -> Result<Child> {
-    let mut cmd = Command::new(exe);
-    cmd.arg("--root")
-        .arg(&o.storage_root)
-        .arg("--listen")
-        .arg(&o.storage_sock);
-    if let Some(c) = &o.storage_cpus {
-        cmd.arg("--cpus").arg(c);
-    }
-    cmd.spawn()
-        .with_context(|| format!("starting {}", exe.display()))
+/// How to start one domain's server.
+#[derive(Debug, Clone, PartialEq)]
+struct Spec {
+    /// `storage` or `net` (the state file's name).
+    name: &'static str,
+    /// The server binary's file name, next to this binary.
+    bin: &'static str,
+    args: Vec<OsString>,
+    sock: PathBuf,
 }
 
-/// Sleeps `d`, returning early (true) when a termination signal arrived.
-fn sleep_unless_signalled(d: Duration) -> bool {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        if SIGNAL.load(Ordering::SeqCst) != 0 {
-            return true;
+impl Spec {
+    fn describe(&self) -> &'static str {
+        if self.name == "net" {
+            "network"
+        } else {
+            self.name
         }
-        std::thread::sleep(Duration::from_millis(10).min(end - Instant::now()));
     }
-    SIGNAL.load(Ordering::SeqCst) != 0
+}
+
+fn specs(o: &DomainsOpts) -> Vec<Spec> {
+    let mut v = Vec::new();
+    if let Some(s) = &o.storage {
+        let mut args: Vec<OsString> = vec![
+            "--root".into(),
+            s.root.clone().into(),
+            "--listen".into(),
+            s.sock.clone().into(),
+        ];
+        if let Some(c) = &s.cpus {
+            args.extend(["--cpus".into(), c.into()]);
+        }
+        v.push(Spec {
+            name: "storage",
+            bin: "virtuos-storage",
+            args,
+            sock: s.sock.clone(),
+        });
+    }
+    if let Some(n) = &o.net {
+        let mut args: Vec<OsString> = vec!["--listen".into(), n.sock.clone().into()];
+        if let Some(c) = &n.cpus {
+            args.extend(["--cpus".into(), c.into()]);
+        }
+        if let Some(t) = n.threads {
+            args.extend(["--threads".into(), t.to_string().into()]);
+        }
+        if let Some(ns) = &n.netns {
+            args.extend(["--netns".into(), ns.into()]);
+        }
+        v.push(Spec {
+            name: "net",
+            bin: "virtuos-net",
+            args,
+            sock: n.sock.clone(),
+        });
+    }
+    v
+}
+
+/// One supervised domain while the supervisor runs.
+struct Slot {
+    spec: Spec,
+    exe: PathBuf,
+    child: Option<Child>,
+    started: Instant,
+    backoff: Option<Duration>,
+    /// When to start it again (while it is down).
+    restart_at: Option<Instant>,
+}
+
+impl Slot {
+    fn spawn(&self) -> Result<Child> {
+        Command::new(&self.exe)
+            .args(&self.spec.args)
+            .spawn()
+            .with_context(|| format!("starting {}", self.exe.display()))
+    }
+
+    /// Schedules the next start after a run of `uptime` ended (or a start failed).
+    fn schedule(&mut self, uptime: Duration) -> Duration {
+        let d = next_backoff(self.backoff, uptime);
+        self.backoff = Some(d);
+        self.restart_at = Some(Instant::now() + d);
+        d
+    }
+}
+
+/// Forwards `sig` to every running domain and waits for them (killing those still running
+/// after [`STOP_GRACE`]); records how each ended.
+fn stop_all(slots: &mut [Slot], st: &mut State, sig: i32) {
+    for s in slots.iter() {
+        if let Some(c) = &s.child {
+            // SAFETY: signalling our own child, whose pid is not reaped yet.
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for (i, s) in slots.iter_mut().enumerate() {
+        let Some(mut c) = s.child.take() else {
+            continue;
+        };
+        let status = loop {
+            if let Ok(Some(x)) = c.try_wait() {
+                break Some(x);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                break c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let d = &mut st.domains[i];
+        d.pid = None;
+        d.last_exit = status.map(describe);
+        d.since = unix_now();
+    }
 }
 
 /// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
 pub fn run(o: DomainsOpts) -> Result<i32> {
-    let exe = std::env::current_exe()
-        .context("locating virtuos-redirect")?
-        .with_file_name("virtuos-storage");
+    let specs = specs(&o);
     anyhow::ensure!(
-        exe.is_file(),
-        "{} not found: build the workspace",
-        exe.display()
+        !specs.is_empty(),
+        "no domain to supervise: give --storage-root and --storage, and/or --net"
     );
+    let here = std::env::current_exe().context("locating virtuos-redirect")?;
+    let mut slots = Vec::new();
+    for spec in specs {
+        let exe = here.with_file_name(spec.bin);
+        anyhow::ensure!(
+            exe.is_file(),
+            "{} not found: build the workspace",
+            exe.display()
+        );
+        slots.push(Slot {
+            spec,
+            exe,
+            child: None,
+            started: Instant::now(),
+            backoff: None,
+            restart_at: None,
+        });
+    }
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
     let mut st = State {
         supervisor_pid: std::process::id(),
-        domains: vec![DomainState {
-            domain: "storage".into(),
-            pid: None,
-            restarts: 0,
-            last_exit: None,
-            since: unix_now(),
-            socket: o.storage_sock.clone(),
-        }],
+        domains: slots
+            .iter()
+            .map(|s| DomainState {
+                domain: s.spec.name.into(),
+                pid: None,
+                restarts: 0,
+                last_exit: None,
+                since: unix_now(),
+                socket: s.spec.sock.clone(),
+            })
+            .collect(),
     };
-    let mut backoff: Option<Duration> = None;
-    let mut first = true;
-    loop {
-        if SIGNAL.load(Ordering::SeqCst) != 0 {
-            break;
-        }
-        let mut child = match spawn_storage(&exe, &o) {
-            Ok(c) => c,
-            Err(e) if first => return Err(e),
+    // First starts: a domain that cannot even start is a configuration error.
+    for i in 0..slots.len() {
+        match slots[i].spawn() {
+            Ok(c) => {
+                eprintln!(
+                    "virtuos-redirect domains: {} domain running as pid {}",
+                    slots[i].spec.describe(),
+                    c.id()
+                );
+                st.domains[i].pid = Some(c.id());
+                st.domains[i].since = unix_now();
+                slots[i].child = Some(c);
+                slots[i].started = Instant::now();
+            }
             Err(e) => {
-                eprintln!("virtuos-redirect domains: {e:#}");
-                let d = next_backoff(backoff, Duration::ZERO);
-                backoff = Some(d);
-                if sleep_unless_signalled(d) {
-                    break;
-                }
-                continue;
+                stop_all(&mut slots, &mut st, libc::SIGTERM);
+                return Err(e);
             }
-        };
-        let started = Instant::now();
-        {
-            let d = &mut st.domains[0];
-            if !first {
-                d.restarts += 1;
-            }
-            d.pid = Some(child.id());
-            d.since = unix_now();
-        }
-        first = false;
-        write_state(&o.state, &st)?;
-        eprintln!(
-            "virtuos-redirect domains: storage domain running as pid {} (restarts: {})",
-            child.id(),
-            st.domains[0].restarts
-        );
-        // Wait for the child's death or a termination signal.
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break Some(s),
-                Ok(None) => {}
-                Err(e) => {
-                    eprintln!("virtuos-redirect domains: waiting for the storage domain: {e}");
-                }
-            }
-            let sig = SIGNAL.load(Ordering::SeqCst);
-            if sig != 0 {
-                // SAFETY: signalling our own child, whose pid is not reaped yet.
-                unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-                let deadline = Instant::now() + Duration::from_secs(10);
-                let s = loop {
-                    if let Ok(Some(s)) = child.try_wait() {
-                        break s;
-                    }
-                    if Instant::now() > deadline {
-                        let _ = child.kill();
-                        break child.wait()?;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                };
-                let d = &mut st.domains[0];
-                d.pid = None;
-                d.last_exit = Some(describe(s));
-                d.since = unix_now();
-                write_state(&o.state, &st)?;
-                return Ok(0);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let uptime = started.elapsed();
-        {
-            let d = &mut st.domains[0];
-            d.pid = None;
-            d.last_exit = status.map(describe);
-            d.since = unix_now();
-        }
-        write_state(&o.state, &st)?;
-        let d = next_backoff(backoff, uptime);
-        backoff = Some(d);
-        eprintln!(
-            "virtuos-redirect domains: storage domain ended ({}) after {:.1} s; restarting in {} ms",
-            st.domains[0].last_exit.as_deref().unwrap_or("?"),
-            uptime.as_secs_f64(),
-            d.as_millis()
-        );
-        if sleep_unless_signalled(d) {
-            break;
         }
     }
-    Ok(0)
+    write_state(&o.state, &st)?;
+    loop {
+        let sig = SIGNAL.load(Ordering::SeqCst);
+        if sig != 0 {
+            stop_all(&mut slots, &mut st, sig);
+            write_state(&o.state, &st)?;
+            return Ok(0);
+        }
+        let mut changed = false;
+        for (i, s) in slots.iter_mut().enumerate() {
+            let d = &mut st.domains[i];
+            if let Some(c) = &mut s.child {
+                let status = match c.try_wait() {
+                    Ok(Some(x)) => x,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        eprintln!(
+                            "virtuos-redirect domains: waiting for the {} domain: {e}",
+                            s.spec.describe()
+                        );
+                        continue;
+                    }
+                };
+                s.child = None;
+                let uptime = s.started.elapsed();
+                d.pid = None;
+                d.last_exit = Some(describe(status));
+                d.since = unix_now();
+                changed = true;
+                let wait = s.schedule(uptime);
+                eprintln!(
+                    "virtuos-redirect domains: {} domain ended ({}) after {:.1} s; restarting in {} ms",
+                    s.spec.describe(),
+                    describe(status),
+                    uptime.as_secs_f64(),
+                    wait.as_millis()
+                );
+            } else if s.restart_at.is_some_and(|t| Instant::now() >= t) {
+                s.restart_at = None;
+                match s.spawn() {
+                    Ok(c) => {
+                        d.restarts += 1;
+                        d.pid = Some(c.id());
+                        d.since = unix_now();
+                        changed = true;
+                        eprintln!(
+                            "virtuos-redirect domains: {} domain running as pid {} (restarts: {})",
+                            s.spec.describe(),
+                            c.id(),
+                            d.restarts
+                        );
+                        s.child = Some(c);
+                        s.started = Instant::now();
+                    }
+                    Err(e) => {
+                        let wait = s.schedule(Duration::ZERO);
+                        eprintln!(
+                            "virtuos-redirect domains: {e:#}; trying again in {} ms",
+                            wait.as_millis()
+                        );
+                    }
+                }
+            }
+        }
+        if changed {
+            // Keep supervising even if the state cannot be written (a full /run).
+            if let Err(e) = write_state(&o.state, &st) {
+                eprintln!("virtuos-redirect domains: {e:#}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The supervised domains for `status`: the state file at `VIRTUOS_DOMAINS_STATE` or
@@ -299,6 +439,39 @@ mod tests {
         }
         assert_eq!(seen, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         assert_eq!(next_backoff(b, Duration::from_secs(10)), BACKOFF_MIN);
+    }
+
+    #[test]
+    fn specs_pass_each_domain_its_options() {
+        let o = DomainsOpts {
+            storage: Some(StorageOpts {
+                root: "/srv".into(),
+                sock: "/s.sock".into(),
+                cpus: None,
+            }),
+            net: Some(NetOpts {
+                sock: "/n.sock".into(),
+                cpus: Some("1".into()),
+                threads: Some(2),
+                netns: Some("blue".into()),
+            }),
+            state: "/x.json".into(),
+        };
+        let v = specs(&o);
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].name, v[0].bin), ("storage", "virtuos-storage"));
+        assert_eq!(v[0].args, ["--root", "/srv", "--listen", "/s.sock"]);
+        assert_eq!((v[1].name, v[1].bin), ("net", "virtuos-net"));
+        assert_eq!(
+            v[1].args,
+            ["--listen", "/n.sock", "--cpus", "1", "--threads", "2", "--netns", "blue"]
+        );
+        let net_only = DomainsOpts {
+            storage: None,
+            ..o
+        };
+        assert_eq!(specs(&net_only).len(), 1);
+        assert_eq!(specs(&net_only)[0].sock, PathBuf::from("/n.sock"));
     }
 
     #[test]

@@ -41,22 +41,47 @@ enum Cmd {
     /// Attached cgroups, their programs and hooks (with the kernel's answers), domain health.
     Status(StatusArgs),
     /// Live per-second view of the attached cgroups' system calls, routed and local.
+    ///
+    /// Local calls (kernel entries) come from the eBPF tracepoints, with log2 latency
+    /// histograms. Routed calls never enter the kernel: they are read from the session regions
+    /// the cgroup's processes map (root only), per service domain (the process outside the
+    /// cgroup that maps the same region, by executable name): calls, ring spins/sleeps/wake-ups
+    /// and p50/p99 of the round trip the client measures for every synchronous call (request
+    /// published to response seen; log2 buckets, a percentile is its bucket's upper edge).
+    /// Percentiles cover the interval, or the time since the session began when the interval
+    /// had no routed call (`"window": "since_start"` in --json). Sessions of processes that
+    /// exited are no longer visible.
     Top(TopArgs),
-    /// Supervise the service domains: start them, restart them when they die (with backoff).
+    /// Supervise the service domains (storage and/or network): start them, restart each when
+    /// it dies (with backoff), and record their restarts for `status`.
     Domains(DomainsArgs),
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("domain").required(true).multiple(true).args(["storage", "net"])))]
 struct DomainsArgs {
     /// Export root of the storage domain.
-    #[arg(long, value_name = "DIR")]
-    storage_root: PathBuf,
-    /// Socket the storage domain listens on.
-    #[arg(long, value_name = "SOCK")]
-    storage: PathBuf,
+    #[arg(long, value_name = "DIR", requires = "storage")]
+    storage_root: Option<PathBuf>,
+    /// Socket the storage domain listens on (supervises `virtuos-storage`).
+    #[arg(long, value_name = "SOCK", requires = "storage_root")]
+    storage: Option<PathBuf>,
     /// CPUs for the storage domain's workers (passed as --cpus).
-    #[arg(long, value_name = "LIST")]
+    #[arg(long, value_name = "LIST", requires = "storage")]
     storage_cpus: Option<String>,
+    /// Socket the network domain listens on (supervises `virtuos-net`).
+    #[arg(long, visible_alias = "net-sock", value_name = "SOCK")]
+    net: Option<PathBuf>,
+    /// CPUs for the network domain's workers (passed as --cpus).
+    #[arg(long, value_name = "LIST", requires = "net")]
+    net_cpus: Option<String>,
+    /// Worker threads of the network domain (passed as --threads).
+    #[arg(long, value_name = "N", requires = "net")]
+    net_threads: Option<usize>,
+    /// Network namespace the network domain serves in (passed as --netns): a name under
+    /// /run/netns or a path.
+    #[arg(long, value_name = "NAME", requires = "net")]
+    netns: Option<String>,
     /// State file (JSON) read by `status`.
     #[arg(long, value_name = "FILE", default_value = domains::DEFAULT_STATE)]
     state: PathBuf,
@@ -315,9 +340,20 @@ fn main() -> Result<()> {
             0
         }
         Cmd::Domains(a) => domains::run(domains::DomainsOpts {
-            storage_root: a.storage_root,
-            storage_sock: a.storage,
-            storage_cpus: a.storage_cpus,
+            storage: match (a.storage_root, a.storage) {
+                (Some(root), Some(sock)) => Some(domains::StorageOpts {
+                    root,
+                    sock,
+                    cpus: a.storage_cpus,
+                }),
+                _ => None,
+            },
+            net: a.net.map(|sock| domains::NetOpts {
+                sock,
+                cpus: a.net_cpus,
+                threads: a.net_threads,
+                netns: a.netns,
+            }),
             state: a.state,
         })?,
         Cmd::Status(a) => {

@@ -45,6 +45,11 @@ fn remote_state(live: Option<&Live>, r: Remote) -> (u32, u32) {
     }
 }
 
+/// True when `r` belongs to no live session (its session died, or there is none).
+fn gone(live: Option<&Live>, r: Remote) -> bool {
+    live.is_none_or(|l| fdtable::handle_in(r.handle, l.generation()).is_none())
+}
+
 /// The bits of `mask` a waiter asking for `events` gets (errors and hang-ups always).
 fn report(mask: u32, events: u32) -> u32 {
     let mut m = mask;
@@ -103,6 +108,7 @@ fn sleep(
     sigmask: Option<(u64, u64)>,
 ) -> Result<(), i64> {
     let n_local = local.len();
+    let mut control_at = None;
     if let Some(l) = live {
         if spin_epoch(l, epoch) {
             return Ok(());
@@ -119,6 +125,7 @@ fn sleep(
                 revents: 0,
             });
         }
+        control_at = Some(local.len());
         local.push(libc::pollfd {
             fd: l.s.control_fd(),
             events: libc::POLLRDHUP,
@@ -155,6 +162,13 @@ fn sleep(
             }
         }
         l.s.event_waiter(false);
+        if control_at.is_some_and(|i| local[i].revents != 0) {
+            // The control socket hung up: the domain died. Mark the session dead (the
+            // readiness words will never move again), so that the caller's next look
+            // replaces it and reports the dead session's sockets in error, instead of
+            // sleeping on a socket that stays hung up, i.e. spinning.
+            l.s.server_gone();
+        }
     }
     local.truncate(n_local);
     if r == e(libc::EINTR) {
@@ -232,6 +246,9 @@ fn leave_unit(
             );
             if r == e(libc::EINTR) {
                 return Err(r);
+            }
+            if local.last().is_some_and(|c| c.revents != 0) {
+                l.s.server_gone(); // the control socket hung up: see `sleep`
             }
             if r != 0 || l.s.event_epoch() != epoch {
                 return Ok(());
@@ -477,6 +494,8 @@ struct Item {
     last_seq: u32,
     /// A one-shot item that reported: disarmed until EPOLL_CTL_MOD.
     disabled: bool,
+    /// The socket died with its session and that was reported (see [`epoll_scan`]).
+    gone_reported: bool,
 }
 
 struct EpSet {
@@ -566,6 +585,7 @@ pub fn epoll_ctl(a: [u64; 6]) -> Option<i64> {
                     data,
                     last_seq: seq.wrapping_sub(1),
                     disabled: false,
+                    gone_reported: false,
                 });
                 0
             }
@@ -579,6 +599,7 @@ pub fn epoll_ctl(a: [u64; 6]) -> Option<i64> {
                     data,
                     last_seq: seq.wrapping_sub(1),
                     disabled: false,
+                    gone_reported: false,
                 };
                 0
             }
@@ -613,7 +634,15 @@ fn epoll_scan(epfd: i64, live: Option<&Live>, out: &mut Vec<(u32, u64)>, max: us
             if m == 0 {
                 continue;
             }
-            if it.events & EPOLLET != 0 {
+            if gone(live, r) {
+                // A socket of a dead session stays in error forever: report that once, also
+                // to level-triggered items, or a program that keeps the fd registered (nginx
+                // and its listening socket: accept fails, it waits again) would spin on it.
+                if it.gone_reported {
+                    continue;
+                }
+                it.gone_reported = true;
+            } else if it.events & EPOLLET != 0 {
                 if seq == it.last_seq {
                     continue;
                 }

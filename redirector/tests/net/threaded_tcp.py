@@ -1,4 +1,5 @@
 """A threaded TCP server and 64 client threads, 200 checked request/response pairs each."""
+import faulthandler
 import hashlib
 import socket
 import socketserver
@@ -7,6 +8,7 @@ import threading
 import zlib
 
 CLIENTS, MESSAGES = 64, 200
+faulthandler.dump_traceback_later(150, exit=True)  # a hang shows where the threads wait
 
 
 class Handler(socketserver.StreamRequestHandler):

@@ -39,12 +39,16 @@ struct GntallocAllocGref<const N: usize> {
 }
 const GNTALLOC_FLAG_WRITABLE: u16 = 1;
 
+// Only the sizes of the gntdev structures are used (the ioctl number; `map_granted_region`
+// lays out the variable-length form in a buffer).
+#[allow(dead_code)]
 #[repr(C)]
 struct GntdevGrantRef {
     domid: u32,
     gref: u32,
 }
 
+#[allow(dead_code)]
 #[repr(C)]
 struct GntdevMapGrantRef<const N: usize> {
     count: u32,
@@ -128,25 +132,31 @@ pub fn grant_region(peer: u16, pages: usize) -> Result<(SharedMem, Vec<u32>), Tr
 }
 
 /// Maps the pages that domain `peer` granted with `refs` (client side).
+///
+/// All grants go into one `IOCTL_GNTDEV_MAP_GRANT_REF`: gntdev only mmaps a range that is
+/// exactly one such map (a map per page gives `EINVAL` on the mmap of more than one page).
 pub fn map_granted_region(peer: u16, refs: &[u32]) -> Result<SharedMem, TransportError> {
     let dev = open_dev(GNTDEV)?;
-    let mut first_index = None;
-    for &gref in refs {
-        let mut m = GntdevMapGrantRef::<1> {
-            count: 1,
-            pad: 0,
-            index: 0,
-            refs: [GntdevGrantRef {
-                domid: u32::from(peer),
-                gref,
-            }],
-        };
-        ioctl(dev.as_fd(), IOCTL_GNTDEV_MAP_GRANT_REF, &mut m).map_err(TransportError::Xen)?;
-        first_index.get_or_insert(m.index);
+    if refs.is_empty() {
+        return Err(TransportError::Xen(io::Error::from(io::ErrorKind::InvalidInput)));
     }
+    // `struct ioctl_gntdev_map_grant_ref` with `count` entries: u32 count, u32 pad, u64 index,
+    // then (u32 domid, u32 ref) pairs. A u64 buffer keeps `index` aligned.
+    let mut buf = vec![0u64; 2 + refs.len()];
+    buf[0] = refs.len() as u64; // count (low half), pad (high half) on little-endian x86-64
+    for (slot, &gref) in buf[2..].iter_mut().zip(refs) {
+        *slot = u64::from(peer) | (u64::from(gref) << 32);
+    }
+    // SAFETY: `buf` holds the header and `refs.len()` entries, the size the driver reads for
+    // `count`; it writes back `index` only, within the buffer, during the call.
+    let r = unsafe { libc::ioctl(dev.as_raw_fd(), IOCTL_GNTDEV_MAP_GRANT_REF, buf.as_mut_ptr()) };
+    if r < 0 {
+        return Err(TransportError::Xen(io::Error::last_os_error()));
+    }
+    let index = buf[1];
     let raw = memmap2::MmapOptions::new()
         .len(refs.len() * PAGE)
-        .offset(first_index.unwrap_or(0))
+        .offset(index)
         .map_raw(&dev)
         .map_err(TransportError::Xen)?;
     Ok(SharedMem::from_mmap(raw))
@@ -258,6 +268,15 @@ mod tests {
         assert_eq!(IOCTL_EVTCHN_BIND_INTERDOMAIN, 0x0008_4501);
         assert_eq!(IOCTL_EVTCHN_BIND_UNBOUND_PORT, 0x0004_4502);
         assert_eq!(IOCTL_EVTCHN_NOTIFY, 0x0004_4504);
+    }
+
+    #[test]
+    fn gntdev_map_layout_is_header_then_pairs() {
+        // map_granted_region writes a 16-byte header and 8-byte (domid, ref) entries.
+        assert_eq!(std::mem::size_of::<GntdevMapGrantRef<1>>(), 16 + 8);
+        assert_eq!(std::mem::size_of::<GntdevMapGrantRef<3>>(), 16 + 3 * 8);
+        assert_eq!(std::mem::offset_of!(GntdevMapGrantRef<1>, index), 8);
+        assert_eq!(std::mem::offset_of!(GntdevMapGrantRef<1>, refs), 16);
     }
 
     #[test]
