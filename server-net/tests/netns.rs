@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,10 @@ struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         for c in &mut self.children {
-            let _ = c.kill();
+            // Each child leads its own process group: the redirected program under
+            // `virtuos-redirect run` goes with it.
+            // SAFETY: kill(2) on a process group this test created.
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
             let _ = c.wait();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
@@ -96,6 +100,7 @@ fn serves_inside_its_network_namespace_only() {
             .arg(&sock)
             .args(["--netns", &ns])
             .env("RUST_LOG", "warn")
+            .process_group(0)
             .spawn()
             .unwrap(),
     );
@@ -119,6 +124,7 @@ fn serves_inside_its_network_namespace_only() {
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap(),
     );
