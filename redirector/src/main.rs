@@ -233,6 +233,15 @@ fn run(args: RunArgs) -> Result<i32> {
     }
     let mut cmd = Command::new(&args.cmd[0]);
     cmd.args(&args.cmd[1..]);
+    // The program goes with us: if virtuos-redirect is killed, it gets SIGTERM (a wrapper
+    // that leaves its program running unseen would leak servers in tests and scripts).
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches only the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
     let probe = |sock: &PathBuf, what: &str| -> Result<()> {
         connect_session(
             sock,
