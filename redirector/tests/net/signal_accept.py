@@ -1,5 +1,6 @@
 """A blocking accept() interrupted by SIGALRM (handler raises): EINTR must reach Python; the
 listening socket keeps working afterwards."""
+import faulthandler
 import signal
 import socket
 import sys
@@ -15,6 +16,7 @@ def on_alarm(signum, frame):
     raise Alarm()
 
 
+faulthandler.dump_traceback_later(30, exit=True)  # an interruption that never comes
 signal.signal(signal.SIGALRM, on_alarm)
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 s.bind(("127.0.0.1", 0))
