@@ -137,6 +137,73 @@ fn set_nonblocking(tagged: u32, nb: bool) {
     }
 }
 
+/// Sockets with SO_RCVTIMEO or SO_SNDTIMEO set (their blocking calls wait in the server,
+/// which applies the timeout).
+static TIMEO: [AtomicBool; fdtable::MAX_HANDLES] =
+    [const { AtomicBool::new(false) }; fdtable::MAX_HANDLES];
+
+/// A new socket handle: its mode as created, no timeouts.
+fn fresh(tagged: u32, nb: bool) {
+    set_nonblocking(tagged, nb);
+    if let Some(x) = TIMEO.get(fdtable::raw(tagged) as usize) {
+        x.store(false, Ordering::Relaxed);
+    }
+}
+
+fn has_timeout(r: Remote) -> bool {
+    TIMEO
+        .get(fdtable::raw(r.handle) as usize)
+        .is_some_and(|x| x.load(Ordering::Relaxed))
+}
+
+/// A blocking call on a socket that is not ready waits here first, in `ppoll` without holding
+/// a channel (a program with more threads blocked in socket calls than the session has
+/// channels would otherwise starve its own other calls), and interruptibly (a signal arriving
+/// while it waits gives EINTR unless every handler has SA_RESTART). The call itself follows
+/// and normally finds the socket ready; if another process took the data first, it waits in
+/// the server.
+fn wait_ready(fd: i64, r: Remote, flags: u64, want: i16) -> Result<(), i64> {
+    if nonblocking(r) || flags & libc::MSG_DONTWAIT as u64 != 0 || has_timeout(r) {
+        return Ok(());
+    }
+    loop {
+        if !would_block_word(r, want as u16 as u32) {
+            return Ok(());
+        }
+        let mut p = [libc::pollfd {
+            fd: fd as i32,
+            events: want,
+            revents: 0,
+        }];
+        let n = crate::netpoll::wait_fds(&mut p);
+        if n == e(libc::EINTR) {
+            if should_interrupt() {
+                return Err(n);
+            }
+            continue;
+        }
+        if n < 0 {
+            return Err(n);
+        }
+        return Ok(());
+    }
+}
+
+/// The socket's readiness word lacks every bit of `want` (and of errors and hang-ups).
+fn would_block_word(r: Remote, want: u32) -> bool {
+    let _pin = Pin::new(&NET);
+    let Some(live) = NET.session(None) else {
+        return false;
+    };
+    let Some(raw) = fdtable::handle_in(r.handle, live.generation()) else {
+        return false;
+    };
+    let dead = (libc::POLLERR | libc::POLLHUP | libc::POLLRDHUP) as u32;
+    live.s
+        .readiness(raw as usize)
+        .is_some_and(|x| x.mask & (want | dead) == 0)
+}
+
 fn nonblocking(r: Remote) -> bool {
     NONBLOCK
         .get(fdtable::raw(r.handle) as usize)
@@ -220,7 +287,7 @@ fn socket(domain: u64, ty: u64, proto: u64) -> i64 {
     });
     match h {
         Ok(h) if h >= 0 => {
-            set_nonblocking(h as u32, ty & libc::SOCK_NONBLOCK as u64 != 0);
+            fresh(h as u32, ty & libc::SOCK_NONBLOCK as u64 != 0);
             install(h, ty & libc::SOCK_CLOEXEC as u64 != 0)
         }
         Ok(err) | Err(err) => err,
@@ -246,9 +313,12 @@ fn addr_out(addr: u64, lenp: u64, bytes: &[u8], full: u64) {
     put::<u32>(lenp, full as u32);
 }
 
-fn accept(r: Remote, addr: u64, lenp: u64, flags: u64) -> i64 {
+fn accept(fd: i64, r: Remote, addr: u64, lenp: u64, flags: u64) -> i64 {
     if would_block(r, 0, libc::POLLIN as u32) {
         return e(libc::EAGAIN);
+    }
+    if let Err(err) = wait_ready(fd, r, 0, libc::POLLIN) {
+        return err;
     }
     let room = if addr != 0 && lenp != 0 {
         (get::<u32>(lenp) as u64).min(128)
@@ -276,7 +346,7 @@ fn accept(r: Remote, addr: u64, lenp: u64, flags: u64) -> i64 {
                 return h;
             }
             addr_out(addr, lenp, &buf[..n], rsp.aux[0]);
-            set_nonblocking(h as u32, flags & libc::SOCK_NONBLOCK as u64 != 0);
+            fresh(h as u32, flags & libc::SOCK_NONBLOCK as u64 != 0);
             install(h, flags & libc::SOCK_CLOEXEC as u64 != 0)
         }
         Err(err) => err,
@@ -500,6 +570,13 @@ fn sockopt_get(r: Remote, level: u64, name: u64, val: u64, lenp: u64) -> i64 {
 fn sockopt_set(r: Remote, level: u64, name: u64, val: u64, len: u64) -> i64 {
     if len > 4096 {
         return e(libc::EINVAL);
+    }
+    if level as i32 == libc::SOL_SOCKET && matches!(name, 20 | 21 | 66 | 67)
+    // SO_{RCV,SND}TIMEO, _OLD and _NEW
+    {
+        if let Some(x) = TIMEO.get(fdtable::raw(r.handle) as usize) {
+            x.store(true, Ordering::Relaxed);
+        }
     }
     // Per-request options of busy servers (nginx corks and uncorks every response): sent
     // without waiting for the answer, which cannot fail on a live TCP socket.
@@ -778,6 +855,21 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
             _ => e(libc::ECONNRESET),
         });
     }
+    // Blocking data calls wait for readiness here first (see `wait_ready`).
+    let pre = match nr {
+        libc::SYS_recvfrom => Some((a[3], libc::POLLIN)),
+        libc::SYS_recvmsg => Some((a[2], libc::POLLIN)),
+        libc::SYS_read | libc::SYS_readv => Some((0, libc::POLLIN)),
+        libc::SYS_sendto => Some((a[3], libc::POLLOUT)),
+        libc::SYS_sendmsg => Some((a[2], libc::POLLOUT)),
+        libc::SYS_write | libc::SYS_writev => Some((0, libc::POLLOUT)),
+        _ => None,
+    };
+    if let Some((flags, want)) = pre {
+        if let Err(err) = wait_ready(fd, r, flags, want) {
+            return Some(err);
+        }
+    }
     Some(match nr {
         libc::SYS_bind => match addr_in(a[1], a[2]) {
             Ok(addr) => simple(Opcode::Bind, [r.handle.into(), 0, 0, 0, 0], addr, None)
@@ -793,8 +885,8 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
         )
         .map(|r| r.result)
         .unwrap_or_else(|err| err),
-        libc::SYS_accept => accept(r, a[1], a[2], 0),
-        libc::SYS_accept4 => accept(r, a[1], a[2], a[3]),
+        libc::SYS_accept => accept(fd, r, a[1], a[2], 0),
+        libc::SYS_accept4 => accept(fd, r, a[1], a[2], a[3]),
         libc::SYS_connect => connect(r, a[1], a[2]),
         libc::SYS_shutdown => simple(
             Opcode::Shutdown,

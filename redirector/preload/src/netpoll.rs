@@ -25,6 +25,55 @@ fn e(n: i32) -> i64 {
     -i64::from(n)
 }
 
+/// Signals blocked while a wait scans and spins, so that a signal arriving then stays pending
+/// until the `ppoll` that sleeps, which unblocks them atomically and returns EINTR: without
+/// this, a handler that ran between the scan and the sleep would leave the wait asleep (the
+/// race `ppoll`'s sigmask exists for). SIGSYS stays deliverable (the shim's own trap).
+pub(crate) struct SigBlock {
+    /// The thread's mask before, restored on drop (and the mask `ppoll` sleeps with).
+    pub(crate) old: u64,
+}
+
+impl SigBlock {
+    pub(crate) fn new() -> SigBlock {
+        let all: u64 = !sys::SIGSYS_BIT;
+        let mut old = 0u64;
+        sys::sys(
+            libc::SYS_rt_sigprocmask,
+            &[
+                libc::SIG_BLOCK as u64,
+                &all as *const u64 as u64,
+                &mut old as *mut u64 as u64,
+                8,
+            ],
+        );
+        SigBlock { old }
+    }
+
+    /// The mask to sleep with: the caller's own (`ppoll`, `pselect6`, `epoll_pwait`), or the
+    /// thread's mask from before the block. SIGSYS is never blocked.
+    fn sleep_mask(&self, user: Option<(u64, u64)>) -> u64 {
+        match user {
+            Some((p, _)) if p != 0 => get::<u64>(p) & !sys::SIGSYS_BIT,
+            _ => self.old,
+        }
+    }
+}
+
+impl Drop for SigBlock {
+    fn drop(&mut self) {
+        sys::sys(
+            libc::SYS_rt_sigprocmask,
+            &[
+                libc::SIG_SETMASK as u64,
+                &self.old as *const u64 as u64,
+                0,
+                8,
+            ],
+        );
+    }
+}
+
 /// How long a waiter spins on the readiness epoch before it sleeps.
 const SPIN: Duration = Duration::from_micros(30);
 
@@ -282,6 +331,9 @@ fn poll_core(
         return None;
     }
     let _pin = Pin::new(&NET);
+    let block = SigBlock::new();
+    let mask = block.sleep_mask(sigmask);
+    let sigmask = Some((&mask as *const u64 as u64, 8));
     let mut local: Vec<libc::pollfd> = Vec::new();
     let mut local_idx: Vec<usize> = Vec::new();
     for (i, k) in kinds.iter().enumerate() {
@@ -345,6 +397,12 @@ fn write_revents(p: u64, pfds: &[libc::pollfd]) {
     for (i, x) in pfds.iter().enumerate() {
         put::<libc::pollfd>(p + (i * std::mem::size_of::<libc::pollfd>()) as u64, *x);
     }
+}
+
+/// Waits on `pfds` (which hold a remote socket) until one is ready or a signal arrives
+/// (`-EINTR`): the wait of a blocking socket call, which holds no channel while it waits.
+pub fn wait_fds(pfds: &mut [libc::pollfd]) -> i64 {
+    poll_core(pfds, None, None).unwrap_or(0)
 }
 
 /// poll(2).
@@ -681,6 +739,9 @@ pub fn epoll_wait(nr: i64, a: [u64; 6]) -> Option<i64> {
         _ => None,
     };
     let _pin = Pin::new(&NET);
+    let block = SigBlock::new();
+    let mask = block.sleep_mask(sigmask);
+    let sigmask = Some((&mask as *const u64 as u64, 8));
     let ev_size = std::mem::size_of::<libc::epoll_event>() as u64;
     let mut found: Vec<(u32, u64)> = Vec::with_capacity(max.min(1024));
     let mut local = vec![libc::pollfd {
