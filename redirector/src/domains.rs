@@ -464,12 +464,18 @@ mod tests {
         assert_eq!((v[1].name, v[1].bin), ("net", "virtuos-net"));
         assert_eq!(
             v[1].args,
-            ["--listen", "/n.sock", "--cpus", "1", "--threads", "2", "--netns", "blue"]
+            [
+                "--listen",
+                "/n.sock",
+                "--cpus",
+                "1",
+                "--threads",
+                "2",
+                "--netns",
+                "blue"
+            ]
         );
-        let net_only = DomainsOpts {
-            storage: None,
-            ..o
-        };
+        let net_only = DomainsOpts { storage: None, ..o };
         assert_eq!(specs(&net_only).len(), 1);
         assert_eq!(specs(&net_only)[0].sock, PathBuf::from("/n.sock"));
     }

@@ -83,6 +83,13 @@ impl Watcher {
                 let _ = self.epoll.delete(&e.dup);
             }
         }
+        // A call that finishes (socket, accept) after its client died must not register the
+        // new socket: `remove_session` has run or runs next, and an entry added after it would
+        // keep the session (its region, files and this duplicate) forever. The runtime marks
+        // the session closed before it calls `session_closed`, which takes this lock.
+        if session.is_closed() {
+            return;
+        }
         inner.next += 1;
         let key = inner.next;
         let flags = EpollFlags::EPOLLIN

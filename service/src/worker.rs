@@ -416,6 +416,21 @@ impl<H: Handler> Worker<H> {
                 let live = m.live;
                 let _ = self.ctx.pool.spawn(Box::new(move || drop(live)));
             }
+            // An operation of the gone session still waiting in the kernel (a recv from a
+            // silent peer, an accept) would hold the session, its files and its mapping until
+            // it completes, which may be never: cancel it. Its completion is handled as any
+            // cancelled call's (a socket it still produced goes into the session's table and
+            // is closed with it).
+            let waiting: Vec<(u32, u64)> = self
+                .inflight
+                .iter()
+                .flatten()
+                .filter(|f| f.uring && !f.answered && !f.cancelled && f.live.s.id() == id)
+                .map(|f| (f.channel, f.req.raw.id))
+                .collect();
+            for (c, req_id) in waiting {
+                self.cancel(id, c, req_id);
+            }
         }
         for l in all {
             let id = l.s.id();
