@@ -50,6 +50,18 @@ struct Args {
     /// Longest idle spin of a worker before it sleeps, in ns (0: sleep at once).
     #[arg(long)]
     spin_max_ns: Option<u64>,
+    /// Also serve sessions that Xen domain DOMID requests through xenstore (grant-shared
+    /// pages and event channels; run inside a Xen guest, with --threads 1).
+    #[arg(long, value_name = "DOMID")]
+    xen_peer: Option<u16>,
+    /// Rendezvous name under this domain's xenstore `data/` directory (with --xen-peer).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "virtuos-storage",
+        requires = "xen_peer"
+    )]
+    xen_name: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,7 +89,11 @@ fn main() -> anyhow::Result<()> {
     cfg.blocking_threads = args.blocking_threads;
     cfg.max_handles = args.max_files;
     let export = storage.export().to_string();
-    let rt = Runtime::start(cfg, storage).context("starting the storage service")?;
+    let mut rt = Runtime::start(cfg, storage).context("starting the storage service")?;
+    if let Some(peer) = args.xen_peer {
+        rt.serve_xen(peer, &args.xen_name)
+            .context("serving sessions over Xen")?;
+    }
     // Every local user may connect; each acts as themselves.
     std::fs::set_permissions(
         &args.listen,

@@ -29,6 +29,7 @@ pub mod creds;
 pub mod fdtable;
 mod pool;
 mod worker;
+pub mod xen;
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -363,6 +364,8 @@ pub struct Runtime {
     stats: Arc<Vec<WorkerStats>>,
     sessions: Arc<Sessions>,
     pool: Arc<pool::Pool>,
+    /// For sessions set up outside the Unix listener (see [`xen`]).
+    adopt: xen::AdoptCtx,
 }
 
 impl Runtime {
@@ -422,6 +425,12 @@ impl Runtime {
                     })?,
             );
         }
+        let adopt = xen::AdoptCtx {
+            handler: handler.clone(),
+            max_layout,
+            max_handles: cfg.max_handles,
+            workers: cfg.threads,
+        };
         let acceptor = Acceptor {
             listener,
             max_layout,
@@ -451,6 +460,7 @@ impl Runtime {
             stats,
             sessions,
             pool,
+            adopt,
         })
     }
 

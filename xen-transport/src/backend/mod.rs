@@ -13,6 +13,8 @@
 
 pub mod local;
 pub mod xen;
+pub mod xen_session;
+pub mod xenstore;
 
 use std::io;
 use std::os::fd::BorrowedFd;

@@ -138,7 +138,9 @@ pub fn grant_region(peer: u16, pages: usize) -> Result<(SharedMem, Vec<u32>), Tr
 pub fn map_granted_region(peer: u16, refs: &[u32]) -> Result<SharedMem, TransportError> {
     let dev = open_dev(GNTDEV)?;
     if refs.is_empty() {
-        return Err(TransportError::Xen(io::Error::from(io::ErrorKind::InvalidInput)));
+        return Err(TransportError::Xen(io::Error::from(
+            io::ErrorKind::InvalidInput,
+        )));
     }
     // `struct ioctl_gntdev_map_grant_ref` with `count` entries: u32 count, u32 pad, u64 index,
     // then (u32 domid, u32 ref) pairs. A u64 buffer keeps `index` aligned.
@@ -149,7 +151,13 @@ pub fn map_granted_region(peer: u16, refs: &[u32]) -> Result<SharedMem, Transpor
     }
     // SAFETY: `buf` holds the header and `refs.len()` entries, the size the driver reads for
     // `count`; it writes back `index` only, within the buffer, during the call.
-    let r = unsafe { libc::ioctl(dev.as_raw_fd(), IOCTL_GNTDEV_MAP_GRANT_REF, buf.as_mut_ptr()) };
+    let r = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            IOCTL_GNTDEV_MAP_GRANT_REF,
+            buf.as_mut_ptr(),
+        )
+    };
     if r < 0 {
         return Err(TransportError::Xen(io::Error::last_os_error()));
     }
