@@ -71,6 +71,32 @@ struct Op {
     addr: Option<Box<([u8; ADDR_MAX], libc::socklen_t)>>,
 }
 
+/// A send or recv entry to run: at once for a non-blocking socket, else waiting (linked to
+/// the socket's SO_SNDTIMEO or SO_RCVTIMEO, cancellable by the client).
+fn data_op(
+    entry: io_uring::squeue::Entry,
+    fd: Handle,
+    handle: u32,
+    msg: Option<Box<MsgBuf>>,
+    nonblocking: bool,
+    send: bool,
+) -> Outcome {
+    let timeout = (!nonblocking)
+        .then(|| sys::timeout(fd.as_fd(), send))
+        .flatten();
+    let op = Box::new(Op {
+        fd,
+        handle,
+        msg,
+        addr: None,
+    });
+    if nonblocking {
+        Outcome::SubmitKeep(entry, op)
+    } else {
+        Outcome::SubmitWaiting(entry, op, timeout)
+    }
+}
+
 fn err(call: &Call<'_>, e: i32) -> Outcome {
     Outcome::Done(Response::err(
         call.id(),
@@ -268,17 +294,7 @@ impl Net {
                 Some(m),
             )
         };
-        let op = Op {
-            fd: fd.clone(),
-            handle: h,
-            msg,
-            addr: None,
-        };
-        if nb {
-            Outcome::SubmitKeep(entry, Box::new(op))
-        } else {
-            Outcome::SubmitWaiting(entry, Box::new(op), sys::timeout(fd.as_fd(), true))
-        }
+        data_op(entry, fd, h, msg, nb, true)
     }
 
     fn recv(&self, call: &Call<'_>) -> Outcome {
@@ -327,17 +343,7 @@ impl Net {
                 Some(m),
             )
         };
-        let op = Op {
-            fd: fd.clone(),
-            handle: h,
-            msg,
-            addr: None,
-        };
-        if nb {
-            Outcome::SubmitKeep(entry, Box::new(op))
-        } else {
-            Outcome::SubmitWaiting(entry, Box::new(op), sys::timeout(fd.as_fd(), false))
-        }
+        data_op(entry, fd, h, msg, nb, false)
     }
 
     fn sockopt(&self, call: &Call<'_>, set: bool) -> Outcome {

@@ -215,20 +215,7 @@ fn nonblocking(r: Remote) -> bool {
 /// that the server has yet to publish, and publishing it wakes any waiter: the same race a
 /// program has with the kernel.)
 fn would_block(r: Remote, flags: u64, want: u32) -> bool {
-    if !nonblocking(r) && flags & libc::MSG_DONTWAIT as u64 == 0 {
-        return false;
-    }
-    let _pin = Pin::new(&NET);
-    let Some(live) = NET.session(None) else {
-        return false;
-    };
-    let Some(raw) = fdtable::handle_in(r.handle, live.generation()) else {
-        return false;
-    };
-    let dead = (libc::POLLERR | libc::POLLHUP | libc::POLLRDHUP) as u32;
-    live.s
-        .readiness(raw as usize)
-        .is_some_and(|x| x.mask & (want | dead) == 0)
+    (nonblocking(r) || flags & libc::MSG_DONTWAIT as u64 != 0) && would_block_word(r, want)
 }
 
 /// Sends a call that needs no answer (nothing in the window), without waiting.
