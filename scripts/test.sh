@@ -47,17 +47,20 @@ assert not missing, f"latency results missing {missing}"
 assert all(x["median_ns"] > 0 for x in r["results"])
 print("latency report complete:", sorted(names))
 PY
-step "bench smoke: virtuos-bench nginx --quick (native and storage serve correct bytes, req/s > 0)"
+step "bench smoke: virtuos-bench nginx --quick (every mode serves correct bytes, req/s > 0)"
 ./target/release/virtuos-bench nginx --quick --json target/nginx-quick.json
 python3 - <<'PY'
 import json
 r = json.load(open("target/nginx-quick.json"))
 rps = [(c["mode"], c["keepalive"], (c["requests_per_s"] or {}).get("median", 0)) for c in r["summary"]]
-for mode in ("native", "storage"):
+for mode in ("native", "net", "storage", "both"):
     mine = [v for m, _, v in rps if m == mode]
     assert mine and all(v > 0 for v in mine), f"nginx quick: no requests/s for {mode}: {rps}"
 assert all(v["ok"] for s in r["stacks"] for v in s["verified"]), "nginx quick: a mode served wrong bytes"
 print("nginx quick report (mode, keep-alive, req/s):", [(m, k, round(v)) for m, k, v in rps],
       "skipped:", [s["mode"] for s in r["skipped"]])
 PY
+step "Xen in a VM: vm/xen-test.sh (Xen 4.17 + Debian 6.1 dom0 + storage domU under QEMU TCG, BPF LSM)"
+vm/xen-test.sh
+
 echo; echo "all tests passed"
