@@ -132,7 +132,20 @@ pub fn sample() -> Result<Vec<CgSample>> {
     let mut out = Vec::new();
     let mut holders: Option<HashMap<u64, Vec<(String, u32)>>> = None;
     for id in super::attached_ids() {
-        let stats_map = super::pinned_map(id, "STATS")?;
+        // An attachment detached between the listing and this look is simply gone.
+        let stats_map = match super::pinned_map(id, "STATS") {
+            Ok(m) => m,
+            Err(e)
+                if !super::pin_dir(id).exists()
+                    || e.chain().any(|c| {
+                        c.downcast_ref::<std::io::Error>()
+                            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+                    }) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
         let stats_map: PerCpuArray<_, SysStat> =
             PerCpuArray::try_from(Map::PerCpuArray(stats_map)).context("STATS")?;
         let mut stats = vec![SysStat::default(); MAX_SYSCALLS as usize];
