@@ -45,6 +45,16 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        // Miri is ~1000x slower and isolates the file system (no failure persistence there).
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { ProptestConfig::default().cases },
+            failure_persistence: if cfg!(miri) {
+                None
+            } else {
+                ProptestConfig::default().failure_persistence
+            },
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn words_round_trip(mask: u32, seq: u32) {
             let r = Readiness { mask, seq };
