@@ -24,9 +24,11 @@ step "tests (debug)"
 # alone does not build).
 cargo build --workspace
 cargo test --workspace
-step "tests (release: the 8x100k stress test at full speed too)"
+step "tests (release: the transport and runtime at full speed, incl. the 8x100k stress test)"
+# The integration suites of the redirector and the servers ran above against the debug build;
+# the release binaries (built here) serve the benchmark smoke runs and the VM harness below.
 cargo build --release --workspace
-cargo test --release --workspace
+cargo test --release -p virtuos-abi -p xen-transport -p virtuos-service
 step "miri: ring and record logic"
 cargo +nightly miri test -p virtuos-abi -p xen-transport --lib
 step "fuzz: ${FUZZ_SECONDS}s per target"
