@@ -51,7 +51,9 @@ opcodes! {
     // ---- session-wide (both domains), 128.. ----
     /// Snapshot this session's remote fd table for a child process or a new program image:
     /// returns a one-time token (`aux[0]`) that [`Opcode::Adopt`] redeems within 30 s.
-    /// `args[0]`: 0 for fork (the child shares open files with the parent), 1 for exec.
+    /// `args[0]`: 0 for fork (the child shares open files with the parent), 1 for exec;
+    /// `args[1]`: 0 to snapshot every handle, or the number of handles listed (native-endian
+    /// u32 each) in the payload: only those are in the snapshot.
     PrepareClone = 128,
     /// Redeem a [`Opcode::PrepareClone`] token (`args[0]`): this session's fd table becomes a copy
     /// of the snapshot, with the same handle numbers sharing the same open files. Only a process

@@ -1055,7 +1055,24 @@ fn serve<H: Handler>(
             let entry = opcode::Timeout::new(&*ts as *const types::Timespec).build();
             Outcome::SubmitKeep(entry, ts)
         }
-        Opcode::PrepareClone => Outcome::Done(prepare_clone(ctx, live, id, args[0])),
+        Opcode::PrepareClone => {
+            // args[1]: how many handles (u32 each, in the payload) the snapshot keeps; 0: all.
+            let n = (args[1] as usize).min(MAX_CLONE_LIST);
+            let only = (n > 0)
+                .then(|| {
+                    let mut raw = vec![0u8; n * 4];
+                    let got = call.read_payload_at(0, &mut raw);
+                    raw[..got - got % 4]
+                        .chunks_exact(4)
+                        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect::<Vec<u32>>()
+                })
+                .map(|mut v| {
+                    v.sort_unstable();
+                    v
+                });
+            Outcome::Done(prepare_clone(ctx, live, id, args[0], only.as_deref()))
+        }
         Opcode::Adopt => {
             let rsp = adopt(ctx, live, id, args[0]);
             if rsp.result >= 0 {
@@ -1071,11 +1088,27 @@ fn serve<H: Handler>(
     }
 }
 
-fn prepare_clone<H: Handler>(ctx: &WorkerCtx<H>, live: &Live, id: u64, kind: u64) -> Response {
+/// Most handles a `PrepareClone` may list.
+const MAX_CLONE_LIST: usize = 1 << 16;
+
+fn prepare_clone<H: Handler>(
+    ctx: &WorkerCtx<H>,
+    live: &Live,
+    id: u64,
+    kind: u64,
+    only: Option<&[u32]>,
+) -> Response {
     let Some(kind) = CloneKind::from_arg(kind) else {
         return Response::err(id, Errno::EINVAL);
     };
-    let snap = live.ctx.fds.snapshot();
+    let mut snap = live.ctx.fds.snapshot();
+    if let Some(keep) = only {
+        for (h, slot) in snap.iter_mut().enumerate() {
+            if keep.binary_search(&(h as u32)).is_err() {
+                *slot = None;
+            }
+        }
+    }
     match ctx.tokens.prepare(kind, live.ctx.creds.pid, snap) {
         Ok(token) => {
             let mut r = Response::ok(id, 0);

@@ -16,7 +16,9 @@
 //! with channels `LAT_STRIPES` apart. Fire-and-forget posts are not timed.
 
 use std::cell::Cell;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+
+use crate::fdcell::{FdCell, FdHooks};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -47,6 +49,21 @@ pub struct ClientConfig {
     pub capabilities: u64,
     /// Spin bounds of the adaptive wait.
     pub spin: SpinPolicy,
+    /// Where the session's kept descriptors go (an application's shim keeps them at reserved
+    /// numbers, out of the program's sight); None: where the kernel puts them.
+    pub fd_hooks: Option<FdHooks>,
+}
+
+impl ClientConfig {
+    /// The server's defaults, the client's default spin bounds, no hooks; unlike
+    /// [`ClientConfig::default`] it reads nothing from the environment.
+    pub const EMPTY: ClientConfig = ClientConfig {
+        channels: 0,
+        window: 0,
+        capabilities: abi::control::CAPS_KNOWN,
+        spin: SpinPolicy::CLIENT,
+        fd_hooks: None,
+    };
 }
 
 impl Default for ClientConfig {
@@ -56,6 +73,7 @@ impl Default for ClientConfig {
             window: 0,
             capabilities: abi::control::CAPS_KNOWN,
             spin: SpinPolicy::CLIENT.from_env("CLIENT"),
+            fd_hooks: None,
         }
     }
 }
@@ -112,13 +130,14 @@ pub struct Session {
     mem: SharedMem,
     layout: Layout,
     bell: Box<dyn ClientBell>,
-    control: OwnedFd,
+    control: FdCell,
     channels: Box<[ChannelState]>,
     spin: AdaptiveSpin,
     dead: AtomicBool,
     session_id: u64,
     /// The readiness eventfd (see [`crate::events`]), if the backend has one.
-    event_fd: Option<OwnedFd>,
+    event_fd: Option<FdCell>,
+    fd_hooks: Option<FdHooks>,
 }
 
 thread_local! {
@@ -135,6 +154,7 @@ impl Session {
         control: OwnedFd,
         spin: SpinPolicy,
         session_id: u64,
+        fd_hooks: Option<FdHooks>,
     ) -> Self {
         let channels = (0..layout.channels)
             .map(|_| ChannelState {
@@ -147,22 +167,41 @@ impl Session {
             mem,
             layout,
             bell,
-            control,
+            control: FdCell::new(control, fd_hooks),
             channels,
             spin: AdaptiveSpin::new(spin),
             dead: AtomicBool::new(false),
             session_id,
             event_fd: None,
+            fd_hooks,
         }
     }
 
     pub(crate) fn set_event_fd(&mut self, fd: OwnedFd) {
-        self.event_fd = Some(fd);
+        self.event_fd = Some(FdCell::new(fd, self.fd_hooks));
     }
 
     /// The readiness eventfd to poll beside local fds (semaphore mode, non-blocking).
     pub fn event_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.event_fd.as_ref().map(|f| f.as_raw_fd())
+        self.event_fd.as_ref().map(|f| f.raw())
+    }
+
+    /// Replaces the number `old` of one of the session's descriptors by `new`, an open
+    /// duplicate the caller made (see [`FdCell`]); false when the session has no descriptor
+    /// numbered `old`.
+    pub fn renumber_fd(&self, old: std::os::fd::RawFd, new: std::os::fd::RawFd) -> bool {
+        self.control.renumber(old, new)
+            || self.event_fd.as_ref().is_some_and(|f| f.renumber(old, new))
+            || self.bell.renumber(old, new)
+    }
+
+    /// Calls `f` with the number of every descriptor the session keeps open.
+    pub fn kept_fds(&self, f: &mut dyn FnMut(std::os::fd::RawFd)) {
+        f(self.control.raw());
+        if let Some(e) = &self.event_fd {
+            f(e.raw());
+        }
+        self.bell.kept_fds(f);
     }
 
     /// Handle `h`'s readiness as the server last published it (`None` beyond the words).
@@ -199,7 +238,7 @@ impl Session {
 
     /// The control socket: it hangs up when the server dies (poll it beside local fds).
     pub fn control_fd(&self) -> std::os::fd::RawFd {
-        self.control.as_raw_fd()
+        self.control.raw()
     }
 
     /// The region's geometry.
@@ -273,7 +312,7 @@ impl Session {
     /// Checks the control socket: a hang-up means the server process is gone.
     fn check_alive(&self) -> Result<(), CallError> {
         let mut pfd = libc::pollfd {
-            fd: self.control.as_raw_fd(),
+            fd: self.control.raw(),
             events: libc::POLLRDHUP,
             revents: 0,
         };

@@ -178,10 +178,11 @@ pub fn connect_session(path: &Path, cfg: &ClientConfig) -> Result<Session, Conne
     let mut s = Session::new(
         mem,
         layout,
-        Box::new(LocalBell::new(fds)),
+        Box::new(LocalBell::with_hooks(fds, cfg.fd_hooks)),
         sock,
         cfg.spin,
         w.session_id,
+        cfg.fd_hooks,
     );
     s.set_event_fd(event_fd);
     Ok(s)

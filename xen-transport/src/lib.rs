@@ -18,6 +18,7 @@ pub mod backend;
 pub mod client;
 pub mod control;
 pub mod events;
+pub mod fdcell;
 mod futex;
 pub mod layout;
 pub mod mem;
@@ -27,6 +28,7 @@ pub mod wait;
 
 pub use client::{CallError, ClientConfig, Lease, Session};
 pub use events::Readiness;
+pub use fdcell::{FdCell, FdHooks};
 pub use layout::Layout;
 pub use mem::SharedMem;
 pub use server::{Credentials, ServerSession};

@@ -37,16 +37,31 @@ impl SpinPolicy {
 
     /// Reads `VIRTUOS_<PREFIX>_SPIN_MIN_NS` / `_MAX_NS` from the environment over `self`.
     pub fn from_env(self, prefix: &str) -> SpinPolicy {
-        let get = |what: &str, d: Duration| {
+        let get = |what: &str| {
             std::env::var(format!("VIRTUOS_{prefix}_SPIN_{what}_NS"))
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_nanos)
-                .unwrap_or(d)
         };
-        let max = get("MAX", self.max);
+        self.with_overrides(get("MIN"), get("MAX"))
+    }
+
+    /// This policy with the bounds given in nanoseconds replaced (as [`SpinPolicy::from_env`]
+    /// does with the values of its variables).
+    pub const fn with_overrides(self, min_ns: Option<u64>, max_ns: Option<u64>) -> SpinPolicy {
+        let max = match max_ns {
+            Some(n) => Duration::from_nanos(n),
+            None => self.max,
+        };
+        let min = match min_ns {
+            Some(n) => Duration::from_nanos(n),
+            None => self.min,
+        };
         SpinPolicy {
-            min: get("MIN", self.min).min(max),
+            min: if min.as_nanos() < max.as_nanos() {
+                min
+            } else {
+                max
+            },
             max,
         }
     }

@@ -2,26 +2,31 @@
 //!
 //! The kernel's own cwd cannot be inside the remote tree, so the shim keeps the full
 //! (prefix-including) path and resolves relative paths against it while it is set.
+//! Both values live behind one [`SigLock`], held with signals blocked, so a signal handler
+//! that resolves a path while its thread was inside `get`/`set` cannot deadlock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::lock::{ForkLock, SigLock};
 use crate::paths::PathBuf;
 
-static LOCK: AtomicBool = AtomicBool::new(false);
-static mut CWD: Option<PathBuf> = None;
-static ROUTED: AtomicBool = AtomicBool::new(false);
+struct State {
+    /// The routed cwd (full path), when the cwd is under the mount prefix.
+    routed: Option<PathBuf>,
+    /// The kernel's cwd, cached (None: not known; read it again).
+    local: Option<PathBuf>,
+}
 
-fn locked<R>(f: impl FnOnce(&mut Option<PathBuf>) -> R) -> R {
-    while LOCK
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        std::hint::spin_loop();
-    }
-    // SAFETY: CWD is only accessed here, under LOCK, which this thread holds.
-    let r = f(unsafe { &mut *std::ptr::addr_of_mut!(CWD) });
-    LOCK.store(false, Ordering::Release);
-    r
+static STATE: SigLock<State> = SigLock::new(State {
+    routed: None,
+    local: None,
+});
+static ROUTED: AtomicBool = AtomicBool::new(false);
+static LOCAL_VALID: AtomicBool = AtomicBool::new(false);
+
+/// The lock, for the fork handlers.
+pub(crate) fn lock() -> &'static dyn ForkLock {
+    &STATE
 }
 
 /// The routed cwd (full path), if the cwd is under the mount prefix.
@@ -29,20 +34,16 @@ pub fn get() -> Option<PathBuf> {
     if !ROUTED.load(Ordering::Acquire) {
         return None;
     }
-    locked(|c| c.clone())
+    STATE.with(|s| s.routed.clone())
 }
 
 /// Sets (Some) or leaves (None) the routed cwd.
 pub fn set(p: Option<PathBuf>) {
-    ROUTED.store(p.is_some(), Ordering::Release);
-    locked(|c| *c = p);
+    STATE.with(|s| {
+        ROUTED.store(p.is_some(), Ordering::Release);
+        s.routed = p;
+    });
 }
-
-// ---- the local (kernel) cwd, cached so relative paths can be checked against the mount ----
-
-static LOCAL_LOCK: AtomicBool = AtomicBool::new(false);
-static LOCAL_VALID: AtomicBool = AtomicBool::new(false);
-static mut LOCAL: Option<PathBuf> = None;
 
 /// Forgets the cached kernel cwd (after a local chdir/fchdir).
 pub fn invalidate_local() {
@@ -51,28 +52,20 @@ pub fn invalidate_local() {
 
 /// The kernel's cwd, from the cache or a raw getcwd.
 pub fn local() -> Option<PathBuf> {
-    while LOCAL_LOCK
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        std::hint::spin_loop();
-    }
-    // SAFETY: LOCAL is only accessed here, under LOCAL_LOCK, which this thread holds.
-    let slot = unsafe { &mut *std::ptr::addr_of_mut!(LOCAL) };
-    if !LOCAL_VALID.load(Ordering::Acquire) || slot.is_none() {
-        let mut buf = [0u8; crate::paths::PATH_MAX];
-        let n = crate::sys::sys(
-            libc::SYS_getcwd,
-            &[buf.as_mut_ptr() as u64, buf.len() as u64],
-        );
-        *slot = if n > 1 {
-            PathBuf::from_bytes(&buf[..n as usize - 1])
-        } else {
-            None
-        };
-        LOCAL_VALID.store(slot.is_some(), Ordering::Release);
-    }
-    let r = slot.clone();
-    LOCAL_LOCK.store(false, Ordering::Release);
-    r
+    STATE.with(|s| {
+        if !LOCAL_VALID.load(Ordering::Acquire) || s.local.is_none() {
+            let mut buf = [0u8; crate::paths::PATH_MAX];
+            let n = crate::sys::sys(
+                libc::SYS_getcwd,
+                &[buf.as_mut_ptr() as u64, buf.len() as u64],
+            );
+            s.local = if n > 1 {
+                PathBuf::from_bytes(&buf[..n as usize - 1])
+            } else {
+                None
+            };
+            LOCAL_VALID.store(s.local.is_some(), Ordering::Release);
+        }
+        s.local.clone()
+    })
 }

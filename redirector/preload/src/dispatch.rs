@@ -4,7 +4,7 @@
 //! (safety net). Local calls are re-issued unchanged through the trampoline; remote ones go to
 //! the storage domain. Results are raw (`-errno` on failure), as the kernel returns them.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use abi::Opcode;
 
@@ -13,7 +13,7 @@ use crate::paths::{self, PathBuf};
 use crate::remote;
 use crate::statconv::statx_to_stat;
 use crate::sys::{self, c_str, get, put, syscall6, user_buf, user_buf_mut};
-use crate::{config, cwd};
+use crate::{config, cwd, proc, reserve};
 
 const AT_FDCWD: i64 = libc::AT_FDCWD as i64;
 
@@ -103,23 +103,20 @@ fn resolve(dirfd: i64, path: &[u8]) -> Result<Loc, i64> {
     )
 }
 
-/// Returns `a` with path argument `p` pointing at a NUL-terminated copy of `x` (kept in a
-/// thread-local buffer until the next call on this thread).
-fn local_path_arg(_nr: i64, mut a: [u64; 6], p: u64, x: &PathBuf) -> [u64; 6] {
-    thread_local! {
-        static BUF: std::cell::RefCell<[u8; paths::PATH_MAX + 1]> =
-            const { std::cell::RefCell::new([0; paths::PATH_MAX + 1]) };
-    }
-    BUF.with(|b| {
-        let mut b = b.borrow_mut();
-        b.fill(0);
-        b[..x.as_bytes().len()].copy_from_slice(x.as_bytes());
-        for v in a.iter_mut() {
-            if *v == p {
-                *v = b.as_ptr() as u64;
-            }
+/// Returns `a` with path argument `p` pointing at a NUL-terminated copy of `x` in `buf`.
+fn local_path_arg(
+    mut a: [u64; 6],
+    p: u64,
+    x: &PathBuf,
+    buf: &mut [u8; paths::PATH_MAX + 1],
+) -> [u64; 6] {
+    buf.fill(0);
+    buf[..x.as_bytes().len()].copy_from_slice(x.as_bytes());
+    for v in a.iter_mut() {
+        if *v == p {
+            *v = buf.as_ptr() as u64;
         }
-    });
+    }
     a
 }
 
@@ -148,6 +145,13 @@ fn path_arg(p: u64) -> Result<&'static [u8], i64> {
 
 /// Dispatches system call `nr` with arguments `a`.
 pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
+    if nr == libc::SYS_execve || nr == libc::SYS_execveat {
+        // Before the big routing frames: an exec may run on a posix_spawn child's small stack.
+        return crate::exec::execve(nr, a);
+    }
+    if let Some(r) = guard(nr, a) {
+        return r;
+    }
     if let Some(r) = crate::net::route(nr, a) {
         return r;
     }
@@ -158,7 +162,99 @@ pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
     }
 }
 
+/// The fd-space rules that come before any routing: the shim's own descriptors are invisible
+/// to the program ([`crate::reserve`]), and a child sharing its parent's memory changes only
+/// its own kernel fds, never the shared table or a server's handles ([`crate::proc`]).
+fn guard(nr: i64, a: [u64; 6]) -> Option<i64> {
+    let fd = a[0] as i32 as i64;
+    let ebadf = e(libc::EBADF);
+    match nr {
+        libc::SYS_close => {
+            if reserve::is_owned(fd) {
+                return Some(ebadf);
+            }
+            if fdtable::get_any(fd).is_some() && proc::shared_child() {
+                return Some(sys::sys(libc::SYS_close, &[fd as u64]));
+            }
+            None
+        }
+        libc::SYS_close_range => {
+            let (first, last, flags) = (a[0] as u32, a[1] as u32, a[2] as u32);
+            if first > last {
+                return Some(e(libc::EINVAL));
+            }
+            if flags & libc::CLOSE_RANGE_CLOEXEC == 0 && fdtable::any() && !proc::shared_child() {
+                let mut victims = Vec::new();
+                fdtable::for_each(|fd, _| {
+                    if fd >= i64::from(first) && fd <= i64::from(last) {
+                        victims.push(fd);
+                    }
+                });
+                for fd in victims {
+                    let _ = close(fd);
+                }
+            }
+            Some(reserve::close_range_around(first, last, flags))
+        }
+        libc::SYS_dup => {
+            if reserve::is_owned(fd) {
+                return Some(ebadf);
+            }
+            if fdtable::get_any(fd).is_some() && proc::shared_child() {
+                return Some(sys::sys(libc::SYS_dup, &[fd as u64]));
+            }
+            None
+        }
+        libc::SYS_dup2 | libc::SYS_dup3 => {
+            let target = a[1] as i32 as i64;
+            if reserve::is_owned(fd) {
+                return Some(ebadf);
+            }
+            if fd != target {
+                reserve::before_dup_onto(target);
+            }
+            if (fdtable::get_any(fd).is_some() || fdtable::get_any(target).is_some())
+                && proc::shared_child()
+            {
+                return Some(syscall6(nr, a));
+            }
+            None
+        }
+        libc::SYS_fcntl => {
+            if reserve::is_owned(fd) {
+                return Some(ebadf);
+            }
+            let cmd = a[1] as i32;
+            if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC)
+                && fdtable::get_any(fd).is_some()
+                && proc::shared_child()
+            {
+                return Some(syscall6(nr, a));
+            }
+            None
+        }
+        libc::SYS_prlimit64 | libc::SYS_setrlimit => {
+            let (res, new) = if nr == libc::SYS_setrlimit {
+                (a[0], a[1])
+            } else {
+                (a[1], a[2])
+            };
+            let self_target = nr == libc::SYS_setrlimit
+                || a[0] == 0
+                || a[0] as i64 == sys::sys(libc::SYS_getpid, &[]);
+            let r = syscall6(nr, a);
+            if r == 0 && res == libc::RLIMIT_NOFILE as u64 && new != 0 && self_target {
+                let soft: u64 = get(new);
+                reserve::after_limit(soft.min(i32::MAX as u64) as i64);
+            }
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
 /// `Ok(None)`: execute locally, unchanged.
+#[inline(never)]
 fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
     let fd = a[0] as i32 as i64;
     Ok(Some(match nr {
@@ -179,7 +275,6 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             return open_at(fd, a[1], how.flags, how.mode, nr, a);
         }
         libc::SYS_close => return close(fd).map(Some),
-        libc::SYS_close_range => return close_range(a[0] as u32, a[1] as u32, a[2] as u32),
         libc::SYS_read => return on_fd(fd, |r| rw(r, false, a[1], a[2] as usize, None)),
         libc::SYS_write => return on_fd(fd, |r| rw(r, true, a[1], a[2] as usize, None)),
         libc::SYS_pread64 => return on_fd(fd, |r| rw(r, false, a[1], a[2] as usize, Some(a[3]))),
@@ -528,8 +623,6 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             UMASK.store(a[0] as u32 & 0o777, Ordering::Relaxed);
             old
         }
-        libc::SYS_execve => crate::exec::execve(nr, a),
-        libc::SYS_execveat => crate::exec::execve(nr, a),
         _ => return Ok(None),
     }))
 }
@@ -649,17 +742,25 @@ pub fn open_remote(rp: &[u8], flags: u64, mode: u64) -> i64 {
         return ph;
     }
     let is_dir = st_mode as u32 & libc::S_IFMT == libc::S_IFDIR;
+    let r = Remote {
+        handle,
+        is_dir,
+        net: false,
+    };
+    if proc::shared_child() {
+        // Opened by a vfork/posix_spawn child on its parent's session: the table is the
+        // parent's, so the child only remembers it for its exec.
+        if !proc::child_opened(ph, r) {
+            sys::sys(libc::SYS_close, &[ph as u64]);
+            remote::call(Opcode::Close, [h as u64, 0, 0, 0, 0], &[], None);
+            return e(libc::EMFILE);
+        }
+        return ph;
+    }
     if is_dir {
         fdtable::set_dir_path(handle, rp);
     }
-    fdtable::set(
-        ph,
-        Remote {
-            handle,
-            is_dir,
-            net: false,
-        },
-    );
+    fdtable::set(ph, r);
     ph
 }
 
@@ -686,21 +787,6 @@ fn close(fd: i64) -> Result<i64, i64> {
             Ok(rc)
         }
     }
-}
-
-fn close_range(first: u32, last: u32, flags: u32) -> Result<Option<i64>, i64> {
-    if flags & libc::CLOSE_RANGE_CLOEXEC == 0 {
-        let mut victims = Vec::new();
-        fdtable::for_each(|fd, _| {
-            if fd >= i64::from(first) && fd <= i64::from(last) {
-                victims.push(fd);
-            }
-        });
-        for fd in victims {
-            let _ = close(fd);
-        }
-    }
-    Ok(None)
 }
 
 /// Reads or writes a remote file in window-sized chunks, at the file position or `off`.
@@ -860,8 +946,9 @@ fn two_paths(
     Ok(Some(match (l1, l2) {
         (Loc::Local, Loc::Local) => syscall6(nr, a),
         (l1 @ (Loc::Local | Loc::LocalAt(_)), l2 @ (Loc::Local | Loc::LocalAt(_))) => {
+            let mut buf = [0u8; paths::PATH_MAX + 1];
             let a1 = if let Loc::LocalAt(x) = &l1 {
-                local_path_arg(nr, a, p1, x)
+                local_path_arg(a, p1, x, &mut buf)
             } else {
                 a
             };
@@ -1169,11 +1256,9 @@ fn sendfile(a: [u64; 6]) -> Result<Option<i64>, i64> {
     }
     let count = a[3] as usize;
     let mut done = 0usize;
-    let r = BOUNCE.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.is_empty() {
-            buf.resize(remote::window().clamp(64 << 10, 1 << 20), 0);
-        }
+    let r = (|| {
+        // Per call, from the shim's own allocator (see net::sendfile).
+        let mut buf = vec![0u8; count.min(remote::window().clamp(64 << 10, 1 << 20)).max(1)];
         while done < count {
             let want = (count - done).min(buf.len());
             let at = start as u64 + done as u64;
@@ -1203,7 +1288,7 @@ fn sendfile(a: [u64; 6]) -> Result<Option<i64>, i64> {
             }
         }
         done as i64
-    });
+    })();
     if done > 0 || r >= 0 {
         let end = start as u64 + done as u64;
         if a[2] != 0 {
@@ -1213,11 +1298,6 @@ fn sendfile(a: [u64; 6]) -> Result<Option<i64>, i64> {
         }
     }
     Ok(Some(r))
-}
-
-thread_local! {
-    /// sendfile's bounce buffer, allocated once per thread.
-    static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// File mappings of remote files: private ones are emulated with an anonymous mapping filled
@@ -1275,9 +1355,6 @@ pub fn init_umask() {
 fn masked(mode: u64) -> u64 {
     mode & 0o7777 & !u64::from(UMASK.load(Ordering::Relaxed))
 }
-
-/// Set while the shim's constructor runs, so that early calls are not routed half-way.
-pub static READY: AtomicBool = AtomicBool::new(false);
 
 /// The system calls routed when the network domain is in use (added to [`ROUTED`]).
 pub const NET_ROUTED: &[i64] = &[
@@ -1402,6 +1479,8 @@ pub const ROUTED: &[i64] = &[
     libc::SYS_getcwd,
     libc::SYS_execve,
     libc::SYS_execveat,
+    libc::SYS_prlimit64,
+    libc::SYS_setrlimit,
     libc::SYS_umask,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigaction,

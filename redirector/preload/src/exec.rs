@@ -1,197 +1,549 @@
 //! Carrying remote fds and the routed cwd across `execve`.
 //!
 //! Before the kernel replaces the program, the shim asks each domain it uses for an exec token
-//! (a snapshot of the session's open files or sockets) and writes the tokens, the routed cwd
-//! and the fd table to `/dev/shm/virtuos-exec-<pid>`. The new image's shim reads and deletes that file,
-//! redeems the token in its new session and keeps the entries whose placeholder survived the
-//! exec (those without `O_CLOEXEC`). Everything here uses raw system calls and a static
-//! buffer, because it may run in a SIGSYS handler or in a `vfork` child.
+//! (a snapshot of exactly the handles that survive the exec) and writes the tokens, the routed
+//! cwd and the surviving fds into a sealed memfd that the exec inherits, at a number from the
+//! shim's reserved range ([`crate::reserve`]). The new image finds it through one environment
+//! entry, `VIRTUOS_EXEC=<fd>:<token>`, added to the exec's environment (and removed again by
+//! the new image's constructor, so its own children never see it).
+//!
+//! Nothing here touches a shared directory: no path exists that another user could plant,
+//! link or fill. The new image adopts the state only if all of these hold, else it starts
+//! clean and leaves the fd alone:
+//! * the fd is a memfd sealed against every change, owned by the process's own uid;
+//! * its contents start with the magic and carry the same 128-bit random token as the
+//!   environment entry (a stale or copied environment names nothing);
+//! * it was written by this very process before its exec (the pid inside matches `getpid`).
+//!
+//! A child sharing its parent's memory (`vfork`, `posix_spawn`) decides what survives from
+//! its own kernel fd table ([`crate::proc`]), never from the parent's entries alone, and
+//! leaves the parent's state untouched.
+//!
+//! Everything here uses raw system calls and the shim's own allocator (lock-free), because it
+//! may run in a SIGSYS handler or in a `vfork` child.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use abi::Opcode;
 
 use crate::fdtable::{self, Remote};
 use crate::paths::{PathBuf, PATH_MAX};
 use crate::sys::{self, syscall6};
-use crate::{cwd, remote};
+use crate::{config, cwd, proc, remote, reserve};
 
-const MAGIC: u64 = 0x5649_5254_4558_4543; // "VIRTEXEC"
-const BUF: usize = 1 << 20;
-static LOCK: AtomicBool = AtomicBool::new(false);
-static mut STATE: [u8; BUF] = [0; BUF];
+const MAGIC: u64 = 0x5649_5254_4558_4532; // "VIRTEXE2"
+/// The environment entry naming the state.
+pub const ENV_EXEC: &str = "VIRTUOS_EXEC";
+const SEALS: i32 = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 
-fn state_path(pid: i64, out: &mut [u8; 64]) -> usize {
-    let prefix = b"/dev/shm/virtuos-exec-";
-    out[..prefix.len()].copy_from_slice(prefix);
-    let mut n = prefix.len();
-    let mut digits = [0u8; 20];
-    let mut d = 0;
-    let mut v = pid.max(0) as u64;
+/// One fd carried across exec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Carried {
+    fd: i64,
+    r: Remote,
+}
+
+/// What an exec carries, decoded.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct State {
+    token: [u8; 16],
+    pid: i64,
+    tokens: [u64; 2],
+    cwd: Vec<u8>,
+    entries: Vec<(i32, u32, bool, bool, Vec<u8>)>,
+}
+
+impl State {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(64 + self.cwd.len() + self.entries.len() * 16);
+        w.extend_from_slice(&MAGIC.to_ne_bytes());
+        w.extend_from_slice(&self.token);
+        w.extend_from_slice(&self.pid.to_ne_bytes());
+        w.extend_from_slice(&self.tokens[0].to_ne_bytes());
+        w.extend_from_slice(&self.tokens[1].to_ne_bytes());
+        w.extend_from_slice(&(self.cwd.len() as u32).to_ne_bytes());
+        w.extend_from_slice(&self.cwd);
+        for (fd, h, is_dir, net, dir) in &self.entries {
+            w.extend_from_slice(&fd.to_ne_bytes());
+            w.extend_from_slice(&h.to_ne_bytes());
+            w.push(u8::from(*is_dir) | (u8::from(*net) << 1));
+            w.extend_from_slice(&(dir.len() as u32).to_ne_bytes());
+            w.extend_from_slice(dir);
+        }
+        w
+    }
+
+    /// Decodes a state; None for anything malformed (a clean start follows).
+    pub fn decode(mut b: &[u8]) -> Option<State> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            if b.len() < n {
+                return None;
+            }
+            let (h, t) = b.split_at(n);
+            *b = t;
+            Some(h)
+        }
+        let u64_at = |b: &mut &[u8]| Some(u64::from_ne_bytes(take(b, 8)?.try_into().ok()?));
+        let u32_at = |b: &mut &[u8]| Some(u32::from_ne_bytes(take(b, 4)?.try_into().ok()?));
+        if u64_at(&mut b)? != MAGIC {
+            return None;
+        }
+        let token: [u8; 16] = take(&mut b, 16)?.try_into().ok()?;
+        let pid = u64_at(&mut b)? as i64;
+        let tokens = [u64_at(&mut b)?, u64_at(&mut b)?];
+        let clen = u32_at(&mut b)? as usize;
+        if clen >= PATH_MAX {
+            return None;
+        }
+        let cwd = take(&mut b, clen)?.to_vec();
+        let mut entries = Vec::new();
+        while !b.is_empty() {
+            let fd = u32_at(&mut b)? as i32;
+            let h = u32_at(&mut b)?;
+            let flags = take(&mut b, 1)?[0];
+            let plen = u32_at(&mut b)? as usize;
+            if plen >= PATH_MAX {
+                return None;
+            }
+            let dir = take(&mut b, plen)?.to_vec();
+            entries.push((fd, h, flags & 1 != 0, flags & 2 != 0, dir));
+        }
+        Some(State {
+            token,
+            pid,
+            tokens,
+            cwd,
+            entries,
+        })
+    }
+}
+
+/// The remote fds that survive this exec, as this process's kernel sees them.
+fn carried() -> Vec<Carried> {
+    let mut out = Vec::new();
+    let shared = proc::shared_child();
+    if !fdtable::any() && !shared {
+        return out;
+    }
+    if !shared {
+        fdtable::for_each(|fd, r| out.push(Carried { fd, r }));
+        return out;
+    }
+    // A child sharing its parent's memory: the table is the parent's. Match each of the
+    // child's own fds against the parent's remote placeholders by the file they refer to.
+    let mut parents: Vec<((u64, u64), Remote)> = Vec::new();
+    fdtable::for_each(|fd, r| {
+        if let Some(id) = proc::identity_in_owner(fd) {
+            parents.push((id, r));
+        }
+    });
+    proc::child_opens(true, |id, r| parents.push((id, r)));
+    if parents.is_empty() {
+        return out;
+    }
+    each_open_fd(|fd| {
+        if let Some(id) = proc::identity_fd(fd) {
+            if let Some(&(_, r)) = parents.iter().find(|(p, _)| *p == id) {
+                out.push(Carried { fd, r });
+            }
+        }
+    });
+    out
+}
+
+/// Calls `f` with every fd open in this process (from `/proc/self/fd`), except the shim's.
+fn each_open_fd(mut f: impl FnMut(i64)) {
+    let dir = sys::sys(
+        libc::SYS_openat,
+        &[
+            libc::AT_FDCWD as u64,
+            c"/proc/self/fd".as_ptr() as u64,
+            (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        ],
+    );
+    if dir < 0 {
+        return;
+    }
+    let mut buf = [0u8; 1024];
     loop {
-        digits[d] = b'0' + (v % 10) as u8;
-        d += 1;
-        v /= 10;
-        if v == 0 {
+        let n = sys::sys(
+            libc::SYS_getdents64,
+            &[dir as u64, buf.as_mut_ptr() as u64, buf.len() as u64],
+        );
+        if n <= 0 {
             break;
         }
+        let mut at = 0usize;
+        while at + 19 < n as usize {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name = &buf[at + 19..(at + reclen).min(n as usize)];
+            let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
+            if let Some(fd) = std::str::from_utf8(name)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                if fd != dir && !reserve::is_owned(fd) {
+                    f(fd);
+                }
+            }
+            at += reclen;
+        }
     }
-    while d > 0 {
-        d -= 1;
-        out[n] = digits[d];
-        n += 1;
-    }
-    out[n] = 0;
-    n
+    sys::sys(libc::SYS_close, &[dir as u64]);
 }
 
-struct Writer<'a> {
-    buf: &'a mut [u8],
-    at: usize,
+fn random_token() -> [u8; 16] {
+    let mut t = [0u8; 16];
+    let mut got = 0;
+    while got < t.len() {
+        let r = sys::sys(
+            libc::SYS_getrandom,
+            &[t[got..].as_mut_ptr() as u64, (t.len() - got) as u64, 0],
+        );
+        if r <= 0 {
+            break;
+        }
+        got += r as usize;
+    }
+    t
 }
 
-impl Writer<'_> {
-    fn put(&mut self, b: &[u8]) -> bool {
-        let Some(end) = self
-            .at
-            .checked_add(b.len())
-            .filter(|&e| e <= self.buf.len())
-        else {
-            return false;
-        };
-        self.buf[self.at..end].copy_from_slice(b);
-        self.at = end;
-        true
+fn hex(b: &[u8], out: &mut Vec<u8>) {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    for &x in b {
+        out.push(H[(x >> 4) as usize]);
+        out.push(H[(x & 15) as usize]);
     }
+}
+
+fn unhex(s: &[u8]) -> Option<[u8; 16]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let v = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut t = [0u8; 16];
+    for (i, x) in t.iter_mut().enumerate() {
+        *x = (v(s[2 * i])? << 4) | v(s[2 * i + 1])?;
+    }
+    Some(t)
+}
+
+/// Writes `data` into a new sealed memfd at a reserved number that survives exec.
+fn sealed_memfd(data: &[u8]) -> Option<i64> {
+    let m = sys::sys(
+        libc::SYS_memfd_create,
+        &[
+            c"virtuos-exec".as_ptr() as u64,
+            libc::MFD_ALLOW_SEALING as u64 | libc::MFD_CLOEXEC as u64,
+        ],
+    );
+    if m < 0 {
+        return None;
+    }
+    let mut done = 0usize;
+    while done < data.len() {
+        let w = sys::sys(
+            libc::SYS_pwrite64,
+            &[
+                m as u64,
+                data[done..].as_ptr() as u64,
+                (data.len() - done) as u64,
+                done as u64,
+            ],
+        );
+        if w <= 0 {
+            sys::sys(libc::SYS_close, &[m as u64]);
+            return None;
+        }
+        done += w as usize;
+    }
+    if sys::sys(
+        libc::SYS_fcntl,
+        &[m as u64, libc::F_ADD_SEALS as u64, SEALS as u64],
+    ) < 0
+    {
+        sys::sys(libc::SYS_close, &[m as u64]);
+        return None;
+    }
+    // Not close-on-exec: the new image inherits it. Registered, so the program cannot close it.
+    Some(i64::from(reserve::place_raw(m as i32, false)))
+}
+
+/// The fd of a pending exec state (so a program's `dup2` onto it moves it).
+static PENDING: AtomicI32 = AtomicI32::new(-1);
+
+/// Tells this module that the shim moved its descriptor `old` to `new`.
+pub fn renumber(old: i32, new: i32) -> bool {
+    PENDING
+        .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+}
+
+/// The environment entry that names a prepared state: `VIRTUOS_EXEC=<fd>:<token>\0`.
+struct Entry {
+    buf: [u8; 64],
+    fd: i32,
 }
 
 /// Handles `execve`/`execveat`: saves the state if there is any, then executes for real.
+///
+/// The exec may come from a `posix_spawn` child running on a 32 KiB stack inside the SIGSYS
+/// handler, so the heavy part ([`prepare`]) runs in a frame of its own that has returned (and
+/// freed everything it allocated) before the exec itself.
 pub fn execve(nr: i64, a: [u64; 6]) -> i64 {
-    let cwd = cwd::get();
-    if !fdtable::any() && cwd.is_none() {
-        return syscall6(nr, a);
+    let env_at = if nr == libc::SYS_execveat { 3 } else { 2 };
+    let entry = prepare();
+    let r = exec_with_env(nr, a, env_at, entry.as_ref().map(|e| &e.buf[..]));
+    if let Some(e) = entry {
+        // Still here: the exec failed. The old image keeps its state; drop the hand-over.
+        let cur = PENDING.swap(-1, Ordering::AcqRel);
+        reserve::release(if cur >= 0 { cur } else { e.fd });
     }
-    let mut tokens = [0u64; 2];
-    for (i, d) in [&remote::STORAGE, &remote::NET].into_iter().enumerate() {
-        if fdtable::any_of(d.net) || (!d.net && cwd.is_some()) {
-            let mut args = [1, 0, 0, 0, 0];
-            let (r, token) = d.call_aux(Opcode::PrepareClone, &mut args, &[], None);
-            tokens[i] = if r < 0 { 0 } else { token };
-        }
-    }
-    let pid = sys::sys(libc::SYS_getpid, &[]);
-    let mut path = [0u8; 64];
-    state_path(pid, &mut path);
-    while LOCK
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        std::hint::spin_loop();
-    }
-    // SAFETY: STATE is only used here, under LOCK.
-    let buf = unsafe { &mut *std::ptr::addr_of_mut!(STATE) };
-    let mut w = Writer {
-        buf: &mut buf[..],
-        at: 0,
-    };
-    let mut ok = w.put(&MAGIC.to_ne_bytes())
-        && w.put(&tokens[0].to_ne_bytes())
-        && w.put(&tokens[1].to_ne_bytes());
-    let c = cwd.as_ref().map(|c| c.as_bytes()).unwrap_or(b"");
-    ok &= w.put(&(c.len() as u32).to_ne_bytes()) && w.put(c);
-    let mut dir = [0u8; PATH_MAX];
-    fdtable::for_each(|fd, rem| {
-        let n = if rem.is_dir {
-            fdtable::dir_path(rem.handle, &mut dir).unwrap_or(0)
-        } else {
-            0
-        };
-        ok &= w.put(&(fd as i32).to_ne_bytes())
-            && w.put(&rem.handle.to_ne_bytes())
-            && w.put(&[u8::from(rem.is_dir) | (u8::from(rem.net) << 1)])
-            && w.put(&(n as u32).to_ne_bytes())
-            && w.put(&dir[..n]);
-    });
-    let len = w.at;
-    if ok {
-        let fd = sys::sys(
-            libc::SYS_openat,
-            &[
-                libc::AT_FDCWD as u64,
-                path.as_ptr() as u64,
-                (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC) as u64,
-                0o600,
-            ],
-        );
-        if fd >= 0 {
-            sys::sys(
-                libc::SYS_write,
-                &[fd as u64, buf.as_ptr() as u64, len as u64],
-            );
-            sys::sys(libc::SYS_close, &[fd as u64]);
-        }
-    }
-    LOCK.store(false, Ordering::Release);
-    let r = syscall6(nr, a);
-    // Still here: the exec failed. The old image keeps its state; drop the file.
-    sys::sys(libc::SYS_unlink, &[path.as_ptr() as u64]);
     r
 }
 
-fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    if b.len() < n {
+/// Snapshots what survives the exec into a sealed memfd; the environment entry naming it, or
+/// None when nothing needs carrying (or it could not be saved: the new image starts clean).
+#[inline(never)]
+fn prepare() -> Option<Entry> {
+    let shared = proc::shared_child();
+    // In a shared child the routed cwd is the parent's, which is also the child's (the shim
+    // never changes it from inside such a child).
+    let cwd: Vec<u8> = cwd::get()
+        .map(|c| c.as_bytes().to_vec())
+        .unwrap_or_default();
+    let carried = carried();
+    if carried.is_empty() && cwd.is_empty() {
         return None;
     }
-    let (h, t) = b.split_at(n);
-    *b = t;
-    Some(h)
-}
-
-/// In a new image: restores what the previous image saved, if anything.
-pub fn restore() {
-    let pid = sys::sys(libc::SYS_getpid, &[]);
-    let mut path = [0u8; 64];
-    let n = state_path(pid, &mut path);
-    let p = std::path::Path::new(std::str::from_utf8(&path[..n]).unwrap_or(""));
-    let Ok(data) = std::fs::read(p) else { return };
-    let _ = std::fs::remove_file(p);
-    let mut b = &data[..];
-    let u64_at = |b: &mut &[u8]| take(b, 8).map(|x| u64::from_ne_bytes(x.try_into().expect("8")));
-    let u32_at = |b: &mut &[u8]| take(b, 4).map(|x| u32::from_ne_bytes(x.try_into().expect("4")));
-    if u64_at(&mut b) != Some(MAGIC) {
-        return;
-    }
-    let tokens = [u64_at(&mut b).unwrap_or(0), u64_at(&mut b).unwrap_or(0)];
-    let mut adopted = [true; 2];
+    let mut st = State {
+        token: random_token(),
+        pid: sys::sys(libc::SYS_getpid, &[]),
+        cwd,
+        ..State::default()
+    };
     for (i, d) in [&remote::STORAGE, &remote::NET].into_iter().enumerate() {
-        if tokens[i] == 0 {
+        let mine: Vec<u32> = carried
+            .iter()
+            .filter(|c| c.r.net == d.net && c.r.handle != fdtable::STALE)
+            .map(|c| fdtable::raw(c.r.handle))
+            .collect();
+        if mine.is_empty() && (d.net || st.cwd.is_empty()) {
             continue;
         }
-        let mut args = [tokens[i], 0, 0, 0, 0];
+        // An empty list (only the cwd needs the session) names a handle that cannot exist,
+        // rather than 0, which would mean every handle.
+        let list: Vec<u8> = if mine.is_empty() {
+            u32::MAX.to_ne_bytes().to_vec()
+        } else {
+            mine.iter().flat_map(|h| h.to_ne_bytes()).collect()
+        };
+        let mut args = [1, (list.len() / 4) as u64, 0, 0, 0];
+        let (r, token) = d.call_aux(Opcode::PrepareClone, &mut args, &[&list], None);
+        st.tokens[i] = if r < 0 { 0 } else { token };
+    }
+    let mut dir = vec![0u8; PATH_MAX];
+    for c in &carried {
+        let n = if c.r.is_dir {
+            fdtable::dir_path(c.r.handle, &mut dir).unwrap_or(0)
+        } else {
+            0
+        };
+        st.entries.push((
+            c.fd as i32,
+            c.r.handle,
+            c.r.is_dir,
+            c.r.net,
+            dir[..n].to_vec(),
+        ));
+    }
+    let Some(fd) = sealed_memfd(&st.encode()) else {
+        crate::diag!(
+            "virtuos: pid {}: cannot hand the remote files over to the new program (memfd); it starts without them",
+            st.pid
+        );
+        return None;
+    };
+    if !shared {
+        PENDING.store(fd as i32, Ordering::Release);
+    }
+    let mut e = Entry {
+        buf: [0; 64],
+        fd: fd as i32,
+    };
+    let mut w = crate::diag::Line::default();
+    {
+        use std::fmt::Write;
+        let _ = write!(w, "{ENV_EXEC}={fd}:");
+    }
+    let mut tok = Vec::with_capacity(32);
+    hex(&st.token, &mut tok);
+    let head = w.as_bytes();
+    e.buf[..head.len()].copy_from_slice(head);
+    e.buf[head.len()..head.len() + 32].copy_from_slice(&tok);
+    Some(e)
+}
+
+/// Executes with the program's environment minus any `VIRTUOS_EXEC` entry, plus `extra` (a
+/// NUL-terminated entry). The new array lives on the stack when it is small: in a `vfork`
+/// child, heap memory would be the parent's, lost to it once the exec succeeds.
+fn exec_with_env(nr: i64, mut a: [u64; 6], env_at: usize, extra: Option<&[u8]>) -> i64 {
+    const ON_STACK: usize = 256;
+    let envp = a[env_at] as *const *const libc::c_char;
+    let is_ours = |p: *const libc::c_char| {
+        // SAFETY: the program passed envp to execve: a NULL-terminated array of
+        // NUL-terminated strings (the kernel reads it the same way).
+        let s = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
+        s.starts_with(ENV_EXEC.as_bytes()) && s.get(ENV_EXEC.len()) == Some(&b'=')
+    };
+    let mut n = 0usize;
+    let mut had = false;
+    if !envp.is_null() {
+        loop {
+            // SAFETY: as above.
+            let p = unsafe { *envp.add(n) };
+            if p.is_null() {
+                break;
+            }
+            had |= is_ours(p);
+            n += 1;
+        }
+    }
+    if !had && extra.is_none() {
+        return syscall6(nr, a);
+    }
+    let mut small = [std::ptr::null::<libc::c_char>(); ON_STACK];
+    let mut big: Vec<*const libc::c_char> = Vec::new();
+    let list: &mut [*const libc::c_char] = if n + 2 <= ON_STACK {
+        &mut small[..]
+    } else {
+        big.resize(n + 2, std::ptr::null());
+        &mut big[..]
+    };
+    let mut w = 0usize;
+    for i in 0..n {
+        // SAFETY: as above, `i` < the array's length.
+        let p = unsafe { *envp.add(i) };
+        if !is_ours(p) {
+            list[w] = p;
+            w += 1;
+        }
+    }
+    if let Some(x) = extra {
+        list[w] = x.as_ptr() as *const libc::c_char;
+        w += 1;
+    }
+    list[w] = std::ptr::null();
+    a[env_at] = list.as_ptr() as u64;
+    syscall6(nr, a)
+}
+
+/// Finds, validates and removes the exec state named by the environment: the state, or None
+/// for a clean start. The environment entry is removed in any case.
+fn take_state() -> Option<State> {
+    let v = config::env(ENV_EXEC)?;
+    let parsed = {
+        let colon = v.iter().position(|&c| c == b':')?;
+        let fd: i64 = std::str::from_utf8(&v[..colon]).ok()?.parse().ok()?;
+        (fd, unhex(&v[colon + 1..]))
+    };
+    remove_env_entry();
+    let (fd, token) = parsed;
+    let token = token?;
+    // The fd must be a memfd we could have written: sealed against everything, ours.
+    let seals = sys::sys(libc::SYS_fcntl, &[fd as u64, libc::F_GET_SEALS as u64]);
+    if seals < 0 || seals as i32 & SEALS != SEALS {
+        return None;
+    }
+    // SAFETY: a zeroed stat is a valid output buffer.
+    let mut stt: libc::stat = unsafe { std::mem::zeroed() };
+    if sys::sys(libc::SYS_fstat, &[fd as u64, &mut stt as *mut _ as u64]) < 0
+        || stt.st_uid != sys::sys(libc::SYS_geteuid, &[]) as u32
+        || stt.st_mode & libc::S_IFMT != libc::S_IFREG
+        || stt.st_size as u64 > 16 << 20
+    {
+        return None;
+    }
+    let mut data = vec![0u8; stt.st_size as usize];
+    let n = sys::sys(
+        libc::SYS_pread64,
+        &[fd as u64, data.as_mut_ptr() as u64, data.len() as u64, 0],
+    );
+    // Ours, from here on: close it whatever it holds.
+    sys::sys(libc::SYS_close, &[fd as u64]);
+    if n != data.len() as i64 {
+        return None;
+    }
+    let st = State::decode(&data)?;
+    (st.token == token && st.pid == sys::sys(libc::SYS_getpid, &[])).then_some(st)
+}
+
+/// Removes `VIRTUOS_EXEC=` from `environ`, in place (no allocation).
+fn remove_env_entry() {
+    extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    // SAFETY: the constructor runs before main, single-threaded; `environ` is the process's
+    // NULL-terminated array, and shifting its pointers down is what unsetenv does.
+    unsafe {
+        let env = *std::ptr::addr_of!(environ);
+        if env.is_null() {
+            return;
+        }
+        let mut r = 0usize;
+        let mut w = 0usize;
+        loop {
+            let p = *env.add(r);
+            if p.is_null() {
+                *env.add(w) = p;
+                break;
+            }
+            let s = std::ffi::CStr::from_ptr(p).to_bytes();
+            let ours = s.starts_with(ENV_EXEC.as_bytes()) && s.get(ENV_EXEC.len()) == Some(&b'=');
+            if !ours {
+                *env.add(w) = p;
+                w += 1;
+            }
+            r += 1;
+        }
+    }
+}
+
+/// In a new image: restores what the previous image handed over, if anything valid.
+pub fn restore() {
+    let Some(st) = take_state() else { return };
+    let pid = st.pid;
+    let mut adopted = [true; 2];
+    for (i, d) in [&remote::STORAGE, &remote::NET].into_iter().enumerate() {
+        if st.tokens[i] == 0 {
+            continue;
+        }
+        let mut args = [st.tokens[i], 0, 0, 0, 0];
         let r = d.call_aux(Opcode::Adopt, &mut args, &[], None).0;
         if r < 0 {
-            eprintln!(
-                "virtuos: pid {pid}: the previous program's remote {} are lost (adopt failed: {})",
+            crate::diag!(
+                "virtuos: pid {pid}: the previous program's remote {} are lost (adopt failed: errno {})",
                 if d.net { "sockets" } else { "files" },
-                std::io::Error::from_raw_os_error(-r as i32)
+                -r
             );
             adopted[i] = false;
         }
     }
-    let clen = u32_at(&mut b).unwrap_or(0) as usize;
-    if let Some(c) = take(&mut b, clen) {
-        if !c.is_empty() {
-            cwd::set(PathBuf::from_bytes(c));
-        }
+    if !st.cwd.is_empty() {
+        cwd::set(PathBuf::from_bytes(&st.cwd));
     }
     let mut dead = Vec::new();
     let mut alive = Vec::new();
-    while let (Some(fd), Some(h)) = (u32_at(&mut b), u32_at(&mut b)) {
-        let flags = take(&mut b, 1).map(|x| x[0]).unwrap_or(0);
-        let (is_dir, net) = (flags & 1 != 0, flags & 2 != 0);
-        let plen = u32_at(&mut b).unwrap_or(0) as usize;
-        let dpath = take(&mut b, plen).unwrap_or(b"");
-        let fd = fd as i32 as i64;
+    for (fd, h, is_dir, net, dpath) in &st.entries {
+        let fd = i64::from(*fd);
+        let (h, is_dir, net) = (*h, *is_dir, *net);
         if !adopted[usize::from(net)] {
             // The placeholder stays, naming nothing: calls on it fail with EIO.
             fdtable::set(
@@ -227,5 +579,49 @@ pub fn restore() {
             let d = if net { &remote::NET } else { &remote::STORAGE };
             d.call_aux(Opcode::Close, &mut [h.into(), 0, 0, 0, 0], &[], None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_rejects_garbage() {
+        let st = State {
+            token: [7; 16],
+            pid: 1234,
+            tokens: [5, 0],
+            cwd: b"/vt/d".to_vec(),
+            entries: vec![
+                (3, 9, false, false, vec![]),
+                (4, 2, true, false, b"/d".to_vec()),
+            ],
+        };
+        let b = st.encode();
+        assert_eq!(State::decode(&b), Some(st));
+        assert_eq!(State::decode(&b[..b.len() - 1]), None);
+        assert_eq!(State::decode(b"VIRTEXEC"), None);
+        assert_eq!(State::decode(&[]), None);
+    }
+
+    #[test]
+    fn tokens_are_hex_and_random() {
+        let (a, b) = (random_token(), random_token());
+        assert_ne!(a, b);
+        let mut s = Vec::new();
+        hex(&a, &mut s);
+        assert_eq!(unhex(&s), Some(a));
+        assert_eq!(unhex(b"zz"), None);
+    }
+
+    #[test]
+    fn sealed_memfd_is_sealed_and_readable() {
+        let fd = sealed_memfd(b"hello").unwrap();
+        let seals = sys::sys(libc::SYS_fcntl, &[fd as u64, libc::F_GET_SEALS as u64]);
+        assert_eq!(seals as i32 & SEALS, SEALS);
+        let w = sys::sys(libc::SYS_pwrite64, &[fd as u64, b"x".as_ptr() as u64, 1, 0]);
+        assert_eq!(w, -(libc::EPERM as i64));
+        reserve::release(fd as i32);
     }
 }

@@ -23,7 +23,9 @@
 //! The tag lets `remote` recheck, at the moment it sends a call, that the handle belongs to
 //! the session it is about to use, closing the window between a lookup and a reconnect.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::lock::{ForkLock, SigLock};
 
 /// Highest fd number that can stand for a remote file, plus one.
 pub const MAX_FDS: usize = 65536;
@@ -263,20 +265,17 @@ pub fn reset() {
 
 // ---- directory paths, by handle ----
 
-static DIRS_LOCK: AtomicBool = AtomicBool::new(false);
-static mut DIRS: Vec<Option<(u32, Box<[u8]>)>> = Vec::new();
+/// Directory paths by handle; the allocation inside comes from the shim's own allocator.
+type Dirs = Vec<Option<(u32, Box<[u8]>)>>;
+static DIRS: SigLock<Dirs> = SigLock::new(Vec::new());
 
-fn with_dirs<R>(f: impl FnOnce(&mut Vec<Option<(u32, Box<[u8]>)>>) -> R) -> R {
-    while DIRS_LOCK
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        std::hint::spin_loop();
-    }
-    // SAFETY: DIRS is only touched here, under DIRS_LOCK, which this thread now holds.
-    let r = f(unsafe { &mut *std::ptr::addr_of_mut!(DIRS) });
-    DIRS_LOCK.store(false, Ordering::Release);
-    r
+fn with_dirs<R>(f: impl FnOnce(&mut Dirs) -> R) -> R {
+    DIRS.with(f)
+}
+
+/// The directory-path lock, for the fork handlers.
+pub(crate) fn lock() -> &'static dyn ForkLock {
+    &DIRS
 }
 
 /// Remembers the export-relative path of directory handle `handle` (tagged; a handle of

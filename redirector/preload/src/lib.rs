@@ -13,17 +13,27 @@
 //! * [`fdtable`] keeps remote files as real local placeholder fds, so numbering is Linux's;
 //! * fork (pthread_atfork) and exec ([`exec`]) carry the session's open files over.
 
+pub mod alloc;
 pub mod config;
 pub mod cwd;
+pub mod diag;
 pub mod dispatch;
 pub mod exec;
 pub mod fdtable;
+pub mod lock;
 pub mod net;
 pub mod netpoll;
 pub mod paths;
+pub mod proc;
 pub mod remote;
+pub mod reserve;
 pub mod statconv;
 pub mod sys;
+
+/// Every allocation of the shim's Rust code comes from its own lock-free allocator, never
+/// from the program's `malloc` (see [`alloc`]).
+#[global_allocator]
+static ALLOC: alloc::ShimAlloc = alloc::ShimAlloc::new();
 
 #[cfg(not(test))]
 mod exports;
@@ -44,6 +54,13 @@ fn domains() -> [&'static remote::Domain; 2] {
 
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn before_fork() {
+    before_fork_sessions();
+    // Last: every shim lock, so that the child inherits none held by another thread.
+    lock::acquire_all_for_fork();
+}
+
+#[cfg_attr(test, allow(dead_code))]
+fn before_fork_sessions() {
     for (i, d) in domains().into_iter().enumerate() {
         if !fdtable::any_of(d.net) && (d.net || cwd::get().is_none()) {
             continue;
@@ -56,6 +73,7 @@ extern "C" fn before_fork() {
 
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn after_fork_parent() {
+    lock::release_all_after_fork();
     for t in FORK_TOKEN.iter() {
         t.store(0, Ordering::Relaxed);
     }
@@ -63,6 +81,9 @@ extern "C" fn after_fork_parent() {
 
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn after_fork_child() {
+    lock::release_all_after_fork();
+    // The child's memory is its own now.
+    proc::set_owner();
     // The child must not use the parent's rings: start its own sessions and adopt the
     // parent's open files and sockets, which it shares as a forked process shares them.
     remote::abandon();
@@ -74,9 +95,9 @@ extern "C" fn after_fork_child() {
             let mut args = [token, 0, 0, 0, 0];
             let (r, _) = d.call_aux(Opcode::Adopt, &mut args, &[], None);
             if r < 0 {
-                eprintln!(
+                crate::diag!(
                     "virtuos: child {} could not adopt its parent's remote {} (errno {})",
-                    std::process::id(),
+                    crate::diag::pid(),
                     if d.net { "sockets" } else { "files" },
                     -r
                 );
@@ -89,43 +110,52 @@ extern "C" fn after_fork_child() {
 /// so a hot call on the slow (trapped) path is visible at once.
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn report_at_exit() {
-    let line = format!(
-        "virtuos: pid {}: {} calls routed to the storage domain, {} to the network domain, {} calls trapped (slow path)\n",
-        std::process::id(),
-        remote::STORAGE.routed.load(Ordering::Relaxed),
-        remote::NET.routed.load(Ordering::Relaxed),
-        sys::TRAPPED.load(Ordering::Relaxed)
-    );
     // Programs often close stderr in their own exit handlers, which run before this one:
     // write to the copy taken at start-up.
-    let fd = REPORT_FD.load(Ordering::Relaxed);
-    sys::sys(
-        libc::SYS_write,
-        &[fd, line.as_ptr() as u64, line.len() as u64],
+    diag::emit_to(
+        REPORT_FD.load(Ordering::Relaxed),
+        format_args!(
+            "virtuos: pid {}: {} calls routed to the storage domain, {} to the network domain, {} calls trapped (slow path)",
+            diag::pid(),
+            remote::STORAGE.routed.load(Ordering::Relaxed),
+            remote::NET.routed.load(Ordering::Relaxed),
+            sys::TRAPPED.load(Ordering::Relaxed)
+        ),
     );
 }
 
-/// A close-on-exec copy of stderr for the exit report.
+/// A close-on-exec copy of stderr for the exit report, at a reserved number.
 #[cfg_attr(test, allow(dead_code))]
 static REPORT_FD: AtomicU64 = AtomicU64::new(2);
 
-/// Runs when the library is loaded.
+/// The shim moved one of its own descriptors (not a session's) from `old` to `new`.
+pub(crate) fn renumber_own_fd(old: i32, new: i32) -> bool {
+    exec::renumber(old, new)
+        || REPORT_FD
+            .compare_exchange(old as u64, new as u64, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+}
+
+/// Runs when the library is loaded: everything the shim needs is set up here, once, so that
+/// nothing is initialised lazily on a path an interposed call or the trap can reach.
 #[cfg(not(test))]
 extern "C" fn virtuos_init() {
-    let cfg = config::get();
+    let cfg = config::init();
+    proc::set_owner();
     if cfg.storage_sock.is_none() && cfg.net_sock.is_none() {
         return;
     }
     dispatch::init_umask();
-    if std::env::var_os("VIRTUOS_REPORT").is_some() {
-        let fd = sys::sys(libc::SYS_fcntl, &[2, libc::F_DUPFD_CLOEXEC as u64, 512]);
+    if cfg.report {
+        let fd = sys::sys(libc::SYS_fcntl, &[2, libc::F_DUPFD_CLOEXEC as u64, 3]);
         if fd >= 0 {
+            let fd = reserve::place_raw(fd as i32, true);
             REPORT_FD.store(fd as u64, Ordering::Relaxed);
         }
         // SAFETY: registering a plain extern "C" function that lives as long as the process.
         unsafe { libc::atexit(report_at_exit) };
     }
-    // Restores what an exec carried over (connecting to the storage domain if so).
+    // Restores what an exec carried over (connecting to the domains if so).
     exec::restore();
     // SAFETY: the handlers are plain extern "C" functions valid for the process's life.
     unsafe {
@@ -136,7 +166,7 @@ extern "C" fn virtuos_init() {
         );
     }
     if let Err(e) = sys::install_sigsys_handler() {
-        eprintln!(
+        diag!(
             "virtuos: cannot install the SIGSYS handler (errno {}); running without the safety net",
             -e
         );
@@ -147,7 +177,7 @@ extern "C" fn virtuos_init() {
         nrs.extend(dispatch::NET_ROUTED.iter().map(|&n| n as u32));
     }
     if let Err(e) = sys::install_filter(&nrs) {
-        eprintln!("virtuos: cannot install the seccomp filter (errno {}); libc-internal calls will not be routed", -e);
+        diag!("virtuos: cannot install the seccomp filter (errno {}); libc-internal calls will not be routed", -e);
     }
 }
 

@@ -733,18 +733,10 @@ fn sendfile(out: Remote, a: [u64; 6]) -> i64 {
     if start < 0 {
         return start;
     }
-    SENDFILE_BUF.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < count.min(256 << 10) {
-            buf.resize(count.min(256 << 10), 0);
-        }
-        sendfile_loop(out, in_fd, storage, start, count, &mut buf, off_p, &seek)
-    })
-}
-
-thread_local! {
-    /// sendfile's bounce buffer, allocated once per thread.
-    static SENDFILE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    // A fresh buffer per call, from the shim's own (lock-free) allocator: a signal handler
+    // that calls sendfile while this one runs gets its own.
+    let mut buf = vec![0u8; count.clamp(1, 256 << 10)];
+    sendfile_loop(out, in_fd, storage, start, count, &mut buf, off_p, &seek)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -803,6 +795,7 @@ fn sendfile_loop(
 }
 
 /// Routes a system call that involves a network-domain socket; `None`: not ours.
+#[inline(never)]
 pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
     if !enabled() {
         return None;

@@ -12,12 +12,13 @@
 //! they last reported (and once after `EPOLL_CTL_ADD`/`MOD` if ready then, as Linux does);
 //! `EPOLLONESHOT` items disarm after one report until `EPOLL_CTL_MOD`.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use xen_transport::layout::header;
 
 use crate::fdtable::{self, Remote};
+use crate::lock::SigLock;
 use crate::remote::{Live, Pin, NET};
 use crate::sys::{self, get, put};
 
@@ -561,28 +562,22 @@ struct EpSet {
     items: Vec<Item>,
 }
 
-static EP_LOCK: AtomicBool = AtomicBool::new(false);
-static mut EPOLLS: Vec<EpSet> = Vec::new();
+static EPOLLS: SigLock<Vec<EpSet>> = SigLock::new(Vec::new());
 /// Remote items in all sets (0: every epoll call goes straight to the kernel).
 static REMOTE_ITEMS: AtomicUsize = AtomicUsize::new(0);
 
+/// The registry lock, for the fork handlers.
+pub(crate) fn lock() -> &'static dyn crate::lock::ForkLock {
+    &EPOLLS
+}
+
 fn with_eps<R>(f: impl FnOnce(&mut Vec<EpSet>) -> R) -> R {
-    while EP_LOCK
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        std::hint::spin_loop();
-    }
-    // SAFETY: EPOLLS is only touched here, under EP_LOCK, which this thread now holds.
-    let r = f(unsafe { &mut *std::ptr::addr_of_mut!(EPOLLS) });
-    let n = {
-        // SAFETY: still under EP_LOCK.
-        let eps = unsafe { &*std::ptr::addr_of!(EPOLLS) };
-        eps.iter().map(|s| s.items.len()).sum()
-    };
-    REMOTE_ITEMS.store(n, Ordering::Relaxed);
-    EP_LOCK.store(false, Ordering::Release);
-    r
+    EPOLLS.with(|eps| {
+        let r = f(eps);
+        let n = eps.iter().map(|s| s.items.len()).sum();
+        REMOTE_ITEMS.store(n, Ordering::Relaxed);
+        r
+    })
 }
 
 const EPOLLET: u32 = libc::EPOLLET as u32;
@@ -806,7 +801,6 @@ pub fn closed_local(fd: i64) {
     with_eps(|eps| eps.retain(|s| s.epfd != fd));
 }
 
-/// In a fork child: the lock may have been held by a thread that does not exist here.
-pub fn after_fork_child() {
-    EP_LOCK.store(false, Ordering::Release);
-}
+/// In a fork child: nothing to reset (the fork handlers took and released the registry
+/// lock around the fork).
+pub fn after_fork_child() {}

@@ -106,13 +106,17 @@ impl Domain {
         }
     }
 
-    fn sock(&self) -> Option<&'static std::path::PathBuf> {
+    fn sock(&self) -> Option<&'static std::path::Path> {
+        use std::os::unix::ffi::OsStrExt;
         let c = config::get();
-        if self.net {
+        let p = if self.net {
             c.net_sock.as_ref()
         } else {
             c.storage_sock.as_ref()
-        }
+        }?;
+        Some(std::path::Path::new(std::ffi::OsStr::from_bytes(
+            p.as_bytes(),
+        )))
     }
 
     /// Whether this domain is configured for the process.
@@ -167,7 +171,12 @@ impl Domain {
     /// Connects a new session of generation `generation` and publishes it; the session it
     /// replaces is retired. Callers hold `connecting`.
     fn connect_as(&self, sock: &std::path::Path, generation: u32) -> Result<(), String> {
-        let s = connect_session(sock, &ClientConfig::default()).map_err(|e| e.to_string())?;
+        let cfg = ClientConfig {
+            spin: config::get().spin,
+            fd_hooks: Some(crate::reserve::HOOKS),
+            ..ClientConfig::EMPTY
+        };
+        let s = connect_session(sock, &cfg).map_err(|e| e.to_string())?;
         let live = Box::new(Live {
             s,
             generation: AtomicU32::new(generation),
@@ -265,6 +274,11 @@ impl Domain {
         let Some(sock) = self.sock() else {
             return current;
         };
+        if crate::proc::shared_child() {
+            // A vfork/posix_spawn child must not publish a session of its own into its
+            // parent's memory: it uses the parent's, or none.
+            return current;
+        }
         if self
             .connecting
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -277,6 +291,9 @@ impl Domain {
             }
             return self.live.load(Ordering::SeqCst);
         }
+        // No signal handler may run on this thread while it holds `connecting`: one that
+        // needed the domain would wait for this very thread.
+        let _masked = crate::lock::Masked::new();
         let mut p = self.live.load(Ordering::SeqCst);
         // SAFETY: the caller is pinned; a published or retired session stays allocated while
         // any call pinned before its retirement is in flight.
@@ -309,9 +326,9 @@ impl Domain {
                     Ok(()) => {
                         self.warned.store(false, Ordering::Relaxed);
                         if self.outage.swap(false, Ordering::Relaxed) {
-                            eprintln!(
+                            crate::diag!(
                                 "virtuos: pid {}: reconnected to the {} domain; files and sockets opened before it restarted fail with EIO",
-                                std::process::id(),
+                                crate::diag::pid(),
                                 self.name()
                             );
                         }
@@ -321,7 +338,7 @@ impl Domain {
                             fdtable::new_generation(self.net);
                         }
                         if !self.warned.swap(true, Ordering::Relaxed) {
-                            eprintln!(
+                            crate::diag!(
                                 "virtuos: {} domain unavailable ({e}); calls routed to it fail with EIO until it is back",
                                 self.name()
                             );
@@ -418,6 +435,29 @@ impl Domain {
         self.adopt_result(live, op, r);
         (self.tag_result(live, op, r), aux)
     }
+}
+
+impl Domain {
+    /// Tells the sessions (current and retired) holding the descriptor `old` that it is now
+    /// `new`; false when none holds it.
+    fn renumber_fd(&'static self, old: i32, new: i32) -> bool {
+        let _pin = Pin::new(self);
+        let mut all = [std::ptr::null_mut(); 5];
+        all[0] = self.live.load(Ordering::SeqCst);
+        for (i, r) in self.retired.iter().enumerate() {
+            all[i + 1] = r.load(Ordering::SeqCst);
+        }
+        all.iter().filter(|p| !p.is_null()).any(|&p| {
+            // SAFETY: pinned: a published or retired session stays allocated meanwhile.
+            unsafe { &*p }.s.renumber_fd(old, new)
+        })
+    }
+}
+
+/// Tells whichever session holds the descriptor `old` that it is now `new` (see
+/// [`crate::reserve`]); false when none holds it.
+pub fn renumber_fd(old: i32, new: i32) -> bool {
+    STORAGE.renumber_fd(old, new) || NET.renumber_fd(old, new)
 }
 
 /// Closes the remote handle of `r` in its domain (its last placeholder went away).

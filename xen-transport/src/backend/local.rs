@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
 use super::{ClientBell, ServerBell};
+use crate::fdcell::{FdCell, FdHooks};
 use crate::mem::SharedMem;
 use crate::{futex, TransportError};
 
@@ -87,25 +88,35 @@ pub fn create_event_fd() -> Result<OwnedFd, TransportError> {
 
 /// Doorbells of a local session, usable from either side.
 pub struct LocalBell {
-    doorbells: Vec<OwnedFd>,
+    doorbells: Vec<FdCell>,
 }
 
 impl LocalBell {
     /// Wraps the per-worker eventfds (at least one).
     pub fn new(doorbells: Vec<OwnedFd>) -> Self {
+        Self::with_hooks(doorbells, None)
+    }
+
+    /// Wraps the per-worker eventfds (at least one), placing each with `hooks`.
+    pub fn with_hooks(doorbells: Vec<OwnedFd>, hooks: Option<FdHooks>) -> Self {
         assert!(!doorbells.is_empty(), "a session has at least one doorbell");
-        LocalBell { doorbells }
+        LocalBell {
+            doorbells: doorbells
+                .into_iter()
+                .map(|f| FdCell::new(f, hooks))
+                .collect(),
+        }
     }
 
     /// The eventfds, for passing to a client.
     pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
-        self.doorbells.iter().map(|f| f.as_fd())
+        self.doorbells.iter().map(|f| f.borrow())
     }
 }
 
 impl ClientBell for LocalBell {
     fn notify_server(&self, channel: u32) -> io::Result<()> {
-        let fd = &self.doorbells[channel as usize % self.doorbells.len()];
+        let fd = self.doorbells[channel as usize % self.doorbells.len()].borrow();
         match nix::unistd::write(fd, &1u64.to_ne_bytes()) {
             Ok(_) | Err(nix::errno::Errno::EAGAIN) => Ok(()),
             Err(e) => Err(e.into()),
@@ -115,6 +126,16 @@ impl ClientBell for LocalBell {
     fn wait_response(&self, word: &AtomicU32, seen: u32, timeout: Duration) -> io::Result<()> {
         futex::wait(word, seen, timeout)
     }
+
+    fn renumber(&self, old: RawFd, new: RawFd) -> bool {
+        self.doorbells.iter().any(|d| d.renumber(old, new))
+    }
+
+    fn kept_fds(&self, f: &mut dyn FnMut(RawFd)) {
+        for d in &self.doorbells {
+            f(d.raw());
+        }
+    }
 }
 
 impl ServerBell for LocalBell {
@@ -123,12 +144,12 @@ impl ServerBell for LocalBell {
     }
 
     fn doorbell_fd(&self, worker: usize) -> BorrowedFd<'_> {
-        self.doorbells[worker % self.doorbells.len()].as_fd()
+        self.doorbells[worker % self.doorbells.len()].borrow()
     }
 
     fn drain(&self, worker: usize) {
         let mut buf = [0u8; 8];
-        let fd = &self.doorbells[worker % self.doorbells.len()];
+        let fd = self.doorbells[worker % self.doorbells.len()].borrow();
         // Non-blocking: EAGAIN when nothing was pending, which is fine.
         let _ = nix::unistd::read(fd, &mut buf);
     }

@@ -29,6 +29,13 @@ pub trait ClientBell: Send + Sync {
     /// wake-up arrives, or `timeout` passes. Spurious returns are allowed; a signal handler
     /// that ran during the sleep makes it return an `ErrorKind::Interrupted` error.
     fn wait_response(&self, word: &AtomicU32, seen: u32, timeout: Duration) -> io::Result<()>;
+    /// Replaces a kept descriptor's number `old` by `new` (see [`crate::FdCell`]); false when
+    /// no descriptor of this bell has the number `old`.
+    fn renumber(&self, _old: std::os::fd::RawFd, _new: std::os::fd::RawFd) -> bool {
+        false
+    }
+    /// Calls `f` with the number of each descriptor the bell keeps.
+    fn kept_fds(&self, _f: &mut dyn FnMut(std::os::fd::RawFd)) {}
 }
 
 /// The server's side of the doorbells.

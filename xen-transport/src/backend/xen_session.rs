@@ -149,6 +149,7 @@ pub fn connect(
         placeholder_control()?,
         spin,
         session_id,
+        None,
     ))
 }
 
