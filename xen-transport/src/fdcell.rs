@@ -57,8 +57,9 @@ impl FdCell {
         unsafe { BorrowedFd::borrow_raw(self.raw()) }
     }
 
-    /// Replaces the number `old` by `new` (an open duplicate the caller made); false when
-    /// this cell does not hold `old`.
+    /// Replaces the number `old` by `new` (an open duplicate the caller made, or -1 to disown
+    /// a descriptor that is not this process's any more); false when this cell does not hold
+    /// `old`.
     pub fn renumber(&self, old: RawFd, new: RawFd) -> bool {
         self.fd
             .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
@@ -75,6 +76,9 @@ impl AsRawFd for FdCell {
 impl Drop for FdCell {
     fn drop(&mut self) {
         let fd = self.raw();
+        if fd < 0 {
+            return; // disowned (renumbered to -1): the descriptor is not this process's any more
+        }
         match self.release {
             Some(r) => r(fd),
             // SAFETY: the cell owned this descriptor and nothing else refers to it any more.

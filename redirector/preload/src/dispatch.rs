@@ -145,6 +145,7 @@ fn path_arg(p: u64) -> Result<&'static [u8], i64> {
 
 /// Dispatches system call `nr` with arguments `a`.
 pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
+    proc::sweep();
     if nr == libc::SYS_execve || nr == libc::SYS_execveat {
         // Before the big routing frames: an exec may run on a posix_spawn child's small stack.
         return crate::exec::execve(nr, a);
@@ -1133,7 +1134,9 @@ fn chdir(dirfd: i64, p: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
                 rp.as_bytes().strip_prefix(b"/").unwrap_or(rp.as_bytes()),
             )
             .map_err(|_| e(libc::ENAMETOOLONG))?;
-            cwd::set(Some(full));
+            if !cwd::set(Some(full)) {
+                return Ok(Some(e(libc::ENOMEM)));
+            }
             Ok(Some(0))
         }
     }

@@ -137,7 +137,7 @@ fn carried() -> Vec<Carried> {
             parents.push((id, r));
         }
     });
-    proc::child_opens(true, |id, r| parents.push((id, r)));
+    proc::child_opens(|id, r| parents.push((id, r)));
     if parents.is_empty() {
         return out;
     }
@@ -314,11 +314,12 @@ pub fn execve(nr: i64, a: [u64; 6]) -> i64 {
 #[inline(never)]
 fn prepare() -> Option<Entry> {
     let shared = proc::shared_child();
-    // In a shared child the routed cwd is the parent's, which is also the child's (the shim
-    // never changes it from inside such a child).
+    // In a shared child: its own cwd if it changed directory, else the parent's. (What such a
+    // child keeps in the owner's memory is swept by the owner afterwards: `proc::sweep`.)
     let cwd: Vec<u8> = cwd::get()
         .map(|c| c.as_bytes().to_vec())
         .unwrap_or_default();
+
     let carried = carried();
     if carried.is_empty() && cwd.is_empty() {
         return None;
@@ -349,6 +350,7 @@ fn prepare() -> Option<Entry> {
         let (r, token) = d.call_aux(Opcode::PrepareClone, &mut args, &[&list], None);
         st.tokens[i] = if r < 0 { 0 } else { token };
     }
+
     let mut dir = vec![0u8; PATH_MAX];
     for c in &carried {
         let n = if c.r.is_dir {

@@ -16,6 +16,47 @@ use crate::sys;
 
 static PID: AtomicI64 = AtomicI64::new(0);
 
+/// Entries that shared children keep in the owner's memory (cwd slots, sessions of their own,
+/// files they opened): while non-zero, the owner sweeps those of children that have gone or
+/// exec'd ([`sweep`]).
+pub static CHILD_STATE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// True when process `pid` still shares this process's memory (a `vfork` child before its
+/// exec). A process that has gone, exec'd, or cannot be compared does not.
+pub fn shares_memory_with(pid: i64) -> bool {
+    let me = sys::sys(libc::SYS_getpid, &[]);
+    pid == me
+        || sys::sys(
+            libc::SYS_kcmp,
+            &[me as u64, pid as u64, 2 /* KCMP_VM */, 0, 0],
+        ) == 0
+}
+
+/// In the owner, at the start of every dispatched call: frees what shared children that no
+/// longer share its memory left behind. One relaxed load when there is nothing.
+pub fn sweep() {
+    if CHILD_STATE.load(Ordering::Relaxed) == 0 || shared_child() {
+        return;
+    }
+    crate::cwd::sweep_children();
+    crate::remote::sweep_child_sessions();
+    sweep_opens();
+}
+
+fn sweep_opens() {
+    for s in CHILD_OPENS.iter() {
+        let p = s.pid.load(Ordering::Acquire);
+        if p > 0
+            && !shares_memory_with(p)
+            && s.pid
+                .compare_exchange(p, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            CHILD_STATE.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Records the current process as the owner of the shim's memory (constructor, fork child).
 pub fn set_owner() {
     PID.store(sys::sys(libc::SYS_getpid, &[]), Ordering::Release);
@@ -114,15 +155,8 @@ pub fn child_opened(fd: i64, r: crate::fdtable::Remote) -> bool {
         return false;
     };
     let me = sys::sys(libc::SYS_getpid, &[]);
-    // Slots of children that ended without an exec are free again.
-    for s in CHILD_OPENS.iter() {
-        let p = s.pid.load(Ordering::Acquire);
-        if p > 0 && sys::sys(libc::SYS_kill, &[p as u64, 0]) == -(libc::ESRCH as i64) {
-            let _ = s
-                .pid
-                .compare_exchange(p, 0, Ordering::AcqRel, Ordering::Acquire);
-        }
-    }
+    // Slots of children that ended or exec'd are free again.
+    sweep_opens();
     for s in CHILD_OPENS.iter() {
         if s.pid
             .compare_exchange(0, -me, Ordering::AcqRel, Ordering::Acquire)
@@ -132,15 +166,15 @@ pub fn child_opened(fd: i64, r: crate::fdtable::Remote) -> bool {
             s.ino.store(ino, Ordering::Relaxed);
             s.remote.store(encode(r), Ordering::Relaxed);
             s.pid.store(me, Ordering::Release);
+            CHILD_STATE.fetch_add(1, Ordering::AcqRel);
             return true;
         }
     }
     false
 }
 
-/// The remote files this shared child opened itself: `(identity, remote)` each. With `clear`,
-/// their slots are freed (the child is about to exec, or gone).
-pub fn child_opens(clear: bool, mut f: impl FnMut((u64, u64), crate::fdtable::Remote)) {
+/// The remote files this shared child opened itself: `(identity, remote)` each.
+pub fn child_opens(mut f: impl FnMut((u64, u64), crate::fdtable::Remote)) {
     let me = sys::sys(libc::SYS_getpid, &[]);
     for s in CHILD_OPENS.iter() {
         if s.pid.load(Ordering::Acquire) == me {
@@ -148,9 +182,6 @@ pub fn child_opens(clear: bool, mut f: impl FnMut((u64, u64), crate::fdtable::Re
                 (s.dev.load(Ordering::Relaxed), s.ino.load(Ordering::Relaxed)),
                 decode(s.remote.load(Ordering::Relaxed)),
             );
-            if clear {
-                s.pid.store(0, Ordering::Release);
-            }
         }
     }
 }

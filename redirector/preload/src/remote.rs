@@ -78,6 +78,10 @@ pub struct Domain {
     connecting: AtomicBool,
     /// Set when a dead session was retired; cleared (with a message) by the next connection.
     outage: AtomicBool,
+    /// A session a child sharing the owner's memory connected for itself (the owner had
+    /// none), and that child's pid; never published in `live`, dropped before its exec.
+    child: AtomicPtr<Live>,
+    child_pid: std::sync::atomic::AtomicI64,
 }
 
 impl Domain {
@@ -95,6 +99,8 @@ impl Domain {
             adopting: AtomicBool::new(false),
             connecting: AtomicBool::new(false),
             outage: AtomicBool::new(false),
+            child: AtomicPtr::new(std::ptr::null_mut()),
+            child_pid: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -276,8 +282,11 @@ impl Domain {
         };
         if crate::proc::shared_child() {
             // A vfork/posix_spawn child must not publish a session of its own into its
-            // parent's memory: it uses the parent's, or none.
-            return current;
+            // parent's memory: it uses the parent's, or one of its own on the side.
+            if !current.is_null() {
+                return current;
+            }
+            return self.child_session(sock);
         }
         if self
             .connecting
@@ -438,6 +447,74 @@ impl Domain {
 }
 
 impl Domain {
+    /// The session of the current shared child (connecting it if needed), or null.
+    fn child_session(&self, sock: &std::path::Path) -> *mut Live {
+        let me = crate::diag::pid();
+        let p = self.child.load(Ordering::SeqCst);
+        if !p.is_null() {
+            let owner = self.child_pid.load(Ordering::SeqCst);
+            if owner == me {
+                return p;
+            }
+            // Another child's (still in use, or not swept yet): this child goes without.
+            let _ = owner;
+            return std::ptr::null_mut();
+        }
+        let cfg = ClientConfig {
+            spin: config::get().spin,
+            fd_hooks: Some(crate::reserve::HOOKS),
+            ..ClientConfig::EMPTY
+        };
+        let Ok(s) = connect_session(sock, &cfg) else {
+            return std::ptr::null_mut();
+        };
+        // A generation of its own: the owner's entries (if any) never reach this session.
+        let live = Box::into_raw(Box::new(Live {
+            s,
+            generation: AtomicU32::new(fdtable::next_generation(fdtable::generation(self.net))),
+        }));
+        self.child_pid.store(me, Ordering::SeqCst);
+        self.child.store(live, Ordering::SeqCst);
+        crate::proc::CHILD_STATE.fetch_add(1, Ordering::AcqRel);
+        live
+    }
+
+    /// In the owner: drops a session a shared child connected for itself, once that child
+    /// no longer shares this memory (it exec'd, with what it carries in its exec token, or
+    /// ended).
+    fn sweep_child_session(&self) {
+        let p = self.child.load(Ordering::SeqCst);
+        if p.is_null() || crate::proc::shares_memory_with(self.child_pid.load(Ordering::SeqCst)) {
+            return;
+        }
+        if self
+            .child
+            .compare_exchange(p, std::ptr::null_mut(), Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            crate::proc::CHILD_STATE.fetch_sub(1, Ordering::AcqRel);
+            // Its descriptors live in the child's fd table only (gone with it): unregister
+            // them without closing numbers that are the owner's.
+            // SAFETY: from Box::into_raw in `child_session`; its child can no longer reach it
+            // and no other thread of the owner looks at `child`.
+            let live = unsafe { Box::from_raw(p) };
+            let mut fds = [0i32; 16];
+            let mut n = 0;
+            live.s.kept_fds(&mut |fd| {
+                if n < fds.len() {
+                    fds[n] = fd;
+                    n += 1;
+                }
+            });
+            for &fd in &fds[..n] {
+                crate::reserve::forget(fd);
+                live.s.renumber_fd(fd, -1);
+            }
+            // Unmaps the region (the owner's memory); closes nothing.
+            drop(live);
+        }
+    }
+
     /// Tells the sessions (current and retired) holding the descriptor `old` that it is now
     /// `new`; false when none holds it.
     fn renumber_fd(&'static self, old: i32, new: i32) -> bool {
@@ -452,6 +529,12 @@ impl Domain {
             unsafe { &*p }.s.renumber_fd(old, new)
         })
     }
+}
+
+/// In the owner: drops sessions of shared children that are gone (see [`crate::proc::sweep`]).
+pub fn sweep_child_sessions() {
+    STORAGE.sweep_child_session();
+    NET.sweep_child_session();
 }
 
 /// Tells whichever session holds the descriptor `old` that it is now `new` (see
