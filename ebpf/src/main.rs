@@ -14,8 +14,9 @@
 //!   one): `socket_create`, `file_open` on the storage domain's device, `uring_allowed`.
 //!   They load only where the kernel permits BPF LSM programs.
 //!
-//! The layout of `STATS` / `DENIED` / `CONFIG` is mirrored in
-//! `redirector/src/bpf/layout.rs`; the redirector checks the sizes at load time.
+//! The layout of `ATTACHED` / `STATS` / `DENIED` / `CONFIG` (records, sizes, slot indices) comes
+//! from `ebpf-common/` (`virtuos-ebpf-common`), which the redirector's loader uses too; it also
+//! checks the map value sizes at load time.
 
 #![no_std]
 #![no_main]
@@ -32,45 +33,14 @@ use aya_ebpf::{
     Global,
 };
 use aya_log_ebpf::{info, warn};
-
-/// Syscall numbers counted (x86_64 has < 512).
-const MAX_SYSCALLS: u32 = 512;
-/// log2(ns) latency buckets; the last one collects everything slower.
-const BUCKETS: usize = 32;
+use virtuos_ebpf_common::{attached, config, deny, SysStat, MAX_SYSCALLS};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 const EPERM: i32 = 1;
 
-/// Per syscall number, per CPU.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SysStat {
-    /// Entries (`sys_enter`).
-    pub calls: u64,
-    /// Completed calls with a measured latency (`sys_exit` with a matching enter).
-    pub timed: u64,
-    /// Sum of the measured latencies, ns.
-    pub total_ns: u64,
-    /// `hist[b]` counts latencies in `[2^b, 2^(b+1))` ns (`hist[0]` also holds 0 ns).
-    pub hist: [u64; BUCKETS],
-}
-
-/// Indices of `DENIED` (mirrored in user space).
-mod deny {
-    pub const SOCK_CREATE: u32 = 0;
-    pub const CONNECT4: u32 = 1;
-    pub const CONNECT6: u32 = 2;
-    pub const BIND4: u32 = 3;
-    pub const BIND6: u32 = 4;
-    pub const LSM_SOCKET_CREATE: u32 = 5;
-    pub const LSM_FILE_OPEN: u32 = 6;
-    pub const LSM_URING: u32 = 7;
-    pub const LSM_CGROUP_SOCKET_CREATE: u32 = 8;
-    pub const N: u32 = 16;
-}
-
-/// Cgroup ids this object serves (the attached one); value: 1 when enforcement is on.
+/// Cgroup ids this object serves (the attached one); value: `attached::ENFORCE` when
+/// enforcement is on.
 #[map]
 static ATTACHED: HashMap<u64, u32> = HashMap::with_max_entries(16, 0);
 
@@ -84,13 +54,13 @@ static INFLIGHT: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384,
 
 /// Denials per hook (see `deny`).
 #[map]
-static DENIED: PerCpuArray<u64> = PerCpuArray::with_max_entries(deny::N, 0);
+static DENIED: PerCpuArray<u64> = PerCpuArray::with_max_entries(deny::SLOTS, 0);
 
-/// Configuration written by user space after load: `[0]` storage device (`st_dev`, 0 = none),
-/// `[1]` offset of `file.f_inode`, `[2]` of `inode.i_sb`, `[3]` of `super_block.s_dev`
+/// Configuration written by user space after load (see `config`): the storage device
+/// (`st_dev`, 0 = none), the offsets of `file.f_inode`, `inode.i_sb` and `super_block.s_dev`
 /// (from the kernel's BTF; 0 = unknown, and `file_open` then allows everything).
 #[map]
-static CONFIG: Array<u64> = Array::with_max_entries(8, 0);
+static CONFIG: Array<u64> = Array::with_max_entries(config::SLOTS, 0);
 
 /// Level of the attached cgroup in the cgroup2 hierarchy (root = 0), set at load time.
 #[no_mangle]
@@ -162,14 +132,9 @@ pub fn sys_exit(_ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let dt = now - start;
-    let b = if dt == 0 {
-        0
-    } else {
-        63 - dt.leading_zeros() as usize
-    };
-    let b = if b >= BUCKETS { BUCKETS - 1 } else { b };
+    let b = SysStat::bucket(dt);
     if let Some(s) = STATS.get_ptr_mut(nr as u32) {
-        // SAFETY: this CPU's slot; `b < BUCKETS`.
+        // SAFETY: this CPU's slot; `SysStat::bucket` is below `BUCKETS`.
         unsafe {
             (*s).timed += 1;
             (*s).total_ns += dt;
@@ -240,7 +205,7 @@ pub fn bind6(ctx: SockAddrContext) -> i32 {
 /// True when the current task is in the attached cgroup with enforcement on.
 #[inline(always)]
 fn enforced() -> bool {
-    matches!(current_attached(), Some(v) if v & 1 != 0)
+    matches!(current_attached(), Some(v) if v & attached::ENFORCE != 0)
 }
 
 /// `lsm/socket_create(int family, int type, int protocol, int kern)`.
@@ -280,7 +245,12 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
         return prev;
     }
     let cfg = |i| CONFIG.get(i).copied().unwrap_or(0);
-    let (dev, off_inode, off_sb, off_dev) = (cfg(0), cfg(1), cfg(2), cfg(3));
+    let (dev, off_inode, off_sb, off_dev) = (
+        cfg(config::STORAGE_DEV),
+        cfg(config::OFF_F_INODE),
+        cfg(config::OFF_I_SB),
+        cfg(config::OFF_S_DEV),
+    );
     if dev == 0 || off_inode == 0 || off_sb == 0 || !enforced() {
         return 0;
     }

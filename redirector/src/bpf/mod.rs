@@ -7,11 +7,13 @@
 
 pub mod btf;
 pub mod env;
-pub mod layout;
 pub mod seccomp;
 mod sys;
 pub mod syscalls;
 pub mod top;
+
+/// The map/record layouts shared with the eBPF programs (`ebpf-common/`).
+pub use virtuos_ebpf_common as layout;
 
 use std::collections::HashMap as StdHashMap;
 use std::fs::File;
@@ -260,7 +262,12 @@ fn attach_into(opts: &AttachOpts, obj: &Path, cg: &Cgroup, dir: &Path) -> Result
     {
         let mut attached: BpfHashMap<_, u64, u32> =
             BpfHashMap::try_from(ebpf.map_mut("ATTACHED").context("map ATTACHED missing")?)?;
-        attached.insert(cg.id, u32::from(opts.enforce), 0)?;
+        let flags = if opts.enforce {
+            layout::attached::ENFORCE
+        } else {
+            0
+        };
+        attached.insert(cg.id, flags, 0)?;
     }
     let cg_file =
         File::open(&cg.path).with_context(|| format!("opening cgroup {}", cg.path.display()))?;

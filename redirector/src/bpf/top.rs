@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use xen_transport::layout::{header, ring};
 use xen_transport::Layout;
 
-use super::layout::{SysStat, BUCKETS, DENY_NAMES, DENY_SLOTS, MAX_SYSCALLS};
+use super::layout::{deny, SysStat, BUCKETS, MAX_SYSCALLS};
 use super::{env, syscalls, Record};
 
 // The routed histograms are read into `SysStat` to share its percentiles.
@@ -156,7 +156,7 @@ pub fn sample() -> Result<Vec<CgSample>> {
                 }
             }
         }
-        let mut denied = vec![0; DENY_SLOTS as usize];
+        let mut denied = vec![0; deny::SLOTS as usize];
         if let Ok(m) = super::pinned_map(id, "DENIED") {
             if let Ok(m) = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(m)) {
                 for (i, d) in denied.iter_mut().enumerate() {
@@ -464,7 +464,7 @@ pub fn to_json(a: &[CgSample], b: &[CgSample], secs: f64) -> Value {
         );
         routed.extend(routed_json(&all, &all_delta, secs));
         routed.insert("domains".into(), Value::Array(domains));
-        let denied: serde_json::Map<String, Value> = DENY_NAMES
+        let denied: serde_json::Map<String, Value> = deny::NAMES
             .iter()
             .enumerate()
             .map(|(i, n)| (n.to_string(), json!(s.denied[i])))
