@@ -18,6 +18,7 @@ use std::process::Command;
 
 use abi::Opcode;
 use anyhow::{bail, Context, Result};
+use shim_core::{CallerMemory, ProcessMemory, Syscall, UserPtr};
 use xen_transport::control::connect_session;
 use xen_transport::{ClientConfig, Session};
 
@@ -30,13 +31,10 @@ mod statconv;
 
 use paths::PathBuf as FixedPath;
 
-const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
-const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
 const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 1 << 3;
 const SECCOMP_USER_NOTIF_FLAG_CONTINUE: u32 = 1;
 const SECCOMP_ADDFD_FLAG_SETFD: u32 = 1;
 const SECCOMP_ADDFD_FLAG_SEND: u32 = 2;
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 
 const fn iowr(nr: u64, size: usize) -> u64 {
     (3 << 30) | ((size as u64) << 16) | ((b'!' as u64) << 8) | nr
@@ -48,101 +46,15 @@ const NOTIF_RECV: u64 = iowr(0, std::mem::size_of::<libc::seccomp_notif>());
 const NOTIF_SEND: u64 = iowr(1, std::mem::size_of::<libc::seccomp_notif_resp>());
 const NOTIF_ADDFD: u64 = iow(3, 24);
 
-/// The system calls supervised: those the shim routes (the same list keeps both modes alike).
-const SUPERVISED: &[i64] = &[
-    libc::SYS_open,
-    libc::SYS_creat,
-    libc::SYS_openat,
-    libc::SYS_close,
-    libc::SYS_read,
-    libc::SYS_write,
-    libc::SYS_pread64,
-    libc::SYS_pwrite64,
-    libc::SYS_readv,
-    libc::SYS_writev,
-    libc::SYS_lseek,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_stat,
-    libc::SYS_lstat,
-    libc::SYS_statx,
-    libc::SYS_getdents64,
-    libc::SYS_fsync,
-    libc::SYS_fdatasync,
-    libc::SYS_ftruncate,
-    libc::SYS_truncate,
-    libc::SYS_fchmod,
-    libc::SYS_chmod,
-    libc::SYS_fchmodat,
-    libc::SYS_fchown,
-    libc::SYS_chown,
-    libc::SYS_lchown,
-    libc::SYS_fchownat,
-    libc::SYS_utimensat,
-    libc::SYS_access,
-    libc::SYS_faccessat,
-    libc::SYS_faccessat2,
-    libc::SYS_mkdir,
-    libc::SYS_mkdirat,
-    libc::SYS_rmdir,
-    libc::SYS_unlink,
-    libc::SYS_unlinkat,
-    libc::SYS_rename,
-    libc::SYS_renameat,
-    libc::SYS_renameat2,
-    libc::SYS_link,
-    libc::SYS_linkat,
-    libc::SYS_symlink,
-    libc::SYS_symlinkat,
-    libc::SYS_readlink,
-    libc::SYS_readlinkat,
-    libc::SYS_chdir,
-    libc::SYS_fchdir,
-    libc::SYS_getcwd,
-    libc::SYS_fcntl,
-    libc::SYS_dup,
-    libc::SYS_dup2,
-    libc::SYS_dup3,
-    libc::SYS_mmap,
-    libc::SYS_ioctl,
-    libc::SYS_sendfile,
-    libc::SYS_copy_file_range,
-    libc::SYS_fstatfs,
-];
+/// The system calls supervised: the storage and process classes of shim-core's one table of
+/// routed calls (the preload shim routes the same ones), so the two modes cannot drift apart.
+fn supervised() -> Vec<u32> {
+    use shim_core::table::Class;
+    shim_core::table::numbers(&[Class::Storage, Class::Process])
+}
 
 fn filter() -> Vec<libc::sock_filter> {
-    let ld = |k| libc::sock_filter {
-        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let ret = |k| libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jeq = |k, jt, jf| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    };
-    let mut p = vec![
-        ld(4),
-        jeq(AUDIT_ARCH_X86_64, 1, 0),
-        ret(SECCOMP_RET_ALLOW),
-        ld(0),
-    ];
-    let n = SUPERVISED.len();
-    for (i, &nr) in SUPERVISED.iter().enumerate() {
-        // Match: jump to the USER_NOTIF return after the list.
-        p.push(jeq(nr as u32, (n - i) as u8, 0));
-    }
-    p.push(ret(SECCOMP_RET_ALLOW));
-    p.push(ret(SECCOMP_RET_USER_NOTIF));
-    p
+    shim_core::seccomp::notify_filter(&supervised())
 }
 
 /// Runs `prog` supervised; storage routing as given. Returns its exit status.
@@ -389,51 +301,27 @@ impl Supervisor {
         pid
     }
 
+    fn mem(pid: i32) -> ProcessMemory<shim_core::sys::Real> {
+        ProcessMemory::new(pid, shim_core::sys::Real)
+    }
+
     fn read_mem(&self, pid: i32, addr: u64, out: &mut [u8]) -> bool {
-        let local = libc::iovec {
-            iov_base: out.as_mut_ptr().cast(),
-            iov_len: out.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut _,
-            iov_len: out.len(),
-        };
-        // SAFETY: both iovecs describe valid ranges (ours is `out`; theirs is checked by the kernel).
-        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-        n == out.len() as isize
+        Self::mem(pid).read(UserPtr(addr), out).is_ok()
     }
 
     fn write_mem(&self, pid: i32, addr: u64, data: &[u8]) -> bool {
-        let local = libc::iovec {
-            iov_base: data.as_ptr() as *mut _,
-            iov_len: data.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut _,
-            iov_len: data.len(),
-        };
-        // SAFETY: as in read_mem; the kernel checks the target range.
-        let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
-        n == data.len() as isize
+        Self::mem(pid).write(UserPtr(addr), data).is_ok()
     }
 
-    fn read_path(&self, pid: i32, addr: u64) -> Option<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut at = addr;
-        while out.len() < paths::PATH_MAX {
-            let chunk = (4096 - (at % 4096)) as usize;
-            let mut buf = vec![0u8; chunk];
-            if !self.read_mem(pid, at, &mut buf) {
-                return None;
-            }
-            if let Some(z) = buf.iter().position(|&b| b == 0) {
-                out.extend_from_slice(&buf[..z]);
-                return Some(out);
-            }
-            out.extend_from_slice(&buf);
-            at += chunk as u64;
-        }
-        None
+    /// The path at `addr` in `pid`: EFAULT for a bad address, ENAMETOOLONG without a
+    /// terminator within PATH_MAX, as the kernel answers.
+    fn read_path(&self, pid: i32, addr: u64) -> Result<Vec<u8>, i32> {
+        let mut buf = vec![0u8; paths::PATH_MAX];
+        let n = Self::mem(pid)
+            .read_cstr(UserPtr(addr), &mut buf)
+            .map_err(|e| e.errno())?;
+        buf.truncate(n);
+        Ok(buf)
     }
 
     /// Export-relative path if `path` (relative to `dirfd` of `pid`) is under the mount.
@@ -545,34 +433,13 @@ impl Supervisor {
         let fd = a[0] as i32;
         let rem = |s: &Self, fd: i32| s.targets.get(&pid).and_then(|t| t.fds.get(&fd)).copied();
         let e = |x: i32| Answer::Val(-(x as i64));
-        // Path-taking calls: (dirfd, path pointer) for each.
-        let path_arg = match nr {
-            libc::SYS_open
-            | libc::SYS_creat
-            | libc::SYS_stat
-            | libc::SYS_lstat
-            | libc::SYS_access
-            | libc::SYS_mkdir
-            | libc::SYS_rmdir
-            | libc::SYS_unlink
-            | libc::SYS_chdir
-            | libc::SYS_chmod
-            | libc::SYS_chown
-            | libc::SYS_lchown
-            | libc::SYS_truncate
-            | libc::SYS_readlink => Some((libc::AT_FDCWD as i64, a[0])),
-            libc::SYS_openat
-            | libc::SYS_newfstatat
-            | libc::SYS_statx
-            | libc::SYS_faccessat
-            | libc::SYS_faccessat2
-            | libc::SYS_mkdirat
-            | libc::SYS_unlinkat
-            | libc::SYS_fchmodat
-            | libc::SYS_fchownat
-            | libc::SYS_readlinkat
-            | libc::SYS_utimensat => Some((a[0] as i32 as i64, a[1])),
-            _ => None,
+        // Path-taking calls: (dirfd, path pointer), from shim-core's decoder.
+        let decoded = shim_core::decode(nr, a);
+        let path_arg = match decoded {
+            // Handled below with their own argument layouts (two paths, a target, no path).
+            Syscall::RenameAt { .. } | Syscall::LinkAt { .. } | Syscall::SymlinkAt { .. } => None,
+            Syscall::Execve { .. } => None,
+            _ => decoded.paths()[0].map(|(d, p)| (i64::from(d.0), p.0)),
         };
         if let Some((dirfd, p)) = path_arg {
             if p == 0 {
@@ -582,8 +449,9 @@ impl Supervisor {
                     Answer::Continue
                 };
             }
-            let Some(path) = self.read_path(pid, p) else {
-                return Answer::Continue;
+            let path = match self.read_path(pid, p) {
+                Ok(path) => path,
+                Err(errno) => return e(errno),
             };
             if path.is_empty() {
                 // AT_EMPTY_PATH on a remote fd.
@@ -870,8 +738,9 @@ impl Supervisor {
                         if nr == libc::SYS_renameat { 0 } else { a[4] },
                     ),
                 };
-                let (Some(x), Some(y)) = (self.read_path(pid, p1), self.read_path(pid, p2)) else {
-                    return e(libc::EFAULT);
+                let (x, y) = match (self.read_path(pid, p1), self.read_path(pid, p2)) {
+                    (Ok(x), Ok(y)) => (x, y),
+                    (Err(errno), _) | (_, Err(errno)) => return e(errno),
                 };
                 let op = if matches!(nr, libc::SYS_link | libc::SYS_linkat) {
                     Opcode::LinkAt
@@ -899,9 +768,9 @@ impl Supervisor {
                 } else {
                     (a[0], a[1] as i32 as i64, a[2])
                 };
-                let (Some(t), Some(lp)) = (self.read_path(pid, target), self.read_path(pid, p))
-                else {
-                    return e(libc::EFAULT);
+                let (t, lp) = match (self.read_path(pid, target), self.read_path(pid, p)) {
+                    (Ok(t), Ok(lp)) => (t, lp),
+                    (Err(errno), _) | (_, Err(errno)) => return e(errno),
                 };
                 match self.resolve(pid, d, &lp) {
                     Some(rp) => Answer::Val(
@@ -910,6 +779,39 @@ impl Supervisor {
                     ),
                     None => Answer::Continue,
                 }
+            }
+            libc::SYS_close_range => {
+                let (first, last, flags) = (a[0] as u32, a[1] as u32, a[2] as u32);
+                if flags & libc::CLOSE_RANGE_CLOEXEC == 0 {
+                    let gone: Vec<(i32, u32)> = self
+                        .targets
+                        .get(&pid)
+                        .map(|t| {
+                            t.fds
+                                .iter()
+                                .filter(|(&f, _)| (f as u32) >= first && (f as u32) <= last)
+                                .map(|(&f, r)| (f, r.handle))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    for (f, h) in gone {
+                        if let Some(t) = self.targets.get_mut(&pid) {
+                            t.fds.remove(&f);
+                        }
+                        self.release(h);
+                    }
+                }
+                Answer::Continue
+            }
+            // A routed call on a remote fd that the supervised mode does not execute: an
+            // error, never the call on the placeholder.
+            _ if shim_core::decode(nr, a)
+                .fds()
+                .into_iter()
+                .flatten()
+                .any(|f| rem(self, f.0).is_some()) =>
+            {
+                e(libc::EOPNOTSUPP)
             }
             _ => Answer::Continue,
         }
@@ -1203,7 +1105,13 @@ impl Supervisor {
                 self.targets.get_mut(&pid).expect("known").cwd = full;
                 Answer::Val(0)
             }
-            _ => Answer::Continue,
+            // A routed path, a call the supervised mode does not execute remotely: an error,
+            // never the call on a local file of the same name.
+            _ => Answer::Val(-i64::from(match shim_core::decode(nr, a) {
+                // Callers fall back to the older call (openat, utimensat).
+                Syscall::OpenAt2 { .. } | Syscall::Utimes { .. } => libc::ENOSYS,
+                _ => libc::EOPNOTSUPP,
+            })),
         }
     }
 }

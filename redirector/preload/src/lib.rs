@@ -172,10 +172,12 @@ extern "C" fn virtuos_init() {
         );
         return;
     }
-    let mut nrs: Vec<u32> = dispatch::ROUTED.iter().map(|&n| n as u32).collect();
-    if cfg.net_sock.is_some() {
-        nrs.extend(dispatch::NET_ROUTED.iter().map(|&n| n as u32));
-    }
+    use shim_core::table::Class;
+    let nrs = shim_core::table::numbers(if cfg.net_sock.is_some() {
+        &[Class::Storage, Class::Process, Class::Signal, Class::Net]
+    } else {
+        &[Class::Storage, Class::Process, Class::Signal]
+    });
     if let Err(e) = sys::install_filter(&nrs) {
         diag!("virtuos: cannot install the seccomp filter (errno {}); libc-internal calls will not be routed", -e);
     }

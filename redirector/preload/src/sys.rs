@@ -52,123 +52,10 @@ pub fn sys(nr: i64, args: &[u64]) -> i64 {
 pub static TRAPPED: AtomicU64 = AtomicU64::new(0);
 
 // ---------------------------------------------------------------------------------------------
-// The filter.
+// The filter (built by shim-core's one seccomp module).
 
-const SECCOMP_DATA_NR: u32 = 0;
-const SECCOMP_DATA_ARCH: u32 = 4;
-const SECCOMP_DATA_IP_LO: u32 = 8;
-const SECCOMP_DATA_IP_HI: u32 = 12;
-const SECCOMP_DATA_ARG3_LO: u32 = 16 + 3 * 8;
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
-const SECCOMP_RET_TRAP: u32 = 0x0003_0000;
 /// SECCOMP_RET_DATA of our traps, seen as `si_errno` in the handler.
-pub const TRAP_DATA: u32 = 0x5654; // "VT"
-
-fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter { code, jt, jf, k }
-}
-
-const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-const JGT_K: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K) as u16;
-const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
-const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
-const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
-const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-
-/// Emits a binary search over sorted `nrs`; a match jumps (`ja`) to the instruction-pointer
-/// check, anything else returns ALLOW. The `ja` offsets are patched by the caller (`fixups`).
-fn emit_tree(nrs: &[u32], prog: &mut Vec<libc::sock_filter>, fixups: &mut Vec<usize>) {
-    if nrs.len() <= 3 {
-        for &nr in nrs {
-            if nr == libc::SYS_mmap as u32 {
-                // mmap traps only for file mappings: anonymous ones are malloc's hot path.
-                prog.push(jump(JEQ_K, nr, 0, 4));
-                prog.push(stmt(LD_W_ABS, SECCOMP_DATA_ARG3_LO));
-                prog.push(jump(JSET_K, libc::MAP_ANONYMOUS as u32, 0, 1));
-                prog.push(stmt(RET_K, SECCOMP_RET_ALLOW));
-                fixups.push(prog.len());
-                prog.push(stmt(JA, 0));
-            } else {
-                prog.push(jump(JEQ_K, nr, 0, 1));
-                fixups.push(prog.len());
-                prog.push(stmt(JA, 0));
-            }
-        }
-        prog.push(stmt(RET_K, SECCOMP_RET_ALLOW));
-        return;
-    }
-    let mid = nrs.len() / 2;
-    let at = prog.len();
-    prog.push(jump(JGT_K, nrs[mid - 1], 0, 0));
-    emit_tree(&nrs[..mid], prog, fixups);
-    let left = prog.len() - at - 1;
-    prog[at].jt = u8::try_from(left).expect("left subtree fits a conditional jump");
-    emit_tree(&nrs[mid..], prog, fixups);
-}
-
-/// Splits `[start, end)` so that no piece crosses a 4 GiB boundary (BPF compares 32 bits).
-fn split_ranges(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for &(mut s, e) in ranges {
-        while s < e {
-            let boundary = ((s >> 32) + 1) << 32;
-            let piece_end = e.min(boundary);
-            out.push((s, piece_end));
-            s = piece_end;
-        }
-    }
-    out
-}
-
-/// Builds the filter: a routed syscall number (`nrs`) issued from an instruction inside one
-/// of `ranges` (libc's and the program's code) traps; everything else is allowed.
-///
-/// Checking where the call comes from, rather than allowing only the shim's trampoline, keeps
-/// the filter harmless after `execve`: the filter outlives the program image, and the new
-/// image's dynamic loader makes routed calls before any shim is loaded to handle a trap. In
-/// the new image the old ranges no longer hold libc (ASLR maps it elsewhere), so nothing traps
-/// until the new image's shim installs a filter for its own ranges.
-pub fn build_filter(nrs: &[u32], ranges: &[(u64, u64)]) -> Vec<libc::sock_filter> {
-    let mut sorted = nrs.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut prog = vec![
-        stmt(LD_W_ABS, SECCOMP_DATA_ARCH),
-        jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
-        stmt(RET_K, SECCOMP_RET_ALLOW),
-        stmt(LD_W_ABS, SECCOMP_DATA_NR),
-    ];
-    let mut fixups = Vec::new();
-    emit_tree(&sorted, &mut prog, &mut fixups);
-    let ip_check = prog.len();
-    for (s, e) in split_ranges(ranges) {
-        let hi = (s >> 32) as u32;
-        let (lo_s, lo_e) = (s as u32, ((e - 1) as u32));
-        // if ip_hi == hi && lo_s <= ip_lo <= lo_e: trap
-        prog.push(stmt(LD_W_ABS, SECCOMP_DATA_IP_HI));
-        prog.push(jump(JEQ_K, hi, 0, 4));
-        prog.push(stmt(LD_W_ABS, SECCOMP_DATA_IP_LO));
-        prog.push(jump(JGE_K, lo_s, 0, 2));
-        prog.push(jump(JGT_K, lo_e, 1, 0));
-        prog.push(stmt(RET_K, SECCOMP_RET_TRAP | TRAP_DATA));
-    }
-    prog.push(stmt(RET_K, SECCOMP_RET_ALLOW));
-    for f in fixups {
-        prog[f].k = (ip_check - f - 1) as u32;
-    }
-    prog
-}
+pub const TRAP_DATA: u32 = shim_core::seccomp::TRAP_DATA;
 
 /// Executable segments of libc and of the main program, where un-interposed routed calls
 /// come from.
@@ -212,7 +99,7 @@ pub fn code_ranges() -> Vec<(u64, u64)> {
 /// Installs the filter for this thread and, with TSYNC, every other thread of the process.
 pub fn install_filter(nrs: &[u32]) -> Result<(), i64> {
     let ranges = code_ranges();
-    let prog = build_filter(nrs, &ranges);
+    let prog = shim_core::seccomp::trap_filter(nrs, &ranges);
     let fprog = libc::sock_fprog {
         len: prog.len() as u16,
         filter: prog.as_ptr() as *mut _,
@@ -396,20 +283,11 @@ mod tests {
     }
 
     #[test]
-    fn filter_is_well_formed() {
-        let nrs: Vec<u32> = (0..120)
-            .map(|n| n * 3)
-            .chain([libc::SYS_mmap as u32])
-            .collect();
-        let prog = build_filter(&nrs, &[(0x7f00_ffff_f000, 0x7f01_0000_2000)]);
-        assert!(prog.len() < 4096);
-        assert_eq!(split_ranges(&[(0xffff_f000, 0x1_0000_1000)]).len(), 2);
-        assert!(!code_ranges().is_empty());
-        // Every ja lands inside the program.
-        for (i, ins) in prog.iter().enumerate() {
-            if ins.code == JA {
-                assert!(i + 1 + (ins.k as usize) < prog.len());
-            }
-        }
+    fn code_ranges_hold_libc_and_the_program() {
+        let r = code_ranges();
+        assert!(r.len() >= 2);
+        let here = code_ranges as *const () as u64;
+        // The test binary is the "main program" here.
+        assert!(r.iter().any(|&(s, e)| s <= here && here < e));
     }
 }

@@ -1,54 +1,13 @@
 //! The seccomp filter `run --enforce` installs in the program before exec: `io_uring_setup`,
 //! `io_uring_enter` and `io_uring_register` fail with EPERM, so the application cannot reach
 //! the devices through io_uring behind the shim's back (there is no cgroup hook for io_uring,
-//! and this kernel refuses the BPF LSM `uring_allowed` variant).
+//! and this kernel refuses the BPF LSM `uring_allowed` variant). The filter itself is built in
+//! shim-core's seccomp module, with every other filter virtuos installs.
 
-/// io_uring system call numbers (x86_64; the same for x32 with `__X32_SYSCALL_BIT`).
-pub const IO_URING_SYSCALLS: [u32; 3] = [425, 426, 427];
-const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-
-fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-fn jeq(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    }
-}
-
-/// The classic BPF program: other architectures pass untouched (this is an x86_64 build);
+/// The classic BPF program, built in shim-core's one seccomp module (with `seccompiler`):
 /// the io_uring calls (native and x32 numbers) get `SECCOMP_RET_ERRNO | EPERM`.
 pub fn io_uring_filter() -> Vec<libc::sock_filter> {
-    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
-    let mut f = vec![
-        stmt(ld, 4), // seccomp_data.arch
-        jeq(AUDIT_ARCH_X86_64, 1, 0),
-        stmt(ret, libc::SECCOMP_RET_ALLOW),
-        stmt(ld, 0), // seccomp_data.nr
-    ];
-    let nrs: Vec<u32> = IO_URING_SYSCALLS
-        .iter()
-        .flat_map(|n| [*n, n | X32_SYSCALL_BIT])
-        .collect();
-    let n = nrs.len();
-    for (i, nr) in nrs.iter().enumerate() {
-        // match: jump over the remaining compares and the ALLOW to the ERRNO return.
-        f.push(jeq(*nr, (n - i) as u8, 0));
-    }
-    f.push(stmt(ret, libc::SECCOMP_RET_ALLOW));
-    f.push(stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32));
-    f
+    shim_core::seccomp::io_uring_filter().expect("a fixed filter that seccompiler compiles")
 }
 
 /// Installs `filter` in the calling thread. Async-signal-safe (no allocation), for a
