@@ -84,6 +84,14 @@ extern "C" fn after_fork_child() {
     lock::release_all_after_fork();
     // The child's memory is its own now.
     proc::set_owner();
+    // The kernel copies a forking process's fd table before its memory: another thread of
+    // the parent that created or replaced a remote fd in between leaves the child an entry
+    // whose number is not (or no longer) a placeholder in its kernel table. Drop those.
+    fdtable::for_each(|fd, _| {
+        if !proc::is_placeholder(fd) {
+            let _ = fdtable::clear(fd);
+        }
+    });
     // The child must not use the parent's rings: start its own sessions and adopt the
     // parent's open files and sockets, which it shares as a forked process shares them.
     remote::abandon();

@@ -74,6 +74,56 @@ pub fn owner() -> i64 {
     PID.load(Ordering::Acquire)
 }
 
+thread_local! {
+    /// Set while this thread runs the shim's own set-up code (connecting a session), whose
+    /// libc calls must reach the kernel, never the shim's routing again. (A `Cell` without a
+    /// destructor: no lazy registration on first use.)
+    static INTERNAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True while this thread runs the shim's own set-up code (see [`Internal`]).
+pub fn internal() -> bool {
+    INTERNAL.with(|c| c.get())
+}
+
+/// Marks this thread as running the shim's own code until dropped.
+pub struct Internal(bool);
+
+impl Internal {
+    /// Marks the thread.
+    pub fn enter() -> Internal {
+        Internal(INTERNAL.with(|c| c.replace(true)))
+    }
+}
+
+impl Drop for Internal {
+    fn drop(&mut self) {
+        let prev = self.0;
+        INTERNAL.with(|c| c.set(prev));
+    }
+}
+
+/// True when `fd` is one of the shim's placeholders for a remote file or socket (an `O_PATH`
+/// descriptor of a memfd named `virtuos-remote`).
+pub fn is_placeholder(fd: i64) -> bool {
+    let mut path = crate::diag::Line::default();
+    use std::fmt::Write;
+    if write!(path, "/proc/self/fd/{fd}\0").is_err() {
+        return false;
+    }
+    let mut target = [0u8; 64];
+    let n = sys::sys(
+        libc::SYS_readlinkat,
+        &[
+            libc::AT_FDCWD as u64,
+            path.as_bytes().as_ptr() as u64,
+            target.as_mut_ptr() as u64,
+            target.len() as u64,
+        ],
+    );
+    n > 0 && target[..n as usize].starts_with(b"/memfd:virtuos-remote")
+}
+
 /// Identity of an open file: device and inode.
 pub fn identity_fd(fd: i64) -> Option<(u64, u64)> {
     // SAFETY: a zeroed stat is a valid output buffer.

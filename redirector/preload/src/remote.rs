@@ -303,6 +303,9 @@ impl Domain {
         // No signal handler may run on this thread while it holds `connecting`: one that
         // needed the domain would wait for this very thread.
         let _masked = crate::lock::Masked::new();
+        // The transport's libc calls while connecting (statx of the region, recvmsg...) go
+        // straight to the kernel: a stale table entry must never route them back here.
+        let _internal = crate::proc::Internal::enter();
         let mut p = self.live.load(Ordering::SeqCst);
         // SAFETY: the caller is pinned; a published or retired session stays allocated while
         // any call pinned before its retirement is in flight.
@@ -465,7 +468,11 @@ impl Domain {
             fd_hooks: Some(crate::reserve::HOOKS),
             ..ClientConfig::EMPTY
         };
-        let Ok(s) = connect_session(sock, &cfg) else {
+        let connected = {
+            let _internal = crate::proc::Internal::enter();
+            connect_session(sock, &cfg)
+        };
+        let Ok(s) = connected else {
             return std::ptr::null_mut();
         };
         // A generation of its own: the owner's entries (if any) never reach this session.

@@ -1,0 +1,1205 @@
+//! Robustness of the preload shim against what real programs do, each test comparing a
+//! redirected run (`virtuos-redirect run --net SOCK --storage SOCK --mount PREFIX`) with a
+//! native run of the same thing (on a local copy of the exported tree):
+//!
+//! * redis-server and redis-benchmark, both through the network domain;
+//! * programs that bring their own allocator (jemalloc, tcmalloc: linked in and preloaded);
+//! * Python's `subprocess.run` (close_fds=True) 500 times next to remote fds;
+//! * dash's `exec 3< FILE`;
+//! * a daemon that closes every fd above stderr before opening anything;
+//! * `dup2` onto every fd number 0..1023;
+//! * fd numbering of the first socket and the first open (3 and 4, as Linux);
+//! * a 10 kHz SIGALRM handler doing file and socket I/O while main does the same;
+//! * 2,000 forks from a program whose 8 threads do remote I/O;
+//! * entries planted by an unprivileged user at every shared path the shim might use
+//!   (`/dev/shm/virtuos-exec-<pid>`, `/tmp/virtuos*`) for the next pids.
+//!
+//! The helper programs are the C and Python files in `tests/robust/`, compiled with `cc` into
+//! a scratch directory at test time. Every program runs in its own process group under a
+//! watchdog: a hang kills everything it started and fails the test with what it printed.
+//!
+//! Needs the workspace's binaries (`cargo build --workspace`: `cargo test` does not build the
+//! shim). redis-server, redis-benchmark, libjemalloc.so.2 and libtcmalloc.so.4 come from the
+//! Debian packages redis-server, redis-tools, libjemalloc2 and libgoogle-perftools4
+//! (`scripts/setup.sh` installs them); a test whose program is absent fails, naming the
+//! package, unless `VIRTUOS_ALLOW_SKIP=1`. The planted-files test needs root.
+//! `ROBUST_SIGNAL_SECS` sets the length of each run of the signal test (default 60).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The mount prefix routed to the storage domain.
+const MOUNT: &str = "/virtuos-robust-mnt";
+/// How long a domain server may take to start, or a server program to start listening.
+const START: Duration = Duration::from_secs(60);
+/// The default watchdog of a helper program.
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_virtuos-redirect"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A helper source in `tests/robust/`.
+fn source(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/robust")
+        .join(name)
+}
+
+/// True when absent programs may skip their test (`VIRTUOS_ALLOW_SKIP=1`).
+fn skip_allowed() -> bool {
+    std::env::var_os("VIRTUOS_ALLOW_SKIP").is_some_and(|v| v == "1")
+}
+
+/// `what` (a program or library) is missing: fails naming the Debian package, or (with
+/// `VIRTUOS_ALLOW_SKIP=1`) says the test is skipped.
+fn missing(test: &str, what: &str, package: &str) {
+    assert!(
+        skip_allowed(),
+        "{test}: {what} is not installed: `apt-get install {package}` (scripts/setup.sh does), \
+         or set VIRTUOS_ALLOW_SKIP=1 to skip this test"
+    );
+    println!("skipping {test}: {what} is not installed (Debian package {package})");
+}
+
+/// Where a program is found in PATH (or the usual sbin directories).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into(), "/usr/local/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The program `name`, or None (after [`missing`]) when it is not installed.
+fn need_program(test: &str, name: &str, package: &str) -> Option<PathBuf> {
+    let p = find_program(name);
+    if p.is_none() {
+        missing(test, name, package);
+    }
+    p
+}
+
+/// The shared library at `path`, or None (after [`missing`]) when it is not installed.
+fn need_library(test: &str, path: &str, package: &str) -> Option<PathBuf> {
+    if Path::new(path).is_file() {
+        Some(PathBuf::from(path))
+    } else {
+        missing(test, path, package);
+        None
+    }
+}
+
+/// The real python3 executable (not a pyenv shim script, which would add a shell and
+/// pyenv's own process tree to every run).
+fn python() -> PathBuf {
+    let o = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is needed");
+    assert!(o.status.success(), "python3: {o:?}");
+    PathBuf::from(String::from_utf8(o.stdout).unwrap().trim())
+}
+
+/// A scratch directory (world-readable, so that an unprivileged user can run the helpers
+/// built in it), removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("virtuos-robust-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A domain server (`virtuos-net` or `virtuos-storage`), killed on drop.
+struct Domain {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Domain {
+    fn start(mut cmd: Command, sock: PathBuf) -> Domain {
+        let child = cmd
+            .arg("--listen")
+            .arg(&sock)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut d = Domain { child, sock };
+        let deadline = Instant::now() + START;
+        while !d.sock.exists() {
+            if let Some(st) = d.child.try_wait().unwrap() {
+                panic!("{cmd:?} exited before serving: {st}");
+            }
+            assert!(Instant::now() < deadline, "{cmd:?} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which domains a redirected run uses.
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    /// `--net` only.
+    Net,
+    /// `--storage` and `--mount` only.
+    Storage,
+    /// Both.
+    Both,
+}
+
+/// A storage domain exporting `export/`, a network domain, and `local/`: the native copy of
+/// the exported tree. Programs get the tree's path as an argument: [`MOUNT`] when
+/// redirected, `local/` when native.
+struct Env {
+    storage: Domain,
+    net: Domain,
+    dir: Scratch,
+}
+
+impl Env {
+    fn new(name: &str) -> Env {
+        let dir = Scratch::new(name);
+        for d in ["export", "local", "bin"] {
+            std::fs::create_dir_all(dir.path(d)).unwrap();
+            std::fs::set_permissions(dir.path(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut cmd = Command::new(bin("virtuos-storage"));
+        cmd.arg("--root").arg(dir.path("export"));
+        let storage = Domain::start(cmd, dir.path("storage.sock"));
+        let net = Domain::start(Command::new(bin("virtuos-net")), dir.path("net.sock"));
+        Env { storage, net, dir }
+    }
+
+    fn export(&self) -> PathBuf {
+        self.dir.path("export")
+    }
+
+    fn local(&self) -> PathBuf {
+        self.dir.path("local")
+    }
+
+    /// The tree's path as the program sees it.
+    fn tree(&self, redirected: bool) -> String {
+        if redirected {
+            MOUNT.to_owned()
+        } else {
+            self.local().to_str().unwrap().to_owned()
+        }
+    }
+
+    /// Writes `rel` with `bytes` into both the export and the local copy.
+    fn put(&self, rel: &str, bytes: &[u8]) {
+        for root in [self.export(), self.local()] {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, bytes).unwrap();
+        }
+    }
+
+    /// `virtuos-redirect run [--net SOCK] [--storage SOCK --mount MOUNT] -- prog`.
+    fn redirected(&self, route: Route, prog: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(bin("virtuos-redirect"));
+        cmd.arg("run");
+        if route != Route::Storage {
+            cmd.arg("--net").arg(&self.net.sock);
+        }
+        if route != Route::Net {
+            cmd.arg("--storage")
+                .arg(&self.storage.sock)
+                .args(["--mount", MOUNT]);
+        }
+        cmd.arg("--")
+            .arg(prog)
+            .env("VIRTUOS_PRELOAD", bin("libvirtuos_preload.so"));
+        cmd
+    }
+
+    /// `prog` natively, or redirected through both domains.
+    fn command(&self, redirected: bool, prog: impl AsRef<std::ffi::OsStr>) -> Command {
+        if redirected {
+            self.redirected(Route::Both, prog)
+        } else {
+            Command::new(prog)
+        }
+    }
+
+    /// Compiles `tests/robust/{src}` into `bin/{name}` with `cc` (and `extra` arguments).
+    fn cc(&self, name: &str, src: &str, extra: &[&str]) -> PathBuf {
+        let out = self.dir.path("bin").join(name);
+        let o = Command::new("cc")
+            .args(["-O2", "-g", "-Wall", "-pthread", "-o"])
+            .arg(&out)
+            .arg(source(src))
+            .args(extra)
+            .output()
+            .expect("running cc (install build-essential)");
+        assert!(
+            o.status.success(),
+            "cc {src} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    }
+
+    /// Standard output with the tree's path written as `$D`.
+    fn normalized(&self, f: &Finished, redirected: bool) -> String {
+        f.out().replace(&self.tree(redirected), "$D")
+    }
+
+    /// Fails when something exists at [`MOUNT`] locally: a program escaped redirection.
+    fn assert_not_escaped(&self) {
+        assert!(
+            !Path::new(MOUNT).exists(),
+            "{MOUNT} exists locally: a redirected program escaped redirection"
+        );
+    }
+}
+
+/// How a program ended.
+struct Finished {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+    /// It ran past its watchdog and was killed.
+    hung: bool,
+}
+
+impl Finished {
+    fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    fn ok(&self) -> bool {
+        !self.hung && self.status.success()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}{}\n--- stdout\n{}--- stderr\n{}",
+            if self.hung {
+                "HUNG (killed by the watchdog), "
+            } else {
+                ""
+            },
+            self.status,
+            self.out(),
+            self.stderr
+        )
+    }
+}
+
+/// A program with piped standard streams, in its own process group: everything it started
+/// is killed on drop.
+struct Running {
+    child: Child,
+    chunks: mpsc::Receiver<Vec<u8>>,
+    stdout: Vec<u8>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let mut out = child.stdout.take().unwrap();
+        let (tx, chunks) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = Some(std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v);
+            v
+        }));
+        Running {
+            child,
+            chunks,
+            stdout: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn signal_group(&self, sig: i32) {
+        // SAFETY: kill(2) of the process group this test created (process_group(0)).
+        unsafe { libc::kill(-(self.child.id() as i32), sig) };
+    }
+
+    /// Reads standard output until it contains `marker` (within `limit`): all of it so far,
+    /// or None when the program closed its output or the time ran out.
+    fn until(&mut self, marker: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        while !String::from_utf8_lossy(&self.stdout).contains(marker) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.stdout.extend(self.chunks.recv_timeout(left).ok()?);
+        }
+        Some(String::from_utf8_lossy(&self.stdout).into_owned())
+    }
+
+    /// Waits (within `limit`) for the program to end and its output to close; on timeout
+    /// kills its process group and returns what it printed, marked `hung`.
+    fn wait(mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.chunks.recv_timeout(left) {
+                Ok(c) => self.stdout.extend_from_slice(&c),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => return self.kill_now(true),
+            }
+        }
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                return self.kill_now(true);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Anything the program left running still has our stderr pipe open.
+        self.kill_now(false)
+    }
+
+    /// Kills the whole group and collects what was printed so far.
+    fn kill_now(&mut self, hung: bool) -> Finished {
+        self.signal_group(libc::SIGKILL);
+        let status = self.child.wait().unwrap();
+        while let Ok(c) = self.chunks.recv_timeout(Duration::from_secs(2)) {
+            self.stdout.extend_from_slice(&c);
+        }
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        Finished {
+            status,
+            stdout: std::mem::take(&mut self.stdout),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            hung,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.stderr.is_some() {
+            self.signal_group(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` to its end under a watchdog of `limit`.
+fn run(cmd: Command, limit: Duration) -> Finished {
+    Running::spawn(cmd).wait(limit)
+}
+
+/// Prints a run for the log.
+fn show(label: &str, f: &Finished) {
+    println!("=== {label}: {}", f.describe());
+}
+
+/// Compares a redirected run with the native one: the native run must succeed, the
+/// redirected one must succeed with the same (normalized) standard output. Returns the
+/// difference, if any, as a failure message.
+fn compare(env: &Env, what: &str, r: &Finished, n: &Finished) -> Result<(), String> {
+    assert!(n.ok(), "{what}: the native run failed: {}", n.describe());
+    let (rs, ns) = (env.normalized(r, true), env.normalized(n, false));
+    if r.ok() && rs == ns {
+        return Ok(());
+    }
+    Err(format!(
+        "{what}: the redirected run {}\n--- redirected: {}\n--- native stdout:\n{ns}",
+        if r.hung {
+            "hung"
+        } else if !r.status.success() {
+            "failed"
+        } else {
+            "printed something else"
+        },
+        r.describe()
+    ))
+}
+
+/// Panics with every failure collected.
+fn conclude(test: &str, failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{test}: {} failure(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// A TCP port free right now on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`; `server` must keep
+/// running. If it ends or nothing listens within [`START`], it is killed and what it printed
+/// is returned.
+fn wait_listening(port: u16, server: &mut Running) -> Result<(), Finished> {
+    let deadline = Instant::now() + START;
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if server.child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            return Err(server.kill_now(Instant::now() > deadline));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A native TCP echo server on 127.0.0.1 (a thread per connection) counting the bytes it
+/// echoed. It lives until the test process ends.
+fn echo_server() -> (u16, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let total = Arc::new(AtomicU64::new(0));
+    let t = total.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            t.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, total)
+}
+
+/// The value of `key=` in a `counts: k=v ...` line of `text`.
+fn count(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("counts: "))
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// The `requests per second` lines of redis-benchmark's `-q` output (progress lines end with
+/// `\r`).
+fn rps_lines(out: &str) -> Vec<String> {
+    out.split(['\r', '\n'])
+        .filter(|l| l.contains("requests per second"))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn redis_benchmark_through_net_domain() {
+    const TEST: &str = "redis_benchmark_through_net_domain";
+    let Some(server) = need_program(TEST, "redis-server", "redis-server") else {
+        return;
+    };
+    let Some(bench) = need_program(TEST, "redis-benchmark", "redis-tools") else {
+        return;
+    };
+    let env = Env::new("redis");
+    let mut failures = Vec::new();
+    let mut results = Vec::new();
+    for redirected in [false, true] {
+        let label = if redirected { "redirected" } else { "native" };
+        let port = free_port().to_string();
+        let wd = env.dir.path(&format!("redis-{label}"));
+        std::fs::create_dir_all(&wd).unwrap();
+        let mut cmd = if redirected {
+            env.redirected(Route::Net, &server)
+        } else {
+            Command::new(&server)
+        };
+        cmd.args(["--port", &port, "--save", "", "--appendonly", "no"])
+            .current_dir(&wd);
+        let mut srv = Running::spawn(cmd);
+        if let Err(f) = wait_listening(port.parse().unwrap(), &mut srv) {
+            let msg = format!(
+                "{label} redis-server: nothing listens on port {port} after {START:?}: {}",
+                f.describe()
+            );
+            assert!(redirected, "{msg}");
+            failures.push(msg);
+            continue;
+        }
+        let mut cmd = if redirected {
+            env.redirected(Route::Net, &bench)
+        } else {
+            Command::new(&bench)
+        };
+        cmd.args(["-p", &port, "-t", "set,get", "-n", "100000", "-q"]);
+        let started = Instant::now();
+        let b = run(cmd, LIMIT);
+        let took = started.elapsed();
+        let lines = rps_lines(&b.out());
+        println!("{label} redis-benchmark ({took:.1?}):");
+        for l in &lines {
+            println!("  {label}: {l}");
+        }
+        let complete = lines.iter().any(|l| l.starts_with("SET:"))
+            && lines.iter().any(|l| l.starts_with("GET:"));
+        if !b.ok() || !complete {
+            let msg = format!(
+                "{label} redis-benchmark {}: {}",
+                if b.hung {
+                    "hung (over 120 s)"
+                } else {
+                    "did not report SET and GET"
+                },
+                b.describe()
+            );
+            assert!(redirected, "{msg}");
+            failures.push(msg);
+        }
+        // SHUTDOWN NOSAVE over a native connection: redis-server must exit 0.
+        let shut = TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap()))
+            .and_then(|mut s| s.write_all(b"SHUTDOWN NOSAVE\r\n"));
+        let s = srv.wait(Duration::from_secs(30));
+        if shut.is_err() || !s.ok() {
+            let msg = format!(
+                "{label} redis-server did not shut down cleanly ({shut:?}): {}",
+                s.describe()
+            );
+            assert!(redirected, "{msg}");
+            failures.push(msg);
+        }
+        results.push((label, lines));
+    }
+    for (label, lines) in &results {
+        println!("{label}: {}", lines.join(" / "));
+    }
+    conclude(TEST, failures);
+}
+
+#[test]
+fn own_malloc_programs_do_remote_io() {
+    const TEST: &str = "own_malloc_programs_do_remote_io";
+    let Some(je) = need_library(
+        TEST,
+        "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+        "libjemalloc2",
+    ) else {
+        return;
+    };
+    let Some(tc) = need_library(
+        TEST,
+        "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
+        "libgoogle-perftools4",
+    ) else {
+        return;
+    };
+    let env = Env::new("malloc");
+    let plain = env.cc("malloc_io", "malloc_io.c", &[]);
+    // Linked against the allocator (--no-as-needed: nothing references it by name).
+    let link = |name: &str, lib: &Path| {
+        env.cc(
+            name,
+            "malloc_io.c",
+            &["-Wl,--no-as-needed", lib.to_str().unwrap()],
+        )
+    };
+    let cases = [
+        (
+            "jemalloc-linked",
+            link("malloc_io_je", &je),
+            None,
+            "jemalloc",
+        ),
+        (
+            "tcmalloc-linked",
+            link("malloc_io_tc", &tc),
+            None,
+            "tcmalloc",
+        ),
+        ("jemalloc-preloaded", plain.clone(), Some(&je), "jemalloc"),
+        ("tcmalloc-preloaded", plain.clone(), Some(&tc), "tcmalloc"),
+    ];
+    let mut failures = Vec::new();
+    for (tag, prog, preload, alloc) in &cases {
+        let mut finished = Vec::new();
+        for redirected in [false, true] {
+            // `run` puts the shim first in LD_PRELOAD and keeps what the caller had after it.
+            let mut cmd = env.command(redirected, prog);
+            cmd.arg(env.tree(redirected)).arg(tag);
+            if let Some(lib) = preload {
+                cmd.env("LD_PRELOAD", lib);
+            }
+            let f = run(cmd, Duration::from_secs(30));
+            show(
+                &format!("{tag} {}", if redirected { "redirected" } else { "native" }),
+                &f,
+            );
+            finished.push(f);
+        }
+        let (n, r) = (&finished[0], &finished[1]);
+        assert!(
+            n.out().starts_with(&format!("allocator {alloc}\n")),
+            "{tag}: the native run does not use {alloc}: {}",
+            n.describe()
+        );
+        if let Err(e) = compare(&env, tag, r, n) {
+            failures.push(e);
+            continue;
+        }
+        // The redirected run's file went to the export, with the native run's bytes.
+        let name = format!("malloc-{tag}.dat");
+        let (exported, local) = (
+            std::fs::read(env.export().join(&name)).unwrap_or_default(),
+            std::fs::read(env.local().join(&name)).unwrap(),
+        );
+        if exported != local {
+            failures.push(format!(
+                "{tag}: export/{name} has {} bytes, the native run wrote {} (other bytes?)",
+                exported.len(),
+                local.len()
+            ));
+        }
+    }
+    env.assert_not_escaped();
+    conclude(TEST, failures);
+}
+
+#[test]
+fn subprocess_keeps_parent_remote_fds() {
+    let env = Env::new("subprocess");
+    env.put("sub.txt", b"first line of sub.txt\nsecond line\n");
+    let py = python();
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &py);
+        cmd.arg(source("subprocess_fds.py"))
+            .arg(env.tree(redirected))
+            .arg("500");
+        let started = Instant::now();
+        let f = run(cmd, LIMIT);
+        show(
+            &format!(
+                "{} ({:.1?})",
+                if redirected { "redirected" } else { "native" },
+                started.elapsed()
+            ),
+            &f,
+        );
+        runs.push(f);
+    }
+    env.assert_not_escaped();
+    let r = compare(&env, "subprocess_fds.py", &runs[1], &runs[0]);
+    conclude(
+        "subprocess_keeps_parent_remote_fds",
+        r.err().into_iter().collect(),
+    );
+}
+
+#[test]
+fn shell_exec_3_reads_remote_file() {
+    let env = Env::new("exec3");
+    env.put("f", b"the first line\nthe second line\n");
+    let script = r#"exec 3< "$D/f"; read l <&3; echo "$l""#;
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, "/bin/sh");
+        cmd.args(["-c", script]).env("D", env.tree(redirected));
+        let f = run(cmd, Duration::from_secs(20));
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert_eq!(
+        runs[0].out(),
+        "the first line\n",
+        "native: {}",
+        runs[0].describe()
+    );
+    let r = compare(&env, script, &runs[1], &runs[0]);
+    conclude(
+        "shell_exec_3_reads_remote_file",
+        r.err().into_iter().collect(),
+    );
+}
+
+#[test]
+fn daemon_closing_every_fd_then_reopening() {
+    let env = Env::new("closeall");
+    env.put("daemon.txt", b"the daemon's configuration\n");
+    let prog = env.cc("close_all", "close_all.c", &[]);
+    let mut failures = Vec::new();
+    for mode in ["loop", "close_range"] {
+        let mut runs = Vec::new();
+        for redirected in [false, true] {
+            let mut cmd = env.command(redirected, &prog);
+            cmd.arg(mode).arg(env.tree(redirected));
+            let f = run(cmd, Duration::from_secs(30));
+            show(
+                &format!(
+                    "{mode} {}",
+                    if redirected { "redirected" } else { "native" }
+                ),
+                &f,
+            );
+            runs.push(f);
+        }
+        if let Err(e) = compare(&env, &format!("close_all {mode}"), &runs[1], &runs[0]) {
+            failures.push(e);
+        }
+    }
+    env.assert_not_escaped();
+    conclude("daemon_closing_every_fd_then_reopening", failures);
+}
+
+#[test]
+fn dup2_onto_every_fd_number() {
+    let env = Env::new("dup2");
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    env.put("dup.dat", &pattern);
+    let local_file = env.dir.path("local-dup.dat");
+    std::fs::write(&local_file, &pattern).unwrap();
+    let prog = env.cc("dup2_all", "dup2_all.c", &[]);
+    let mut failures = Vec::new();
+    for variant in ["remote file", "local file"] {
+        let mut runs = Vec::new();
+        for redirected in [false, true] {
+            let file = if variant == "remote file" {
+                format!("{}/dup.dat", env.tree(redirected))
+            } else {
+                local_file.to_str().unwrap().to_owned()
+            };
+            let label = if redirected { "redirected" } else { "native" };
+            let progress = env.dir.path(&format!("dup2-progress-{label}"));
+            let mut cmd = env.command(redirected, &prog);
+            cmd.arg(file).arg(&progress);
+            let mut f = run(cmd, Duration::from_secs(30));
+            if !f.ok() {
+                let last = std::fs::read_to_string(&progress).unwrap_or_default();
+                let last = last.lines().last().unwrap_or("none");
+                f.stderr += &format!("(dup2_all was at fd number {last} when it ended)\n");
+            }
+            show(&format!("{variant} {label}"), &f);
+            runs.push(f);
+        }
+        if let Err(e) = compare(&env, &format!("dup2_all, {variant}"), &runs[1], &runs[0]) {
+            failures.push(e);
+        }
+    }
+    env.assert_not_escaped();
+    conclude("dup2_onto_every_fd_number", failures);
+}
+
+#[test]
+fn first_socket_is_fd_3() {
+    let env = Env::new("firstfd");
+    env.put("f", b"x\n");
+    let prog = env.cc("first_fd", "first_fd.c", &[]);
+    let mut failures = Vec::new();
+    for (mode, want) in [
+        ("socket-first", "socket=3 open=4\n"),
+        ("open-first", "open=3 socket=4\n"),
+    ] {
+        let mut runs = Vec::new();
+        for redirected in [false, true] {
+            let mut cmd = env.command(redirected, &prog);
+            cmd.arg(mode).arg(format!("{}/f", env.tree(redirected)));
+            let f = run(cmd, Duration::from_secs(30));
+            show(
+                &format!(
+                    "{mode} {}",
+                    if redirected { "redirected" } else { "native" }
+                ),
+                &f,
+            );
+            runs.push(f);
+        }
+        assert_eq!(runs[0].out(), want, "native {mode}: {}", runs[0].describe());
+        if let Err(e) = compare(&env, &format!("first_fd {mode}"), &runs[1], &runs[0]) {
+            failures.push(e);
+        }
+    }
+    conclude("first_socket_is_fd_3", failures);
+}
+
+#[test]
+fn signal_handler_does_io_while_main_does_io() {
+    let secs: u64 = std::env::var("ROBUST_SIGNAL_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let env = Env::new("signal");
+    let prog = env.cc("signal_io", "signal_io.c", &[]);
+    let (port, echoed) = echo_server();
+    let mut failures = Vec::new();
+    for redirected in [false, true] {
+        let label = if redirected { "redirected" } else { "native" };
+        let local = env.dir.path(&format!("signal-{label}"));
+        std::fs::create_dir_all(&local).unwrap();
+        let before = echoed.load(Ordering::Relaxed);
+        let mut cmd = env.command(redirected, &prog);
+        cmd.arg(env.tree(redirected))
+            .arg(&local)
+            .arg(port.to_string())
+            .arg(secs.to_string());
+        let f = run(cmd, Duration::from_secs(secs + 60));
+        show(label, &f);
+        println!(
+            "{label}: the handler ran {:?} times, main made {:?} iterations",
+            count(&f.stderr, "handler_runs"),
+            count(&f.stderr, "main_iterations")
+        );
+        // The echo server's count catches up once the connection is closed.
+        let sent = count(&f.stderr, "socket_bytes");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sent.is_some_and(|s| echoed.load(Ordering::Relaxed) - before < s)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let got = echoed.load(Ordering::Relaxed) - before;
+        let mut problems = Vec::new();
+        if !f.ok() {
+            problems.push(format!(
+                "{label}: signal_io {}",
+                if f.hung { "hung" } else { "failed" }
+            ));
+        }
+        if sent != Some(got) {
+            problems.push(format!(
+                "{label}: the program sent {sent:?} socket bytes, the echo server got {got}"
+            ));
+        }
+        // The remote files, as the storage domain (or the native run) left them.
+        let root = if redirected {
+            env.export()
+        } else {
+            env.local()
+        };
+        for (file, key) in [
+            ("sig-handler.dat", "remote_handler_bytes"),
+            ("sig-main.dat", "remote_main_bytes"),
+        ] {
+            let size = std::fs::metadata(root.join(file)).map(|m| m.len()).ok();
+            let want = count(&f.stderr, key);
+            if want.is_some_and(|w| w > 0) && size != want {
+                problems.push(format!(
+                    "{label}: {file} is {size:?} bytes in the tree, the program wrote {want:?}"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            continue;
+        }
+        let msg = format!("{}\n{}", problems.join("\n"), f.describe());
+        assert!(redirected, "the native run must pass first: {msg}");
+        failures.push(msg);
+    }
+    env.assert_not_escaped();
+    conclude("signal_handler_does_io_while_main_does_io", failures);
+}
+
+#[test]
+fn forks_from_threaded_program() {
+    let env = Env::new("forks");
+    env.put("ft.txt", b"read by every thread and every child\n");
+    let prog = env.cc("fork_threads", "fork_threads.c", &[]);
+    let (port, _) = echo_server();
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &prog);
+        cmd.arg(format!("{}/ft.txt", env.tree(redirected)))
+            .arg(port.to_string())
+            .args(["2000", "8"]);
+        let started = Instant::now();
+        let f = run(cmd, LIMIT);
+        show(
+            &format!(
+                "{} ({:.1?})",
+                if redirected { "redirected" } else { "native" },
+                started.elapsed()
+            ),
+            &f,
+        );
+        runs.push(f);
+    }
+    env.assert_not_escaped();
+    let r = compare(&env, "fork_threads", &runs[1], &runs[0]);
+    conclude("forks_from_threaded_program", r.err().into_iter().collect());
+}
+
+/// What the shim's exec state file looks like (`exec.rs`): magic, storage and network
+/// tokens, the routed cwd, then (fd, handle, flags, dir path) entries. This one claims
+/// stdin/stdout/stderr and fds 3..9 are the storage handle 0 and the cwd is inside the
+/// mount: a new image that believes it makes the program write its output to a remote file.
+fn forged_exec_state() -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&0x5649_5254_4558_4543u64.to_ne_bytes());
+    v.extend_from_slice(&0u64.to_ne_bytes());
+    v.extend_from_slice(&0u64.to_ne_bytes());
+    let cwd = format!("{MOUNT}/planted");
+    v.extend_from_slice(&(cwd.len() as u32).to_ne_bytes());
+    v.extend_from_slice(cwd.as_bytes());
+    for fd in 0..10i32 {
+        v.extend_from_slice(&fd.to_ne_bytes());
+        v.extend_from_slice(&0u32.to_ne_bytes());
+        v.push(0);
+        v.extend_from_slice(&0u32.to_ne_bytes());
+    }
+    v
+}
+
+/// The paths an unprivileged user plants for each pid.
+const PLANT_TEMPLATES: [&str; 6] = [
+    "/dev/shm/virtuos-exec-%d",
+    "/dev/shm/virtuos-%d",
+    "/dev/shm/virtuos-exec-%d.tmp",
+    "/tmp/virtuos-exec-%d",
+    "/tmp/virtuos-%d",
+    "/tmp/virtuos-exec-%d.tmp",
+];
+
+/// Planted paths, removed on drop (also when the test fails).
+#[derive(Default)]
+struct Planted(Vec<PathBuf>);
+
+impl Planted {
+    fn remove(&mut self) {
+        for p in self.0.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+#[test]
+fn unprivileged_planted_files_do_not_affect_root() {
+    const TEST: &str = "unprivileged_planted_files_do_not_affect_root";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            skip_allowed(),
+            "{TEST} needs root (it plants files as uid 65534 and runs the program as root); \
+             set VIRTUOS_ALLOW_SKIP=1 to skip it"
+        );
+        println!("skipping {TEST}: not root");
+        return;
+    }
+    let env = Env::new("planted");
+    env.put("f", b"the file's contents\nline two\n");
+    env.put("d/inner", b"inside d\n");
+    let planter = env.cc("plant", "plant.c", &[]);
+    let target = env.dir.path("root-owned-target");
+    let target_text = b"root's file: must never change\n";
+    std::fs::write(&target, target_text).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stamp = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.mode() & 0o7777, m.mtime(), m.mtime_nsec())
+    };
+    let mut target_stamp = stamp(&target);
+    let forged = env.dir.path("forged-state");
+    std::fs::write(&forged, forged_exec_state()).unwrap();
+    std::fs::set_permissions(&forged, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let scripts = [
+        r#"cd "$D/d" && exec cat "$D/f""#,
+        r#"exec 3<"$D/f"; exec cat <&3"#,
+    ];
+    let native: Vec<Finished> = scripts
+        .iter()
+        .map(|s| {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.args(["-c", s]).env("D", env.tree(false));
+            let f = run(cmd, Duration::from_secs(20));
+            assert!(f.ok(), "native {s}: {}", f.describe());
+            assert_eq!(f.out(), "the file's contents\nline two\n", "native {s}");
+            f
+        })
+        .collect();
+
+    // Control: each script redirected with nothing planted, to tell a failure the planted
+    // entries cause from one the script has anyway.
+    let control: Vec<bool> = scripts
+        .iter()
+        .zip(&native)
+        .map(|(s, n)| {
+            let mut cmd = env.redirected(Route::Both, "/bin/sh");
+            cmd.args(["-c", s]).env("D", MOUNT);
+            let f = run(cmd, Duration::from_secs(20));
+            let r = compare(&env, &format!("control (nothing planted): {s}"), &f, n);
+            println!(
+                "control, nothing planted: {s}: {}",
+                match &r {
+                    Ok(()) => "same as native".to_owned(),
+                    Err(e) => e.clone(),
+                }
+            );
+            r.is_ok()
+        })
+        .collect();
+
+    let mut failures = Vec::new();
+    // A script that fails without planted files would only fail (or hang, 20 s each) again:
+    // the planted runs use the scripts that work.
+    let usable: Vec<usize> = (0..scripts.len()).filter(|&i| control[i]).collect();
+    for (i, s) in scripts.iter().enumerate() {
+        if !control[i] {
+            failures.push(format!(
+                "{s} fails redirected even with nothing planted (see the control run above); \
+                 the planted runs use only the other script"
+            ));
+        }
+    }
+    let mut planted = Planted::default();
+    for kind in ["file", "symlink", "fifo"] {
+        let (mut hangs, mut runs, mut same) = (0, 0, 0);
+        for i in 0..if usable.is_empty() { 0 } else { 20 } {
+            let which = usable[i % usable.len()];
+            // Plant for the next 200 pids, as uid/gid 65534 without supplementary groups, and
+            // keep re-planting what disappears while the program runs.
+            let mut cmd = Command::new(&planter);
+            cmd.arg(kind)
+                .args(["200", "25"])
+                .arg(&target)
+                .arg(&forged)
+                .args(PLANT_TEMPLATES)
+                .uid(65534)
+                .gid(65534);
+            let mut attacker = Running::spawn(cmd);
+            let listed = attacker.until("ready\n", Duration::from_secs(20));
+            let Some(listed) = listed else {
+                let f = attacker.kill_now(false);
+                panic!("planting {kind} as uid 65534: {}", f.describe());
+            };
+            let mut lines = listed.lines();
+            let first_pid: u32 = lines.next().unwrap().parse().unwrap();
+            planted
+                .0
+                .extend(lines.filter(|l| *l != "ready").map(PathBuf::from));
+            assert!(
+                !planted.0.is_empty(),
+                "uid 65534 could plant nothing (are /dev/shm and /tmp world-writable?)"
+            );
+            let s = scripts[which];
+            let mut cmd = env.redirected(Route::Both, "/bin/sh");
+            cmd.args(["-c", s]).env("D", MOUNT);
+            let running = Running::spawn(cmd);
+            let pid = running.child.id();
+            let f = running.wait(Duration::from_secs(20));
+            attacker.kill_now(false);
+            planted.remove();
+            let covered = if (first_pid..first_pid + 200).contains(&pid) {
+                ""
+            } else {
+                ": NOT COVERED"
+            };
+            let what = format!(
+                "{kind}s planted, run {i}: {s} (planted for pids {first_pid}..+200, \
+                 virtuos-redirect got {pid}{covered})"
+            );
+            runs += 1;
+            match compare(&env, &what, &f, &native[which]) {
+                Ok(()) => same += 1,
+                Err(e) => failures.push(e),
+            }
+            if f.hung {
+                hangs += 1;
+                if hangs == 2 {
+                    failures.push(format!("{kind}s: stopped after 2 hung runs (of {})", i + 1));
+                    break;
+                }
+            }
+        }
+        println!("{kind}s planted: {same} of {runs} redirected runs same as native");
+        let now = std::fs::read(&target).unwrap();
+        if now != target_text {
+            failures.push(format!(
+                "after planting {kind}s: the root-owned symlink target {} was overwritten: {:?}",
+                target.display(),
+                String::from_utf8_lossy(&now)
+            ));
+            std::fs::write(&target, target_text).unwrap();
+        } else if stamp(&target) != target_stamp {
+            failures.push(format!(
+                "after planting {kind}s: the root-owned symlink target was touched: \
+                 (uid, mode, mtime) {:?}, was {target_stamp:?}",
+                stamp(&target)
+            ));
+        }
+        target_stamp = stamp(&target);
+    }
+    env.assert_not_escaped();
+    conclude(TEST, failures);
+}
