@@ -966,6 +966,47 @@ fn signal_handler_does_io_while_main_does_io() {
 }
 
 #[test]
+fn signal_handler_runs_every_entry_point_inside_every_other() {
+    // Twenty kinds of interposed call from a 10 kHz SIGALRM handler, while main runs the
+    // same kinds in the opposite order (robust/signal_all.c): every result checked.
+    let secs: u64 = std::env::var("ROBUST_SIGNAL_ALL_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let env = Env::new("sigall");
+    let prog = env.cc("signal_all", "signal_all.c", &[]);
+    let (port, _) = echo_server();
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let label = if redirected { "redirected" } else { "native" };
+        let local = env.dir.path(&format!("sigall-{label}"));
+        std::fs::create_dir_all(&local).unwrap();
+        let mut cmd = env.command(redirected, &prog);
+        cmd.arg(env.tree(redirected))
+            .arg(&local)
+            .arg(port.to_string())
+            .arg(secs.to_string());
+        let f = run(cmd, Duration::from_secs(secs + 60));
+        show(label, &f);
+        println!(
+            "{label}: the handler ran {:?} times, main made {:?} iterations",
+            count(&f.stderr, "handler_runs"),
+            count(&f.stderr, "main_iterations")
+        );
+        runs.push(f);
+    }
+    let mut failures = Vec::new();
+    if let Err(e) = compare(&env, "signal_all", &runs[1], &runs[0]) {
+        failures.push(e);
+    }
+    env.assert_not_escaped();
+    conclude(
+        "signal_handler_runs_every_entry_point_inside_every_other",
+        failures,
+    );
+}
+
+#[test]
 fn forks_from_threaded_program() {
     let env = Env::new("forks");
     env.put("ft.txt", b"read by every thread and every child\n");
