@@ -140,7 +140,10 @@ fn path_arg(p: u64) -> Result<&'static [u8], i64> {
     if p == 0 {
         return Err(e(libc::EFAULT));
     }
-    c_str(p, paths::PATH_MAX).ok_or(e(libc::ENAMETOOLONG))
+    c_str(p, paths::PATH_MAX - 1).map_err(|x| match x {
+        sys::StrError::Fault => e(libc::EFAULT),
+        sys::StrError::TooLong => e(libc::ENAMETOOLONG),
+    })
 }
 
 /// Dispatches system call `nr` with arguments `a`.
@@ -634,7 +637,7 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
 
 /// `proc_fd` of a path argument.
 fn by_proc_fd(p: u64) -> Option<Remote> {
-    c_str(p, 64).and_then(proc_fd)
+    c_str(p, 64).ok().and_then(proc_fd)
 }
 
 /// FChown on a remote file (uid/gid `u32::MAX`, as -1 from C, leave it unchanged).

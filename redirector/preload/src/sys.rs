@@ -201,26 +201,61 @@ pub fn install_sigsys_handler() -> Result<(), i64> {
     Ok(())
 }
 
-/// Reads a NUL-terminated string from the application (at most `max` bytes).
+/// Why a string argument could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StrError {
+    /// Not readable: EFAULT.
+    Fault,
+    /// No terminator within the limit.
+    TooLong,
+}
+
+/// Reads a NUL-terminated string from the application (at most `max` bytes before the NUL).
 ///
-/// Returns `None` for a null pointer or a string without a terminator within `max`.
-pub fn c_str<'a>(p: u64, max: usize) -> Option<&'a [u8]> {
+/// Every byte up to the terminator is first copied by the kernel (`process_vm_readv` on this
+/// process, the user-space `copy_from_user`), so an unreadable address is EFAULT, as from the
+/// kernel, never a SIGSEGV in the shim; the returned slice then views the checked bytes.
+pub fn c_str<'a>(p: u64, max: usize) -> Result<&'a [u8], StrError> {
     if p == 0 {
-        return None;
+        return Err(StrError::Fault);
     }
-    // SAFETY: the application passed this pointer as a path argument of a system call, which
-    // requires it to be a readable NUL-terminated string; we never read beyond its terminator.
-    unsafe {
-        let s = p as *const u8;
-        let mut n = 0;
-        while n < max {
-            if *s.add(n) == 0 {
-                return Some(std::slice::from_raw_parts(s, n));
-            }
-            n += 1;
+    let pid = sys(libc::SYS_getpid, &[]);
+    let mut chunk = [0u8; 256];
+    let mut at = 0usize;
+    while at <= max {
+        let want = chunk.len().min(max + 1 - at);
+        let local = libc::iovec {
+            iov_base: chunk.as_mut_ptr().cast(),
+            iov_len: want,
+        };
+        let remote = libc::iovec {
+            iov_base: (p + at as u64) as *mut libc::c_void,
+            iov_len: want,
+        };
+        // A read that crosses into an unmapped page returns the bytes before it.
+        let n = sys(
+            libc::SYS_process_vm_readv,
+            &[
+                pid as u64,
+                &local as *const libc::iovec as u64,
+                1,
+                &remote as *const libc::iovec as u64,
+                1,
+                0,
+            ],
+        );
+        if n <= 0 {
+            return Err(StrError::Fault);
         }
+        if let Some(z) = chunk[..n as usize].iter().position(|&c| c == 0) {
+            // SAFETY: the kernel just read every byte of `p .. p + at + z` (and the NUL) from
+            // this process: they are mapped and readable, as the system call requires its
+            // path argument to be; we view exactly those bytes.
+            return Ok(unsafe { std::slice::from_raw_parts(p as *const u8, at + z) });
+        }
+        at += n as usize;
     }
-    None
+    Err(StrError::TooLong)
 }
 
 /// The application's buffer `p..p+len` as a mutable byte slice.
