@@ -283,6 +283,7 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             return open_at(fd, a[1], how.flags, how.mode, nr, a);
         }
         libc::SYS_close => return close(fd).map(Some),
+        libc::SYS_bind | libc::SYS_connect => return unix_socket_path(nr, a),
         libc::SYS_read => return on_fd(fd, |r| rw(r, false, a[1], a[2] as usize, None)),
         libc::SYS_write => return on_fd(fd, |r| rw(r, true, a[1], a[2] as usize, None)),
         libc::SYS_pread64 => return on_fd(fd, |r| rw(r, false, a[1], a[2] as usize, Some(a[3]))),
@@ -793,6 +794,44 @@ fn close(fd: i64) -> Result<i64, i64> {
                 }
             }
             Ok(rc)
+        }
+    }
+}
+
+/// `bind`/`connect` of an AF_UNIX socket to a path: a path the kernel would resolve somewhere
+/// else than the program means (relative to a routed cwd, or under the mount) must not land
+/// in the process's real cwd. Under the mount: EOPNOTSUPP (the storage domain cannot host a
+/// socket another process could reach); out of it through `..`: the full path.
+fn unix_socket_path(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
+    const SUN: usize = std::mem::size_of::<libc::sockaddr_un>();
+    let (addr, len) = (a[1], a[2] as usize);
+    if config::get().mount.is_none() || addr == 0 || len <= 2 || len > SUN {
+        return Ok(None);
+    }
+    let mut un = [0u8; SUN];
+    if !sys::read_user(addr, &mut un[..len]) {
+        return Err(e(libc::EFAULT));
+    }
+    if u16::from_ne_bytes([un[0], un[1]]) != libc::AF_UNIX as u16 || un[2] == 0 {
+        return Ok(None); // not AF_UNIX, or an abstract address
+    }
+    let p = &un[2..len];
+    let p = &p[..p.iter().position(|&c| c == 0).unwrap_or(p.len())];
+    match resolve(AT_FDCWD, p)? {
+        Loc::Local => Ok(None),
+        Loc::Remote(_) => Err(e(libc::EOPNOTSUPP)),
+        Loc::LocalAt(full) => {
+            let f = full.as_bytes();
+            if f.len() + 1 > SUN - 2 {
+                return Err(e(libc::ENAMETOOLONG));
+            }
+            let mut out = [0u8; SUN];
+            out[..2].copy_from_slice(&un[..2]);
+            out[2..2 + f.len()].copy_from_slice(f);
+            let mut b = a;
+            b[1] = out.as_ptr() as u64;
+            b[2] = (2 + f.len() + 1) as u64;
+            Ok(Some(syscall6(nr, b)))
         }
     }
 }

@@ -201,6 +201,34 @@ pub fn install_sigsys_handler() -> Result<(), i64> {
     Ok(())
 }
 
+/// Copies `out.len()` bytes of the application's memory at `p` into `out` through the kernel
+/// (`process_vm_readv` on this process): false, and nothing read, for an unreadable range.
+pub fn read_user(p: u64, out: &mut [u8]) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: out.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: p as *mut libc::c_void,
+        iov_len: out.len(),
+    };
+    let pid = sys(libc::SYS_getpid, &[]);
+    sys(
+        libc::SYS_process_vm_readv,
+        &[
+            pid as u64,
+            &local as *const libc::iovec as u64,
+            1,
+            &remote as *const libc::iovec as u64,
+            1,
+            0,
+        ],
+    ) == out.len() as i64
+}
+
 /// Why a string argument could not be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StrError {
