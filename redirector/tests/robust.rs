@@ -1007,6 +1007,100 @@ fn signal_handler_runs_every_entry_point_inside_every_other() {
 }
 
 #[test]
+fn bad_pointers_are_efault() {
+    // Unmapped path pointers (low, the last page, a string running into a protected page):
+    // the kernel answers EFAULT; so must the shim, under the mount and outside it.
+    let env = Env::new("badptr");
+    let prog = env.cc("bad_ptr", "bad_ptr.c", &[]);
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &prog);
+        cmd.arg(env.tree(redirected));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0].out().contains("open(low) = -1 (EFAULT)"),
+        "native: {}",
+        runs[0].describe()
+    );
+    env.assert_not_escaped();
+    let r = compare(&env, "bad_ptr", &runs[1], &runs[0]);
+    conclude("bad_pointers_are_efault", r.err().into_iter().collect());
+}
+
+#[test]
+fn unix_socket_under_the_mount_and_children_with_a_routed_cwd() {
+    // AF_UNIX bind under the mount: EOPNOTSUPP, and no socket file anywhere else (the
+    // storage domain cannot host a socket). Children started with a cwd under the mount
+    // (subprocess cwd=, posix_spawn's chdir action through os.posix_spawn's analogue in
+    // subprocess, system() after chdir) run there, and the parent's cwd does not move.
+    let env = Env::new("unixcwd");
+    env.put("d/f.txt", b"in d\n");
+    let py = python();
+    let script = r#"
+import os, socket, subprocess, sys
+tree = sys.argv[1]
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.bind(os.path.join(tree, "u.sock"))
+    print("bind under the tree: ok")
+except OSError as e:
+    print("bind under the tree:", e.strerror)
+start = os.getcwd()
+out = subprocess.run(["cat", "f.txt"], cwd=os.path.join(tree, "d"), capture_output=True)
+print("child in d:", out.stdout.decode().strip(), out.returncode)
+print("parent cwd unchanged:", os.getcwd() == start)
+out = subprocess.run(["pwd"], cwd="/tmp", capture_output=True)
+print("child in /tmp:", out.stdout.decode().strip())
+os.chdir(os.path.join(tree, "d"))
+print("system:", os.system("cat f.txt >/dev/null && exit 7") >> 8)
+out = subprocess.run(["cat", "f.txt"], capture_output=True)
+print("child inherits cwd d:", out.stdout.decode().strip())
+out = subprocess.run(["pwd"], cwd="/tmp", capture_output=True)
+print("child in /tmp from d:", out.stdout.decode().strip(), "parent still in d:", os.path.basename(os.getcwd()))
+"#;
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &py);
+        cmd.arg("-c").arg(script).arg(env.tree(redirected));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    let mut failures = Vec::new();
+    let (n, r) = (
+        env.normalized(&runs[0], false),
+        env.normalized(&runs[1], true),
+    );
+    assert!(
+        runs[0].ok() && n.contains("bind under the tree: ok"),
+        "native: {}",
+        runs[0].describe()
+    );
+    // The one difference allowed: the bind.
+    let want = n.replace(
+        "bind under the tree: ok",
+        "bind under the tree: Operation not supported",
+    );
+    if !runs[1].ok() || r != want {
+        failures.push(format!(
+            "redirected differs:\n--- redirected:\n{r}\n--- wanted:\n{want}\n{}",
+            runs[1].describe()
+        ));
+    }
+    if env.export().join("u.sock").exists() {
+        failures.push("a u.sock appeared in the export".into());
+    }
+    env.assert_not_escaped();
+    conclude(
+        "unix_socket_under_the_mount_and_children_with_a_routed_cwd",
+        failures,
+    );
+}
+
+#[test]
 fn forks_from_threaded_program() {
     let env = Env::new("forks");
     env.put("ft.txt", b"read by every thread and every child\n");
