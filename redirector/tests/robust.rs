@@ -1101,6 +1101,69 @@ print("child in /tmp from d:", out.stdout.decode().strip(), "parent still in d:"
 }
 
 #[test]
+fn path_semantics_are_the_file_systems() {
+    // rmdir a/b/. (EINVAL) and a/b/.. (ENOTEMPTY, never a removed directory), rename a/.,
+    // touch through a symlink then .., open("newdir/", O_CREAT) (EISDIR), a file with a
+    // trailing slash (ENOTDIR), an absolute symlink into the tree followed and read back.
+    let env = Env::new("paths");
+    for root in [env.export(), env.local()] {
+        for d in ["pt/a/b", "pt/x/y/z", "pt/d"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink("x/y/z", root.join("pt/s")).unwrap();
+    }
+    let py = python();
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &py);
+        cmd.arg(source("paths.py"))
+            .arg(format!("{}/pt", env.tree(redirected)));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0].out().contains("rmdir a/b/.. ENOTEMPTY"),
+        "native: {}",
+        runs[0].describe()
+    );
+    let mut failures: Vec<String> = compare(&env, "paths.py", &runs[1], &runs[0])
+        .err()
+        .into_iter()
+        .collect();
+    // The trees the two runs left behind are the same.
+    let tree = |root: PathBuf| {
+        let mut v: Vec<String> = walk(&root.join("pt"))
+            .into_iter()
+            .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    if tree(env.export()) != tree(env.local()) {
+        failures.push(format!(
+            "trees differ: export {:?} vs native {:?}",
+            tree(env.export()),
+            tree(env.local())
+        ));
+    }
+    env.assert_not_escaped();
+    conclude("path_semantics_are_the_file_systems", failures);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        out.push(p.clone());
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            out.extend(walk(&p));
+        }
+    }
+    out
+}
+
+#[test]
 fn forks_from_threaded_program() {
     let env = Env::new("forks");
     env.put("ft.txt", b"read by every thread and every child\n");

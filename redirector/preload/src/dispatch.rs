@@ -94,7 +94,18 @@ fn resolve(dirfd: i64, path: &[u8]) -> Result<Loc, i64> {
     };
     Ok(
         match paths::strip_prefix(full.as_bytes(), mount.as_bytes()) {
-            Some(rel) => Loc::Remote(rel),
+            // The file system owns path semantics: the server gets the path as the program
+            // wrote it (below the mount, or below a routed base directory) whenever that
+            // can be said without leaving the export, and resolves `.`, `..`, symlinks and
+            // trailing slashes itself; the folded path only where it cannot.
+            Some(rel) => Loc::Remote(
+                match &base {
+                    None => paths::raw_absolute(path, mount.as_bytes()),
+                    Some(b) => paths::strip_prefix(b.as_bytes(), mount.as_bytes())
+                        .and_then(|br| paths::raw_below(br.as_bytes(), path)),
+                }
+                .unwrap_or(rel),
+            ),
             // `..` led out of the mount: the kernel cannot walk the remote part, so it gets the
             // folded path instead.
             None if entered => Loc::LocalAt(full),
@@ -767,7 +778,11 @@ pub fn open_remote(rp: &[u8], flags: u64, mode: u64) -> i64 {
         return ph;
     }
     if is_dir {
-        fdtable::set_dir_path(handle, rp);
+        // Kept folded: later relative paths are joined to it lexically.
+        match paths::normalize(rp) {
+            Ok(n) => fdtable::set_dir_path(handle, n.as_bytes()),
+            Err(_) => fdtable::set_dir_path(handle, rp),
+        }
     }
     fdtable::set(ph, r);
     ph
@@ -1011,8 +1026,17 @@ fn two_paths(
     }))
 }
 
+/// Absolute symlink targets inside the export are relative to the export root (that is how
+/// the server resolves them): a target under the mount prefix is stored without it, and
+/// `readlink` puts the prefix back, so the program reads what it wrote and the link resolves.
 fn symlink(target: u64, dirfd: i64, p: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
     let t = path_arg(target)?;
+    let translated = config::get()
+        .mount
+        .as_ref()
+        .filter(|m| enters(t, m.as_bytes()))
+        .and_then(|m| paths::raw_absolute(t, m.as_bytes()));
+    let t: &[u8] = translated.as_ref().map_or(t, |x| x.as_bytes());
     path_op(dirfd, p, nr, a, |rp| {
         remote::call(Opcode::SymlinkAt, [0; 5], &[t, rp], None)
     })
@@ -1030,13 +1054,25 @@ fn readlink(
         return Err(e(libc::EINVAL));
     }
     path_op(dirfd, p, nr, a, |rp| {
-        let n = (size as usize).min(remote::window());
-        remote::call(
-            Opcode::ReadLinkAt,
-            [0; 5],
-            &[rp],
-            Some(user_buf_mut(buf, n)),
-        )
+        let mut target = vec![0u8; paths::PATH_MAX.min(remote::window())];
+        let n = remote::call(Opcode::ReadLinkAt, [0; 5], &[rp], Some(&mut target));
+        if n < 0 {
+            return n;
+        }
+        let mut t = &target[..n as usize];
+        let mut full = Vec::new();
+        if let Some(m) = config::get().mount.as_ref() {
+            if t.first() == Some(&b'/') && m.as_bytes() != b"/" {
+                full.extend_from_slice(m.as_bytes());
+                if t != b"/" {
+                    full.extend_from_slice(t);
+                }
+                t = &full;
+            }
+        }
+        let k = t.len().min(size as usize);
+        user_buf_mut(buf, k).copy_from_slice(&t[..k]);
+        k as i64
     })
 }
 

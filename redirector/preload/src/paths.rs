@@ -103,6 +103,67 @@ pub fn join(base: &[u8], rel: &[u8]) -> Result<PathBuf, PathError> {
     normalize(tmp.as_bytes())
 }
 
+/// `rest` (a path relative to the export-relative, normalised directory `base`) as the file
+/// system should see it, relative to the export root: `base` then `rest` exactly as written,
+/// `.`, `..` and trailing slashes kept for the server to resolve with Linux's rules (`..`
+/// through a symlink, `rmdir a/b/..`, `open("dir/", O_CREAT)`). None when `rest` leaves the
+/// export lexically (the caller then decides on the folded path) or it is too long.
+pub fn raw_below(base: &[u8], rest: &[u8]) -> Option<PathBuf> {
+    let mut depth: isize = base
+        .split(|&c| c == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .count() as isize;
+    for comp in rest.split(|&c| c == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return None;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    let base = base.strip_suffix(b"/").unwrap_or(base);
+    let mut out = PathBuf::default();
+    out.push_bytes(base)?;
+    let rest = &rest[rest.iter().position(|&c| c != b'/').unwrap_or(rest.len())..];
+    if !rest.is_empty() || out.len == 0 {
+        out.push_bytes(b"/")?;
+    }
+    out.push_bytes(rest)?;
+    Some(out)
+}
+
+/// Absolute `raw` whose leading components spell `mount` (a normalised prefix; empty and `.`
+/// components of `raw` are skipped while matching): the rest as [`raw_below`] keeps it.
+pub fn raw_absolute(raw: &[u8], mount: &[u8]) -> Option<PathBuf> {
+    if raw.first() != Some(&b'/') {
+        return None;
+    }
+    let mut at = 0usize;
+    for want in mount.split(|&c| c == b'/').filter(|c| !c.is_empty()) {
+        loop {
+            while raw.get(at) == Some(&b'/') {
+                at += 1;
+            }
+            let end = raw[at..]
+                .iter()
+                .position(|&c| c == b'/')
+                .map_or(raw.len(), |i| at + i);
+            let comp = &raw[at..end];
+            at = end;
+            match comp {
+                b"." => continue,
+                c if c == want => break,
+                _ => return None,
+            }
+        }
+    }
+    raw_below(b"/", &raw[at..])
+}
+
 /// If normalised absolute `path` is `prefix` or below it, the part below (starting with `/`).
 pub fn strip_prefix(path: &[u8], prefix: &[u8]) -> Option<PathBuf> {
     let prefix = if prefix.len() > 1 && prefix.ends_with(b"/") {
@@ -125,6 +186,33 @@ pub fn strip_prefix(path: &[u8], prefix: &[u8]) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn rb(base: &str, rest: &str) -> Option<String> {
+        raw_below(base.as_bytes(), rest.as_bytes())
+            .map(|p| String::from_utf8(p.as_bytes().to_vec()).unwrap())
+    }
+
+    fn ra(raw: &str, mount: &str) -> Option<String> {
+        raw_absolute(raw.as_bytes(), mount.as_bytes())
+            .map(|p| String::from_utf8(p.as_bytes().to_vec()).unwrap())
+    }
+
+    #[test]
+    fn raw_paths_keep_dots_and_trailing_slashes() {
+        assert_eq!(ra("/vt/a/b/..", "/vt").as_deref(), Some("/a/b/.."));
+        assert_eq!(ra("/vt//./a/.", "/vt").as_deref(), Some("/./a/."));
+        assert_eq!(ra("/vt/newdir/", "/vt").as_deref(), Some("/newdir/"));
+        assert_eq!(ra("/vt", "/vt").as_deref(), Some("/"));
+        assert_eq!(ra("/vt/", "/vt").as_deref(), Some("/"));
+        assert_eq!(ra("/mnt/x/s/../m", "/mnt/x").as_deref(), Some("/s/../m"));
+        assert_eq!(ra("/vtx/a", "/vt"), None);
+        assert_eq!(ra("/vt/../vt/a", "/vt"), None);
+        assert_eq!(ra("/vt/a/../..", "/vt"), None);
+        assert_eq!(rb("/x", "b/..").as_deref(), Some("/x/b/.."));
+        assert_eq!(rb("/", "s/../m").as_deref(), Some("/s/../m"));
+        assert_eq!(rb("/x", "../.."), None);
+        assert_eq!(rb("/x", "..").as_deref(), Some("/x/.."));
+    }
 
     fn n(s: &str) -> String {
         String::from_utf8(normalize(s.as_bytes()).unwrap().as_bytes().to_vec()).unwrap()
