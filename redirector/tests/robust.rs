@@ -1164,6 +1164,53 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+fn make_builds_and_runs_programs_inside_the_mount() {
+    // GNU make building a small C project inside the mount (its recipes are posix_spawn'ed
+    // with the routed cwd), then the built binary and a #! script run from there: the kernel
+    // cannot open them, so the shim executes their image from a memfd.
+    let env = Env::new("make");
+    env.put(
+        "proj/main.c",
+        b"int f(void);\nint main(void) { return f(); }\n",
+    );
+    env.put("proj/f.c", b"int f(void) { return 3; }\n");
+    env.put(
+        "proj/Makefile",
+        b"all: prog\nprog: main.o f.o\n\tcc -o $@ $^\n%.o: %.c\n\tcc -c -o $@ $<\nclean:\n\trm -f *.o prog\n",
+    );
+    for root in [env.export(), env.local()] {
+        let s = root.join("proj/s.sh");
+        std::fs::write(&s, b"#!/bin/sh\necho \"script: $*\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(root.join("proj/noexec"), b"x").unwrap();
+    }
+    let script = "cd \"$1/proj\" && make -s && ./prog; echo prog=$?; ./s.sh a b; ./noexec 2>/dev/null; echo noexec=$?; make -s clean; ls";
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, "/bin/sh");
+        cmd.arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(env.tree(redirected));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0].out().contains("prog=3"),
+        "native: {}",
+        runs[0].describe()
+    );
+    env.assert_not_escaped();
+    let r = compare(&env, "make", &runs[1], &runs[0]);
+    conclude(
+        "make_builds_and_runs_programs_inside_the_mount",
+        r.err().into_iter().collect(),
+    );
+}
+
+#[test]
 fn forks_from_threaded_program() {
     let env = Env::new("forks");
     env.put("ft.txt", b"read by every thread and every child\n");

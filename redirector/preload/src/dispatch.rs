@@ -668,6 +668,14 @@ fn on_fd(fd: i64, f: impl FnOnce(Remote) -> i64) -> Result<Option<i64>, i64> {
 }
 
 /// Runs `f` on the remote path, or the call locally.
+/// The export-relative path of an exec's program if it lives in the storage domain.
+pub(crate) fn exec_target(dirfd: i64, p: u64) -> Result<Option<PathBuf>, i64> {
+    match resolve(dirfd, path_arg(p)?)? {
+        Loc::Remote(rp) => Ok(Some(rp)),
+        _ => Ok(None),
+    }
+}
+
 fn path_op(
     dirfd: i64,
     p: u64,

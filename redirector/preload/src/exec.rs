@@ -298,8 +298,116 @@ struct Entry {
 /// handler, so the heavy part ([`prepare`]) runs in a frame of its own that has returned (and
 /// freed everything it allocated) before the exec itself.
 pub fn execve(nr: i64, a: [u64; 6]) -> i64 {
+    // A program that lives in the storage domain: the kernel cannot open it, so its image
+    // is copied into a memfd and executed from there (as fexecve does).
+    // The preparation may resolve paths and build the hand-over: on a stack of its own, as
+    // the exec may come from a posix_spawn child's 32 KiB stack.
+    let prepared = sys::on_big_stack(256 << 10, || remote_image(nr, a));
+    let (nr, a, image) = match prepared {
+        Ok(Some((fd, b))) => (libc::SYS_execveat, b, Some(fd)),
+        Ok(None) => (nr, a, None),
+        Err(r) => return r,
+    };
+    let r = execve_local(nr, a);
+    if let Some(fd) = image {
+        reserve::release(fd);
+    }
+    r
+}
+
+/// Copies the program `a` names into a memfd when it lives in the storage domain: the
+/// arguments of an `execveat(memfd, "", argv, envp, AT_EMPTY_PATH)`, and the memfd. Scripts
+/// (`#!`) keep the memfd open across the exec, at a reserved number, for their interpreter
+/// to read as `/dev/fd/N`; binaries get a close-on-exec one.
+fn remote_image(nr: i64, a: [u64; 6]) -> Result<Option<(i32, [u64; 6])>, i64> {
+    let (dirfd, p, argv, envp, flags) = if nr == libc::SYS_execveat {
+        (a[0] as i32 as i64, a[1], a[2], a[3], a[4])
+    } else {
+        (libc::AT_FDCWD as i64, a[0], a[1], a[2], 0)
+    };
+    if p == 0 || config::get().mount.is_none() {
+        return Ok(None);
+    }
+    let Some(rp) = crate::dispatch::exec_target(dirfd, p)? else {
+        return Ok(None);
+    };
+    // Search and execute permission, as the kernel checks them, under the caller's
+    // credentials in the domain.
+    let r = remote::call(
+        Opcode::AccessAt,
+        [libc::X_OK as u64, 0, 0, 0, 0],
+        &[rp.as_bytes()],
+        None,
+    );
+    if r < 0 {
+        return Err(r);
+    }
+    let mut args = [(libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0, 0];
+    let (h, mode) = remote::call_aux(Opcode::OpenAt, &mut args, &[rp.as_bytes()], None);
+    if h < 0 {
+        return Err(h);
+    }
+    let close = |h: i64| remote::call(Opcode::Close, [h as u64, 0, 0, 0, 0], &[], None);
+    if mode as u32 & libc::S_IFMT != libc::S_IFREG {
+        close(h);
+        return Err(-(libc::EACCES as i64));
+    }
+    let m = sys::sys(
+        libc::SYS_memfd_create,
+        &[c"virtuos-exec-image".as_ptr() as u64, 0],
+    );
+    if m < 0 {
+        close(h);
+        return Err(m);
+    }
+    let mut buf = vec![0u8; remote::window().clamp(4096, 1 << 20)];
+    let mut off = 0u64;
+    let mut script = false;
+    loop {
+        let n = remote::call(Opcode::PRead, [h as u64, off, 0, 0, 0], &[], Some(&mut buf));
+        if n < 0 {
+            close(h);
+            sys::sys(libc::SYS_close, &[m as u64]);
+            return Err(n);
+        }
+        if n == 0 {
+            break;
+        }
+        if off == 0 {
+            script = buf.starts_with(b"#!");
+        }
+        let w = sys::sys(
+            libc::SYS_pwrite64,
+            &[m as u64, buf.as_ptr() as u64, n as u64, off],
+        );
+        if w != n {
+            close(h);
+            sys::sys(libc::SYS_close, &[m as u64]);
+            return Err(if w < 0 { w } else { -(libc::EIO as i64) });
+        }
+        off += n as u64;
+    }
+    close(h);
+    drop(buf);
+    // Binaries: close-on-exec; scripts: inherited, for the interpreter.
+    let fd = reserve::place_raw(m as i32, !script);
+    let _ = flags;
+    Ok(Some((
+        fd,
+        [
+            fd as u64,
+            c"".as_ptr() as u64,
+            argv,
+            envp,
+            libc::AT_EMPTY_PATH as u64,
+            0,
+        ],
+    )))
+}
+
+fn execve_local(nr: i64, a: [u64; 6]) -> i64 {
     let env_at = if nr == libc::SYS_execveat { 3 } else { 2 };
-    let entry = prepare();
+    let entry = sys::on_big_stack(256 << 10, prepare);
     let r = exec_with_env(nr, a, env_at, entry.as_ref().map(|e| &e.buf[..]));
     if let Some(e) = entry {
         // Still here: the exec failed. The old image keeps its state; drop the hand-over.

@@ -29,8 +29,63 @@ core::arch::global_asm!(
     ".popsection",
 );
 
+core::arch::global_asm!(
+    ".pushsection .text.virtuos_on_stack,\"ax\",@progbits",
+    ".globl virtuos_call_on_stack",
+    ".hidden virtuos_call_on_stack",
+    ".type virtuos_call_on_stack,@function",
+    // (arg: rdi, f: rsi, stack_top: rdx): calls f(arg) on the given stack, then returns on
+    // the caller's.
+    "virtuos_call_on_stack:",
+    "push rbp",
+    "mov rbp, rsp",
+    "and rdx, -16",
+    "mov rsp, rdx",
+    "call rsi",
+    "mov rsp, rbp",
+    "pop rbp",
+    "ret",
+    ".size virtuos_call_on_stack, . - virtuos_call_on_stack",
+    ".popsection",
+);
+
 extern "C" {
     fn virtuos_syscall6(nr: i64, a: u64, b: u64, c: u64, d: u64, e: u64, f: u64) -> i64;
+    fn virtuos_call_on_stack(arg: *mut u8, f: extern "C" fn(*mut u8), stack_top: *mut u8);
+}
+
+/// Runs `f` on a stack of `size` bytes from the shim's allocator, then frees it: for work
+/// that may be reached on a small stack (a `posix_spawn` child's 32 KiB, a signal handler's
+/// alternate stack). Falls back to the current stack when no memory is left.
+pub fn on_big_stack<R, F: FnOnce() -> R>(size: usize, f: F) -> R {
+    struct Call<F, R> {
+        f: Option<F>,
+        r: Option<R>,
+    }
+    extern "C" fn run<F: FnOnce() -> R, R>(p: *mut u8) {
+        // SAFETY: `p` is the `Call` that `on_big_stack` passed, alive for this call.
+        let c = unsafe { &mut *(p as *mut Call<F, R>) };
+        if let Some(f) = c.f.take() {
+            c.r = Some(f());
+        }
+    }
+    let mut stack: Vec<u8> = Vec::new();
+    if stack.try_reserve_exact(size).is_err() {
+        return f();
+    }
+    let mut call = Call {
+        f: Some(f),
+        r: None,
+    };
+    // SAFETY: the stack is `size` writable bytes owned here until after the call; the
+    // trampoline switches to its top, calls `run` (a plain extern "C" function, which
+    // unwinding cannot leave: a panic aborts at the extern "C" boundary) and switches back.
+    unsafe {
+        let top = stack.as_mut_ptr().add(size);
+        virtuos_call_on_stack(&mut call as *mut Call<F, R> as *mut u8, run::<F, R>, top);
+    }
+    drop(stack);
+    call.r.expect("the function ran")
 }
 
 /// Makes a system call from the trampoline; returns the raw result (`-errno` on failure).
