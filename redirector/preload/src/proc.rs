@@ -25,11 +25,21 @@ pub static CHILD_STATE: std::sync::atomic::AtomicUsize = std::sync::atomic::Atom
 /// exec). A process that has gone, exec'd, or cannot be compared does not.
 pub fn shares_memory_with(pid: i64) -> bool {
     let me = sys::sys(libc::SYS_getpid, &[]);
-    pid == me
-        || sys::sys(
-            libc::SYS_kcmp,
-            &[me as u64, pid as u64, 2 /* KCMP_VM */, 0, 0],
-        ) == 0
+    if pid == me {
+        return true;
+    }
+    match sys::sys(
+        libc::SYS_kcmp,
+        &[me as u64, pid as u64, 2 /* KCMP_VM */, 0, 0],
+    ) {
+        0 => true,
+        // Cannot compare (no kcmp in this kernel, or not allowed): a live process may still
+        // be sharing; only a gone one certainly is not.
+        r if r == -(libc::ENOSYS as i64) || r == -(libc::EPERM as i64) => {
+            sys::sys(libc::SYS_kill, &[pid as u64, 0]) != -(libc::ESRCH as i64)
+        }
+        _ => false,
+    }
 }
 
 /// In the owner, at the start of every dispatched call: frees what shared children that no
