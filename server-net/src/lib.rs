@@ -133,11 +133,11 @@ impl Net {
         Ok(v)
     }
 
-    /// Adds a new socket to the session's table and starts watching it.
+    /// Adds a new socket to the session's table (charged to the client's uid; `EMFILE`, the
+    /// socket closed, past its budget) and starts watching it.
     fn install(&self, call: &Call<'_>, fd: OwnedFd) -> Result<i64, i32> {
         forget_flags(&fd);
-        let fd: Handle = Arc::new(fd);
-        let h = call.fds().insert(fd.clone()).map_err(|e| e.get())?;
+        let (h, fd) = call.fds().insert_new(fd).map_err(|e| e.get())?;
         self.watch.add(&call.session(), h, &fd);
         Ok(i64::from(h))
     }
@@ -172,6 +172,11 @@ impl Net {
             Err(e) => return err(call, e),
         };
         let flags = int_arg(a[1]) & libc::SOCK_NONBLOCK;
+        // No room for the new socket: leave the connection queued rather than take and drop
+        // it, as Linux does for a process at its fd limit.
+        if !call.fds().has_room() {
+            return err(call, libc::EMFILE);
+        }
         if nonblocking(&fd) {
             let mut addr = [0u8; ADDR_MAX];
             let r = sys::accept4(fd.as_fd(), &mut addr, flags);
@@ -671,7 +676,7 @@ impl Handler for Net {
 
     fn adopted(&self, call: &Call<'_>) {
         let s = call.session();
-        // The table was replaced: stop watching the old sockets (the watcher's duplicates
+        // The table was replaced: stop watching the old sockets (the watcher's references
         // would keep them open) and clear their words, then watch the adopted ones.
         for h in self.watch.remove_session(s.id()) {
             s.clear_event(h as usize);

@@ -15,6 +15,12 @@ use virtuos_net::Net;
 /// named by --netns). Readiness of every socket is pushed into the client's shared memory, so
 /// poll, select and epoll in the application see it without asking. Binding a port below
 /// net.ipv4.ip_unprivileged_port_start needs a client with CAP_NET_BIND_SERVICE.
+///
+/// No client can stop the server or starve the others: it raises its RLIMIT_NOFILE soft limit
+/// to the hard limit, holds one descriptor per socket, answers a call that meets a resource
+/// limit with that error (EMFILE, ENFILE, ENOBUFS), keeps accepting when the process is out of
+/// descriptors, reads each client's hello on a thread of its own, and bounds each uid's sessions
+/// and sockets (root is exempt).
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -34,6 +40,8 @@ struct Args {
     /// Most concurrent sessions.
     #[arg(long, default_value_t = 1024)]
     max_sessions: usize,
+    #[command(flatten)]
+    uid_limits: service::UidLimitArgs,
     /// Longest idle spin of a worker before it sleeps, in ns (0: sleep at once).
     #[arg(long)]
     spin_max_ns: Option<u64>,
@@ -42,6 +50,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     service::init_logging();
     let args = Args::parse();
+    service::limits::raise_nofile_limit_logged();
     if let Some(ns) = &args.netns {
         let path = if ns.contains('/') {
             std::path::PathBuf::from(ns)
@@ -62,7 +71,8 @@ fn main() -> anyhow::Result<()> {
         args.threads,
         args.max_sessions,
         args.spin_max_ns,
-    )?;
+    )?
+    .with_uid_limits(&args.uid_limits);
     // Readiness is pushed per handle: no more handles than readiness words.
     cfg.max_handles = xen_transport::layout::EVENT_SLOTS;
     let net = Net::new().context("starting the readiness watcher")?;

@@ -271,9 +271,3 @@ pub fn enter_netns(path: &std::path::Path) -> std::io::Result<()> {
     }
     Ok(())
 }
-
-/// dup(2) with close-on-exec (a second fd for the readiness watcher's registration).
-pub fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, i32> {
-    fd.try_clone_to_owned()
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EMFILE))
-}

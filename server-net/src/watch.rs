@@ -1,15 +1,18 @@
 //! The readiness watcher: pushes socket readiness into each session's shared readiness words.
 //!
-//! Every socket handle of every session is registered, through a private duplicate of its fd,
-//! in one edge-triggered epoll set (a duplicate per session, because a socket shared after a
-//! fork is one open file with several holders, and epoll keys registrations by file and fd).
-//! Worker 0 of the runtime watches the set on its io_uring ([`service::Handler::event_source`])
-//! and drains it when it becomes readable; for each edge it polls the socket's current state
-//! and publishes it with the edge counted, which wakes the session's sleeping threads. Workers republish the
-//! level after each call on the socket, so a drained socket stops looking ready.
+//! Every socket of every session is registered once, through its own descriptor, in one
+//! edge-triggered epoll set, keyed by the descriptor's number; the entry lists every (session,
+//! handle) that names the socket (several after a fork share one descriptor: a socket costs the
+//! server one fd however many sessions hold it). The watcher holds the socket while any of them
+//! is registered, so the number cannot be reused under the registration. Worker 0 of the runtime
+//! watches the set on its io_uring ([`service::Handler::event_source`]) and drains it when it
+//! becomes readable; for each edge it polls the socket's current state and publishes it, with
+//! the edge counted, to every session holding it, which wakes their sleeping threads. Workers
+//! republish the level after each call on the socket, so a drained socket stops looking ready.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -19,17 +22,33 @@ use service::SessionRef;
 
 use crate::sys;
 
-struct Entry {
-    session: SessionRef,
-    handle: u32,
-    dup: OwnedFd,
+/// One registered socket and who holds it.
+struct Watched {
+    fd: Handle,
+    holders: Vec<(SessionRef, u32)>,
 }
 
 #[derive(Default)]
 struct Inner {
-    next: u64,
-    by_key: HashMap<u64, Entry>,
-    by_handle: HashMap<(u64, u32), u64>,
+    by_fd: HashMap<RawFd, Watched>,
+    by_handle: HashMap<(u64, u32), RawFd>,
+}
+
+impl Inner {
+    /// Drops (session `id`, handle `h`) from its socket's holders; the last one out
+    /// unregisters the socket.
+    fn unsubscribe(&mut self, epoll: &Epoll, id: u64, h: u32) {
+        let Some(raw) = self.by_handle.remove(&(id, h)) else {
+            return;
+        };
+        if let Some(e) = self.by_fd.get_mut(&raw) {
+            e.holders.retain(|(s, hh)| !(s.id() == id && *hh == h));
+            if e.holders.is_empty() {
+                let _ = epoll.delete(e.fd.as_fd());
+                self.by_fd.remove(&raw);
+            }
+        }
+    }
 }
 
 /// Watches every client socket for readiness changes.
@@ -65,85 +84,93 @@ impl Watcher {
         if (h as usize) >= xen_transport::layout::EVENT_SLOTS {
             return;
         }
-        let dup = match sys::dup(fd.as_fd()) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(
-                    session = session.id(),
-                    handle = h,
-                    errno = e,
-                    "cannot watch socket; its readiness will not be pushed"
-                );
-                return;
-            }
-        };
         let mut inner = self.lock();
-        if let Some(old) = inner.by_handle.remove(&(session.id(), h)) {
-            if let Some(e) = inner.by_key.remove(&old) {
-                let _ = self.epoll.delete(&e.dup);
-            }
-        }
+        inner.unsubscribe(&self.epoll, session.id(), h);
         // A call that finishes (socket, accept) after its client died must not register the
         // new socket: `remove_session` has run or runs next, and an entry added after it would
-        // keep the session (its region, files and this duplicate) forever. The runtime marks
-        // the session closed before it calls `session_closed`, which takes this lock.
+        // keep the session (its region, files and this socket) forever. The runtime marks the
+        // session closed before it calls `session_closed`, which takes this lock.
         if session.is_closed() {
             return;
         }
-        inner.next += 1;
-        let key = inner.next;
-        let flags = EpollFlags::EPOLLIN
-            | EpollFlags::EPOLLOUT
-            | EpollFlags::EPOLLRDHUP
-            | EpollFlags::EPOLLPRI
-            | EpollFlags::EPOLLET;
-        if let Err(e) = self.epoll.add(&dup, EpollEvent::new(flags, key)) {
-            tracing::warn!(session = session.id(), handle = h, %e, "epoll_ctl failed");
-            return;
+        let raw = fd.as_raw_fd();
+        if inner
+            .by_fd
+            .get(&raw)
+            .is_some_and(|e| !Arc::ptr_eq(&e.fd, fd))
+        {
+            // Cannot happen while the entry holds its socket open (the number is not reused);
+            // never let a stale entry stand for another socket.
+            tracing::warn!(
+                fd = raw,
+                "readiness watcher: replacing a stale registration"
+            );
+            if let Some(old) = inner.by_fd.remove(&raw) {
+                let _ = self.epoll.delete(old.fd.as_fd());
+                for (s, hh) in old.holders {
+                    inner.by_handle.remove(&(s.id(), hh));
+                }
+            }
         }
-        session.publish_event(h as usize, sys::readiness(dup.as_fd()), true);
-        inner.by_handle.insert((session.id(), h), key);
-        inner.by_key.insert(
-            key,
-            Entry {
-                session: session.clone(),
-                handle: h,
-                dup,
-            },
-        );
+        let watched = match inner.by_fd.entry(raw) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let flags = EpollFlags::EPOLLIN
+                    | EpollFlags::EPOLLOUT
+                    | EpollFlags::EPOLLRDHUP
+                    | EpollFlags::EPOLLPRI
+                    | EpollFlags::EPOLLET;
+                if let Err(e) = self
+                    .epoll
+                    .add(fd.as_fd(), EpollEvent::new(flags, raw as u64))
+                {
+                    tracing::warn!(
+                        session = session.id(),
+                        handle = h,
+                        %e,
+                        "cannot watch socket; its readiness will not be pushed"
+                    );
+                    return;
+                }
+                v.insert(Watched {
+                    fd: fd.clone(),
+                    holders: Vec::new(),
+                })
+            }
+        };
+        watched.holders.push((session.clone(), h));
+        session.publish_event(h as usize, sys::readiness(fd.as_fd()), true);
+        inner.by_handle.insert((session.id(), h), raw);
     }
 
     /// Stops watching handle `h` of session `id`.
     pub fn remove(&self, id: u64, h: u32) {
-        let mut inner = self.lock();
-        if let Some(key) = inner.by_handle.remove(&(id, h)) {
-            if let Some(e) = inner.by_key.remove(&key) {
-                let _ = self.epoll.delete(&e.dup);
-            }
-        }
+        self.lock().unsubscribe(&self.epoll, id, h);
     }
 
     /// Stops watching every handle of session `id`; returns the handles that were watched.
     pub fn remove_session(&self, id: u64) -> Vec<u32> {
         let mut inner = self.lock();
-        let keys: Vec<(u32, u64)> = inner
+        let handles: Vec<u32> = inner
             .by_handle
-            .iter()
-            .filter(|((s, _), _)| *s == id)
-            .map(|((_, h), k)| (*h, *k))
+            .keys()
+            .filter(|(s, _)| *s == id)
+            .map(|(_, h)| *h)
             .collect();
-        inner.by_handle.retain(|(s, _), _| *s != id);
-        for (_, k) in &keys {
-            if let Some(e) = inner.by_key.remove(k) {
-                let _ = self.epoll.delete(&e.dup);
-            }
+        for h in &handles {
+            inner.unsubscribe(&self.epoll, id, *h);
         }
-        keys.into_iter().map(|(h, _)| h).collect()
+        handles
     }
 
-    /// Sockets watched now.
+    /// Sockets watched now (each registered once, however many sessions hold it).
     pub fn watched(&self) -> usize {
-        self.lock().by_key.len()
+        self.lock().by_fd.len()
+    }
+
+    /// (session, handle) pairs watched now.
+    pub fn holders(&self) -> usize {
+        self.lock().by_handle.len()
     }
 
     /// Publishes every pending edge without waiting.
@@ -163,12 +190,13 @@ impl Watcher {
             }
             let inner = self.lock();
             for ev in &events[..n] {
-                if let Some(e) = inner.by_key.get(&ev.data()) {
-                    if e.session.is_closed() {
-                        continue;
+                if let Some(e) = inner.by_fd.get(&(ev.data() as RawFd)) {
+                    let mask = sys::readiness(e.fd.as_fd());
+                    for (s, h) in &e.holders {
+                        if !s.is_closed() {
+                            s.publish_event(*h as usize, mask, true);
+                        }
                     }
-                    let mask = sys::readiness(e.dup.as_fd());
-                    e.session.publish_event(e.handle as usize, mask, true);
                     self.edges.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -48,13 +48,14 @@ use std::sync::Arc;
 
 use abi::{Errno, Opcode, Response};
 use io_uring::{opcode, types};
+use service::fdtable::Handle;
 use service::{Call, Handler, Outcome};
 use thiserror::Error;
 use xen_transport::Credentials;
 use zerocopy::IntoBytes;
 
 pub use device::known_block_filesystems;
-pub use sys::raise_nofile_limit;
+pub use service::raise_nofile_limit;
 
 /// Why the storage domain could not start.
 #[derive(Debug, Error)]
@@ -202,10 +203,11 @@ fn done(call: &Call<'_>, r: Result<Response, i32>) -> Response {
     r.unwrap_or_else(|e| Response::err(call.id(), errno(e)))
 }
 
-/// Installs a freshly opened file in the session's table: result = handle, `aux[0]` = st_mode.
+/// Installs a freshly opened file in the session's table (charged to the client's uid: `EMFILE`,
+/// the file closed, past its budget): result = handle, `aux[0]` = st_mode.
 pub(crate) fn install(call: &Call<'_>, fd: OwnedFd) -> Result<Response, i32> {
     let mode = sys::fstat_mode(fd.as_fd())?;
-    let h = call.fds().insert(Arc::new(fd)).map_err(|e| e.get())?;
+    let (h, _) = call.fds().insert_new(fd).map_err(|e| e.get())?;
     let mut r = Response::ok(call.id(), i64::from(h));
     r.aux[0] = u64::from(mode);
     Ok(r)
@@ -261,8 +263,7 @@ impl Storage {
         let a = req.raw.args;
         let len = req.raw.data_len;
         let fd = |h: u64| call.fds().get(h).map_err(|e| e.get());
-        let keep =
-            |e: io_uring::squeue::Entry, fd: Arc<OwnedFd>| Outcome::SubmitKeep(e, Box::new(fd));
+        let keep = |e: io_uring::squeue::Entry, fd: Handle| Outcome::SubmitKeep(e, Box::new(fd));
         let offset = |o: u64| {
             if o > i64::MAX as u64 {
                 Err(libc::EINVAL)
@@ -451,10 +452,7 @@ impl Storage {
     }
 }
 
-fn blocking_fd(
-    fd: Arc<OwnedFd>,
-    op: fn(BorrowedFd<'_>, &Call<'_>) -> Result<Response, i32>,
-) -> Outcome {
+fn blocking_fd(fd: Handle, op: fn(BorrowedFd<'_>, &Call<'_>) -> Result<Response, i32>) -> Outcome {
     Outcome::Blocking(Box::new(move |c: &Call<'_>| done(c, op(fd.as_fd(), c))))
 }
 

@@ -16,6 +16,11 @@ use virtuos_storage::Storage;
 /// | RESOLVE_NO_MAGICLINKS): nothing outside the root can be named. To serve users other than
 /// its own, the server needs CAP_SETUID and CAP_SETGID (run it as root); the socket is made
 /// connectable by every local user (mode 0666), each acting as themselves.
+///
+/// No client can stop the server or starve the others: it raises its RLIMIT_NOFILE soft limit
+/// to the hard limit, answers a call that meets a resource limit with that error (EMFILE,
+/// ENFILE), keeps accepting when the process is out of descriptors, reads each client's hello
+/// on a thread of its own, and bounds each uid's sessions and open files (root is exempt).
 #[derive(Parser, Debug)]
 #[command(version, group(ArgGroup::new("export").required(true).args(["root", "device"])))]
 struct Args {
@@ -47,6 +52,8 @@ struct Args {
     /// Most open files per session.
     #[arg(long, default_value_t = service::fdtable::DEFAULT_MAX_HANDLES)]
     max_files: usize,
+    #[command(flatten)]
+    uid_limits: service::UidLimitArgs,
     /// Longest idle spin of a worker before it sleeps, in ns (0: sleep at once).
     #[arg(long)]
     spin_max_ns: Option<u64>,
@@ -75,17 +82,15 @@ fn main() -> anyhow::Result<()> {
         }
         (None, None) => unreachable!("clap requires one of --root and --device"),
     };
-    match virtuos_storage::raise_nofile_limit() {
-        Ok(n) => tracing::debug!(limit = n, "open file limit"),
-        Err(e) => tracing::warn!(errno = e, "cannot raise the open file limit"),
-    }
+    service::limits::raise_nofile_limit_logged();
     let mut cfg = RuntimeConfig::from_common_options(
         &args.listen,
         args.cpus.as_deref(),
         args.threads,
         args.max_sessions,
         args.spin_max_ns,
-    )?;
+    )?
+    .with_uid_limits(&args.uid_limits);
     cfg.blocking_threads = args.blocking_threads;
     cfg.max_handles = args.max_files;
     let export = storage.export().to_string();

@@ -332,21 +332,6 @@ pub fn umask(mask: u32) -> u32 {
     unsafe { libc::umask(mask) }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit (each remote handle is a server fd);
-/// returns the new soft limit.
-pub fn raise_nofile_limit() -> SysResult<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit to fill.
-    cvt_int(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: `lim` is a valid rlimit.
-    cvt_int(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
-    Ok(lim.rlim_cur)
-}
-
 // ---- device mounting ----
 
 /// `unshare(flags)` for the calling thread.

@@ -1,23 +1,82 @@
 //! Per-session tables of open files, and their hand-over to a forked child or a new program.
 //!
 //! A session names its open files by small integer *handles*, allocated lowest-free like file
-//! descriptors. Each handle holds an `Arc<OwnedFd>`: handles in different sessions (after a
+//! descriptors. Each handle holds an `Arc<OpenFd>`: handles in different sessions (after a
 //! fork) may share one open file description, so they share its offset and flags, exactly as a
 //! parent and child share a descriptor. The file is closed when its last holder lets go.
+//!
+//! A file a handler opens for a session is charged to the client's uid
+//! ([`crate::limits::Account`]) from [`FdTable::insert_new`] until its descriptor closes, so a
+//! file shared after a fork counts once, and one parked in a clone token or held by an
+//! operation in flight still counts.
 //!
 //! [`CloneTokens`] implements the session opcodes `PrepareClone`/`Adopt`: a snapshot of a table
 //! is parked under a one-time random token for 30 s, and only the right process may redeem it:
 //! the creator's child for a fork token, the creator itself (after `exec`) for an exec token.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use abi::Errno;
 
+use crate::limits::{Account, FdCharge};
+
+/// A descriptor the server holds for its clients, with the budget it is charged to.
+#[derive(Debug)]
+pub struct OpenFd {
+    fd: OwnedFd,
+    _charge: Option<FdCharge>,
+}
+
+impl OpenFd {
+    /// The descriptor itself.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Gives up the descriptor (and releases its charge): the caller closes it.
+    pub fn into_owned(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+impl From<OwnedFd> for OpenFd {
+    /// An uncharged descriptor.
+    fn from(fd: OwnedFd) -> OpenFd {
+        OpenFd { fd, _charge: None }
+    }
+}
+
+impl std::ops::Deref for OpenFd {
+    type Target = OwnedFd;
+
+    fn deref(&self) -> &OwnedFd {
+        &self.fd
+    }
+}
+
+impl AsFd for OpenFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for OpenFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl IntoRawFd for OpenFd {
+    fn into_raw_fd(self) -> RawFd {
+        self.fd.into_raw_fd()
+    }
+}
+
 /// One open file of a session.
-pub type Handle = Arc<OwnedFd>;
+pub type Handle = Arc<OpenFd>;
 
 /// A copy of a session's table: slot `i` holds handle `i`.
 pub type Snapshot = Vec<Option<Handle>>;
@@ -30,6 +89,8 @@ pub const DEFAULT_MAX_HANDLES: usize = 1 << 16;
 pub struct FdTable {
     inner: Mutex<Inner>,
     limit: usize,
+    /// Where new files are charged (`None`: nowhere).
+    account: Option<Arc<Account>>,
 }
 
 #[derive(Debug, Default)]
@@ -55,12 +116,27 @@ impl Inner {
 }
 
 impl FdTable {
-    /// An empty table holding at most `limit` handles.
+    /// An empty table holding at most `limit` handles, charging nobody.
     pub fn new(limit: usize) -> FdTable {
         FdTable {
             inner: Mutex::new(Inner::default()),
             limit,
+            account: None,
         }
+    }
+
+    /// An empty table holding at most `limit` handles, whose new files
+    /// ([`FdTable::insert_new`]) are charged to `account`.
+    pub fn with_account(limit: usize, account: Arc<Account>) -> FdTable {
+        FdTable {
+            account: Some(account),
+            ..FdTable::new(limit)
+        }
+    }
+
+    /// The account new files are charged to.
+    pub fn account(&self) -> Option<&Arc<Account>> {
+        self.account.as_ref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -99,11 +175,26 @@ impl FdTable {
         Ok(h as u32)
     }
 
-    /// True when another handle can be installed now.
-    pub fn has_room(&self) -> bool {
-        self.lock().open < self.limit
+    /// Installs a descriptor just opened for this session, charged to the table's account until
+    /// it closes: `EMFILE` (and `fd` closed) when the table is full or the account's budget is.
+    pub fn insert_new(&self, fd: OwnedFd) -> Result<(u32, Handle), Errno> {
+        let charge = match &self.account {
+            Some(a) => Some(a.charge_fds(1).ok_or(Errno::EMFILE)?),
+            None => None,
+        };
+        let fd = Arc::new(OpenFd {
+            fd,
+            _charge: charge,
+        });
+        let h = self.insert(fd.clone())?;
+        Ok((h, fd))
     }
 
+    /// True when another handle can be installed now (in the table and in the budget of its
+    /// account).
+    pub fn has_room(&self) -> bool {
+        self.lock().open < self.limit && self.account.as_ref().is_none_or(|a| a.has_room(1))
+    }
     /// Removes `handle` and returns its file (closed when the caller drops the last holder),
     /// or `EBADF`.
     pub fn remove(&self, handle: u64) -> Result<Handle, Errno> {
@@ -272,7 +363,38 @@ mod tests {
     use super::*;
 
     fn fd() -> Handle {
-        Arc::new(std::fs::File::open("/dev/null").unwrap().into())
+        Arc::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()).into())
+    }
+
+    fn devnull() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn new_files_are_charged_until_they_close() {
+        let acc = crate::limits::Accounts::new(2, 8);
+        let a = FdTable::with_account(16, acc.get(1000));
+        let b = FdTable::with_account(16, acc.get(1000));
+        let (h, f) = a.insert_new(devnull()).unwrap();
+        assert_eq!(h, 0);
+        b.insert_new(devnull()).unwrap();
+        assert!(!a.has_room(), "the uid's budget is shared by its sessions");
+        assert_eq!(a.insert_new(devnull()).unwrap_err(), Errno::EMFILE);
+        // Another uid, and root, are not affected.
+        let c = FdTable::with_account(16, acc.get(1001));
+        assert!(c.insert_new(devnull()).is_ok());
+        let r = FdTable::with_account(16, acc.get(0));
+        for _ in 0..4 {
+            r.insert_new(devnull()).unwrap();
+        }
+        // A shared file counts once, until its last holder lets go.
+        c.insert(f.clone()).unwrap();
+        drop(a.remove(0).unwrap());
+        assert_eq!(acc.get(1000).fds(), 2);
+        drop(f);
+        drop(c);
+        assert_eq!(acc.get(1000).fds(), 1);
+        assert!(a.insert_new(devnull()).is_ok());
     }
 
     #[test]

@@ -18,6 +18,11 @@
 //! per-session io_uring personality and every blocking call run by a pool thread that has
 //! switched to the client's fsuid, fsgid and supplementary groups ([`creds`]).
 //!
+//! Handshakes run on their own threads (`hello.rs`), so a client that connects and stays silent
+//! delays nobody. Every descriptor the server holds for a client is charged to the client's uid
+//! against per-uid budgets ([`limits`]); a resource error is the error of the call that met it
+//! (the client gets `EMFILE`), never the end of the acceptor or of a worker.
+//!
 //! Shutdown ([`ShutdownHandle::trigger`], wired to SIGTERM/SIGINT by [`install_signal_handlers`])
 //! stops accepting, marks every session closing, answers every queued and in-flight request with
 //! `EIO` and [`abi::RSP_FLAG_SHUTDOWN`], wakes every waiting client, and joins the workers.
@@ -27,6 +32,8 @@
 pub mod cpus;
 pub mod creds;
 pub mod fdtable;
+mod hello;
+pub mod limits;
 mod pool;
 mod worker;
 pub mod xen;
@@ -34,7 +41,7 @@ pub mod xen;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -43,10 +50,11 @@ use abi::{Errno, Response};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use thiserror::Error;
-use xen_transport::control::{ListenError, Listener};
+use xen_transport::control::{ListenError, Listener, Pending};
 use xen_transport::{Credentials, Layout, ServerSession, ServerState, SpinPolicy, WaitStats};
 
-pub use fdtable::{CloneKind, CloneTokens, FdTable};
+pub use fdtable::{CloneKind, CloneTokens, FdTable, OpenFd};
+pub use limits::{raise_nofile_limit, UidLimitArgs};
 pub use pool::DEFAULT_BLOCKING_THREADS;
 pub use worker::{BlockingFn, Call, Keep, Outcome, SessionCtx, SessionRef};
 
@@ -141,6 +149,11 @@ pub struct RuntimeConfig {
     pub blocking_threads: usize,
     /// Most open handles per session.
     pub max_handles: usize,
+    /// Most concurrent sessions of one uid (root exempt); `None`: 3/4 of `max_sessions`.
+    pub max_sessions_per_uid: Option<usize>,
+    /// Most descriptors held for one uid (root exempt): its open files and its sessions' own
+    /// descriptors; `None`: 3/4 of the process's `RLIMIT_NOFILE` soft limit at start.
+    pub max_handles_per_uid: Option<usize>,
 }
 
 impl RuntimeConfig {
@@ -170,6 +183,25 @@ impl RuntimeConfig {
         Ok(cfg)
     }
 
+    /// Applies the per-uid budgets of the command line.
+    pub fn with_uid_limits(mut self, l: &UidLimitArgs) -> Self {
+        self.max_sessions_per_uid = l.max_sessions_per_uid;
+        self.max_handles_per_uid = l.max_handles_per_uid;
+        self
+    }
+
+    /// The per-uid session budget in effect.
+    pub fn sessions_per_uid(&self) -> usize {
+        self.max_sessions_per_uid
+            .unwrap_or_else(|| limits::default_share(self.max_sessions))
+    }
+
+    /// The per-uid descriptor budget in effect (read from `RLIMIT_NOFILE` when not set).
+    pub fn handles_per_uid(&self) -> usize {
+        self.max_handles_per_uid
+            .unwrap_or_else(|| limits::default_share(limits::nofile_limit()))
+    }
+
     /// Defaults for a socket path.
     pub fn new(listen: impl Into<PathBuf>) -> Self {
         RuntimeConfig {
@@ -184,6 +216,8 @@ impl RuntimeConfig {
             uring_entries: 256,
             blocking_threads: DEFAULT_BLOCKING_THREADS,
             max_handles: fdtable::DEFAULT_MAX_HANDLES,
+            max_sessions_per_uid: None,
+            max_handles_per_uid: None,
         }
     }
 }
@@ -227,6 +261,9 @@ pub(crate) struct Live {
     pub(crate) ctx: SessionCtx,
     /// Set when the session ended (handlers holding a [`SessionRef`] check it).
     pub(crate) closed: AtomicBool,
+    /// The session and its own descriptors, charged to its uid until it is dropped (when the
+    /// last worker or call lets go of it, and so of its descriptors).
+    pub(crate) _charge: Option<limits::SessionCharge>,
 }
 
 /// The live sessions, shared by the acceptor and the workers.
@@ -380,7 +417,17 @@ impl Runtime {
         cpus::check_available(&cfg.cpus)?;
         let max_layout = Layout::new(cfg.channels, cfg.ring_size, cfg.window)
             .map_err(|e| ServiceError::Config(e.to_string()))?;
-        let listener = Listener::bind(&cfg.listen)?;
+        let listener = Arc::new(Listener::bind(&cfg.listen)?);
+        let accounts = Arc::new(limits::Accounts::new(
+            cfg.handles_per_uid(),
+            cfg.sessions_per_uid(),
+        ));
+        tracing::debug!(
+            fd_limit = limits::nofile_limit(),
+            max_handles_per_uid = accounts.max_fds_per_uid(),
+            max_sessions_per_uid = accounts.max_sessions_per_uid(),
+            "per-uid budgets (root exempt)"
+        );
         let handler = Arc::new(handler);
         let pool = Arc::new(
             pool::Pool::start(handler.name(), cfg.blocking_threads).map_err(|source| {
@@ -430,26 +477,45 @@ impl Runtime {
             max_layout,
             max_handles: cfg.max_handles,
             workers: cfg.threads,
+            accounts: accounts.clone(),
         };
+        let wake = shutdown.waker()?;
+        let (hellos, pending) = hello::Hellos::start(
+            listener.clone(),
+            wake.clone(),
+            shutdown.clone(),
+            handler.name(),
+        )
+        .map_err(|source| ServiceError::Sys {
+            what: "spawning the hello threads",
+            source,
+        })?;
         let acceptor = Acceptor {
             listener,
+            hellos,
+            pending,
             max_layout,
             workers: cfg.threads,
             max_sessions: cfg.max_sessions,
             sessions: sessions.clone(),
             shutdown: shutdown.clone(),
-            wake: shutdown.waker()?,
+            wake,
             handler,
             next_id: 1,
             max_handles: cfg.max_handles,
+            accounts,
+            refusals: limits::RateLimit::new(Duration::from_secs(1)),
         };
         threads.push(
             std::thread::Builder::new()
                 .name("virtuos-accept".into())
                 .spawn(move || acceptor.run())
-                .map_err(|source| ServiceError::Sys {
-                    what: "spawning the acceptor",
-                    source,
+                .map_err(|source| {
+                    shutdown.trigger();
+                    ServiceError::Sys {
+                        what: "spawning the acceptor",
+                        source,
+                    }
                 })?,
         );
         tracing::info!(socket = %cfg.listen.display(), threads = cfg.threads, cpus = ?cfg.cpus,
@@ -511,7 +577,11 @@ impl Runtime {
 }
 
 struct Acceptor<H: Handler> {
-    listener: Listener,
+    /// Held so the socket file goes away only after the hello threads are gone.
+    listener: Arc<Listener>,
+    hellos: Arc<hello::Hellos>,
+    /// Clients that said hello, from the hello threads.
+    pending: mpsc::Receiver<Pending>,
     max_layout: Layout,
     workers: usize,
     max_sessions: usize,
@@ -521,10 +591,18 @@ struct Acceptor<H: Handler> {
     handler: Arc<H>,
     next_id: u64,
     max_handles: usize,
+    accounts: Arc<limits::Accounts>,
+    /// Rate limit of the warnings about refused clients.
+    refusals: limits::RateLimit,
 }
 
-const LISTENER_TOKEN: u64 = u64::MAX;
 const WAKE_TOKEN: u64 = u64::MAX - 1;
+
+/// The descriptors a session holds in the server besides its files: the control socket, one
+/// doorbell per worker and the readiness eventfd.
+fn session_fds(workers: usize) -> usize {
+    2 + workers.clamp(1, xen_transport::control::MAX_DOORBELLS)
+}
 
 impl<H: Handler> Acceptor<H> {
     fn run(mut self) {
@@ -538,16 +616,20 @@ impl<H: Handler> Acceptor<H> {
             l.s.set_state(ServerState::Closing);
             l.s.notify_all();
         }
+        // A hello thread inside an accept finishes within the hello timeout.
+        self.hellos.wait_gone(Duration::from_secs(3));
+        for p in self.pending.try_iter() {
+            p.refuse(RefuseReason::ShuttingDown, 0);
+        }
+        tracing::debug!(
+            socket = %self.listener.path().display(),
+            hello_threads = self.hellos.threads(),
+            "acceptor stopped"
+        );
     }
 
     fn serve(&mut self) -> Result<(), ServiceError> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(sys("epoll_create"))?;
-        epoll
-            .add(
-                self.listener.fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, LISTENER_TOKEN),
-            )
-            .map_err(sys("epoll_ctl"))?;
         epoll
             .add(
                 self.wake.as_fd(),
@@ -563,11 +645,18 @@ impl<H: Handler> Acceptor<H> {
             };
             for ev in &events[..n] {
                 match ev.data() {
-                    // Drain the kick, or the level-triggered wait returns at once forever.
+                    // Drain the kick, or the level-triggered wait returns at once forever;
+                    // then take the clients the hello threads handed over.
                     WAKE_TOKEN => {
                         let _ = self.wake.read();
+                        while let Ok(p) = self.pending.try_recv() {
+                            if self.shutdown.is_triggered() {
+                                p.refuse(RefuseReason::ShuttingDown, 0);
+                            } else {
+                                self.admit(&epoll, p);
+                            }
+                        }
                     }
-                    LISTENER_TOKEN => self.accept_all(&epoll)?,
                     id => self.close_session(&epoll, id),
                 }
             }
@@ -575,103 +664,123 @@ impl<H: Handler> Acceptor<H> {
         Ok(())
     }
 
-    fn accept_all(&mut self, epoll: &Epoll) -> Result<(), ServiceError> {
-        while let Some(p) = self.listener.accept()? {
-            let Some(p) = p.check_version() else { continue };
-            if self.sessions.len() >= self.max_sessions {
-                tracing::warn!(pid = p.creds.pid, limit = self.max_sessions, "server full");
-                p.refuse(RefuseReason::Full, self.max_sessions as u64);
-                continue;
-            }
-            let m = self.max_layout;
-            let pick = |asked: u32, max: u32| if asked == 0 { max } else { asked.min(max) };
-            let window = (pick(p.hello.window, m.window) as usize)
-                .next_multiple_of(xen_transport::layout::PAGE) as u32;
-            let layout = match Layout::new(pick(p.hello.channels, m.channels), m.ring_size, window)
-            {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(pid = p.creds.pid, %e, "unacceptable geometry");
-                    p.refuse(RefuseReason::BadHello, 0);
-                    continue;
-                }
-            };
-            let creds = p.creds;
-            let acts = self.handler.acts_as_client();
-            let (ppid, groups) = match (
-                creds::read_ppid(creds.pid),
-                creds::read_groups_checked(creds.pid, creds.uid, creds.gid),
-            ) {
-                (Ok(ppid), Ok(groups)) => (ppid, groups),
-                // Acting as the client needs its groups; probes do without (a client in
-                // another pid namespace, say, just cannot use fork tokens).
-                (Err(e), _) | (_, Err(e)) if acts => {
-                    tracing::warn!(pid = creds.pid, %e, "cannot read the client's process status; refused");
-                    p.refuse(RefuseReason::Internal, 0);
-                    continue;
-                }
-                (ppid, groups) => (ppid.unwrap_or(0), groups.unwrap_or_default()),
-            };
-            let identity = if acts {
-                let ident = creds::Identity {
-                    uid: creds.uid,
-                    gid: creds.gid,
-                    groups: groups.clone(),
-                };
-                if let Err(e) = creds::check(&ident) {
-                    tracing::warn!(pid = creds.pid, uid = creds.uid, gid = creds.gid, %e,
-                        "cannot act as this client (the server needs CAP_SETUID and CAP_SETGID to serve other users); refused");
-                    p.refuse(RefuseReason::Internal, 0);
-                    continue;
-                }
-                Some(Arc::new(ident))
-            } else {
-                None
-            };
-            let id = self.next_id;
-            self.next_id += 1;
-            // Before the client hears of the session, so the handler is ready for its first
-            // request.
-            self.handler.session_opened(id, creds);
-            match p.accept(id, layout, self.workers, CAP_IO_URING) {
-                Ok(s) => {
-                    let s = Arc::new(Live {
-                        s,
-                        ctx: SessionCtx {
-                            creds,
-                            ppid,
-                            groups,
-                            identity,
-                            fds: FdTable::new(self.max_handles),
-                        },
-                        closed: AtomicBool::new(false),
-                    });
-                    epoll
-                        .add(
-                            s.s.control(),
-                            EpollEvent::new(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLIN, id),
-                        )
-                        .map_err(sys("epoll_ctl"))?;
-                    tracing::info!(
-                        session = id,
-                        pid = creds.pid,
-                        uid = creds.uid,
-                        gid = creds.gid,
-                        channels = layout.channels,
-                        window = layout.window,
-                        "session started"
-                    );
-                    self.sessions.add(s);
-                    // Sleeping workers must start watching the new session's doorbells.
-                    self.shutdown.kick();
-                }
-                Err(e) => {
-                    tracing::warn!(pid = creds.pid, %e, "session set-up failed");
-                    self.handler.session_closed(id, creds);
-                }
-            }
+    /// Logs a refusal, at most once a second.
+    fn refused(&self, pid: i32, uid: u32, why: &str) {
+        if let Some(held) = self.refusals.allow() {
+            tracing::warn!(pid, uid, held_back = held, "client refused: {why}");
         }
-        Ok(())
+    }
+
+    /// Starts a session for a client that said hello, or refuses it. Nothing that goes wrong
+    /// here (a full server, a uid over its budget, the server out of descriptors) is more than
+    /// this client's refusal.
+    fn admit(&mut self, epoll: &Epoll, p: Pending) {
+        let Some(p) = p.check_version() else { return };
+        let creds = p.creds;
+        if self.sessions.len() >= self.max_sessions {
+            self.refused(creds.pid, creds.uid, "server full");
+            p.refuse(RefuseReason::Full, self.max_sessions as u64);
+            return;
+        }
+        let account = self.accounts.get(creds.uid);
+        let Some(charge) = account.charge_session(session_fds(self.workers)) else {
+            self.refused(creds.pid, creds.uid, "the uid is at --max-sessions-per-uid");
+            p.refuse(RefuseReason::Full, account.max_sessions() as u64);
+            return;
+        };
+        let m = self.max_layout;
+        let pick = |asked: u32, max: u32| if asked == 0 { max } else { asked.min(max) };
+        let window = (pick(p.hello.window, m.window) as usize)
+            .next_multiple_of(xen_transport::layout::PAGE) as u32;
+        let layout = match Layout::new(pick(p.hello.channels, m.channels), m.ring_size, window) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(pid = p.creds.pid, %e, "unacceptable geometry");
+                p.refuse(RefuseReason::BadHello, 0);
+                return;
+            }
+        };
+        let acts = self.handler.acts_as_client();
+        let (ppid, groups) = match (
+            creds::read_ppid(creds.pid),
+            creds::read_groups_checked(creds.pid, creds.uid, creds.gid),
+        ) {
+            (Ok(ppid), Ok(groups)) => (ppid, groups),
+            // Acting as the client needs its groups; probes do without (a client in
+            // another pid namespace, say, just cannot use fork tokens).
+            (Err(e), _) | (_, Err(e)) if acts => {
+                tracing::warn!(pid = creds.pid, %e, "cannot read the client's process status; refused");
+                p.refuse(RefuseReason::Internal, 0);
+                return;
+            }
+            (ppid, groups) => (ppid.unwrap_or(0), groups.unwrap_or_default()),
+        };
+        let identity = if acts {
+            let ident = creds::Identity {
+                uid: creds.uid,
+                gid: creds.gid,
+                groups: groups.clone(),
+            };
+            if let Err(e) = creds::check(&ident) {
+                tracing::warn!(pid = creds.pid, uid = creds.uid, gid = creds.gid, %e,
+                    "cannot act as this client (the server needs CAP_SETUID and CAP_SETGID to serve other users); refused");
+                p.refuse(RefuseReason::Internal, 0);
+                return;
+            }
+            Some(Arc::new(ident))
+        } else {
+            None
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        // Before the client hears of the session, so the handler is ready for its first
+        // request.
+        self.handler.session_opened(id, creds);
+        let s = match p.accept(id, layout, self.workers, CAP_IO_URING) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(held) = self.refusals.allow() {
+                    tracing::warn!(pid = creds.pid, %e, held_back = held, "session set-up failed");
+                }
+                self.handler.session_closed(id, creds);
+                return;
+            }
+        };
+        let s = Arc::new(Live {
+            s,
+            ctx: SessionCtx {
+                creds,
+                ppid,
+                groups,
+                identity,
+                fds: FdTable::with_account(self.max_handles, account),
+            },
+            closed: AtomicBool::new(false),
+            _charge: Some(charge),
+        });
+        if let Err(e) = epoll.add(
+            s.s.control(),
+            EpollEvent::new(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLIN, id),
+        ) {
+            // Without a watch on its control socket the session's end would go unseen: end it
+            // now (the client sees the server hang up).
+            tracing::warn!(session = id, pid = creds.pid, %e, "cannot watch the session; ended");
+            s.closed.store(true, Ordering::Relaxed);
+            self.handler.session_closed(id, creds);
+            return;
+        }
+        tracing::info!(
+            session = id,
+            pid = creds.pid,
+            uid = creds.uid,
+            gid = creds.gid,
+            channels = layout.channels,
+            window = layout.window,
+            "session started"
+        );
+        self.sessions.add(s);
+        // Sleeping workers must start watching the new session's doorbells.
+        self.shutdown.kick();
     }
 
     fn close_session(&mut self, epoll: &Epoll, id: u64) {
@@ -690,6 +799,9 @@ impl<H: Handler> Acceptor<H> {
                 "session ended"
             );
             self.handler.session_closed(id, s.creds());
+            // Workers let go of the session (its descriptors, its charge) at once rather than
+            // at their next tick.
+            self.shutdown.kick();
         }
     }
 }

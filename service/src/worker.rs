@@ -443,8 +443,9 @@ impl<H: Handler> Worker<H> {
                 .collect();
             let fd = l.s.bell().doorbell_fd(self.ctx.index);
             if let Err(e) = self.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, id)) {
-                tracing::error!(session = id, %e, "cannot watch doorbell; session not served");
-                continue;
+                // Still served: a sleeping worker polls its rings every tick.
+                tracing::warn!(session = id, %e,
+                    "cannot watch a doorbell; the session's calls may wait up to a tick when this worker sleeps");
             }
             let personality = l.ctx.identity.as_ref().and_then(|ident| {
                 // io_uring captures the registering thread's credentials: act as the client

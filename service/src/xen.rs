@@ -30,6 +30,8 @@ pub(crate) struct AdoptCtx {
     pub(crate) max_layout: Layout,
     pub(crate) max_handles: usize,
     pub(crate) workers: usize,
+    /// Per-uid budgets (the files of a Xen session count against its uid's).
+    pub(crate) accounts: Arc<crate::limits::Accounts>,
 }
 
 /// Session ids of Xen sessions start here (the Unix acceptor counts from 1).
@@ -58,6 +60,7 @@ impl Runtime {
         let shutdown = self.shutdown.clone();
         let handler = self.adopt.handler.clone();
         let (max, max_handles) = (self.adopt.max_layout, self.adopt.max_handles);
+        let accounts = self.adopt.accounts.clone();
         let next = AtomicU64::new(XEN_IDS);
         tracing::info!(domid = me, peer, rendezvous = %name, "serving sessions over Xen");
         let t = std::thread::Builder::new()
@@ -92,7 +95,8 @@ impl Runtime {
                     };
                     for r in reqs {
                         let id = next.fetch_add(1, Ordering::Relaxed);
-                        match offer(&mut xs, peer, &name, &r, id, max, max_handles, &*handler) {
+                        let fds = FdTable::with_account(max_handles, accounts.get(r.uid));
+                        match offer(&mut xs, peer, &name, &r, id, max, fds, &*handler) {
                             Ok(live) => {
                                 tracing::info!(
                                     session = id,
@@ -129,7 +133,7 @@ fn offer(
     r: &SessionRequest,
     id: u64,
     max: Layout,
-    max_handles: usize,
+    fds: FdTable,
     handler: &dyn Handler,
 ) -> Result<Live, String> {
     let pick = |asked: u32, max: u32| if asked == 0 { max } else { asked.min(max) };
@@ -163,8 +167,9 @@ fn offer(
             ppid: 0,
             groups: vec![r.gid],
             identity,
-            fds: FdTable::new(max_handles),
+            fds,
         },
         closed: AtomicBool::new(false),
+        _charge: None,
     })
 }

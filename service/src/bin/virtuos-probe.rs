@@ -23,6 +23,8 @@ struct Args {
     /// Most concurrent sessions.
     #[arg(long, default_value_t = 1024)]
     max_sessions: usize,
+    #[command(flatten)]
+    uid_limits: virtuos_service::UidLimitArgs,
     /// Longest idle spin of a worker before it sleeps, in ns (0: sleep at once).
     #[arg(long)]
     spin_max_ns: Option<u64>,
@@ -31,13 +33,15 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     virtuos_service::init_logging();
     let args = Args::parse();
+    virtuos_service::limits::raise_nofile_limit_logged();
     let cfg = RuntimeConfig::from_common_options(
         &args.listen,
         args.cpus.as_deref(),
         args.threads,
         args.max_sessions,
         args.spin_max_ns,
-    )?;
+    )?
+    .with_uid_limits(&args.uid_limits);
     let rt = Runtime::start(cfg, ProbeHandler).context("starting the probe service")?;
     install_signal_handlers(rt.shutdown_handle())?;
     rt.join();
