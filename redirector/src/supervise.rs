@@ -32,6 +32,11 @@ mod statconv;
 use paths::PathBuf as FixedPath;
 
 const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 1 << 3;
+/// Once the supervisor has received a notification, a non-fatal signal no longer interrupts
+/// the call (Linux 5.19): without it, a `close` interrupted by SIGCHLD while the supervisor
+/// answers returns EINTR with the fd still open, which no program expects of `close` (a
+/// shell's pipelines then keep their write ends and hang).
+const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: u64 = 1 << 5;
 const SECCOMP_USER_NOTIF_FLAG_CONTINUE: u32 = 1;
 const SECCOMP_ADDFD_FLAG_SETFD: u32 = 1;
 const SECCOMP_ADDFD_FLAG_SEND: u32 = 2;
@@ -93,12 +98,20 @@ pub fn run(prog: &Path, argv: &[OsString], sock: &Path, mount: &Path) -> Result<
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let fd = libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                &fprog,
-            );
+            let install = |flags: u64| {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    flags,
+                    &fprog,
+                )
+            };
+            let mut fd =
+                install(SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
+            if fd < 0 && *libc::__errno_location() == libc::EINVAL {
+                // A kernel before 5.19: without the flag (signals may then interrupt calls).
+                fd = install(SECCOMP_FILTER_FLAG_NEW_LISTENER);
+            }
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -220,8 +233,17 @@ impl Supervisor {
         // directory. seccomp's ADDFD cannot install O_PATH descriptors, and this is the next
         // best thing: read gives EISDIR, write EBADF, so any use the supervisor does not
         // intercept fails loudly, and nothing shared can be reached through it.
-        let dir = std::env::temp_dir().join(format!("virtuos-placeholder-{}", std::process::id()));
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Its name is random and created exclusively: another user can neither predict it
+        // nor make the supervisor fail by planting something there first.
+        let dir = (0..16)
+            .find_map(|_| {
+                let mut r = [0u8; 8];
+                getrandom::fill(&mut r).ok()?;
+                let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
+                let d = std::env::temp_dir().join(format!("virtuos-placeholder-{name}"));
+                std::fs::create_dir(&d).ok().map(|()| d)
+            })
+            .context("creating a private placeholder directory in the temporary directory")?;
         let placeholder = OwnedFd::from(
             std::fs::File::open(&dir).with_context(|| format!("opening {}", dir.display()))?,
         );
