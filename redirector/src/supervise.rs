@@ -259,10 +259,16 @@ impl Supervisor {
     }
 
     fn serve(&mut self, listener: &OwnedFd) {
-        loop {
+        // One thread only receives: a call is picked up microseconds after it stops, and from
+        // then on (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV) a signal no longer interrupts it,
+        // however long the answer takes (a SIGCHLD that interrupted a `close` waiting in the
+        // queue made it fail with EINTR, its fd still open: shells leaked pipe ends and hung).
+        let (tx, rx) = std::sync::mpsc::channel::<libc::seccomp_notif>();
+        let raw = listener.as_raw_fd();
+        let receiver = std::thread::spawn(move || loop {
             // Wait for a notification, or for the last supervised process to exit (HUP).
             let mut pfd = libc::pollfd {
-                fd: listener.as_raw_fd(),
+                fd: raw,
                 events: libc::POLLIN,
                 revents: 0,
             };
@@ -279,13 +285,19 @@ impl Supervisor {
             }
             // SAFETY: an all-zero seccomp_notif is what NOTIF_RECV requires.
             let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
-            // SAFETY: `n` is a valid, writable seccomp_notif.
-            if unsafe { libc::ioctl(listener.as_raw_fd(), NOTIF_RECV as _, &mut n) } != 0 {
+            // SAFETY: `n` is a valid, writable seccomp_notif; the listener outlives this
+            // thread (serve joins it before returning).
+            if unsafe { libc::ioctl(raw, NOTIF_RECV as _, &mut n) } != 0 {
                 match std::io::Error::last_os_error().raw_os_error() {
                     Some(libc::EINTR) | Some(libc::ENOENT) => continue,
                     _ => return, // the target is gone
                 }
             }
+            if tx.send(n).is_err() {
+                return;
+            }
+        });
+        while let Ok(n) = rx.recv() {
             let pid = self.process_of(n.pid as i32);
             let answer = self.handle(listener, pid, &n);
             let mut resp = libc::seccomp_notif_resp {
@@ -303,6 +315,7 @@ impl Supervisor {
             // SAFETY: `resp` is a valid seccomp_notif_resp.
             unsafe { libc::ioctl(listener.as_raw_fd(), NOTIF_SEND as _, &resp) };
         }
+        let _ = receiver.join();
     }
 
     /// Thread id → process id, and a fork child's inherited table.
