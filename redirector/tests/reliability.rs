@@ -107,7 +107,7 @@ fn launch(name: &str, net: bool) -> Domains {
     let sup = cmd
         .arg("--state")
         .arg(&state)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,virtuos_service=debug")
         .env("NO_COLOR", "1")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

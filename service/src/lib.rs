@@ -345,12 +345,15 @@ impl ShutdownHandle {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`): what every server binary does first.
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`): what every server binary does
+/// first. Per-session events are at debug; terminal colours only when stderr is a terminal.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -769,7 +772,7 @@ impl<H: Handler> Acceptor<H> {
             self.handler.session_closed(id, creds);
             return;
         }
-        tracing::info!(
+        tracing::debug!(
             session = id,
             pid = creds.pid,
             uid = creds.uid,
@@ -789,7 +792,7 @@ impl<H: Handler> Acceptor<H> {
             let s = &l.s;
             let _ = epoll.delete(s.control());
             let c = s.client_stats();
-            tracing::info!(
+            tracing::debug!(
                 session = id,
                 pid = s.creds().pid,
                 calls = c.calls,

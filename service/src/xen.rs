@@ -62,7 +62,7 @@ impl Runtime {
         let (max, max_handles) = (self.adopt.max_layout, self.adopt.max_handles);
         let accounts = self.adopt.accounts.clone();
         let next = AtomicU64::new(XEN_IDS);
-        tracing::info!(domid = me, peer, rendezvous = %name, "serving sessions over Xen");
+        tracing::debug!(domid = me, peer, rendezvous = %name, "serving sessions over Xen");
         let t = std::thread::Builder::new()
             .name("virtuos-xen".into())
             .spawn(move || {
@@ -73,7 +73,7 @@ impl Runtime {
                                 if let Some(l) = sessions.remove(id) {
                                     l.closed.store(true, Ordering::Relaxed);
                                     let c = l.s.client_stats();
-                                    tracing::info!(
+                                    tracing::debug!(
                                         session = id,
                                         calls = c.calls,
                                         "xen session ended"
@@ -98,7 +98,7 @@ impl Runtime {
                         let fds = FdTable::with_account(max_handles, accounts.get(r.uid));
                         match offer(&mut xs, peer, &name, &r, id, max, fds, &*handler) {
                             Ok(live) => {
-                                tracing::info!(
+                                tracing::debug!(
                                     session = id,
                                     uid = r.uid,
                                     gid = r.gid,
