@@ -1211,6 +1211,76 @@ fn make_builds_and_runs_programs_inside_the_mount() {
 }
 
 #[test]
+fn credentials_dropped_inside_the_program_reach_the_domains() {
+    // A root program that drops to uid 65534 after its first routed calls: root's 0600 file
+    // is EACCES, new files belong to 65534, a file opened before stays readable, and a
+    // socket can no longer bind port 80 — in the domains exactly as natively.
+    let env = Env::new("creds");
+    env.put("secret.txt", b"root only\n");
+    env.put("open.txt", b"opened before\n");
+    for root in [env.export(), env.local()] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            root.join("secret.txt"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let p = root.join("pub");
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let script = r#"
+import os, socket, sys
+t = sys.argv[1]
+f = open(os.path.join(t, "open.txt"))
+print("before:", open(os.path.join(t, "secret.txt")).read().strip())
+s = socket.socket()
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+try:
+    open(os.path.join(t, "secret.txt")).read(); print("after: readable")
+except OSError as e:
+    print("after:", e.strerror)
+p = os.path.join(t, "pub", "made.txt")
+open(p, "w").write("x")
+st = os.stat(p)
+print("made by", st.st_uid, st.st_gid)
+print("open file:", f.read().strip())
+try:
+    s.bind(("127.0.0.1", 80)); print("bind 80: ok")
+except OSError as e:
+    print("bind 80:", e.strerror)
+"#;
+    let py = python();
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &py);
+        cmd.arg("-c").arg(script).arg(env.tree(redirected));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0].out().contains("after: Permission denied"),
+        "native (run as root?): {}",
+        runs[0].describe()
+    );
+    let mut failures: Vec<String> = compare(&env, "creds", &runs[1], &runs[0])
+        .err()
+        .into_iter()
+        .collect();
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(env.export().join("pub/made.txt")) {
+        Ok(m) if m.uid() == 65534 && m.gid() == 65534 => {}
+        other => failures.push(format!("pub/made.txt in the export: {other:?}")),
+    }
+    env.assert_not_escaped();
+    conclude(
+        "credentials_dropped_inside_the_program_reach_the_domains",
+        failures,
+    );
+}
+
+#[test]
 fn forks_from_threaded_program() {
     let env = Env::new("forks");
     env.put("ft.txt", b"read by every thread and every child\n");

@@ -205,3 +205,69 @@ pub extern "C" fn pthread_sigmask(how: c_int, set: *const u64, old: *mut u64) ->
         0
     }
 }
+
+// ---- credential changes reach every domain before the call returns ----
+//
+// The domains act with the credentials the kernel reported when the session connected
+// (SO_PEERCRED). After a successful setuid/setgid/... the shim connects each domain anew (the
+// new connection carries the new credentials) and adopts the old session's handles into it
+// (see `remote::refresh_credentials`). The real functions are resolved once, in the
+// constructor ([`resolve_real`]): glibc applies them to every thread of the process.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+macro_rules! creds {
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) => $slot:ident; )*) => {
+        $(
+            static $slot: AtomicUsize = AtomicUsize::new(0);
+
+            #[no_mangle]
+            pub extern "C" fn $name($($arg: $ty),*) -> c_int {
+                let f = $slot.load(Ordering::Acquire);
+                if f == 0 {
+                    crate::sys::set_errno(libc::ENOSYS);
+                    return -1;
+                }
+                // SAFETY: `f` is libc's own function of this name and prototype (dlsym with
+                // RTLD_NEXT in the constructor).
+                let real: extern "C" fn($($ty),*) -> c_int = unsafe { std::mem::transmute(f) };
+                let r = real($($arg),*);
+                if r == 0 {
+                    // SAFETY: this thread's errno slot.
+                    let e = unsafe { *libc::__errno_location() };
+                    crate::remote::refresh_credentials();
+                    crate::sys::set_errno(e);
+                }
+                r
+            }
+        )*
+
+        /// Resolves libc's credential functions (constructor only: dlsym may allocate).
+        pub fn resolve_real() {
+            $(
+                // SAFETY: dlsym with a valid NUL-terminated name; the result is a function
+                // address or null.
+                let p = unsafe {
+                    libc::dlsym(
+                        libc::RTLD_NEXT,
+                        concat!(stringify!($name), "\0").as_ptr().cast(),
+                    )
+                };
+                $slot.store(p as usize, Ordering::Release);
+            )*
+        }
+    };
+}
+
+creds! {
+    setuid(uid: libc::uid_t) => REAL_SETUID;
+    setgid(gid: libc::gid_t) => REAL_SETGID;
+    seteuid(uid: libc::uid_t) => REAL_SETEUID;
+    setegid(gid: libc::gid_t) => REAL_SETEGID;
+    setreuid(r: libc::uid_t, e: libc::uid_t) => REAL_SETREUID;
+    setregid(r: libc::gid_t, e: libc::gid_t) => REAL_SETREGID;
+    setresuid(r: libc::uid_t, e: libc::uid_t, s: libc::uid_t) => REAL_SETRESUID;
+    setresgid(r: libc::gid_t, e: libc::gid_t, s: libc::gid_t) => REAL_SETRESGID;
+    setgroups(n: size_t, list: *const libc::gid_t) => REAL_SETGROUPS;
+    initgroups(user: *const c_char, group: libc::gid_t) => REAL_INITGROUPS;
+}

@@ -154,6 +154,7 @@ extern "C" fn virtuos_init() {
         return;
     }
     dispatch::init_umask();
+    exports::resolve_real();
     if cfg.report {
         let fd = sys::sys(libc::SYS_fcntl, &[2, libc::F_DUPFD_CLOEXEC as u64, 3]);
         if fd >= 0 {

@@ -538,6 +538,97 @@ impl Domain {
     }
 }
 
+impl Domain {
+    /// Replaces the session by one connected now, with the process's current credentials,
+    /// holding the same handles (an exec-kind snapshot adopted under the same numbers, so the
+    /// fd table stays valid). When that fails the old session is retired: its calls would act
+    /// with the credentials the process gave up, so they fail with EIO instead.
+    fn refresh_credentials(&'static self) {
+        let Some(sock) = self.sock() else { return };
+        if self.live.load(Ordering::SeqCst).is_null() || crate::proc::shared_child() {
+            return;
+        }
+        while self
+            .connecting
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
+        }
+        let _masked = crate::lock::Masked::new();
+        let _pin = Pin::new(self);
+        let old = self.live.load(Ordering::SeqCst);
+        if !old.is_null() {
+            // SAFETY: pinned; a published session stays allocated while pinned.
+            let live = unsafe { &*old };
+            let mut args = [1, 0, 0, 0, 0];
+            let (r, token) = call_on(&live.s, Opcode::PrepareClone, &mut args, &[], None);
+            let fresh = (r >= 0)
+                .then(|| {
+                    let _internal = crate::proc::Internal::enter();
+                    let cfg = ClientConfig {
+                        spin: config::get().spin,
+                        fd_hooks: Some(crate::reserve::HOOKS),
+                        ..ClientConfig::EMPTY
+                    };
+                    connect_session(sock, &cfg).ok()
+                })
+                .flatten()
+                .and_then(|s| {
+                    let mut a = [token, 0, 0, 0, 0];
+                    (call_on(&s, Opcode::Adopt, &mut a, &[], None).0 >= 0).then_some(s)
+                });
+            match fresh {
+                Some(s) => {
+                    let new = Box::into_raw(Box::new(Live {
+                        s,
+                        generation: AtomicU32::new(live.generation()),
+                    }));
+                    self.connects.fetch_add(1, Ordering::Relaxed);
+                    if self
+                        .live
+                        .compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                    {
+                        self.retire(old);
+                    } else {
+                        // SAFETY: never published.
+                        drop(unsafe { Box::from_raw(new) });
+                    }
+                }
+                None => {
+                    crate::diag!(
+                        "virtuos: pid {}: cannot carry the {} domain's files over to the new credentials; they fail with EIO",
+                        crate::diag::pid(),
+                        self.name()
+                    );
+                    if self
+                        .live
+                        .compare_exchange(
+                            old,
+                            std::ptr::null_mut(),
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        )
+                        .is_ok()
+                    {
+                        self.retire(old);
+                        fdtable::new_generation(self.net);
+                    }
+                }
+            }
+        }
+        self.connecting.store(false, Ordering::Release);
+    }
+}
+
+/// After the process changed its credentials: every domain's session is replaced by one
+/// with the new credentials, holding the same handles, before the call returns.
+pub fn refresh_credentials() {
+    STORAGE.refresh_credentials();
+    NET.refresh_credentials();
+}
+
 /// In the owner: drops sessions of shared children that are gone (see [`crate::proc::sweep`]).
 pub fn sweep_child_sessions() {
     STORAGE.sweep_child_session();
