@@ -689,6 +689,67 @@ http {{
     }
 }
 
+/// CPU time (utime + stime, clock ticks) of every process whose command line contains `key`.
+fn cpu_ticks_of(key: &str) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = e.path();
+        let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmd)
+            .replace('\0', " ")
+            .contains(key)
+        {
+            continue;
+        }
+        if let Ok(stat) = std::fs::read_to_string(p.join("stat")) {
+            // Fields after the ")" of the command: utime and stime are the 12th and 13th.
+            if let Some(rest) = stat.rsplit_once(')').map(|x| x.1) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                total += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                total += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn http_server_idles_after_its_domain_died() {
+    // With no supervisor to restart it, a killed network domain leaves a redirected
+    // http.server with a listener that looks idle: it waits, using (almost) no CPU, instead
+    // of spinning on a listener that keeps reporting an error.
+    let dir = Scratch::new("idle");
+    let mut net = Domain::net(&dir);
+    let port = free_port();
+    let mut cmd = redirected(&net, None, "python3");
+    cmd.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ]);
+    let mut server = Running::spawn(cmd);
+    wait_listening(port, &mut server);
+    assert!(!curl(&format!("http://127.0.0.1:{port}/"), None).is_empty());
+    net.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let key = format!("http.server {port}");
+    let t0 = cpu_ticks_of(&key);
+    std::thread::sleep(Duration::from_secs(5));
+    let used = cpu_ticks_of(&key) - t0;
+    // SAFETY: sysconf has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let percent = used * 100 / (5 * hz);
+    println!("http.server after its domain died: {used} ticks in 5 s ({percent}% of a CPU)");
+    let f = server.kill_now();
+    assert!(
+        percent < 5,
+        "a redirected http.server used {percent}% of a CPU over 5 s after its domain died: {}",
+        f.describe()
+    );
+}
+
 #[test]
 fn dead_network_domain_fails_fast() {
     let dir = Scratch::new("dead");
@@ -702,7 +763,14 @@ fn dead_network_domain_fails_fast() {
     let f = prog.finish(Duration::from_secs(60));
     assert!(f.status.success(), "{}", f.describe());
     let out = f.out();
-    for call in ["accept", "send", "recv"] {
+    // The dead domain's listener is idle: a timed accept times out, a non-blocking one
+    // says EAGAIN at once.
+    assert!(
+        out.contains("accept: timeout ms=") && out.contains("accept nonblocking: EAGAIN ms="),
+        "the listener of a dead domain must look idle: {}",
+        f.describe()
+    );
+    for call in ["send", "recv"] {
         let line = out
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{call}: ")))

@@ -774,6 +774,7 @@ pub fn open_remote(rp: &[u8], flags: u64, mode: u64) -> i64 {
         handle,
         is_dir,
         net: false,
+        listening: false,
     };
     if proc::shared_child() {
         // Opened by a vfork/posix_spawn child on its parent's session: the table is the

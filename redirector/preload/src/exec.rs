@@ -50,7 +50,8 @@ pub struct State {
     pid: i64,
     tokens: [u64; 2],
     cwd: Vec<u8>,
-    entries: Vec<(i32, u32, bool, bool, Vec<u8>)>,
+    /// (fd, handle, is_dir, net, listening, directory path)
+    entries: Vec<(i32, u32, bool, bool, bool, Vec<u8>)>,
 }
 
 impl State {
@@ -63,10 +64,10 @@ impl State {
         w.extend_from_slice(&self.tokens[1].to_ne_bytes());
         w.extend_from_slice(&(self.cwd.len() as u32).to_ne_bytes());
         w.extend_from_slice(&self.cwd);
-        for (fd, h, is_dir, net, dir) in &self.entries {
+        for (fd, h, is_dir, net, listening, dir) in &self.entries {
             w.extend_from_slice(&fd.to_ne_bytes());
             w.extend_from_slice(&h.to_ne_bytes());
-            w.push(u8::from(*is_dir) | (u8::from(*net) << 1));
+            w.push(u8::from(*is_dir) | (u8::from(*net) << 1) | (u8::from(*listening) << 2));
             w.extend_from_slice(&(dir.len() as u32).to_ne_bytes());
             w.extend_from_slice(dir);
         }
@@ -106,7 +107,7 @@ impl State {
                 return None;
             }
             let dir = take(&mut b, plen)?.to_vec();
-            entries.push((fd, h, flags & 1 != 0, flags & 2 != 0, dir));
+            entries.push((fd, h, flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, dir));
         }
         Some(State {
             token,
@@ -471,6 +472,7 @@ fn prepare() -> Option<Entry> {
             c.r.handle,
             c.r.is_dir,
             c.r.net,
+            c.r.listening,
             dir[..n].to_vec(),
         ));
     }
@@ -651,9 +653,9 @@ pub fn restore() {
     }
     let mut dead = Vec::new();
     let mut alive = Vec::new();
-    for (fd, h, is_dir, net, dpath) in &st.entries {
+    for (fd, h, is_dir, net, listening, dpath) in &st.entries {
         let fd = i64::from(*fd);
-        let (h, is_dir, net) = (*h, *is_dir, *net);
+        let (h, is_dir, net, listening) = (*h, *is_dir, *net, *listening);
         if !adopted[usize::from(net)] {
             // The placeholder stays, naming nothing: calls on it fail with EIO.
             fdtable::set(
@@ -662,6 +664,7 @@ pub fn restore() {
                     handle: fdtable::STALE,
                     is_dir,
                     net,
+                    listening,
                 },
             );
             continue;
@@ -676,6 +679,7 @@ pub fn restore() {
                     handle: h,
                     is_dir,
                     net,
+                    listening,
                 },
             );
             alive.push((net, h));
@@ -704,8 +708,9 @@ mod tests {
             tokens: [5, 0],
             cwd: b"/vt/d".to_vec(),
             entries: vec![
-                (3, 9, false, false, vec![]),
-                (4, 2, true, false, b"/d".to_vec()),
+                (3, 9, false, false, false, vec![]),
+                (4, 2, true, false, false, b"/d".to_vec()),
+                (5, 7, false, true, true, vec![]),
             ],
         };
         let b = st.encode();

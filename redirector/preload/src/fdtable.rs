@@ -43,6 +43,8 @@ const PRESENT: u64 = 1 << 63;
 const IS_DIR: u64 = 1 << 62;
 /// The entry names a socket of the network domain (else a file of the storage domain).
 const NET: u64 = 1 << 31;
+/// The entry names a listening socket.
+const LISTENING: u64 = 1 << 30;
 const GEN_SHIFT: u32 = 32;
 /// Generations are 30 bits wide (bits 32..62 of an entry); 0 is never a live generation.
 const GEN_MASK: u64 = (1 << 30) - 1;
@@ -66,6 +68,8 @@ pub struct Remote {
     pub is_dir: bool,
     /// A socket of the network domain (else a file of the storage domain).
     pub net: bool,
+    /// A listening socket (a dead domain's listener then looks idle, not failed).
+    pub listening: bool,
 }
 
 /// The generation of the current session of a domain.
@@ -155,7 +159,17 @@ fn decode_in(v: u64, cur: u32) -> Option<Remote> {
         handle,
         is_dir: v & IS_DIR != 0,
         net: v & NET != 0,
+        listening: v & LISTENING != 0,
     })
+}
+
+/// Marks the socket `fd` stands for as listening (after a successful `listen`).
+pub fn mark_listening(fd: i64) {
+    if let Some(e) = usize::try_from(fd).ok().and_then(|i| FDS.get(i)) {
+        let _ = e.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            (v & PRESENT != 0 && v & NET != 0).then_some(v | LISTENING)
+        });
+    }
 }
 
 /// What `fd` stands for, if it is a remote placeholder of the storage domain.
@@ -205,7 +219,8 @@ pub fn set(fd: i64, r: Remote) -> Option<Remote> {
     if g != 0 && (h as usize) < MAX_HANDLES {
         REFS[usize::from(r.net)][h as usize].fetch_add(1, Ordering::AcqRel);
     }
-    let old = decode(FDS[i].swap(encode(h, r.is_dir, r.net, g), Ordering::AcqRel));
+    let v = encode(h, r.is_dir, r.net, g) | if r.listening { LISTENING } else { 0 };
+    let old = decode(FDS[i].swap(v, Ordering::AcqRel));
     REMOTE_COUNT[usize::from(r.net)].fetch_add(1, Ordering::Relaxed);
     if let Some(o) = old {
         REMOTE_COUNT[usize::from(o.net)].fetch_sub(1, Ordering::Relaxed);
@@ -386,7 +401,8 @@ mod tests {
                 Remote {
                     handle: tag(4, g),
                     is_dir: false,
-                    net: false
+                    net: false,
+                    listening: false,
                 }
             ),
             None
@@ -399,7 +415,8 @@ mod tests {
                 Remote {
                     handle: tag(6, g),
                     is_dir: true,
-                    net: false
+                    net: false,
+                    listening: false,
                 }
             ),
             None
@@ -422,7 +439,8 @@ mod tests {
                 Remote {
                     handle: tag(4, g2),
                     is_dir: false,
-                    net: false
+                    net: false,
+                    listening: false,
                 }
             ),
             None
@@ -439,6 +457,7 @@ mod tests {
                 handle: tag(9, g),
                 is_dir: false,
                 net: false,
+                listening: false,
             },
         );
         assert_eq!(get(21).unwrap().handle, STALE);

@@ -252,6 +252,7 @@ fn install(handle: i64, cloexec: bool) -> i64 {
             handle: handle as u32,
             is_dir: false,
             net: true,
+            listening: false,
         });
         return ph;
     }
@@ -261,6 +262,7 @@ fn install(handle: i64, cloexec: bool) -> i64 {
             handle: handle as u32,
             is_dir: false,
             net: true,
+            listening: false,
         },
     );
     ph
@@ -832,8 +834,23 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
                 forget_fd(fd);
                 sys::sys(libc::SYS_close, &[fd as u64])
             }
+            _ if r.listening => match dead_listener(nr, a, r) {
+                Some(x) => x,
+                None => e(libc::ECONNRESET),
+            },
             _ => e(libc::ECONNRESET),
         });
+    }
+    if r.listening
+        && matches!(
+            nr,
+            libc::SYS_accept | libc::SYS_accept4 | libc::SYS_fcntl | libc::SYS_ioctl
+        )
+        && domain_dead()
+    {
+        if let Some(x) = dead_listener(nr, a, r) {
+            return Some(x);
+        }
     }
     // Blocking data calls wait for readiness here first (see `wait_ready`).
     let pre = match nr {
@@ -857,14 +874,20 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
                 .unwrap_or_else(|err| err),
             Err(err) => err,
         },
-        libc::SYS_listen => simple(
-            Opcode::Listen,
-            [r.handle.into(), a[1] as i32 as i64 as u64, 0, 0, 0],
-            &[],
-            None,
-        )
-        .map(|r| r.result)
-        .unwrap_or_else(|err| err),
+        libc::SYS_listen => {
+            let res = simple(
+                Opcode::Listen,
+                [r.handle.into(), a[1] as i32 as i64 as u64, 0, 0, 0],
+                &[],
+                None,
+            )
+            .map(|r| r.result)
+            .unwrap_or_else(|err| err);
+            if res == 0 {
+                fdtable::mark_listening(fd);
+            }
+            res
+        }
         libc::SYS_accept => accept(fd, r, a[1], a[2], 0),
         libc::SYS_accept4 => accept(fd, r, a[1], a[2], a[3]),
         libc::SYS_connect => connect(r, a[1], a[2]),
@@ -943,6 +966,59 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
         libc::SYS_mmap => e(libc::ENODEV),
         _ => return None,
     })
+}
+
+/// A listener whose domain died looks idle, not failed, so that a server waiting on it
+/// neither spins nor dies: `accept` finds nothing (EAGAIN when non-blocking; a blocking one
+/// sleeps until a signal, as on an idle listener), `poll`/`epoll` do not report it (see
+/// `netpoll::remote_state`), and O_NONBLOCK can still be read and set. None: the call
+/// fails as on any socket of a dead domain.
+fn dead_listener(nr: i64, a: [u64; 6], r: Remote) -> Option<i64> {
+    let stale = r.handle == fdtable::STALE;
+    match nr {
+        libc::SYS_accept | libc::SYS_accept4 => {
+            if stale || nonblocking(r) {
+                return Some(e(libc::EAGAIN));
+            }
+            loop {
+                // No fds, no timeout: only a signal ends the wait.
+                let r = sys::sys(libc::SYS_ppoll, &[0, 0, 0, 0, 8]);
+                if r == e(libc::EINTR) && should_interrupt() {
+                    return Some(r);
+                }
+            }
+        }
+        libc::SYS_fcntl => match a[1] as i32 {
+            libc::F_GETFL => Some(
+                libc::O_RDWR as i64
+                    | if nonblocking(r) {
+                        libc::O_NONBLOCK as i64
+                    } else {
+                        0
+                    },
+            ),
+            libc::F_SETFL => {
+                if !stale {
+                    set_nonblocking(r.handle, a[2] & libc::O_NONBLOCK as u64 != 0);
+                }
+                Some(0)
+            }
+            _ => None,
+        },
+        libc::SYS_ioctl if a[1] == libc::FIONBIO as u64 => {
+            if !stale && a[2] != 0 {
+                set_nonblocking(r.handle, get::<i32>(a[2]) != 0);
+            }
+            Some(0)
+        }
+        _ => None,
+    }
+}
+
+/// True when the network domain's session is gone or unusable (the domain died).
+fn domain_dead() -> bool {
+    let _pin = Pin::new(&NET);
+    NET.session(None).is_none_or(|l| l.s.server_gone())
 }
 
 /// A placeholder fd of a network socket went away: drop it from emulated epoll sets.

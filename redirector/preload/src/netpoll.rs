@@ -83,12 +83,18 @@ const DEAD: u32 = (libc::POLLERR | libc::POLLHUP) as u32;
 /// A remote socket's readiness (mask, edge counter) in `live`'s session; a socket of a dead
 /// session (or without a session) is in error and hung up.
 fn remote_state(live: Option<&Live>, r: Remote) -> (u32, u32) {
+    // A dead domain's listener looks idle (nothing to accept), not failed: a server that
+    // keeps waiting on it neither spins nor dies. Its connections report the error.
+    let dead = if r.listening { 0 } else { DEAD };
     let Some(live) = live else {
-        return (DEAD, 0);
+        return (dead, 0);
     };
     let Some(raw) = fdtable::handle_in(r.handle, live.generation()) else {
-        return (DEAD, 0);
+        return (dead, 0);
     };
+    if r.listening && live.s.server_gone() {
+        return (0, 0);
+    }
     match live.s.readiness(raw as usize) {
         Some(x) => (x.mask, x.seq),
         None => ((libc::POLLIN | libc::POLLOUT) as u32, 0),

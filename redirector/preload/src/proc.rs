@@ -197,7 +197,10 @@ static CHILD_OPENS: [ChildOpen; CHILD_SLOTS] = [const {
 }; CHILD_SLOTS];
 
 fn encode(r: crate::fdtable::Remote) -> u64 {
-    u64::from(r.handle) | u64::from(r.net) << 32 | u64::from(r.is_dir) << 33
+    u64::from(r.handle)
+        | u64::from(r.net) << 32
+        | u64::from(r.is_dir) << 33
+        | u64::from(r.listening) << 34
 }
 
 fn decode(v: u64) -> crate::fdtable::Remote {
@@ -205,6 +208,7 @@ fn decode(v: u64) -> crate::fdtable::Remote {
         handle: v as u32,
         net: v >> 32 & 1 != 0,
         is_dir: v >> 33 & 1 != 0,
+        listening: v >> 34 & 1 != 0,
     }
 }
 

@@ -1,5 +1,7 @@
 """Sockets of a network domain that dies under the program: once told (a line on stdin),
-accept and send fail fast with ECONNRESET or EIO; local files keep working."""
+send and recv fail fast with ECONNRESET or EIO, while the listener looks idle (an accept
+with a timeout times out, a non-blocking one says EAGAIN: nothing for a server to spin on);
+local files keep working."""
 import errno
 import os
 import socket
@@ -22,11 +24,16 @@ def attempt(name, f):
     try:
         f()
         print(f"{name}: succeeded")
+    except TimeoutError:
+        print(f"{name}: timeout ms={(time.monotonic() - start) * 1000:.0f}")
     except OSError as e:
         print(f"{name}: {errno.errorcode.get(e.errno, e.errno)} ms={(time.monotonic() - start) * 1000:.0f}")
 
 
+lst.settimeout(0.5)
 attempt("accept", lst.accept)
+lst.setblocking(False)
+attempt("accept nonblocking", lst.accept)
 attempt("send", lambda: cli.send(b"after"))
 attempt("recv", lambda: srv.recv(100))
 path = f"/tmp/virtuos-net-dead-{os.getpid()}"
