@@ -1005,7 +1005,7 @@ fn dead_listener(nr: i64, a: [u64; 6], r: Remote) -> Option<i64> {
             }
             _ => None,
         },
-        libc::SYS_ioctl if a[1] == libc::FIONBIO as u64 => {
+        libc::SYS_ioctl if a[1] == libc::FIONBIO => {
             if !stale && a[2] != 0 {
                 set_nonblocking(r.handle, get::<i32>(a[2]) != 0);
             }
