@@ -81,6 +81,12 @@ const _: () = assert!(core::mem::size_of::<Response>() == SLOT_SIZE);
 
 /// Request flag: the client will not wait for this response (fire and forget).
 pub const REQ_FLAG_NO_REPLY_WAIT: u16 = 1 << 0;
+/// `args[2]` of a [`Opcode::Write`]/[`Opcode::PWrite`] chunk that more chunks of the same
+/// write follow (see [`Opcode::Write`]).
+pub const WRITE_MORE: u64 = 1;
+/// The largest write the storage domain assembles from chunks into one system call; larger
+/// ones are written chunk by chunk.
+pub const WRITE_ASSEMBLE_MAX: usize = 16 << 20;
 /// All request flags this version understands.
 pub const REQ_FLAGS_KNOWN: u16 = REQ_FLAG_NO_REPLY_WAIT;
 

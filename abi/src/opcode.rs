@@ -74,10 +74,16 @@ opcodes! {
     /// read at the file position: `args[0]` = handle; up to `data_len` bytes into the window.
     Read = 258,
     /// write at the file position: `args[0]` = handle; `data_len` bytes from the window.
+    /// A write larger than the window travels as chunks that the server assembles and writes
+    /// with one system call (so it is as atomic as Linux's, `O_APPEND` included): every chunk
+    /// but the last has [`crate::WRITE_MORE`] in `args[2]`, and all carry the same nonzero token in
+    /// `args[3]`; the chunks before the last answer with their length, the last with the
+    /// result of the whole write.
     Write = 259,
     /// pread: `args[0]` = handle, `args[1]` = offset.
     PRead = 260,
-    /// pwrite: `args[0]` = handle, `args[1]` = offset.
+    /// pwrite: `args[0]` = handle, `args[1]` = offset (the first chunk's, for an assembled
+    /// write: see [`Opcode::Write`]).
     PWrite = 261,
     /// lseek: `args[0]` = handle, `args[1]` = offset (i64), `args[2]` = whence.
     LSeek = 262,

@@ -1281,6 +1281,35 @@ except OSError as e:
 }
 
 #[test]
+fn large_o_append_writes_are_not_torn() {
+    // Two processes append 40 records of 600,000 bytes (more than the data window) with
+    // O_APPEND at once: as on Linux, no record is torn (the storage domain assembles the
+    // chunks of a large write and writes them with one system call).
+    let env = Env::new("append");
+    let py = python();
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &py);
+        cmd.arg(source("append.py"))
+            .arg(format!("{}/records.dat", env.tree(redirected)));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0].out().contains("records 80 torn 0"),
+        "native: {}",
+        runs[0].describe()
+    );
+    env.assert_not_escaped();
+    let r = compare(&env, "append.py", &runs[1], &runs[0]);
+    conclude(
+        "large_o_append_writes_are_not_torn",
+        r.err().into_iter().collect(),
+    );
+}
+
+#[test]
 fn forks_from_threaded_program() {
     let env = Env::new("forks");
     env.put("ft.txt", b"read by every thread and every child\n");

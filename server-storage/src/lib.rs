@@ -107,7 +107,19 @@ pub struct Storage {
     root: Arc<OwnedFd>,
     ftruncate_uring: bool,
     export: String,
+    /// Chunks of writes larger than the window, by (session, token), until their last chunk.
+    staging: std::sync::Mutex<std::collections::HashMap<(u64, u64), Staged>>,
 }
+
+/// A write larger than the window, being assembled (see `Opcode::Write`).
+struct Staged {
+    handle: u64,
+    off: u64,
+    buf: Vec<u8>,
+}
+
+/// Most bytes one session may have staged at once.
+const STAGED_PER_SESSION_MAX: usize = 2 * abi::WRITE_ASSEMBLE_MAX;
 
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,6 +190,7 @@ impl Storage {
             root: Arc::new(root),
             ftruncate_uring: uring_supports(opcode::Ftruncate::CODE),
             export,
+            staging: Default::default(),
         }
     }
 
@@ -330,6 +343,52 @@ impl Storage {
                 } else {
                     offset(a[1])?
                 };
+                let token = a[3];
+                if token != 0 {
+                    // A chunk of a write larger than the window (see `Opcode::Write`).
+                    let key = (call.session_id(), token);
+                    let mut chunk = vec![0u8; len as usize];
+                    call.read_payload(&mut chunk);
+                    let mut st = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+                    if a[2] & abi::WRITE_MORE != 0 {
+                        let staged: usize = st
+                            .iter()
+                            .filter(|((s, _), _)| *s == key.0)
+                            .map(|(_, v)| v.buf.len())
+                            .sum();
+                        let e = st.entry(key).or_insert_with(|| Staged {
+                            handle: a[0],
+                            off,
+                            buf: Vec::new(),
+                        });
+                        if e.handle != a[0]
+                            || e.buf.len() + chunk.len() > abi::WRITE_ASSEMBLE_MAX
+                            || staged + chunk.len() > STAGED_PER_SESSION_MAX
+                        {
+                            st.remove(&key);
+                            return Err(libc::EFBIG);
+                        }
+                        e.buf.extend_from_slice(&chunk);
+                        return Ok(Outcome::Done(Response::ok(call.id(), i64::from(len))));
+                    }
+                    let mut whole = match st.remove(&key) {
+                        Some(s) if s.handle == a[0] => s,
+                        Some(_) => return Err(libc::EINVAL),
+                        None => Staged {
+                            handle: a[0],
+                            off,
+                            buf: Vec::new(),
+                        },
+                    };
+                    drop(st);
+                    whole.buf.extend_from_slice(&chunk);
+                    let n = u32::try_from(whole.buf.len()).map_err(|_| libc::EFBIG)?;
+                    let e = opcode::Write::new(types::Fd(f.as_raw_fd()), whole.buf.as_ptr(), n)
+                        .offset(whole.off)
+                        .build();
+                    // The buffer lives (boxed, not moved) until the write completes.
+                    return Ok(Outcome::SubmitKeep(e, Box::new((f, whole.buf))));
+                }
                 let e = opcode::Write::new(
                     types::Fd(f.as_raw_fd()),
                     call.window_ptr().cast_const(),
@@ -463,6 +522,14 @@ impl Handler for Storage {
 
     fn acts_as_client(&self) -> bool {
         true
+    }
+
+    fn session_closed(&self, id: u64, _creds: Credentials) {
+        // Writes the session left half-sent are dropped.
+        self.staging
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(s, _), _| *s != id);
     }
 
     fn session_opened(&self, id: u64, creds: Credentials) {

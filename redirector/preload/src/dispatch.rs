@@ -4,7 +4,7 @@
 //! (safety net). Local calls are re-issued unchanged through the trampoline; remote ones go to
 //! the storage domain. Results are raw (`-errno` on failure), as the kernel returns them.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use abi::Opcode;
 
@@ -822,6 +822,34 @@ fn close(fd: i64) -> Result<i64, i64> {
     }
 }
 
+/// A write larger than the window: its chunks are assembled by the storage domain and
+/// written with one system call, so that it is as atomic as Linux makes a write to a regular
+/// file (two processes appending large records never interleave them).
+fn assembled_write(r: Remote, buf: u64, len: usize, off: Option<u64>, w: usize) -> i64 {
+    static TOKENS: AtomicU64 = AtomicU64::new(1);
+    let token = TOKENS.fetch_add(1, Ordering::Relaxed);
+    let (op, at) = match off {
+        Some(o) => (Opcode::PWrite, o),
+        None => (Opcode::Write, 0),
+    };
+    let mut sent = 0usize;
+    loop {
+        let chunk = (len - sent).min(w);
+        let last = sent + chunk == len;
+        let flags = if last { 0 } else { abi::WRITE_MORE };
+        let n = remote::call(
+            op,
+            [r.handle.into(), at, flags, token, 0],
+            &[user_buf(buf + sent as u64, chunk)],
+            None,
+        );
+        if n < 0 || last {
+            return n;
+        }
+        sent += chunk;
+    }
+}
+
 /// `bind`/`connect` of an AF_UNIX socket to a path: a path the kernel would resolve somewhere
 /// else than the program means (relative to a routed cwd, or under the mount) must not land
 /// in the process's real cwd. Under the mount: EOPNOTSUPP (the storage domain cannot host a
@@ -866,6 +894,9 @@ fn rw(r: Remote, write: bool, buf: u64, len: usize, off: Option<u64>) -> i64 {
         return e(libc::EISDIR);
     }
     let w = remote::window();
+    if write && len > w && len <= abi::WRITE_ASSEMBLE_MAX {
+        return assembled_write(r, buf, len, off, w);
+    }
     let mut done = 0usize;
     while done < len || len == 0 {
         let chunk = (len - done).min(w);
