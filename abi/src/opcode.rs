@@ -140,6 +140,10 @@ opcodes! {
     /// open-file-description locks on the handle's file, so they conflict between clients as
     /// POSIX locks conflict between processes; F_GETLK reports `l_pid = -1`.
     Fcntl = 283,
+    /// mknod: `args[1]` = mode (file type and permission bits), `args[2]` = device number.
+    /// FIFOs, sockets and regular files for anyone; device nodes need CAP_MKNOD, checked by the
+    /// kernel against the caller's credentials, which the server takes on for the call.
+    MknodAt = 284,
 
     // ---- network domain, 300.. ----
     // Handles name sockets in the session's own table; `Close`, `FStat` and `Fcntl`

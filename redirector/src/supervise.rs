@@ -1049,6 +1049,15 @@ impl Supervisor {
                 Opcode::MkdirAt,
                 [0, a[2] & 0o7777 & !proc_umask(pid), 0, 0, 0],
             ),
+            libc::SYS_mknod | libc::SYS_mknodat => {
+                let (mode, dev) = if nr == libc::SYS_mknod {
+                    (a[1], a[2])
+                } else {
+                    (a[2], a[3])
+                };
+                let mode = (mode & libc::S_IFMT as u64) | (mode & 0o7777 & !proc_umask(pid));
+                call0(self, Opcode::MknodAt, [0, mode, dev, 0, 0])
+            }
             libc::SYS_rmdir => call0(
                 self,
                 Opcode::UnlinkAt,

@@ -1310,6 +1310,33 @@ fn large_o_append_writes_are_not_torn() {
 }
 
 #[test]
+fn mknod_and_mkfifo_under_the_mount() {
+    // FIFOs, regular files, sockets and (as root) device nodes, with their modes and errors,
+    // and a FIFO in the tree carrying bytes between two processes: as natively.
+    let env = Env::new("mknod");
+    let py = python();
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &py);
+        cmd.arg(source("mknod.py")).arg(env.tree(redirected));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0].out().contains("read: through the fifo"),
+        "native: {}",
+        runs[0].describe()
+    );
+    env.assert_not_escaped();
+    let r = compare(&env, "mknod.py", &runs[1], &runs[0]);
+    conclude(
+        "mknod_and_mkfifo_under_the_mount",
+        r.err().into_iter().collect(),
+    );
+}
+
+#[test]
 fn forks_from_threaded_program() {
     let env = Env::new("forks");
     env.put("ft.txt", b"read by every thread and every child\n");

@@ -491,6 +491,7 @@ impl Storage {
             Opcode::UtimensAt => self.blocking_path(ops::utimens_at),
             Opcode::StatAt => self.blocking_path(ops::stat_at),
             Opcode::MkdirAt => self.blocking_path(ops::mkdir_at),
+            Opcode::MknodAt => self.blocking_path(ops::mknod_at),
             Opcode::UnlinkAt => self.blocking_path(ops::unlink_at),
             Opcode::RenameAt => self.blocking_path(ops::rename_at),
             Opcode::LinkAt => self.blocking_path(ops::link_at),

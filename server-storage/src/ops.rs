@@ -305,6 +305,27 @@ pub fn mkdir_at(root: BorrowedFd<'_>, call: &Call<'_>) -> SysResult<Response> {
     Ok(ok(call, 0))
 }
 
+/// MknodAt: `args[1]` = mode (type and permissions), `args[2]` = device.
+pub fn mknod_at(root: BorrowedFd<'_>, call: &Call<'_>) -> SysResult<Response> {
+    let a = args(call);
+    let mode = u32::try_from(a[1]).map_err(|_| libc::EINVAL)?;
+    match mode & libc::S_IFMT {
+        0 | libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK => {}
+        _ => return Err(libc::EINVAL),
+    }
+    let p = path_at(call, 0, a[4])?;
+    let sp = path::split(&p)?;
+    let dir = open_parent(root, &sp.parent)?;
+    match sp.last {
+        Last::Name(name) if !name.to_bytes().ends_with(b"/") => {
+            sys::mknodat(dir.fd(), &name, mode, a[2])?
+        }
+        Last::Name(_) => return Err(libc::ENOENT),
+        Last::Dot | Last::DotDot | Last::Root => return Err(libc::EEXIST),
+    }
+    Ok(ok(call, 0))
+}
+
 /// UnlinkAt: `args[0]` = 0 or AT_REMOVEDIR.
 pub fn unlink_at(root: BorrowedFd<'_>, call: &Call<'_>) -> SysResult<Response> {
     let a = args(call);

@@ -152,6 +152,12 @@ pub fn mkdirat(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32) -> SysResult<()> {
     cvt_int(unsafe { libc::mkdirat(dirfd.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
 }
 
+/// `mknodat`.
+pub fn mknodat(dirfd: BorrowedFd<'_>, name: &CStr, mode: u32, dev: u64) -> SysResult<()> {
+    // SAFETY: `name` is NUL-terminated.
+    cvt_int(unsafe { libc::mknodat(dirfd.as_raw_fd(), name.as_ptr(), mode, dev) }).map(drop)
+}
+
 /// `unlinkat`.
 pub fn unlinkat(dirfd: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<()> {
     // SAFETY: `name` is NUL-terminated.

@@ -460,7 +460,16 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             } else {
                 (fd, a[1])
             };
-            return path_op(d, p, nr, a, |_| e(libc::EPERM));
+            let (mode, dev) = if nr == libc::SYS_mknod {
+                (a[1], a[2])
+            } else {
+                (a[2], a[3])
+            };
+            // The type bits as given, the permission bits under the umask (as the kernel).
+            let mode = (mode & libc::S_IFMT as u64) | masked(mode);
+            return path_op(d, p, nr, a, |rp| {
+                remote::call(Opcode::MknodAt, [0, mode, dev, 0, 0], &[rp], None)
+            });
         }
         libc::SYS_rename => {
             return two_paths(AT_FDCWD, a[0], AT_FDCWD, a[1], nr, a, Opcode::RenameAt, 0)
