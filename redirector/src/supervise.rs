@@ -55,7 +55,15 @@ const NOTIF_ADDFD: u64 = iow(3, 24);
 /// routed calls (the preload shim routes the same ones), so the two modes cannot drift apart.
 fn supervised() -> Vec<u32> {
     use shim_core::table::Class;
+    // `close` and `close_range` are not notified: a call that a signal interrupts before the
+    // supervisor has received it fails with EINTR, and a `close` failing so would leave the
+    // fd open, which Linux's never does (shells then kept pipe ends open and hung). The
+    // supervisor instead notices a closed placeholder by comparing files (`kcmp`) when the fd
+    // is next named, and in a periodic sweep.
     shim_core::table::numbers(&[Class::Storage, Class::Process])
+        .into_iter()
+        .filter(|&n| n != libc::SYS_close as u32 && n != libc::SYS_close_range as u32)
+        .collect()
 }
 
 fn filter() -> Vec<libc::sock_filter> {
@@ -218,6 +226,11 @@ struct Supervisor {
     tgid: HashMap<i32, i32>,
     refs: HashMap<u32, u32>,
     placeholder: OwnedFd,
+    /// Per remote handle, the supervisor's copy of the placeholder file installed for it (a
+    /// file description of its own, so that `kcmp` tells whether a target's fd still is it).
+    files: HashMap<u32, OwnedFd>,
+    /// Notifications served, for the periodic sweep.
+    served: u64,
 }
 
 fn proc_field(pid: i32, file: &str, key: &str) -> Option<i32> {
@@ -254,6 +267,8 @@ impl Supervisor {
             targets: HashMap::new(),
             tgid: HashMap::new(),
             refs: HashMap::new(),
+            files: HashMap::new(),
+            served: 0,
             placeholder,
         })
     }
@@ -421,7 +436,14 @@ impl Supervisor {
         }
     }
 
-    fn add_fd(&self, listener: &OwnedFd, id: u64, newfd: Option<i32>, cloexec: bool) -> i64 {
+    fn add_fd(
+        &self,
+        listener: &OwnedFd,
+        id: u64,
+        newfd: Option<i32>,
+        cloexec: bool,
+        src: RawFd,
+    ) -> i64 {
         #[repr(C)]
         struct AddFd {
             id: u64,
@@ -438,7 +460,7 @@ impl Supervisor {
                 } else {
                     0
                 },
-            srcfd: self.placeholder.as_raw_fd() as u32,
+            srcfd: src as u32,
             newfd: newfd.unwrap_or(0) as u32,
             newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
         };
@@ -458,6 +480,7 @@ impl Supervisor {
         *n -= 1;
         if *n == 0 {
             self.refs.remove(&h);
+            self.files.remove(&h);
             self.call(Opcode::Close, [h.into(), 0, 0, 0, 0], &[], None, false);
         }
     }
@@ -466,6 +489,21 @@ impl Supervisor {
         let a = n.data.args;
         let nr = n.data.nr as i64;
         let fd = a[0] as i32;
+        // Closes are not notified: a remote fd the call names may have been closed (and its
+        // number reused) since; so may a path's directory fd.
+        let named = shim_core::decode(nr, a);
+        for f in named.fds().into_iter().flatten() {
+            self.prune(pid, f.0);
+        }
+        for (d, _) in named.paths().into_iter().flatten() {
+            if d.0 >= 0 {
+                self.prune(pid, d.0);
+            }
+        }
+        self.served += 1;
+        if self.served % 256 == 0 {
+            self.sweep();
+        }
         let rem = |s: &Self, fd: i32| s.targets.get(&pid).and_then(|t| t.fds.get(&fd)).copied();
         let e = |x: i32| Answer::Val(-(x as i64));
         // Path-taking calls: (dirfd, path pointer), from shim-core's decoder.
@@ -871,17 +909,96 @@ impl Supervisor {
         to: Option<i32>,
         cloexec: bool,
     ) -> Answer {
-        let newfd = self.add_fd(listener, id, to, cloexec);
+        let src = match self.file_of(r.handle) {
+            Ok(f) => f,
+            Err(e) => return Answer::Val(-i64::from(e)),
+        };
+        let newfd = self.add_fd(listener, id, to, cloexec, src);
         if newfd < 0 {
             return Answer::Val(newfd);
         }
         *self.refs.entry(r.handle).or_insert(0) += 1;
-        self.targets
+        // The number may have held another remote file (a dup2 onto it): that one is gone.
+        let old = self
+            .targets
             .get_mut(&pid)
             .expect("known")
             .fds
             .insert(newfd as i32, r);
+        if let Some(o) = old {
+            self.release(o.handle);
+        }
         Answer::Sent
+    }
+
+    /// The supervisor's copy of the placeholder file for handle `h` (made on first use: a
+    /// new file description of the private placeholder directory).
+    fn file_of(&mut self, h: u32) -> Result<RawFd, i32> {
+        if let Some(f) = self.files.get(&h) {
+            return Ok(f.as_raw_fd());
+        }
+        let path = format!("/proc/self/fd/{}", self.placeholder.as_raw_fd());
+        let f = std::fs::File::open(&path)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let raw = f.as_raw_fd();
+        self.files.insert(h, OwnedFd::from(f));
+        Ok(raw)
+    }
+
+    /// True when the target's fd `fd` still is the placeholder of handle `h`.
+    fn still_placeholder(&self, pid: i32, fd: i32, h: u32) -> bool {
+        let Some(f) = self.files.get(&h) else {
+            return false;
+        };
+        // SAFETY: kcmp with integer arguments only.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_kcmp,
+                pid,
+                std::process::id() as i32,
+                0, /* KCMP_FILE */
+                fd,
+                f.as_raw_fd(),
+            )
+        };
+        r == 0
+    }
+
+    /// Forgets the target's remote fd `fd` if the target closed or replaced it since.
+    fn prune(&mut self, pid: i32, fd: i32) {
+        let Some(r) = self.targets.get(&pid).and_then(|t| t.fds.get(&fd)).copied() else {
+            return;
+        };
+        if !self.still_placeholder(pid, fd, r.handle) {
+            if let Some(t) = self.targets.get_mut(&pid) {
+                t.fds.remove(&fd);
+            }
+            self.release(r.handle);
+        }
+    }
+
+    /// Every so often: drops closed placeholders and targets that have exited, releasing
+    /// their handles (closes are not notified: see `supervised`).
+    fn sweep(&mut self) {
+        let pids: Vec<i32> = self.targets.keys().copied().collect();
+        for pid in pids {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            if unsafe { libc::kill(pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+            {
+                if let Some(t) = self.targets.remove(&pid) {
+                    for r in t.fds.values() {
+                        self.release(r.handle);
+                    }
+                }
+                self.tgid.retain(|_, p| *p != pid);
+                continue;
+            }
+            let fds: Vec<i32> = self.targets[&pid].fds.keys().copied().collect();
+            for fd in fds {
+                self.prune(pid, fd);
+            }
+        }
     }
 
     fn rw(&self, pid: i32, r: Rem, write: bool, buf: u64, len: usize, off: Option<u64>) -> i64 {

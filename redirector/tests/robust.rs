@@ -1337,6 +1337,54 @@ fn mknod_and_mkfifo_under_the_mount() {
 }
 
 #[test]
+fn supervised_pipeline_loop_leaks_nothing() {
+    // busybox (static: the supervised mode) running `echo a | cat | cat` 1,000 times inside
+    // the mount: it finishes, and its shell ends with as many fds as natively (an interrupted
+    // close must never leave a pipe end open).
+    let Some(bb) = need_program(
+        "supervised_pipeline_loop_leaks_nothing",
+        "busybox",
+        "busybox-static",
+    ) else {
+        return;
+    };
+    let env = Env::new("pipeloop");
+    let script = "cd \"$1\" && i=0; while [ $i -lt 1000 ]; do echo a | busybox cat | busybox cat > out; i=$((i+1)); done; echo done $i; cat out; ls /proc/$$/fd | wc -l";
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = if redirected {
+            env.redirected(Route::Storage, &bb)
+        } else {
+            Command::new(&bb)
+        };
+        cmd.args(["sh", "-c", script, "sh"])
+            .arg(env.tree(redirected));
+        let started = Instant::now();
+        let f = run(cmd, Duration::from_secs(120));
+        show(
+            &format!(
+                "{} ({:.1?})",
+                if redirected { "redirected" } else { "native" },
+                started.elapsed()
+            ),
+            &f,
+        );
+        runs.push(f);
+    }
+    assert!(
+        runs[0].out().contains("done 1000"),
+        "native: {}",
+        runs[0].describe()
+    );
+    env.assert_not_escaped();
+    let r = compare(&env, "pipeline loop", &runs[1], &runs[0]);
+    conclude(
+        "supervised_pipeline_loop_leaks_nothing",
+        r.err().into_iter().collect(),
+    );
+}
+
+#[test]
 fn forks_from_threaded_program() {
     let env = Env::new("forks");
     env.put("ft.txt", b"read by every thread and every child\n");
