@@ -501,7 +501,7 @@ impl Supervisor {
             }
         }
         self.served += 1;
-        if self.served % 256 == 0 {
+        if self.served.is_multiple_of(256) {
             self.sweep();
         }
         let rem = |s: &Self, fd: i32| s.targets.get(&pid).and_then(|t| t.fds.get(&fd)).copied();
@@ -938,8 +938,7 @@ impl Supervisor {
             return Ok(f.as_raw_fd());
         }
         let path = format!("/proc/self/fd/{}", self.placeholder.as_raw_fd());
-        let f = std::fs::File::open(&path)
-            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let f = std::fs::File::open(&path).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
         let raw = f.as_raw_fd();
         self.files.insert(h, OwnedFd::from(f));
         Ok(raw)
