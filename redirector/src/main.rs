@@ -263,6 +263,11 @@ fn run(args: RunArgs) -> Result<i32> {
         }
         probe(sock, "storage")?;
         cmd.env("VIRTUOS_STORAGE", sock).env("VIRTUOS_MOUNT", mount);
+        // A static program the redirected one execs is handed to the supervised mode
+        // through this binary (the shim cannot enter it).
+        if let Ok(me) = std::env::current_exe() {
+            cmd.env("VIRTUOS_REDIRECT", me);
+        }
     }
     if args.net.is_some() || args.storage.is_some() {
         let so = preload_path()?;

@@ -70,10 +70,21 @@ fn filter() -> Vec<libc::sock_filter> {
     shim_core::seccomp::notify_filter(&supervised())
 }
 
+/// Environment entry with the routed cwd a redirected program had when it exec'd the static
+/// program now supervised (set by the shim; removed from the program's environment).
+pub const SUPERVISE_CWD: &str = "VIRTUOS_SUPERVISE_CWD";
+
 /// Runs `prog` supervised; storage routing as given. Returns its exit status.
 pub fn run(prog: &Path, argv: &[OsString], sock: &Path, mount: &Path) -> Result<i32> {
     let session = connect_session(sock, &ClientConfig::default())
         .with_context(|| format!("storage domain at {}", sock.display()))?;
+    // A redirected program that exec'd this static one had its cwd under the mount.
+    let initial_cwd = std::env::var_os(SUPERVISE_CWD).and_then(|c| {
+        paths::normalize(c.as_encoded_bytes()).ok().filter(|p| {
+            paths::normalize(mount.as_os_str().as_encoded_bytes())
+                .is_ok_and(|m| paths::strip_prefix(p.as_bytes(), m.as_bytes()).is_some())
+        })
+    });
     let mount = paths::normalize(mount.as_os_str().as_encoded_bytes())
         .map_err(|_| anyhow::anyhow!("--mount path too long"))?;
     let mut pair = [0; 2];
@@ -94,7 +105,7 @@ pub fn run(prog: &Path, argv: &[OsString], sock: &Path, mount: &Path) -> Result<
     let prog_filter = filter();
     let child_end = theirs.as_raw_fd();
     let mut cmd = Command::new(prog);
-    cmd.args(&argv[1..]);
+    cmd.args(&argv[1..]).env_remove(SUPERVISE_CWD);
     // SAFETY: the hook runs in the forked child before exec and only makes raw system calls on
     // memory prepared before the fork (async-signal-safe).
     unsafe {
@@ -130,7 +141,9 @@ pub fn run(prog: &Path, argv: &[OsString], sock: &Path, mount: &Path) -> Result<
     }
     let handle = std::thread::spawn(move || -> Result<()> {
         let listener = recv_fd(ours.as_raw_fd()).context("receiving the seccomp listener")?;
-        Supervisor::new(session, mount)?.serve(&listener);
+        let mut sup = Supervisor::new(session, mount)?;
+        sup.initial_cwd = initial_cwd;
+        sup.serve(&listener);
         Ok(())
     });
     let mut child = cmd
@@ -226,6 +239,9 @@ struct Supervisor {
     tgid: HashMap<i32, i32>,
     refs: HashMap<u32, u32>,
     placeholder: OwnedFd,
+    /// The routed cwd the first program starts in (handed over by a redirected program that
+    /// exec'd a static one: `VIRTUOS_SUPERVISE_CWD`).
+    initial_cwd: Option<FixedPath>,
     /// Per remote handle, the supervisor's copy of the placeholder file installed for it (a
     /// file description of its own, so that `kcmp` tells whether a target's fd still is it).
     files: HashMap<u32, OwnedFd>,
@@ -269,6 +285,7 @@ impl Supervisor {
             refs: HashMap::new(),
             files: HashMap::new(),
             served: 0,
+            initial_cwd: None,
             placeholder,
         })
     }
@@ -342,7 +359,14 @@ impl Supervisor {
         if !self.targets.contains_key(&pid) {
             let parent =
                 proc_field(pid, "status", "PPid:").and_then(|pp| self.targets.get(&pp).cloned());
-            let t = parent.unwrap_or_default();
+            let t = parent.unwrap_or_else(|| Target {
+                cwd: if self.targets.is_empty() {
+                    self.initial_cwd.take()
+                } else {
+                    None
+                },
+                ..Target::default()
+            });
             for r in t.fds.values() {
                 *self.refs.entry(r.handle).or_insert(0) += 1;
             }

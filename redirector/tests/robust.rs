@@ -1385,6 +1385,52 @@ fn supervised_pipeline_loop_leaks_nothing() {
 }
 
 #[test]
+fn static_programs_started_by_redirected_ones_are_supervised() {
+    // A redirected (dynamic) shell starting static busybox, by absolute path and from a cwd
+    // under the mount: the shim hands it to the supervised mode, so its files are the
+    // storage domain's, never local ones of the same name.
+    let Some(bb) = need_program(
+        "static_programs_started_by_redirected_ones_are_supervised",
+        "busybox",
+        "busybox-static",
+    ) else {
+        return;
+    };
+    let env = Env::new("static");
+    env.put("d/f.txt", b"from the tree\n");
+    let script =
+        "B=$2; $B touch \"$1/x\" && cd \"$1/d\" && $B touch y && $B cat f.txt && $B pwd && $B ls";
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = if redirected {
+            env.redirected(Route::Storage, "/bin/sh")
+        } else {
+            Command::new("/bin/sh")
+        };
+        cmd.args(["-c", script, "sh"])
+            .arg(env.tree(redirected))
+            .arg(&bb);
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    let mut failures: Vec<String> = compare(&env, "static from sh", &runs[1], &runs[0])
+        .err()
+        .into_iter()
+        .collect();
+    for f in ["x", "d/y"] {
+        if !env.export().join(f).exists() {
+            failures.push(format!("{f} is not in the export"));
+        }
+    }
+    env.assert_not_escaped();
+    conclude(
+        "static_programs_started_by_redirected_ones_are_supervised",
+        failures,
+    );
+}
+
+#[test]
 fn forks_from_threaded_program() {
     let env = Env::new("forks");
     env.put("ft.txt", b"read by every thread and every child\n");

@@ -35,6 +35,8 @@ pub struct Config {
     pub report: bool,
     /// The client's spin bounds (`VIRTUOS_CLIENT_SPIN_MIN_NS`/`_MAX_NS`).
     pub spin: SpinPolicy,
+    /// `virtuos-redirect`, to hand a static program this one execs to the supervised mode.
+    pub redirect: Option<PathBuf>,
 }
 
 impl Config {
@@ -44,6 +46,7 @@ impl Config {
         net_sock: None,
         report: false,
         spin: SpinPolicy::CLIENT,
+        redirect: None,
     };
 
     /// Builds the configuration from `lookup` (an environment reader).
@@ -62,6 +65,9 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .and_then(PathBuf::from_bytes),
             report: lookup(ENV_REPORT).is_some(),
+            redirect: lookup("VIRTUOS_REDIRECT")
+                .filter(|v| v.first() == Some(&b'/'))
+                .and_then(PathBuf::from_bytes),
             spin: SpinPolicy::CLIENT.with_overrides(
                 ns(lookup("VIRTUOS_CLIENT_SPIN_MIN_NS")),
                 ns(lookup("VIRTUOS_CLIENT_SPIN_MAX_NS")),

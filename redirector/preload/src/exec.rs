@@ -293,12 +293,129 @@ struct Entry {
     fd: i32,
 }
 
+/// True when the local file at `path` (NUL-terminated) is an ELF executable without a
+/// program interpreter: statically linked, so the shim cannot enter it.
+fn is_static_elf(path: u64) -> bool {
+    let fd = sys::sys(
+        libc::SYS_openat,
+        &[
+            libc::AT_FDCWD as u64,
+            path,
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        ],
+    );
+    if fd < 0 {
+        return false;
+    }
+    let mut h = [0u8; 64];
+    let n = sys::sys(
+        libc::SYS_pread64,
+        &[fd as u64, h.as_mut_ptr() as u64, 64, 0],
+    );
+    let mut is_static = false;
+    if n == 64 && h.starts_with(b"\x7fELF") && h[4] == 2 {
+        let phoff = u64::from_le_bytes(h[32..40].try_into().unwrap_or([0; 8]));
+        let phentsize = u16::from_le_bytes([h[54], h[55]]) as u64;
+        let phnum = u16::from_le_bytes([h[56], h[57]]) as u64;
+        if phentsize >= 56 && phnum <= 64 {
+            is_static = true;
+            for i in 0..phnum {
+                let mut t = [0u8; 4];
+                let r = sys::sys(
+                    libc::SYS_pread64,
+                    &[fd as u64, t.as_mut_ptr() as u64, 4, phoff + i * phentsize],
+                );
+                if r != 4 || u32::from_le_bytes(t) == libc::PT_INTERP {
+                    is_static = false;
+                    break;
+                }
+            }
+        }
+    }
+    sys::sys(libc::SYS_close, &[fd as u64]);
+    is_static
+}
+
+/// A static program this one execs (the shim cannot enter it) runs under the supervised
+/// mode instead: `virtuos-redirect run --storage S --mount M -- PROG ARGS...`, with the routed
+/// cwd handed over in `VIRTUOS_SUPERVISE_CWD` and without `LD_PRELOAD` (the supervisor itself
+/// must not be redirected). Its own remote fds other than the cwd do not follow it.
+fn exec_supervised(a: [u64; 6]) -> Option<i64> {
+    let cfg = config::get();
+    let (Some(redirect), Some(sock), Some(mount)) = (
+        cfg.redirect.as_ref(),
+        cfg.storage_sock.as_ref(),
+        cfg.mount.as_ref(),
+    ) else {
+        return None;
+    };
+    if a[0] == 0 || !is_static_elf(a[0]) {
+        return None;
+    }
+    let z = |p: &PathBuf| {
+        let mut v = p.as_bytes().to_vec();
+        v.push(0);
+        v
+    };
+    let (redirect, sock, mount) = (z(redirect), z(sock), z(mount));
+    let mut argv: Vec<*const libc::c_char> = vec![
+        redirect.as_ptr().cast(),
+        c"run".as_ptr(),
+        c"--storage".as_ptr(),
+        sock.as_ptr().cast(),
+        c"--mount".as_ptr(),
+        mount.as_ptr().cast(),
+        c"--".as_ptr(),
+        a[0] as *const libc::c_char,
+    ];
+    let old = a[1] as *const *const libc::c_char;
+    if !old.is_null() {
+        let mut i = 1usize;
+        loop {
+            // SAFETY: the program's argv for execve: a NULL-terminated array of strings.
+            let p = unsafe { *old.add(i.min(1 << 20)) };
+            if p.is_null() || i >= 1 << 20 {
+                break;
+            }
+            argv.push(p);
+            i += 1;
+        }
+    }
+    argv.push(std::ptr::null());
+    let mut cwd_entry = Vec::new();
+    if let Some(c) = cwd::get() {
+        cwd_entry.extend_from_slice(b"VIRTUOS_SUPERVISE_CWD=");
+        cwd_entry.extend_from_slice(c.as_bytes());
+        cwd_entry.push(0);
+    }
+    let b = [
+        redirect.as_ptr() as u64,
+        argv.as_ptr() as u64,
+        a[2],
+        0,
+        0,
+        0,
+    ];
+    Some(exec_with_env_dropping(
+        libc::SYS_execve,
+        b,
+        2,
+        (!cwd_entry.is_empty()).then_some(&cwd_entry[..]),
+        b"LD_PRELOAD",
+    ))
+}
+
 /// Handles `execve`/`execveat`: saves the state if there is any, then executes for real.
 ///
 /// The exec may come from a `posix_spawn` child running on a 32 KiB stack inside the SIGSYS
 /// handler, so the heavy part ([`prepare`]) runs in a frame of its own that has returned (and
 /// freed everything it allocated) before the exec itself.
 pub fn execve(nr: i64, a: [u64; 6]) -> i64 {
+    if nr == libc::SYS_execve {
+        if let Some(r) = sys::on_big_stack(256 << 10, || exec_supervised(a)) {
+            return r;
+        }
+    }
     // A program that lives in the storage domain: the kernel cannot open it, so its image
     // is copied into a memfd and executed from there (as fexecve does).
     // The preparation may resolve paths and build the hand-over: on a stack of its own, as
@@ -506,14 +623,27 @@ fn prepare() -> Option<Entry> {
 /// Executes with the program's environment minus any `VIRTUOS_EXEC` entry, plus `extra` (a
 /// NUL-terminated entry). The new array lives on the stack when it is small: in a `vfork`
 /// child, heap memory would be the parent's, lost to it once the exec succeeds.
-fn exec_with_env(nr: i64, mut a: [u64; 6], env_at: usize, extra: Option<&[u8]>) -> i64 {
+fn exec_with_env(nr: i64, a: [u64; 6], env_at: usize, extra: Option<&[u8]>) -> i64 {
+    exec_with_env_dropping(nr, a, env_at, extra, ENV_EXEC.as_bytes())
+}
+
+/// As [`exec_with_env`], also dropping the entries named `drop` (and `VIRTUOS_EXEC`).
+fn exec_with_env_dropping(
+    nr: i64,
+    mut a: [u64; 6],
+    env_at: usize,
+    extra: Option<&[u8]>,
+    drop: &[u8],
+) -> i64 {
     const ON_STACK: usize = 256;
     let envp = a[env_at] as *const *const libc::c_char;
     let is_ours = |p: *const libc::c_char| {
         // SAFETY: the program passed envp to execve: a NULL-terminated array of
         // NUL-terminated strings (the kernel reads it the same way).
         let s = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
-        s.starts_with(ENV_EXEC.as_bytes()) && s.get(ENV_EXEC.len()) == Some(&b'=')
+        [ENV_EXEC.as_bytes(), drop]
+            .iter()
+            .any(|n| s.starts_with(n) && s.get(n.len()) == Some(&b'='))
     };
     let mut n = 0usize;
     let mut had = false;
