@@ -43,6 +43,15 @@ const START: Duration = Duration::from_secs(60);
 /// The default watchdog of a helper program.
 const LIMIT: Duration = Duration::from_secs(120);
 
+/// Held by the tests that load both cores for long (the 10 kHz signal tests, 2,000 forks,
+/// redis-benchmark), so that they do not run at the same time and starve each other into
+/// their own timeouts on a 2-core machine.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn bin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_virtuos-redirect"))
         .parent()
@@ -563,6 +572,7 @@ fn rps_lines(out: &str) -> Vec<String> {
 
 #[test]
 fn redis_benchmark_through_net_domain() {
+    let _heavy = heavy();
     const TEST: &str = "redis_benchmark_through_net_domain";
     let Some(server) = need_program(TEST, "redis-server", "redis-server") else {
         return;
@@ -890,6 +900,7 @@ fn first_socket_is_fd_3() {
 
 #[test]
 fn signal_handler_does_io_while_main_does_io() {
+    let _heavy = heavy();
     let secs: u64 = std::env::var("ROBUST_SIGNAL_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -967,6 +978,7 @@ fn signal_handler_does_io_while_main_does_io() {
 
 #[test]
 fn signal_handler_runs_every_entry_point_inside_every_other() {
+    let _heavy = heavy();
     // Twenty kinds of interposed call from a 10 kHz SIGALRM handler, while main runs the
     // same kinds in the opposite order (robust/signal_all.c): every result checked.
     let secs: u64 = std::env::var("ROBUST_SIGNAL_ALL_SECS")
@@ -1432,6 +1444,7 @@ fn static_programs_started_by_redirected_ones_are_supervised() {
 
 #[test]
 fn forks_from_threaded_program() {
+    let _heavy = heavy();
     let env = Env::new("forks");
     env.put("ft.txt", b"read by every thread and every child\n");
     let prog = env.cc("fork_threads", "fork_threads.c", &[]);

@@ -1,6 +1,6 @@
 /* 8 threads doing remote I/O in a loop (open/read/close of a remote file, send/recv on a TCP
  * connection to an echo server) while main forks children one after another; each child does
- * one remote open/read/close and _exits. The parent waits for each child with a 10 s limit: a
+ * one remote open/read/close and _exits. The parent waits for each child with a 30 s limit (a hung child never ends; a loaded CI machine can take seconds): a
  * child still running then is reported, killed, and the run fails.
  * usage: fork_threads FILE ECHO_PORT CHILDREN THREADS */
 #define _GNU_SOURCE
@@ -141,7 +141,7 @@ int main(int argc, char **argv) {
                 _exit(4);
             _exit(0);
         }
-        double deadline = now() + 10;
+        double deadline = now() + 30;
         int st = 0;
         for (;;) {
             pid_t r = waitpid(pid, &st, WNOHANG);
@@ -153,7 +153,7 @@ int main(int argc, char **argv) {
                 break;
             }
             if (now() > deadline) {
-                printf("child %d (pid %d) hung for 10 s: killing it\n", i, pid);
+                printf("child %d (pid %d) hung for 30 s: killing it\n", i, pid);
                 show_proc(pid, "wchan");
                 show_proc(pid, "syscall");
                 show_proc(pid, "stack");
