@@ -29,26 +29,22 @@ fn e(n: i32) -> i64 {
 /// Signals blocked while a wait scans and spins, so that a signal arriving then stays pending
 /// until the `ppoll` that sleeps, which unblocks them atomically and returns EINTR: without
 /// this, a handler that ran between the scan and the sleep would leave the wait asleep (the
-/// race `ppoll`'s sigmask exists for). SIGSYS stays deliverable (the shim's own trap).
+/// race `ppoll`'s sigmask exists for). The shim's one signal block ([`crate::lock::Masked`]):
+/// SIGSYS, the shim's own trap, and the fault signals stay deliverable.
 pub(crate) struct SigBlock {
-    /// The thread's mask before, restored on drop (and the mask `ppoll` sleeps with).
-    pub(crate) old: u64,
+    masked: crate::lock::Masked,
 }
 
 impl SigBlock {
     pub(crate) fn new() -> SigBlock {
-        let all: u64 = !sys::SIGSYS_BIT;
-        let mut old = 0u64;
-        sys::sys(
-            libc::SYS_rt_sigprocmask,
-            &[
-                libc::SIG_BLOCK as u64,
-                &all as *const u64 as u64,
-                &mut old as *mut u64 as u64,
-                8,
-            ],
-        );
-        SigBlock { old }
+        SigBlock {
+            masked: crate::lock::Masked::new(),
+        }
+    }
+
+    /// The thread's mask from before the block (restored on drop).
+    pub(crate) fn old(&self) -> u64 {
+        self.masked.old()
     }
 
     /// The mask to sleep with: the caller's own (`ppoll`, `pselect6`, `epoll_pwait`), or the
@@ -56,22 +52,8 @@ impl SigBlock {
     fn sleep_mask(&self, user: Option<(u64, u64)>) -> u64 {
         match user {
             Some((p, _)) if p != 0 => get::<u64>(p) & !sys::SIGSYS_BIT,
-            _ => self.old,
+            _ => self.old(),
         }
-    }
-}
-
-impl Drop for SigBlock {
-    fn drop(&mut self) {
-        sys::sys(
-            libc::SYS_rt_sigprocmask,
-            &[
-                libc::SIG_SETMASK as u64,
-                &self.old as *const u64 as u64,
-                0,
-                8,
-            ],
-        );
     }
 }
 
