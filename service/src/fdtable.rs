@@ -12,7 +12,11 @@
 //!
 //! [`CloneTokens`] implements the session opcodes `PrepareClone`/`Adopt`: a snapshot of a table
 //! is parked under a one-time random token for 30 s, and only the right process may redeem it:
-//! the creator's child for a fork token, the creator itself (after `exec`) for an exec token.
+//! for a fork token, a process other than the creator that is its child or runs as the same uid
+//! (a daemon's child whose parent exited before the child adopted has been re-parented, yet it
+//! knows the token only because it was forked from the creator's memory); for an exec token,
+//! the creator itself (after `exec`) or its vfork child. Tokens that nobody redeemed are
+//! dropped, with the files they hold, once they expire ([`CloneTokens::purge_expired`]).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
@@ -269,6 +273,7 @@ pub const MAX_TOKENS: usize = 4096;
 struct Parked {
     kind: CloneKind,
     creator_pid: i32,
+    creator_uid: u32,
     created: Instant,
     table: Snapshot,
 }
@@ -289,26 +294,21 @@ impl CloneTokens {
         self.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Parks `table` for a child (`Fork`) or a new image (`Exec`) of process `creator_pid`;
+    /// Parks `table` for a child (`Fork`) or a new image (`Exec`) of process `creator`;
     /// returns the token. `EAGAIN` when too many tokens are outstanding.
-    pub fn prepare(
-        &self,
-        kind: CloneKind,
-        creator_pid: i32,
-        table: Snapshot,
-    ) -> Result<u64, Errno> {
-        self.prepare_at(kind, creator_pid, table, Instant::now())
+    pub fn prepare(&self, kind: CloneKind, creator: Who, table: Snapshot) -> Result<u64, Errno> {
+        self.prepare_at(kind, creator, table, Instant::now())
     }
 
     fn prepare_at(
         &self,
         kind: CloneKind,
-        creator_pid: i32,
+        creator: Who,
         table: Snapshot,
         now: Instant,
     ) -> Result<u64, Errno> {
         let mut p = self.lock();
-        p.retain(|_, t| now.saturating_duration_since(t.created) < TOKEN_LIFETIME);
+        Self::expire(&mut p, now);
         if p.len() >= MAX_TOKENS {
             return Err(Errno::EAGAIN);
         }
@@ -322,7 +322,8 @@ impl CloneTokens {
             token,
             Parked {
                 kind,
-                creator_pid,
+                creator_pid: creator.pid,
+                creator_uid: creator.uid,
                 created: now,
                 table,
             },
@@ -330,18 +331,24 @@ impl CloneTokens {
         Ok(token)
     }
 
-    /// Redeems `token` for process `pid` whose parent is `ppid`: `ENOENT` for an unknown,
+    /// Redeems `token` for process `who` whose parent is `ppid`: `ENOENT` for an unknown,
     /// used or expired token; `EPERM` (token kept) when this process may not redeem it.
-    pub fn redeem(&self, token: u64, pid: i32, ppid: i32) -> Result<Snapshot, Errno> {
-        self.redeem_at(token, pid, ppid, Instant::now())
+    pub fn redeem(&self, token: u64, who: Who, ppid: i32) -> Result<Snapshot, Errno> {
+        self.redeem_at(token, who, ppid, Instant::now())
     }
 
-    fn redeem_at(&self, token: u64, pid: i32, ppid: i32, now: Instant) -> Result<Snapshot, Errno> {
+    fn redeem_at(&self, token: u64, who: Who, ppid: i32, now: Instant) -> Result<Snapshot, Errno> {
         let mut p = self.lock();
-        p.retain(|_, t| now.saturating_duration_since(t.created) < TOKEN_LIFETIME);
+        Self::expire(&mut p, now);
         let t = p.get(&token).ok_or(Errno::ENOENT)?;
+        let pid = who.pid;
         let allowed = match t.kind {
-            CloneKind::Fork => ppid == t.creator_pid && pid != t.creator_pid,
+            // The child adopts right after fork, but its parent may have exited by then (a
+            // daemon's double fork): it was re-parented, and the same uid with the secret
+            // token is then the proof. Another user's process never gets the files.
+            CloneKind::Fork => {
+                pid != t.creator_pid && (ppid == t.creator_pid || who.uid == t.creator_uid)
+            }
             // The program that execs may be the creator itself, or a vfork/posix_spawn child
             // that made the request through its parent's (shared) session memory.
             CloneKind::Exec => pid == t.creator_pid || ppid == t.creator_pid,
@@ -352,10 +359,35 @@ impl CloneTokens {
         Ok(p.remove(&token).expect("present").table)
     }
 
-    /// Tokens outstanding (expired ones included until the next prepare or redeem).
+    /// Drops the tokens that expired unredeemed (a child killed before it adopted, an exec
+    /// into a program that is not redirected), closing the files only they held; returns how
+    /// many. The server calls it periodically, so no listener outlives its holders by more
+    /// than [`TOKEN_LIFETIME`] and a tick.
+    pub fn purge_expired(&self) -> usize {
+        let now = Instant::now();
+        let mut p = self.lock();
+        let before = p.len();
+        Self::expire(&mut p, now);
+        before - p.len()
+    }
+
+    fn expire(p: &mut HashMap<u64, Parked>, now: Instant) {
+        p.retain(|_, t| now.saturating_duration_since(t.created) < TOKEN_LIFETIME);
+    }
+
+    /// Tokens outstanding (expired ones included until the next purge, prepare or redeem).
     pub fn outstanding(&self) -> usize {
         self.lock().len()
     }
+}
+
+/// A process as a clone token sees it: its pid and uid (from the session's peer credentials).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Who {
+    /// Process id.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
 }
 
 #[cfg(test)]
@@ -452,45 +484,100 @@ mod tests {
     fn tokens_check_who_redeems_and_expire() {
         let reg = CloneTokens::new();
         let t0 = Instant::now();
+        let who = |pid, uid| Who { pid, uid };
         let fork = reg
-            .prepare_at(CloneKind::Fork, 100, vec![Some(fd())], t0)
+            .prepare_at(CloneKind::Fork, who(100, 1000), vec![Some(fd())], t0)
             .unwrap();
         // Not the child: kept for the right process.
-        assert_eq!(reg.redeem_at(fork, 100, 1, t0).unwrap_err(), Errno::EPERM);
-        assert_eq!(reg.redeem_at(fork, 300, 200, t0).unwrap_err(), Errno::EPERM);
-        assert_eq!(reg.redeem_at(fork, 101, 100, t0).unwrap().len(), 1);
         assert_eq!(
-            reg.redeem_at(fork, 101, 100, t0).unwrap_err(),
+            reg.redeem_at(fork, who(100, 1000), 1, t0).unwrap_err(),
+            Errno::EPERM,
+            "the creator itself"
+        );
+        assert_eq!(
+            reg.redeem_at(fork, who(300, 1001), 200, t0).unwrap_err(),
+            Errno::EPERM,
+            "another user's process"
+        );
+        assert_eq!(
+            reg.redeem_at(fork, who(101, 1000), 100, t0).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            reg.redeem_at(fork, who(101, 1000), 100, t0).unwrap_err(),
             Errno::ENOENT,
             "one-time"
         );
-        let exec = reg.prepare_at(CloneKind::Exec, 100, vec![], t0).unwrap();
-        assert_eq!(reg.redeem_at(exec, 300, 200, t0).unwrap_err(), Errno::EPERM);
-        assert!(reg.redeem_at(exec, 100, 1, t0).is_ok());
-        let late = reg.prepare_at(CloneKind::Exec, 100, vec![], t0).unwrap();
+        // A daemon's child whose parent exited before it adopted: re-parented, same uid.
+        let orphan = reg
+            .prepare_at(CloneKind::Fork, who(100, 1000), vec![Some(fd())], t0)
+            .unwrap();
         assert_eq!(
-            reg.redeem_at(late, 100, 1, t0 + TOKEN_LIFETIME)
+            reg.redeem_at(orphan, who(102, 1000), 1, t0).unwrap().len(),
+            1
+        );
+        // A child of another uid is accepted only as the creator's direct child.
+        let root = reg
+            .prepare_at(CloneKind::Fork, who(100, 0), vec![], t0)
+            .unwrap();
+        assert_eq!(
+            reg.redeem_at(root, who(103, 1000), 1, t0).unwrap_err(),
+            Errno::EPERM
+        );
+        assert!(reg.redeem_at(root, who(103, 1000), 100, t0).is_ok());
+        let exec = reg
+            .prepare_at(CloneKind::Exec, who(100, 1000), vec![], t0)
+            .unwrap();
+        assert_eq!(
+            reg.redeem_at(exec, who(300, 1000), 200, t0).unwrap_err(),
+            Errno::EPERM
+        );
+        assert!(reg.redeem_at(exec, who(100, 1000), 1, t0).is_ok());
+        let late = reg
+            .prepare_at(CloneKind::Exec, who(100, 1000), vec![], t0)
+            .unwrap();
+        assert_eq!(
+            reg.redeem_at(late, who(100, 1000), 1, t0 + TOKEN_LIFETIME)
                 .unwrap_err(),
             Errno::ENOENT
         );
         assert_eq!(reg.outstanding(), 0);
-        assert_eq!(reg.redeem(12345, 1, 1).unwrap_err(), Errno::ENOENT);
+        assert_eq!(reg.redeem(12345, who(1, 0), 1).unwrap_err(), Errno::ENOENT);
+    }
+
+    #[test]
+    fn expired_tokens_release_their_files() {
+        let reg = CloneTokens::new();
+        let f = fd();
+        let t0 = Instant::now() - TOKEN_LIFETIME;
+        reg.prepare_at(
+            CloneKind::Fork,
+            Who { pid: 1, uid: 0 },
+            vec![Some(f.clone())],
+            t0,
+        )
+        .unwrap();
+        assert_eq!(Arc::strong_count(&f), 2);
+        assert_eq!(reg.purge_expired(), 1);
+        assert_eq!(Arc::strong_count(&f), 1, "the parked copy is closed");
+        assert_eq!(reg.purge_expired(), 0);
     }
 
     #[test]
     fn token_count_is_bounded() {
         let reg = CloneTokens::new();
         let t0 = Instant::now();
+        let w = Who { pid: 1, uid: 0 };
         for _ in 0..MAX_TOKENS {
-            reg.prepare_at(CloneKind::Exec, 1, vec![], t0).unwrap();
+            reg.prepare_at(CloneKind::Exec, w, vec![], t0).unwrap();
         }
         assert_eq!(
-            reg.prepare_at(CloneKind::Exec, 1, vec![], t0).unwrap_err(),
+            reg.prepare_at(CloneKind::Exec, w, vec![], t0).unwrap_err(),
             Errno::EAGAIN
         );
         // Expired ones make room.
         assert!(reg
-            .prepare_at(CloneKind::Exec, 1, vec![], t0 + TOKEN_LIFETIME)
+            .prepare_at(CloneKind::Exec, w, vec![], t0 + TOKEN_LIFETIME)
             .is_ok());
     }
 }

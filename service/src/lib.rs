@@ -508,6 +508,7 @@ impl Runtime {
             max_handles: cfg.max_handles,
             accounts,
             refusals: limits::RateLimit::new(Duration::from_secs(1)),
+            tokens,
         };
         threads.push(
             std::thread::Builder::new()
@@ -597,6 +598,8 @@ struct Acceptor<H: Handler> {
     accounts: Arc<limits::Accounts>,
     /// Rate limit of the warnings about refused clients.
     refusals: limits::RateLimit,
+    /// Parked fork/exec snapshots: the acceptor drops the expired ones.
+    tokens: Arc<CloneTokens>,
 }
 
 const WAKE_TOKEN: u64 = u64::MAX - 1;
@@ -641,11 +644,17 @@ impl<H: Handler> Acceptor<H> {
             .map_err(sys("epoll_ctl"))?;
         let mut events = [EpollEvent::empty(); 64];
         while !self.shutdown.is_triggered() {
-            let n = match epoll.wait(&mut events, EpollTimeout::NONE) {
+            // Wakes once a second to drop the snapshots that expired unredeemed (a worker may
+            // park one at any time; one wake-up a second costs nothing measurable).
+            let n = match epoll.wait(&mut events, EpollTimeout::from(1000u16)) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(sys("epoll_wait")(e)),
             };
+            let purged = self.tokens.purge_expired();
+            if purged > 0 {
+                tracing::debug!(purged, "dropped expired fork/exec snapshots");
+            }
             for ev in &events[..n] {
                 match ev.data() {
                     // Drain the kick, or the level-triggered wait returns at once forever;

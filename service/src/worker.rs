@@ -22,7 +22,7 @@ use xen_transport::wait::AdaptiveSpin;
 use xen_transport::{Credentials, SpinPolicy};
 
 use crate::creds::{self, Identity};
-use crate::fdtable::{CloneKind, CloneTokens, FdTable};
+use crate::fdtable::{CloneKind, CloneTokens, FdTable, Who};
 use crate::pool::Pool;
 use crate::{Handler, Live, Sessions, ShutdownHandle, WorkerStats, WORKER_TICK};
 
@@ -1110,7 +1110,11 @@ fn prepare_clone<H: Handler>(
             }
         }
     }
-    match ctx.tokens.prepare(kind, live.ctx.creds.pid, snap) {
+    let creator = Who {
+        pid: live.ctx.creds.pid,
+        uid: live.ctx.creds.uid,
+    };
+    match ctx.tokens.prepare(kind, creator, snap) {
         Ok(token) => {
             let mut r = Response::ok(id, 0);
             r.aux[0] = token;
@@ -1122,7 +1126,11 @@ fn prepare_clone<H: Handler>(
 
 fn adopt<H: Handler>(ctx: &WorkerCtx<H>, live: &Live, id: u64, token: u64) -> Response {
     let c = &live.ctx;
-    let snap = match ctx.tokens.redeem(token, c.creds.pid, c.ppid) {
+    let who = Who {
+        pid: c.creds.pid,
+        uid: c.creds.uid,
+    };
+    let snap = match ctx.tokens.redeem(token, who, c.ppid) {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(

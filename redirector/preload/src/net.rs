@@ -825,6 +825,10 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
         }
         _ => {}
     }
+    // The descriptor the call names, wherever it sits among the arguments (mmap's is the
+    // fifth); calls that name none (rt_sigaction's signal number, chdir's path) are never a
+    // socket's, whatever their first argument looks like.
+    let fd = i64::from(shim_core::decode::decode(nr, a).fds()[0]?.0);
     let r = fdtable::get_net(fd)?;
     if r.handle == fdtable::STALE {
         // The socket belonged to a network domain session that died.
