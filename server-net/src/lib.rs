@@ -142,9 +142,13 @@ impl Net {
         Ok(i64::from(h))
     }
 
+    /// After a call on socket `fd` (handle `h` of the caller): its readiness as every holder
+    /// sees it (sessions that share it after a fork or an exec included).
     fn refresh(&self, call: &Call<'_>, h: u32, fd: &Handle) {
-        call.session()
-            .publish_event(h as usize, sys::readiness(fd.as_fd()), false);
+        if !self.watch.republish(fd) {
+            call.session()
+                .publish_event(h as usize, sys::readiness(fd.as_fd()), false);
+        }
     }
 
     fn bind(&self, call: &Call<'_>) -> Outcome {

@@ -143,6 +143,29 @@ impl Watcher {
         inner.by_handle.insert((session.id(), h), raw);
     }
 
+    /// Publishes `fd`'s readiness now (a level, not an edge) to every session holding it, and
+    /// returns false when the watcher does not know the socket. A call by one holder changes
+    /// what all of them must see: a child's recv that drains a socket it shares with its
+    /// parent leaves the parent's word saying POLLIN otherwise, and the parent's next blocking
+    /// recv after a select that said readable waits forever.
+    pub fn republish(&self, fd: &Handle) -> bool {
+        let mask = sys::readiness(fd.as_fd());
+        let inner = self.lock();
+        let Some(e) = inner
+            .by_fd
+            .get(&fd.as_raw_fd())
+            .filter(|e| Arc::ptr_eq(&e.fd, fd))
+        else {
+            return false;
+        };
+        for (s, h) in &e.holders {
+            if !s.is_closed() {
+                s.publish_event(*h as usize, mask, false);
+            }
+        }
+        true
+    }
+
     /// Stops watching handle `h` of session `id`.
     pub fn remove(&self, id: u64, h: u32) {
         self.lock().unsubscribe(&self.epoll, id, h);
