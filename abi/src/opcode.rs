@@ -57,8 +57,13 @@ opcodes! {
     PrepareClone = 128,
     /// Redeem a [`Opcode::PrepareClone`] token (`args[0]`): this session's fd table becomes a copy
     /// of the snapshot, with the same handle numbers sharing the same open files. Only a process
-    /// whose parent (fork) or itself (exec) created the token may redeem it.
+    /// whose parent (fork) or itself (exec) created the token may redeem it (a fork token also
+    /// by a process of the creator's uid: a daemon's child whose parent has already exited).
     Adopt = 129,
+    /// Give up a [`Opcode::PrepareClone`] token (`args[0]`) nobody will redeem (the exec it was
+    /// made for failed), releasing what its snapshot holds now rather than at its expiry. Only
+    /// its creator may; an unknown token is ENOENT.
+    DropClone = 130,
 
     // ---- storage domain, 256.. ----
     // Paths travel in the data window and are relative to the export root (the client strips

@@ -359,6 +359,18 @@ impl CloneTokens {
         Ok(p.remove(&token).expect("present").table)
     }
 
+    /// Gives up `token` for its creator `who` (an exec that failed): `ENOENT` for an unknown
+    /// token, `EPERM` (kept) when `who` did not create it.
+    pub fn drop_token(&self, token: u64, who: Who) -> Result<(), Errno> {
+        let mut p = self.lock();
+        let t = p.get(&token).ok_or(Errno::ENOENT)?;
+        if t.creator_pid != who.pid || t.creator_uid != who.uid {
+            return Err(Errno::EPERM);
+        }
+        p.remove(&token);
+        Ok(())
+    }
+
     /// Drops the tokens that expired unredeemed (a child killed before it adopted, an exec
     /// into a program that is not redirected), closing the files only they held; returns how
     /// many. The server calls it periodically, so no listener outlives its holders by more
@@ -543,6 +555,24 @@ mod tests {
         );
         assert_eq!(reg.outstanding(), 0);
         assert_eq!(reg.redeem(12345, who(1, 0), 1).unwrap_err(), Errno::ENOENT);
+    }
+
+    #[test]
+    fn only_the_creator_drops_a_token() {
+        let reg = CloneTokens::new();
+        let f = fd();
+        let me = Who { pid: 7, uid: 1000 };
+        let t = reg
+            .prepare(CloneKind::Exec, me, vec![Some(f.clone())])
+            .unwrap();
+        assert_eq!(
+            reg.drop_token(t, Who { pid: 8, uid: 1000 }).unwrap_err(),
+            Errno::EPERM
+        );
+        assert_eq!(Arc::strong_count(&f), 2);
+        reg.drop_token(t, me).unwrap();
+        assert_eq!(Arc::strong_count(&f), 1, "released at once");
+        assert_eq!(reg.drop_token(t, me).unwrap_err(), Errno::ENOENT);
     }
 
     #[test]

@@ -1074,6 +1074,16 @@ fn serve<H: Handler>(
                 });
             Outcome::Done(prepare_clone(ctx, live, id, args[0], only.as_deref()))
         }
+        Opcode::DropClone => {
+            let who = Who {
+                pid: live.ctx.creds.pid,
+                uid: live.ctx.creds.uid,
+            };
+            Outcome::Done(match ctx.tokens.drop_token(args[0], who) {
+                Ok(()) => Response::ok(id, 0),
+                Err(e) => Response::err(id, e),
+            })
+        }
         Opcode::Adopt => {
             let rsp = adopt(ctx, live, id, args[0]);
             if rsp.result >= 0 {

@@ -37,7 +37,26 @@ pub struct Config {
     pub spin: SpinPolicy,
     /// `virtuos-redirect`, to hand a static program this one execs to the supervised mode.
     pub redirect: Option<PathBuf>,
+    /// `NAME=value\0` of each setting in [`CARRIED`] this process started with: an exec puts
+    /// back those the program dropped from the new program's environment.
+    pub carried_env: Vec<Vec<u8>>,
+    /// The shim library's own path (one element of `LD_PRELOAD`), empty if unknown.
+    pub lib: Vec<u8>,
 }
+
+/// The environment entries that make a program redirected (see [`Config::carried_env`]).
+pub const CARRIED: [&str; 8] = [
+    ENV_STORAGE,
+    ENV_MOUNT,
+    ENV_NET,
+    ENV_REPORT,
+    "VIRTUOS_REDIRECT",
+    "VIRTUOS_CLIENT_SPIN_MIN_NS",
+    "VIRTUOS_CLIENT_SPIN_MAX_NS",
+    "LD_PRELOAD",
+];
+/// Length of [`CARRIED`].
+pub const MAX_CARRIED: usize = CARRIED.len();
 
 impl Config {
     const EMPTY: Config = Config {
@@ -47,6 +66,8 @@ impl Config {
         report: false,
         spin: SpinPolicy::CLIENT,
         redirect: None,
+        carried_env: Vec::new(),
+        lib: Vec::new(),
     };
 
     /// Builds the configuration from `lookup` (an environment reader).
@@ -72,6 +93,19 @@ impl Config {
                 ns(lookup("VIRTUOS_CLIENT_SPIN_MIN_NS")),
                 ns(lookup("VIRTUOS_CLIENT_SPIN_MAX_NS")),
             ),
+            carried_env: CARRIED
+                .iter()
+                .filter_map(|name| {
+                    let v = lookup(name)?;
+                    let mut e = Vec::with_capacity(name.len() + v.len() + 2);
+                    e.extend_from_slice(name.as_bytes());
+                    e.push(b'=');
+                    e.extend_from_slice(v);
+                    e.push(0);
+                    Some(e)
+                })
+                .collect(),
+            lib: Vec::new(),
         }
     }
 }
@@ -133,13 +167,29 @@ pub fn env(name: &str) -> Option<&'static [u8]> {
 /// process is still single-threaded.
 pub fn init() -> &'static Config {
     if !READY.load(Ordering::Acquire) {
-        let c = Config::from_lookup(env);
+        let mut c = Config::from_lookup(env);
+        c.lib = own_path();
         // SAFETY: the constructor runs once, before any other thread of the program exists
         // and before READY is published, so nothing reads CONFIG concurrently.
         unsafe { *CONFIG.0.get() = c };
         READY.store(true, Ordering::Release);
     }
     get()
+}
+
+/// The path the dynamic loader opened this library from.
+fn own_path() -> Vec<u8> {
+    // SAFETY: a zeroed Dl_info is a valid output buffer; dladdr reads the loader's tables for
+    // the address of a function of this library and fills it with pointers into them.
+    unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(own_path as *const libc::c_void, &mut info) == 0
+            || info.dli_fname.is_null()
+        {
+            return Vec::new();
+        }
+        std::ffi::CStr::from_ptr(info.dli_fname).to_bytes().to_vec()
+    }
 }
 
 #[cfg(test)]
@@ -165,6 +215,22 @@ mod tests {
             _ => None,
         });
         assert!(c.mount.is_none());
+    }
+
+    #[test]
+    fn settings_an_exec_restores_are_kept_whole() {
+        let c = Config::from_lookup(|k| match k {
+            ENV_NET => Some(b"/run/n.sock".as_slice()),
+            "LD_PRELOAD" => Some(b"/x/libvirtuos_preload.so".as_slice()),
+            _ => None,
+        });
+        assert_eq!(
+            c.carried_env,
+            vec![
+                b"VIRTUOS_NET=/run/n.sock\0".to_vec(),
+                b"LD_PRELOAD=/x/libvirtuos_preload.so\0".to_vec()
+            ]
+        );
     }
 
     #[test]

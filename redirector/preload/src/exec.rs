@@ -291,6 +291,8 @@ pub fn renumber(old: i32, new: i32) -> bool {
 struct Entry {
     buf: [u8; 64],
     fd: i32,
+    /// The exec tokens parked in each domain (storage, network; 0: none).
+    tokens: [u64; 2],
 }
 
 /// True when the local file at `path` (NUL-terminated) is an ELF executable without a
@@ -396,11 +398,12 @@ fn exec_supervised(a: [u64; 6]) -> Option<i64> {
         0,
         0,
     ];
-    Some(exec_with_env_dropping(
+    let add = [cwd_entry.as_ptr() as *const libc::c_char];
+    Some(exec_with_env_edited(
         libc::SYS_execve,
         b,
         2,
-        (!cwd_entry.is_empty()).then_some(&cwd_entry[..]),
+        if cwd_entry.is_empty() { &[] } else { &add },
         b"LD_PRELOAD",
     ))
 }
@@ -531,8 +534,19 @@ fn execve_local(nr: i64, a: [u64; 6]) -> i64 {
         // Still here: the exec failed. The old image keeps its state; drop the hand-over.
         let cur = PENDING.swap(-1, Ordering::AcqRel);
         reserve::release(if cur >= 0 { cur } else { e.fd });
+        drop_tokens(e.tokens);
     }
     r
+}
+
+/// Gives up exec tokens (storage, network) that no program will redeem: the servers would
+/// hold their snapshots (a listener stays bound) until the tokens expired.
+fn drop_tokens(tokens: [u64; 2]) {
+    for (d, t) in [&remote::STORAGE, &remote::NET].into_iter().zip(tokens) {
+        if t != 0 {
+            d.call_aux(Opcode::DropClone, &mut [t, 0, 0, 0, 0], &[], None);
+        }
+    }
 }
 
 /// Snapshots what survives the exec into a sealed memfd; the environment entry naming it, or
@@ -598,6 +612,7 @@ fn prepare() -> Option<Entry> {
             "virtuos: pid {}: cannot hand the remote files over to the new program (memfd); it starts without them",
             st.pid
         );
+        drop_tokens(st.tokens);
         return None;
     };
     if !shared {
@@ -606,6 +621,7 @@ fn prepare() -> Option<Entry> {
     let mut e = Entry {
         buf: [0; 64],
         fd: fd as i32,
+        tokens: st.tokens,
     };
     let mut w = crate::diag::Line::default();
     {
@@ -621,18 +637,88 @@ fn prepare() -> Option<Entry> {
 }
 
 /// Executes with the program's environment minus any `VIRTUOS_EXEC` entry, plus `extra` (a
-/// NUL-terminated entry). The new array lives on the stack when it is small: in a `vfork`
-/// child, heap memory would be the parent's, lost to it once the exec succeeds.
+/// NUL-terminated entry), and with the redirection put back where the program dropped it: a
+/// program that sanitises the environment of what it execs (nginx's binary upgrade keeps only
+/// `NGINX=`, `env -i`, daemons) must still start redirected, or the remote fds it inherits
+/// mean nothing to it. Missing `VIRTUOS_*` settings and `LD_PRELOAD` come back as this process
+/// got them; an `LD_PRELOAD` of the program's own that lacks the shim gets it in front. The
+/// new array lives on the stack when it is small: in a `vfork` child, heap memory would be
+/// the parent's, lost to it once the exec succeeds.
 fn exec_with_env(nr: i64, a: [u64; 6], env_at: usize, extra: Option<&[u8]>) -> i64 {
-    exec_with_env_dropping(nr, a, env_at, extra, ENV_EXEC.as_bytes())
+    let c = config::get();
+    let envp = a[env_at] as *const *const libc::c_char;
+    let name_of = |s: &[u8]| -> usize { s.iter().position(|&b| b == b'=').unwrap_or(s.len()) };
+    let mut present = [false; config::MAX_CARRIED];
+    let mut preload: Option<&[u8]> = None;
+    if !envp.is_null() {
+        let mut i = 0;
+        loop {
+            // SAFETY: the program passed envp to execve: a NULL-terminated array of
+            // NUL-terminated strings (the kernel reads it the same way).
+            let p = unsafe { *envp.add(i) };
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: as above.
+            let s = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
+            let n = name_of(s);
+            for (k, e) in c.carried_env.iter().enumerate() {
+                if e[..name_of(e)] == s[..n] {
+                    present[k] = true;
+                }
+            }
+            if &s[..n] == b"LD_PRELOAD" && preload.is_none() {
+                preload = Some(s.get(n + 1..).unwrap_or_default());
+            }
+            i += 1;
+        }
+    }
+    let mut add = [std::ptr::null::<libc::c_char>(); config::MAX_CARRIED + 2];
+    let mut n = 0;
+    let mut push = |p: *const libc::c_char| {
+        add[n] = p;
+        n += 1;
+    };
+    if let Some(x) = extra {
+        push(x.as_ptr() as *const libc::c_char);
+    }
+    for (k, e) in c.carried_env.iter().enumerate() {
+        let is_preload = &e[..name_of(e)] == b"LD_PRELOAD";
+        if !present[k] && !(is_preload && preload.is_some()) {
+            push(e.as_ptr() as *const libc::c_char);
+        }
+    }
+    let mut composed = Vec::new();
+    let mut drop: &[u8] = b"";
+    if let Some(v) = preload {
+        let lib = &c.lib[..];
+        let has = v
+            .split(|&b| b == b':' || b == b' ')
+            .any(|x| !x.is_empty() && x == lib);
+        if !has && !lib.is_empty() {
+            // Rare (the program set a preload of its own): a few bytes of the shim's heap,
+            // which in a vfork child stay allocated in the parent.
+            composed.extend_from_slice(b"LD_PRELOAD=");
+            composed.extend_from_slice(lib);
+            if !v.is_empty() {
+                composed.push(b':');
+                composed.extend_from_slice(v);
+            }
+            composed.push(0);
+            push(composed.as_ptr() as *const libc::c_char);
+            drop = b"LD_PRELOAD";
+        }
+    }
+    exec_with_env_edited(nr, a, env_at, &add[..n], drop)
 }
 
-/// As [`exec_with_env`], also dropping the entries named `drop` (and `VIRTUOS_EXEC`).
-fn exec_with_env_dropping(
+/// Executes with the program's environment minus `VIRTUOS_EXEC` and the entries named `drop`
+/// (none when empty), plus the NUL-terminated entries `add`.
+fn exec_with_env_edited(
     nr: i64,
     mut a: [u64; 6],
     env_at: usize,
-    extra: Option<&[u8]>,
+    add: &[*const libc::c_char],
     drop: &[u8],
 ) -> i64 {
     const ON_STACK: usize = 256;
@@ -643,7 +729,7 @@ fn exec_with_env_dropping(
         let s = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
         [ENV_EXEC.as_bytes(), drop]
             .iter()
-            .any(|n| s.starts_with(n) && s.get(n.len()) == Some(&b'='))
+            .any(|n| !n.is_empty() && s.starts_with(n) && s.get(n.len()) == Some(&b'='))
     };
     let mut n = 0usize;
     let mut had = false;
@@ -658,15 +744,16 @@ fn exec_with_env_dropping(
             n += 1;
         }
     }
-    if !had && extra.is_none() {
+    if !had && add.is_empty() {
         return syscall6(nr, a);
     }
     let mut small = [std::ptr::null::<libc::c_char>(); ON_STACK];
     let mut big: Vec<*const libc::c_char> = Vec::new();
-    let list: &mut [*const libc::c_char] = if n + 2 <= ON_STACK {
+    let room = n + add.len() + 1;
+    let list: &mut [*const libc::c_char] = if room <= ON_STACK {
         &mut small[..]
     } else {
-        big.resize(n + 2, std::ptr::null());
+        big.resize(room, std::ptr::null());
         &mut big[..]
     };
     let mut w = 0usize;
@@ -678,8 +765,8 @@ fn exec_with_env_dropping(
             w += 1;
         }
     }
-    if let Some(x) = extra {
-        list[w] = x.as_ptr() as *const libc::c_char;
+    for &x in add {
+        list[w] = x;
         w += 1;
     }
     list[w] = std::ptr::null();
