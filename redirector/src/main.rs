@@ -213,9 +213,28 @@ fn is_static(path: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// Exit status for a program that cannot be started, as a shell gives it: 127 when it does
+/// not exist, 126 when it exists but cannot be executed.
+fn not_started(what: &std::ffi::OsStr, e: &std::io::Error) -> i32 {
+    eprintln!("virtuos-redirect: {}: {e}", what.to_string_lossy());
+    if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
+}
+
 fn run(args: RunArgs) -> Result<i32> {
-    let prog =
-        which(&args.cmd[0]).with_context(|| format!("{:?}: command not found", args.cmd[0]))?;
+    let Some(prog) = which(&args.cmd[0]) else {
+        eprintln!(
+            "virtuos-redirect: {}: command not found",
+            args.cmd[0].to_string_lossy()
+        );
+        return Ok(127);
+    };
+    if let Err(e) = std::fs::File::open(&prog) {
+        return Ok(not_started(prog.as_os_str(), &e));
+    }
     if is_static(&prog)? {
         if args.net.is_some() {
             bail!(
@@ -233,14 +252,16 @@ fn run(args: RunArgs) -> Result<i32> {
     }
     let mut cmd = Command::new(&args.cmd[0]);
     cmd.args(&args.cmd[1..]);
-    // The program goes with us: if virtuos-redirect is killed, it gets SIGTERM (a wrapper
-    // that leaves its program running unseen would leak servers in tests and scripts).
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches only the child.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
+    if args.enforce {
+        // The program goes with us: if virtuos-redirect is killed, it gets SIGTERM (a wrapper
+        // that leaves its program running unseen would leak servers in tests and scripts).
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches only the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
     }
     let probe = |sock: &PathBuf, what: &str| -> Result<()> {
         connect_session(
@@ -281,6 +302,13 @@ fn run(args: RunArgs) -> Result<i32> {
             _ => so.into_os_string(),
         };
         cmd.env("LD_PRELOAD", preload);
+    }
+    if !args.enforce {
+        // Nothing is left to do after the program: become it, so that its pid is the one its
+        // starter knows (a harness that waits for it, a supervisor that signals it, nginx's
+        // binary upgrade that checks who its parent is) and nothing stands between them.
+        let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+        return Ok(not_started(prog.as_os_str(), &err));
     }
     let enforced = if args.enforce {
         let e = bpf::EnforcedRun::start()?;
