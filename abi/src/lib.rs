@@ -11,6 +11,7 @@
 
 #![deny(missing_docs)]
 
+pub mod cmsg;
 pub mod control;
 mod errno;
 mod opcode;

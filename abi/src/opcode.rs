@@ -173,13 +173,16 @@ opcodes! {
     Connect = 304,
     /// send/sendto/sendmsg (flattened): `args[0]` = handle, `args[1]` = MSG_* flags; the
     /// bytes are window[data_off .. +args[4]]; a destination address, if any, follows them,
-    /// `args[3]` bytes long. Result: bytes sent.
+    /// `args[3]` bytes long, then `args[2]` bytes of control messages (`msg_control`, see
+    /// [`crate::cmsg`]). Result: bytes sent.
     Send = 305,
     /// recv/recvfrom/recvmsg (flattened): `args[0]` = handle, `args[1]` = MSG_* flags,
     /// `args[2]` = bytes wanted, `args[3]` = room for the source address (0: not wanted),
-    /// `args[4]` = 1 to get the message flags (recvmsg).
-    /// The bytes land at window[data_off ..], the address after `args[2]` bytes; result: bytes
-    /// received; `aux[0]` = full address length, `aux[1]` = the message's MSG_* flags.
+    /// `args[4]` bit 0 = 1 to get the message flags (recvmsg), bits 32.. = room for control
+    /// messages. The bytes land at window[data_off ..], the address after `args[2]` bytes,
+    /// the control messages after the address room; result: bytes received; `aux[0]` = full
+    /// address length, `aux[1]` = the message's MSG_* flags (MSG_CTRUNC when the control room
+    /// was short, as the kernel sets it), `aux[2]` = control bytes written.
     Recv = 306,
     /// shutdown: `args[0]` = handle, `args[1]` = how.
     Shutdown = 307,

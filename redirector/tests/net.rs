@@ -526,6 +526,22 @@ fn udp_echo() {
     assert_eq!(r, n, "redirected and native runs differ");
 }
 
+/// Ancillary data both ways: IP_PKTINFO, IP_RECVTOS/TTL, SO_TIMESTAMP, IPV6_RECVHOPLIMIT/
+/// TCLASS/PKTINFO arrive as natively; IP_TOS/IP_TTL/IPV6_HOPLIMIT/IPV6_TCLASS given to sendmsg
+/// act on the packet; MSG_CTRUNC exactly when the program's buffer is short; SCM_RIGHTS on an
+/// internet socket is accepted and ignored, as Linux does.
+#[test]
+fn control_messages_as_native() {
+    let dir = Scratch::new("cmsg");
+    let net = Domain::net(&dir);
+    let out = same_as_native(&net, "cmsg.py", &[]);
+    assert!(
+        out.contains("v4 got b'one' [(0, 1, '20'), (0, 2, '09000000')"),
+        "{out}"
+    );
+    assert!(out.contains("v4 short b'three' 1 True"), "{out}");
+}
+
 #[test]
 fn threaded_64_connections() {
     let dir = Scratch::new("threads");

@@ -267,13 +267,43 @@ impl Net {
         };
         let len = a[4] as usize;
         let name_len = a[3] as usize;
+        let ctl_len = a[2] as usize;
         if len
             .checked_add(name_len)
+            .and_then(|x| x.checked_add(ctl_len))
             .is_none_or(|end| end > raw.data_len as usize)
             || name_len > ADDR_MAX
         {
             return err(call, libc::EFAULT);
         }
+        if ctl_len > abi::cmsg::MAX_CONTROL {
+            return err(call, libc::ENOBUFS);
+        }
+        // Control messages: copied out of the window once, validated, and sent from the copy
+        // (the client can change the window meanwhile); kinds that need a privilege are
+        // checked against the client, since the kernel would check the server.
+        let control = if ctl_len == 0 {
+            Vec::new()
+        } else {
+            let c = match Self::payload(call, len + name_len, ctl_len) {
+                Ok(v) => v,
+                Err(e) => return err(call, e),
+            };
+            match abi::cmsg::parse(&c) {
+                Ok(msgs) => {
+                    let pid = call.creds().pid;
+                    let denied = msgs.iter().any(|m| {
+                        m.needs_caps()
+                            .is_some_and(|caps| !caps.iter().any(|&c| sys::has_capability(pid, c)))
+                    });
+                    if denied {
+                        return err(call, libc::EPERM);
+                    }
+                    abi::cmsg::forwarded(&msgs)
+                }
+                Err(e) => return err(call, e.errno()),
+            }
+        };
         let nb = nonblocking(&fd);
         let mut flags = int_arg(a[1]) | libc::MSG_NOSIGNAL;
         if nb {
@@ -284,7 +314,7 @@ impl Net {
         }
         let base = call.window_ptr();
         let raw_fd = types::Fd(std::os::fd::AsRawFd::as_raw_fd(&*fd));
-        let (entry, msg) = if name_len == 0 {
+        let (entry, msg) = if name_len == 0 && control.is_empty() {
             (
                 opcode::Send::new(raw_fd, base, len as u32)
                     .flags(flags)
@@ -292,10 +322,15 @@ impl Net {
                 None,
             )
         } else {
-            // SAFETY: not dereferenced here; `len + name_len <= data_len` was checked, so the
-            // address lies inside the request's window range.
-            let name = unsafe { base.add(len) };
-            let m = MsgBuf::new(base, len, name, name_len);
+            let name = if name_len > 0 {
+                // SAFETY: not dereferenced here; `len + name_len <= data_len` was checked, so
+                // the address lies inside the request's window range.
+                unsafe { base.add(len) }
+            } else {
+                std::ptr::null_mut()
+            };
+            let mut m = MsgBuf::new(base, len, name, name_len);
+            m.send_control(control);
             (
                 opcode::SendMsg::new(raw_fd, &m.hdr)
                     .flags(flags as u32)
@@ -315,8 +350,11 @@ impl Net {
         };
         let len = a[2] as usize;
         let name_len = (a[3] as usize).min(ADDR_MAX);
+        let want_flags = a[4] & 1 == 1;
+        let ctl_room = ((a[4] >> 32) as usize).min(abi::cmsg::MAX_CONTROL);
         if len
             .checked_add(name_len)
+            .and_then(|x| x.checked_add(ctl_room))
             .is_none_or(|end| end > raw.data_len as usize)
         {
             return err(call, libc::EFAULT);
@@ -329,7 +367,7 @@ impl Net {
         let base = call.window_ptr();
         let raw_fd = types::Fd(std::os::fd::AsRawFd::as_raw_fd(&*fd));
         // RECVMSG when the caller wants the source address or the message flags.
-        let want_msg = name_len > 0 || a[4] == 1;
+        let want_msg = name_len > 0 || want_flags || ctl_room > 0;
         let (entry, msg) = if !want_msg {
             (
                 opcode::Recv::new(raw_fd, base, len as u32)
@@ -345,6 +383,11 @@ impl Net {
                 std::ptr::null_mut()
             };
             let mut m = MsgBuf::new(base, len, name, name_len);
+            if ctl_room > 0 {
+                // SAFETY: not dereferenced here; `len + name_len + ctl_room <= data_len` was
+                // checked: the control room lies inside the request's window range.
+                m.recv_control(unsafe { base.add(len + name_len) }, ctl_room);
+            }
             (
                 opcode::RecvMsg::new(raw_fd, &mut m.hdr)
                     .flags(flags as u32)
@@ -662,6 +705,7 @@ impl Handler for Net {
                 if let Some(m) = &op.msg {
                     r.aux[0] = u64::from(m.hdr.msg_namelen);
                     r.aux[1] = m.hdr.msg_flags as u32 as u64;
+                    r.aux[2] = m.hdr.msg_controllen as u64;
                 }
                 r.data_len = call.request().raw.data_len;
                 Outcome::Done(r)

@@ -199,6 +199,9 @@ pub struct MsgBuf {
     pub hdr: libc::msghdr,
     /// The one data segment.
     pub iov: libc::iovec,
+    /// Control data to send, copied out of the shared window and validated (the header
+    /// points here, never into memory the client can still change).
+    pub control: Vec<u8>,
 }
 
 // SAFETY: the raw pointers in a MsgBuf name the session's shared window (kept mapped by the
@@ -218,12 +221,31 @@ impl MsgBuf {
                 iov_base: data as *mut libc::c_void,
                 iov_len: len,
             },
+            control: Vec::new(),
         });
         m.hdr.msg_name = name as *mut libc::c_void;
         m.hdr.msg_namelen = name_len as libc::socklen_t;
         m.hdr.msg_iov = &mut m.iov;
         m.hdr.msg_iovlen = 1;
         m
+    }
+
+    /// Control data to send: `ctl`, owned by the header from now on.
+    pub fn send_control(&mut self, ctl: Vec<u8>) {
+        self.control = ctl;
+        if !self.control.is_empty() {
+            self.hdr.msg_control = self.control.as_mut_ptr() as *mut libc::c_void;
+            self.hdr.msg_controllen = self.control.len();
+        }
+    }
+
+    /// Room for received control data: `len` bytes at `at` (the shared window, where the
+    /// kernel writes them for the client to copy out).
+    pub fn recv_control(&mut self, at: *mut u8, len: usize) {
+        if len > 0 {
+            self.hdr.msg_control = at as *mut libc::c_void;
+            self.hdr.msg_controllen = len;
+        }
     }
 }
 

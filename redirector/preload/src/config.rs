@@ -183,8 +183,7 @@ fn own_path() -> Vec<u8> {
     // the address of a function of this library and fills it with pointers into them.
     unsafe {
         let mut info: libc::Dl_info = std::mem::zeroed();
-        if libc::dladdr(own_path as *const libc::c_void, &mut info) == 0
-            || info.dli_fname.is_null()
+        if libc::dladdr(own_path as *const libc::c_void, &mut info) == 0 || info.dli_fname.is_null()
         {
             return Vec::new();
         }

@@ -369,17 +369,25 @@ fn sigpipe(r: i64, flags: u64) -> i64 {
     r
 }
 
-/// send/sendto/sendmsg/write: `segs` gathered into the window (chunked for streams).
-fn send(r: Remote, segs: &[libc::iovec], flags: u64, dest: &[u8]) -> i64 {
+/// send/sendto/sendmsg/write: `segs` gathered into the window (chunked for streams), with
+/// the control messages `control` (sendmsg's `msg_control`) going with the first chunk.
+fn send(r: Remote, segs: &[libc::iovec], flags: u64, dest: &[u8], control: &[u8]) -> i64 {
     let total: usize = segs.iter().map(|s| s.iov_len).sum();
     let mut done = 0usize;
     let mut seg = 0usize;
     let mut seg_off = 0usize;
     loop {
-        let mut args = [r.handle.into(), flags, 0, dest.len() as u64, 0];
+        let ctl = if done == 0 { control } else { &[][..] };
+        let mut args = [
+            r.handle.into(),
+            flags,
+            ctl.len() as u64,
+            dest.len() as u64,
+            0,
+        ];
         let res = with_lease(Opcode::Send, &mut args, |_, lease, a| {
-            let w = lease.window() as usize - dest.len();
-            if !dest.is_empty() && total > w {
+            let w = (lease.window() as usize).saturating_sub(dest.len() + ctl.len());
+            if (!dest.is_empty() || !ctl.is_empty()) && total > w {
                 return Err(e(libc::EMSGSIZE));
             }
             // Gather the next chunk straight from the caller's buffers into the window.
@@ -403,9 +411,14 @@ fn send(r: Remote, segs: &[libc::iovec], flags: u64, dest: &[u8]) -> i64 {
             if !dest.is_empty() {
                 lease.write(n, dest).map_err(|_| e(libc::EINVAL))?;
             }
+            if !ctl.is_empty() {
+                lease
+                    .write(n + dest.len(), ctl)
+                    .map_err(|_| e(libc::ENOBUFS))?;
+            }
             let mut a = *a;
             a[4] = n as u64;
-            let rsp = send_req(lease, Opcode::Send, &a, n + dest.len(), true)?;
+            let rsp = send_req(lease, Opcode::Send, &a, n + dest.len() + ctl.len(), true)?;
             Ok((rsp.result as usize, n))
         });
         match res {
@@ -438,32 +451,42 @@ fn send(r: Remote, segs: &[libc::iovec], flags: u64, dest: &[u8]) -> i64 {
     }
 }
 
-/// recv/recvfrom/recvmsg/read: one window-sized chunk scattered into `segs`; returns
-/// (bytes, source address bytes, full address length, message flags).
+/// What one recv brought: bytes, source address bytes, full address length, message flags,
+/// and the length of the control messages written to the caller's control buffer.
+type Received = (usize, [u8; 128], usize, u64, usize);
+
+/// recv/recvfrom/recvmsg/read: one window-sized chunk scattered into `segs`, and up to
+/// `control.1` bytes of control messages copied to the program's buffer at `control.0`.
 fn recv(
     r: Remote,
     segs: &[libc::iovec],
     flags: u64,
     name_room: usize,
     want_flags: bool,
-) -> Result<(usize, [u8; 128], usize, u64), i64> {
+    control: (u64, usize),
+) -> Result<Received, i64> {
     if would_block(r, flags, (libc::POLLIN | libc::POLLPRI) as u32) {
         return Err(e(libc::EAGAIN));
     }
     let total: usize = segs.iter().map(|s| s.iov_len).sum();
     let name_room = name_room.min(128);
+    let ctl_room = if control.0 == 0 {
+        0
+    } else {
+        control.1.min(abi::cmsg::MAX_CONTROL)
+    };
     let mut args = [
         r.handle.into(),
         flags,
         0,
         name_room as u64,
-        u64::from(want_flags),
+        u64::from(want_flags) | (ctl_room as u64) << 32,
     ];
     with_lease(Opcode::Recv, &mut args, |_, lease, a| {
-        let want = total.min(lease.window() as usize - name_room);
+        let want = total.min((lease.window() as usize).saturating_sub(name_room + ctl_room));
         let mut a = *a;
         a[2] = want as u64;
-        let rsp = send_req(lease, Opcode::Recv, &a, want + name_room, true)?;
+        let rsp = send_req(lease, Opcode::Recv, &a, want + name_room + ctl_room, true)?;
         let n = (rsp.result as usize).min(want);
         // Scatter from the window into the caller's buffers.
         let mut at = 0usize;
@@ -484,7 +507,13 @@ fn recv(
                 .read(want, &mut name[..m])
                 .map_err(|_| e(libc::EFAULT))?;
         }
-        Ok((n, name, rsp.aux[0] as usize, rsp.aux[1]))
+        let c = (rsp.aux[2] as usize).min(ctl_room);
+        if c > 0 {
+            lease
+                .read(want + name_room, user_buf_mut(control.0, c))
+                .map_err(|_| e(libc::EFAULT))?;
+        }
+        Ok((n, name, rsp.aux[0] as usize, rsp.aux[1], c))
     })
 }
 
@@ -506,7 +535,20 @@ fn sendmsg(r: Remote, msg: u64, flags: u64) -> i64 {
             Err(err) => return err,
         }
     };
-    send(r, segs, flags, dest)
+    let ctl_len = if m.msg_control.is_null() {
+        0
+    } else {
+        m.msg_controllen
+    };
+    if ctl_len > abi::cmsg::MAX_CONTROL {
+        return e(libc::ENOBUFS);
+    }
+    let control = if ctl_len == 0 {
+        &[][..]
+    } else {
+        user_buf(m.msg_control as u64, ctl_len)
+    };
+    send(r, segs, flags, dest, control)
 }
 
 fn recvmsg(r: Remote, msg: u64, flags: u64) -> i64 {
@@ -517,15 +559,16 @@ fn recvmsg(r: Remote, msg: u64, flags: u64) -> i64 {
     } else {
         m.msg_namelen as usize
     };
-    match recv(r, segs, flags, room, true) {
-        Ok((n, name, full, mflags)) => {
+    let control = (m.msg_control as u64, m.msg_controllen);
+    match recv(r, segs, flags, room, true, control) {
+        Ok((n, name, full, mflags, ctl)) => {
             if room > 0 {
                 let k = room.min(full).min(128);
                 user_buf_mut(m.msg_name as u64, k).copy_from_slice(&name[..k]);
                 m.msg_namelen = full as u32;
             }
-            // Ancillary data is not forwarded.
-            m.msg_controllen = 0;
+            // The control messages the kernel gave the server's socket, as it wrote them.
+            m.msg_controllen = ctl;
             m.msg_flags = mflags as i32;
             put(msg, m);
             n as i64
@@ -775,7 +818,7 @@ fn sendfile_loop(
             }
             break;
         }
-        let w = send(out, &one_seg(buf.as_ptr() as u64, n as u64), 0, &[]);
+        let w = send(out, &one_seg(buf.as_ptr() as u64, n as u64), 0, &[], &[]);
         if w < 0 {
             err = w;
             break;
@@ -916,10 +959,10 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
                     Err(err) => return Some(err),
                 }
             };
-            send(r, &one_seg(a[1], a[2]), a[3], dest)
+            send(r, &one_seg(a[1], a[2]), a[3], dest, &[])
         }
-        libc::SYS_write => send(r, &one_seg(a[1], a[2]), 0, &[]),
-        libc::SYS_writev => send(r, iovecs(a[1], a[2] as usize), 0, &[]),
+        libc::SYS_write => send(r, &one_seg(a[1], a[2]), 0, &[], &[]),
+        libc::SYS_writev => send(r, iovecs(a[1], a[2] as usize), 0, &[], &[]),
         libc::SYS_sendmsg => sendmsg(r, a[1], a[2]),
         libc::SYS_recvfrom => {
             let room = if a[4] != 0 && a[5] != 0 {
@@ -927,8 +970,8 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
             } else {
                 0
             };
-            match recv(r, &one_seg(a[1], a[2]), a[3], room, false) {
-                Ok((n, name, full, _)) => {
+            match recv(r, &one_seg(a[1], a[2]), a[3], room, false, (0, 0)) {
+                Ok((n, name, full, _, _)) => {
                     if room > 0 {
                         addr_out(a[4], a[5], &name[..room.min(full).min(128)], full as u64);
                     }
@@ -937,10 +980,10 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
                 Err(err) => err,
             }
         }
-        libc::SYS_read => recv(r, &one_seg(a[1], a[2]), 0, 0, false)
+        libc::SYS_read => recv(r, &one_seg(a[1], a[2]), 0, 0, false, (0, 0))
             .map(|x| x.0 as i64)
             .unwrap_or_else(|err| err),
-        libc::SYS_readv => recv(r, iovecs(a[1], a[2] as usize), 0, 0, false)
+        libc::SYS_readv => recv(r, iovecs(a[1], a[2] as usize), 0, 0, false, (0, 0))
             .map(|x| x.0 as i64)
             .unwrap_or_else(|err| err),
         libc::SYS_recvmsg => recvmsg(r, a[1], a[2]),
