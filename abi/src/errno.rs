@@ -50,6 +50,7 @@ errnos!(
     ECANCELED,
     EOVERFLOW,
     ENOTSUP,
+    ENOBUFS,
 );
 
 impl Errno {

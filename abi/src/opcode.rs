@@ -51,7 +51,8 @@ opcodes! {
     // ---- session-wide (both domains), 128.. ----
     /// Snapshot this session's remote fd table for a child process or a new program image:
     /// returns a one-time token (`aux[0]`) that [`Opcode::Adopt`] redeems within 30 s.
-    /// `args[0]`: 0 for fork (the child shares open files with the parent), 1 for exec;
+    /// `args[0]`: 0 for fork (the child shares open files with the parent), 1 for exec, 2 for
+    /// a pass over SCM_RIGHTS ([`Opcode::Import`]);
     /// `args[1]`: 0 to snapshot every handle, or the number of handles listed (native-endian
     /// u32 each) in the payload: only those are in the snapshot.
     PrepareClone = 128,
@@ -64,6 +65,13 @@ opcodes! {
     /// made for failed), releasing what its snapshot holds now rather than at its expiry. Only
     /// its creator may; an unknown token is ENOENT.
     DropClone = 130,
+    /// Redeem a pass token (a [`Opcode::PrepareClone`] of kind 2, made by a process that sends
+    /// remote fds over an AF_UNIX socket with SCM_RIGHTS): the snapshot's handles are added to
+    /// this session's table under new numbers. The window receives, per handle in the snapshot
+    /// in ascending order, its number there and its number here (native-endian u32 pairs);
+    /// result: the bytes written (8 per handle). Any process holding the token may redeem it, once (as any
+    /// process may receive an fd).
+    Import = 131,
 
     // ---- storage domain, 256.. ----
     // Paths travel in the data window and are relative to the export root (the client strips

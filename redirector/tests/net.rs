@@ -542,6 +542,35 @@ fn control_messages_as_native() {
     assert!(out.contains("v4 short b'three' 1 True"), "{out}");
 }
 
+/// SCM_RIGHTS between unrelated processes: a listener, a connected socket (network domain), a
+/// pipe and a file (storage domain when under the mount) sent over an AF_UNIX socket work in
+/// the receiver as natively, and the listener closes with its last holder.
+#[test]
+fn remote_fds_pass_over_unix_sockets() {
+    let dir = Scratch::new("pass");
+    let net = Domain::net(&dir);
+    let out = same_as_native(&net, "pass_fds.py", &["sender"]);
+    assert!(
+        out.contains("sender via listener: b'accepted by receiver\\n'"),
+        "{out}"
+    );
+    assert!(out.contains("listener closed True"), "{out}");
+    // With the file in the storage domain.
+    const MOUNT: &str = "/virtuos-pass-test-mnt";
+    let export = dir.path("export");
+    std::fs::create_dir_all(&export).unwrap();
+    let storage = Domain::storage(&dir, &export);
+    let mut cmd = redirected(&net, Some((&storage, MOUNT)), "python3");
+    cmd.arg(script("pass_fds.py")).args(["sender", MOUNT]);
+    let r = Running::output(cmd);
+    assert!(r.status.success(), "with storage: {}", r.describe());
+    assert_eq!(r.out(), out, "with the file remote: {}", r.describe());
+    assert_eq!(
+        std::fs::read(export.join("file")).unwrap(),
+        b"written by receiver\n"
+    );
+}
+
 #[test]
 fn threaded_64_connections() {
     let dir = Scratch::new("threads");

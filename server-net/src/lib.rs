@@ -736,6 +736,15 @@ impl Handler for Net {
         }
     }
 
+    fn imported(&self, call: &Call<'_>, handles: &[u32]) {
+        let s = call.session();
+        for &h in handles {
+            if let Ok(fd) = call.fds().get(u64::from(h)) {
+                self.watch.add(&s, h, &fd);
+            }
+        }
+    }
+
     fn session_closed(&self, id: u64, _creds: Credentials) {
         self.watch.remove_session(id);
     }

@@ -232,6 +232,30 @@ impl FdTable {
         self.lock().slots.clone()
     }
 
+    /// Adds every file of `snap` under new (lowest free) numbers; returns (number in `snap`,
+    /// number here) per file. `EMFILE` (nothing added) when they do not all fit.
+    pub fn import(&self, snap: &Snapshot) -> Result<Vec<(u32, u32)>, Errno> {
+        let want = snap.iter().filter(|s| s.is_some()).count();
+        if self.lock().open + want > self.limit {
+            return Err(Errno::EMFILE);
+        }
+        let mut out = Vec::with_capacity(want);
+        for (old, f) in snap.iter().enumerate() {
+            if let Some(f) = f {
+                match self.insert(f.clone()) {
+                    Ok(h) => out.push((old as u32, h)),
+                    Err(e) => {
+                        for (_, h) in out {
+                            let _ = self.remove(u64::from(h));
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Replaces the whole table with `snap` (same handle numbers); returns the old contents.
     /// `EMFILE` if `snap` holds more handles than this table may.
     pub fn replace(&self, snap: Snapshot) -> Result<Snapshot, Errno> {
@@ -252,6 +276,8 @@ pub enum CloneKind {
     Fork,
     /// The same process adopts its table after `exec`.
     Exec,
+    /// Whoever receives the fds sent with SCM_RIGHTS imports them ([`FdTable::import`]).
+    Pass,
 }
 
 impl CloneKind {
@@ -260,6 +286,7 @@ impl CloneKind {
         match a {
             0 => Some(CloneKind::Fork),
             1 => Some(CloneKind::Exec),
+            2 => Some(CloneKind::Pass),
             _ => None,
         }
     }
@@ -352,11 +379,26 @@ impl CloneTokens {
             // The program that execs may be the creator itself, or a vfork/posix_spawn child
             // that made the request through its parent's (shared) session memory.
             CloneKind::Exec => pid == t.creator_pid || ppid == t.creator_pid,
+            // Only through Import (below), never as a whole table.
+            CloneKind::Pass => false,
         };
         if !allowed {
             return Err(Errno::EPERM);
         }
         Ok(p.remove(&token).expect("present").table)
+    }
+
+    /// Redeems a pass token, whoever holds it (the token travelled with the fds, as a
+    /// capability): `ENOENT` for an unknown, used or expired one, `EINVAL` for a token of
+    /// another kind (kept).
+    pub fn redeem_pass(&self, token: u64) -> Result<Snapshot, Errno> {
+        let mut p = self.lock();
+        Self::expire(&mut p, Instant::now());
+        match p.get(&token) {
+            None => Err(Errno::ENOENT),
+            Some(t) if t.kind != CloneKind::Pass => Err(Errno::EINVAL),
+            Some(_) => Ok(p.remove(&token).expect("present").table),
+        }
     }
 
     /// Gives up `token` for its creator `who` (an exec that failed): `ENOENT` for an unknown
@@ -555,6 +597,36 @@ mod tests {
         );
         assert_eq!(reg.outstanding(), 0);
         assert_eq!(reg.redeem(12345, who(1, 0), 1).unwrap_err(), Errno::ENOENT);
+    }
+
+    #[test]
+    fn a_pass_is_imported_once_under_new_numbers() {
+        let reg = CloneTokens::new();
+        let (a, b) = (fd(), fd());
+        let t = reg
+            .prepare(
+                CloneKind::Pass,
+                Who { pid: 1, uid: 1 },
+                vec![None, Some(a.clone()), None, Some(b.clone())],
+            )
+            .unwrap();
+        // Not through Adopt, by anyone.
+        assert_eq!(
+            reg.redeem(t, Who { pid: 2, uid: 1 }, 1).unwrap_err(),
+            Errno::EPERM
+        );
+        let snap = reg.redeem_pass(t).unwrap();
+        assert_eq!(reg.redeem_pass(t).unwrap_err(), Errno::ENOENT, "one-time");
+        let table = FdTable::new(3);
+        table.insert(fd()).unwrap();
+        assert_eq!(table.import(&snap).unwrap(), vec![(1, 1), (3, 2)]);
+        assert!(Arc::ptr_eq(&table.get(2).unwrap(), &b));
+        assert_eq!(table.import(&snap).unwrap_err(), Errno::EMFILE);
+        assert_eq!(table.len(), 3, "a failed import adds nothing");
+        let fork = reg
+            .prepare(CloneKind::Fork, Who { pid: 1, uid: 1 }, vec![])
+            .unwrap();
+        assert_eq!(reg.redeem_pass(fork).unwrap_err(), Errno::EINVAL);
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub trait Handler: Send + Sync + 'static {
     /// A session adopted a snapshot of another one's files ([`abi::Opcode::Adopt`], after a
     /// fork or an exec): `call` is the adopt request, [`Call::fds`] the new table.
     fn adopted(&self, _call: &Call<'_>) {}
+
+    /// A session imported files passed to it over SCM_RIGHTS ([`abi::Opcode::Import`]):
+    /// `handles` are their new numbers in [`Call::fds`].
+    fn imported(&self, _call: &Call<'_>, _handles: &[u32]) {}
 }
 
 /// A handler that only serves the runtime's own probes (benchmarks, tests).

@@ -1084,6 +1084,36 @@ fn serve<H: Handler>(
                 Err(e) => Response::err(id, e),
             })
         }
+        Opcode::Import => {
+            let snap = match ctx.tokens.redeem_pass(args[0]) {
+                Ok(s) => s,
+                Err(e) => return Served::Now(Response::err(id, e), false),
+            };
+            let pairs = match live.ctx.fds.import(&snap) {
+                Ok(p) => p,
+                Err(e) => return Served::Now(Response::err(id, e), false),
+            };
+            // The snapshot's own references go on the pool (closing may block).
+            let _ = ctx.pool.spawn(Box::new(move || drop(snap)));
+            let bytes: Vec<u8> = pairs
+                .iter()
+                .flat_map(|(o, n)| o.to_ne_bytes().into_iter().chain(n.to_ne_bytes()))
+                .collect();
+            let n = call.write_payload(&bytes);
+            if n < bytes.len() {
+                // The window cannot hold the answer: give the files back.
+                for (_, h) in &pairs {
+                    let _ = live.ctx.fds.remove(u64::from(*h));
+                }
+                return Served::Now(Response::err(id, Errno::ENOBUFS), false);
+            }
+            let news: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+            ctx.handler.imported(&call, &news);
+            Outcome::Done(Response {
+                data_len: n as u32,
+                ..Response::ok(id, n as i64)
+            })
+        }
         Opcode::Adopt => {
             let rsp = adopt(ctx, live, id, args[0]);
             if rsp.result >= 0 {

@@ -171,6 +171,20 @@ pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
     if let Some(r) = guard(nr, a) {
         return r;
     }
+    if (nr == libc::SYS_sendmsg || nr == libc::SYS_recvmsg)
+        && fdtable::get_any(a[0] as i32 as i64).is_none()
+    {
+        // A local socket (AF_UNIX): remote fds may travel in SCM_RIGHTS.
+        let fd = a[0] as i32 as i64;
+        let passed = if nr == libc::SYS_sendmsg {
+            crate::pass::sendmsg(fd, a)
+        } else {
+            crate::pass::recvmsg(fd, a)
+        };
+        if let Some(r) = passed {
+            return r;
+        }
+    }
     if let Some(r) = crate::net::route(nr, a) {
         return r;
     }

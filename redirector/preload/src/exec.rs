@@ -34,7 +34,8 @@ use crate::{config, cwd, proc, remote, reserve};
 const MAGIC: u64 = 0x5649_5254_4558_4532; // "VIRTEXE2"
 /// The environment entry naming the state.
 pub const ENV_EXEC: &str = "VIRTUOS_EXEC";
-const SEALS: i32 = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+pub(crate) const SEALS: i32 =
+    libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 
 /// One fd carried across exec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,16 +47,16 @@ struct Carried {
 /// What an exec carries, decoded.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct State {
-    token: [u8; 16],
-    pid: i64,
-    tokens: [u64; 2],
-    cwd: Vec<u8>,
+    pub(crate) token: [u8; 16],
+    pub(crate) pid: i64,
+    pub(crate) tokens: [u64; 2],
+    pub(crate) cwd: Vec<u8>,
     /// (fd, handle, is_dir, net, listening, directory path)
-    entries: Vec<(i32, u32, bool, bool, bool, Vec<u8>)>,
+    pub(crate) entries: Vec<(i32, u32, bool, bool, bool, Vec<u8>)>,
 }
 
 impl State {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Vec::with_capacity(64 + self.cwd.len() + self.entries.len() * 16);
         w.extend_from_slice(&MAGIC.to_ne_bytes());
         w.extend_from_slice(&self.token);
@@ -196,7 +197,7 @@ fn each_open_fd(mut f: impl FnMut(i64)) {
     sys::sys(libc::SYS_close, &[dir as u64]);
 }
 
-fn random_token() -> [u8; 16] {
+pub(crate) fn random_token() -> [u8; 16] {
     let mut t = [0u8; 16];
     let mut got = 0;
     while got < t.len() {
@@ -238,10 +239,18 @@ fn unhex(s: &[u8]) -> Option<[u8; 16]> {
 
 /// Writes `data` into a new sealed memfd at a reserved number that survives exec.
 fn sealed_memfd(data: &[u8]) -> Option<i64> {
+    let m = sealed_memfd_at_any(data, c"virtuos-exec")?;
+    // Not close-on-exec: the new image inherits it. Registered, so the program cannot close it.
+    Some(i64::from(reserve::place_raw(m as i32, false)))
+}
+
+/// Writes `data` into a new close-on-exec memfd named `name` (at the lowest free number),
+/// sealed against any change.
+pub(crate) fn sealed_memfd_at_any(data: &[u8], name: &std::ffi::CStr) -> Option<i64> {
     let m = sys::sys(
         libc::SYS_memfd_create,
         &[
-            c"virtuos-exec".as_ptr() as u64,
+            name.as_ptr() as u64,
             libc::MFD_ALLOW_SEALING as u64 | libc::MFD_CLOEXEC as u64,
         ],
     );
@@ -273,8 +282,30 @@ fn sealed_memfd(data: &[u8]) -> Option<i64> {
         sys::sys(libc::SYS_close, &[m as u64]);
         return None;
     }
-    // Not close-on-exec: the new image inherits it. Registered, so the program cannot close it.
-    Some(i64::from(reserve::place_raw(m as i32, false)))
+    Some(m)
+}
+
+/// The contents of `fd` if it is a memfd sealed as [`sealed_memfd_at_any`] seals them, a
+/// regular file of at most 16 MiB; None otherwise.
+pub(crate) fn read_sealed(fd: i64) -> Option<Vec<u8>> {
+    let seals = sys::sys(libc::SYS_fcntl, &[fd as u64, libc::F_GET_SEALS as u64]);
+    if seals < 0 || seals as i32 & SEALS != SEALS {
+        return None;
+    }
+    // SAFETY: a zeroed stat is a valid output buffer.
+    let mut stt: libc::stat = unsafe { std::mem::zeroed() };
+    if sys::sys(libc::SYS_fstat, &[fd as u64, &mut stt as *mut _ as u64]) < 0
+        || stt.st_mode & libc::S_IFMT != libc::S_IFREG
+        || stt.st_size as u64 > 16 << 20
+    {
+        return None;
+    }
+    let mut data = vec![0u8; stt.st_size as usize];
+    let n = sys::sys(
+        libc::SYS_pread64,
+        &[fd as u64, data.as_mut_ptr() as u64, data.len() as u64, 0],
+    );
+    (n == data.len() as i64).then_some(data)
 }
 
 /// The fd of a pending exec state (so a program's `dup2` onto it moves it).
@@ -684,7 +715,7 @@ fn exec_with_env(nr: i64, a: [u64; 6], env_at: usize, extra: Option<&[u8]>) -> i
     }
     for (k, e) in c.carried_env.iter().enumerate() {
         let is_preload = &e[..name_of(e)] == b"LD_PRELOAD";
-        if !present[k] && !(is_preload && preload.is_some()) {
+        if !(present[k] || is_preload && preload.is_some()) {
             push(e.as_ptr() as *const libc::c_char);
         }
     }
@@ -899,6 +930,9 @@ pub fn restore() {
                     listening,
                 },
             );
+            if net && !alive.contains(&(net, h)) {
+                crate::net::learn_state(h);
+            }
             alive.push((net, h));
         } else {
             dead.push((net, h));

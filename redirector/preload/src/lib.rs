@@ -23,6 +23,7 @@ pub mod fdtable;
 pub mod lock;
 pub mod net;
 pub mod netpoll;
+pub mod pass;
 pub mod paths;
 pub mod proc;
 pub mod remote;

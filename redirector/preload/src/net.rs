@@ -150,6 +150,42 @@ fn fresh(tagged: u32, nb: bool) {
     }
 }
 
+/// A socket this process got from elsewhere (inherited across exec, received over
+/// SCM_RIGHTS): what the shim keeps of its state per process (O_NONBLOCK, whether a receive
+/// or send timeout is set) is asked of the server, which holds the socket's real state.
+pub fn learn_state(tagged: u32) {
+    let r = Remote {
+        handle: tagged,
+        is_dir: false,
+        net: true,
+        listening: false,
+    };
+    let fl = simple(
+        Opcode::Fcntl,
+        [r.handle.into(), libc::F_GETFL as u64, 0, 0, 0],
+        &[],
+        None,
+    )
+    .map(|rsp| rsp.result)
+    .unwrap_or(0);
+    fresh(tagged, fl > 0 && fl & libc::O_NONBLOCK as i64 != 0);
+    let timed = [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO]
+        .into_iter()
+        .any(|opt| {
+            let mut tv = [0u8; 16];
+            simple(
+                Opcode::GetSockOpt,
+                [r.handle.into(), libc::SOL_SOCKET as u64, opt as u64, 16, 0],
+                &[],
+                Some(&mut tv),
+            )
+            .is_ok_and(|rsp| rsp.result >= 16 && tv.iter().any(|&b| b != 0))
+        });
+    if let Some(x) = TIMEO.get(fdtable::raw(tagged) as usize) {
+        x.store(timed, Ordering::Relaxed);
+    }
+}
+
 fn has_timeout(r: Remote) -> bool {
     TIMEO
         .get(fdtable::raw(r.handle) as usize)
