@@ -165,6 +165,7 @@ extern "C" fn virtuos_init() {
         // SAFETY: registering a plain extern "C" function that lives as long as the process.
         unsafe { libc::atexit(report_at_exit) };
     }
+    remote::open_socket_dirs();
     // Restores what an exec carried over (connecting to the domains if so).
     exec::restore();
     // SAFETY: the handlers are plain extern "C" functions valid for the process's life.

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use abi::{Opcode, Request};
-use xen_transport::control::connect_session;
 use xen_transport::layout::header;
 use xen_transport::{ClientConfig, ServerState, Session};
 
@@ -131,6 +130,82 @@ impl Domain {
     }
 }
 
+/// Descriptors (O_PATH, at reserved numbers) of the directories holding the storage and the
+/// network domain's sockets, opened by the constructor: a process that `chroot`s away from
+/// the socket (sshd's privilege-separated child, before it drops its uid) still reaches it.
+static SOCK_DIRS: [std::sync::atomic::AtomicI32; 2] =
+    [const { std::sync::atomic::AtomicI32::new(-1) }; 2];
+
+/// Opens the socket directories (see [`SOCK_DIRS`]); called once by the constructor.
+pub fn open_socket_dirs() {
+    use std::os::unix::ffi::OsStrExt;
+    for d in [&STORAGE, &NET] {
+        let Some(dir) = d.sock().and_then(|s| s.parent()) else {
+            continue;
+        };
+        let mut p = dir.as_os_str().as_bytes().to_vec();
+        p.push(0);
+        let fd = crate::sys::sys(
+            libc::SYS_openat,
+            &[
+                libc::AT_FDCWD as u64,
+                p.as_ptr() as u64,
+                (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+            ],
+        );
+        if fd >= 0 {
+            let fd = crate::reserve::place_raw(fd as i32, true);
+            SOCK_DIRS[usize::from(d.net)].store(fd, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Connects a session to `sock`. When the path does not resolve from here (the process has
+/// `chroot`ed since it started), through the socket's directory: the connect resolves the
+/// socket's name against that directory as the working directory for an instant (signals
+/// blocked; another thread's relative path call in that instant would resolve there too).
+fn connect_session(
+    net: bool,
+    sock: &std::path::Path,
+    cfg: &ClientConfig,
+) -> Result<Session, xen_transport::control::ConnectError> {
+    use std::os::unix::ffi::OsStrExt;
+    let first = xen_transport::control::connect_session(sock, cfg);
+    let dir = SOCK_DIRS[usize::from(net)].load(Ordering::Relaxed);
+    let Err(e) = first else { return first };
+    let mut p = sock.as_os_str().as_bytes().to_vec();
+    p.push(0);
+    let reachable = crate::sys::sys(
+        libc::SYS_faccessat,
+        &[libc::AT_FDCWD as u64, p.as_ptr() as u64, libc::F_OK as u64],
+    ) == 0;
+    let Some(name) = sock.file_name() else {
+        return Err(e);
+    };
+    if reachable || dir < 0 {
+        return Err(e);
+    }
+    let _masked = crate::lock::Masked::new();
+    let here = crate::sys::sys(
+        libc::SYS_openat,
+        &[
+            libc::AT_FDCWD as u64,
+            c".".as_ptr() as u64,
+            (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        ],
+    );
+    if here < 0 || crate::sys::sys(libc::SYS_fchdir, &[dir as u64]) < 0 {
+        if here >= 0 {
+            crate::sys::sys(libc::SYS_close, &[here as u64]);
+        }
+        return Err(e);
+    }
+    let r = xen_transport::control::connect_session(std::path::Path::new(name), cfg);
+    crate::sys::sys(libc::SYS_fchdir, &[here as u64]);
+    crate::sys::sys(libc::SYS_close, &[here as u64]);
+    r
+}
+
 /// The storage domain.
 pub static STORAGE: Domain = Domain::new(false);
 /// The network domain.
@@ -182,7 +257,7 @@ impl Domain {
             fd_hooks: Some(crate::reserve::HOOKS),
             ..ClientConfig::EMPTY
         };
-        let s = connect_session(sock, &cfg).map_err(|e| e.to_string())?;
+        let s = connect_session(self.net, sock, &cfg).map_err(|e| e.to_string())?;
         let live = Box::new(Live {
             s,
             generation: AtomicU32::new(generation),
@@ -470,7 +545,7 @@ impl Domain {
         };
         let connected = {
             let _internal = crate::proc::Internal::enter();
-            connect_session(sock, &cfg)
+            connect_session(self.net, sock, &cfg)
         };
         let Ok(s) = connected else {
             return std::ptr::null_mut();
@@ -571,7 +646,7 @@ impl Domain {
                         fd_hooks: Some(crate::reserve::HOOKS),
                         ..ClientConfig::EMPTY
                     };
-                    connect_session(sock, &cfg).ok()
+                    connect_session(self.net, sock, &cfg).ok()
                 })
                 .flatten()
                 .and_then(|s| {
