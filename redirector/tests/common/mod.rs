@@ -421,12 +421,19 @@ pub fn listener_owner(port: u16) -> Option<u32> {
     None
 }
 
-/// Asserts that `virtuos-net` holds the listener on 127.0.0.1:`port`.
+/// Asserts that `virtuos-net` holds the listener on 127.0.0.1:`port` (seen both in /proc and
+/// by [`sockets_held`], which so is checked to see what it must).
 pub fn assert_net_listens(net: &Domain, port: u16) {
     assert_eq!(
         listener_owner(port),
         Some(net.pid()),
         "the socket listening on port {port} is not held by virtuos-net (pid {})",
+        net.pid()
+    );
+    let held = sockets_held(net.pid(), &[port]);
+    assert!(
+        held.iter().any(|l| l.starts_with("LISTEN")),
+        "ss -tanp does not show virtuos-net (pid {}) listening on port {port}: {held:?}",
         net.pid()
     );
 }
@@ -574,5 +581,10 @@ pub fn read_pid(file: &Path) -> Option<u32> {
 pub fn kill(pid: u32, sig: i32) {
     // SAFETY: kill(2) has no memory arguments; the pid is a process this test started.
     let r = unsafe { libc::kill(pid as i32, sig) };
-    assert_eq!(r, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
