@@ -8,7 +8,6 @@
 //! `attach`/`detach`/`status`/`top` manage the eBPF telemetry and enforcement of a cgroup
 //! (module `bpf`); `run --enforce` runs the program in a fresh cgroup with enforcement.
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,6 +20,7 @@ use xen_transport::ClientConfig;
 
 mod bpf;
 mod domains;
+mod keeper;
 
 /// Run programs with their calls served by virtuos service domains.
 #[derive(Parser, Debug)]
@@ -252,17 +252,6 @@ fn run(args: RunArgs) -> Result<i32> {
     }
     let mut cmd = Command::new(&args.cmd[0]);
     cmd.args(&args.cmd[1..]);
-    if args.enforce {
-        // The program goes with us: if virtuos-redirect is killed, it gets SIGTERM (a wrapper
-        // that leaves its program running unseen would leak servers in tests and scripts).
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches only the child.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-    }
     let probe = |sock: &PathBuf, what: &str| -> Result<()> {
         connect_session(
             sock,
@@ -303,55 +292,17 @@ fn run(args: RunArgs) -> Result<i32> {
         };
         cmd.env("LD_PRELOAD", preload);
     }
-    if !args.enforce {
-        // Nothing is left to do after the program: become it, so that its pid is the one its
-        // starter knows (a harness that waits for it, a supervisor that signals it, nginx's
-        // binary upgrade that checks who its parent is) and nothing stands between them.
-        let err = std::os::unix::process::CommandExt::exec(&mut cmd);
-        return Ok(not_started(prog.as_os_str(), &err));
-    }
-    let enforced = if args.enforce {
+    if args.enforce {
+        // The cgroup outlives this process's image: a keeper outside it removes it once the
+        // program (this process, after the exec) has exited.
         let e = bpf::EnforcedRun::start()?;
-        e.prepare(&mut cmd);
-        Some(e)
-    } else {
-        None
-    };
-    // Spawn and wait, forwarding the exit status (a signal as 128 + number).
-    let status = run_child(&mut cmd, enforced.is_some());
-    if let Some(e) = enforced {
-        let cg = e.cgroup.clone();
-        if let Err(err) = e.finish() {
-            eprintln!("virtuos-redirect: cleaning up {}: {err:#}", cg.display());
-        }
+        keeper::spawn(e)?.enter()?;
     }
-    let status = status.with_context(|| format!("starting {}", prog.display()))?;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
-}
-
-/// Spawns and waits. With a cgroup to clean up afterwards, SIGINT/SIGQUIT are ignored while
-/// the child runs (as `system(3)` does), so that Ctrl-C reaches the child and not the cleanup.
-fn run_child(cmd: &mut Command, shield: bool) -> std::io::Result<std::process::ExitStatus> {
-    if !shield {
-        return cmd.status();
-    }
-    let mut child = cmd.spawn()?;
-    // SAFETY: setting and restoring dispositions to SIG_IGN / the previous handler.
-    let old = unsafe {
-        (
-            libc::signal(libc::SIGINT, libc::SIG_IGN),
-            libc::signal(libc::SIGQUIT, libc::SIG_IGN),
-        )
-    };
-    let r = child.wait();
-    // SAFETY: as above.
-    unsafe {
-        libc::signal(libc::SIGINT, old.0);
-        libc::signal(libc::SIGQUIT, old.1);
-    }
-    r
+    // Nothing is left to do after the program: become it, so that its pid is the one its
+    // starter knows (a harness that waits for it, a supervisor that signals it, nginx's
+    // binary upgrade that checks who its parent is) and nothing stands between them.
+    let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+    Ok(not_started(prog.as_os_str(), &err))
 }
 
 fn main() -> Result<()> {

@@ -869,14 +869,17 @@ pub fn status(opts: &StatusOpts) -> Result<()> {
     Ok(())
 }
 
-/// `run --enforce`: a fresh cgroup with enforcement attached, the program moved into it before
-/// exec with the io_uring seccomp filter, and everything removed afterwards.
+/// `run --enforce`: a fresh cgroup with enforcement attached, `run` itself moved into it with
+/// the io_uring seccomp filter before it execs into the program, and everything removed
+/// afterwards by a keeper (`keeper.rs`).
 pub struct EnforcedRun {
     /// The cgroup made for this run.
     pub cgroup: PathBuf,
     procs: File,
     filter: Vec<libc::sock_filter>,
     logger: Option<LogPump>,
+    /// The loaded object, until its log pump starts (in the process that keeps the run).
+    ebpf: Option<Ebpf>,
 }
 
 impl EnforcedRun {
@@ -917,32 +920,31 @@ impl EnforcedRun {
             .write(true)
             .open(cgroup.join("cgroup.procs"))
             .with_context(|| format!("opening {}/cgroup.procs", cgroup.display()))?;
-        let logger = LogPump::start(attached.ebpf);
         Ok(EnforcedRun {
             cgroup,
             procs,
             filter: seccomp::io_uring_filter(),
-            logger,
+            logger: None,
+            ebpf: Some(attached.ebpf),
         })
     }
 
-    /// Adds the pre-exec step to `cmd`: join the cgroup, install the seccomp filter.
-    pub fn prepare(&self, cmd: &mut std::process::Command) {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::process::CommandExt;
-        let fd = self.procs.as_raw_fd();
-        let filter = self.filter.clone();
-        // SAFETY: the hook runs between fork and exec and only makes async-signal-safe calls
-        // (write, prctl) on memory prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                let b = b"0";
-                if libc::write(fd, b.as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                seccomp::install(&filter)
-            });
+    /// Starts forwarding the eBPF programs' log records to stderr (a thread: call it in the
+    /// process that keeps the run, after any fork).
+    pub fn start_log(&mut self) {
+        if let Some(e) = self.ebpf.take() {
+            self.logger = LogPump::start(e);
         }
+    }
+
+    /// Moves this process into the cgroup and installs the seccomp filter: the step before
+    /// it execs into the program.
+    pub fn enter(&self) -> Result<()> {
+        use std::io::Write;
+        (&self.procs)
+            .write_all(b"0")
+            .with_context(|| format!("joining {}", self.cgroup.display()))?;
+        seccomp::install(&self.filter).context("installing the io_uring seccomp filter")
     }
 
     /// Detaches, kills what is left in the cgroup and removes it.
