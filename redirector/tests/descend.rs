@@ -933,3 +933,134 @@ fn exec_with_sanitised_env_keeps_sockets() {
     assert_eq!(redirected, native, "redirected and native runs differ");
     assert_released(&mut net, &[native_port, port]);
 }
+
+// ---------------------------------------------------------------------------------------
+// sshd: privilege separation (a child that chroots, then drops its uid), remote commands,
+// scp and sftp
+
+/// One sshd round (native or redirected) on a fresh port: a remote command's stdout, stderr
+/// and exit status, a file up with `scp -O` and with sftp, one down with `cat`, compared
+/// byte for byte. Returns the port.
+fn sshd_round(sshd: &Path, net: Option<&Domain>, dir: &Scratch) -> u16 {
+    let port = free_port();
+    let d = dir.path(&format!("ssh-{}", how(net)));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    for key in ["host", "client"] {
+        let k = d.join(key);
+        if !k.exists() {
+            let o = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&k)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "ssh-keygen: {o:?}");
+        }
+    }
+    std::fs::copy(d.join("client.pub"), d.join("authorized")).unwrap();
+    let conf = d.join("sshd_config");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             PermitRootLogin prohibit-password\nStrictModes no\nPidFile {d}/sshd.pid\n\
+             Subsystem sftp internal-sftp\n",
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = program(net, sshd.to_str().unwrap());
+    cmd.arg("-D").arg("-e").arg("-f").arg(&conf);
+    let mut server = Running::spawn(cmd);
+    wait_listening(port, &mut server);
+    if let Some(n) = net {
+        assert_net_listens(n, port);
+    }
+    let client = |prog: &str| {
+        let mut c = Command::new(prog);
+        c.arg("-i")
+            .arg(d.join("client"))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]);
+        c
+    };
+    let target = "root@127.0.0.1";
+    let mut c = client("ssh");
+    c.args([
+        "-p",
+        &port.to_string(),
+        target,
+        "echo out; echo err >&2; exit 3",
+    ]);
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "ssh {}: {o:?}", how(net));
+    assert_eq!(o.stdout, b"out\n", "ssh {}: {o:?}", how(net));
+    assert_eq!(o.stderr, b"err\n", "ssh {}: {o:?}", how(net));
+    let blob = data(300_000, 7);
+    std::fs::write(d.join("blob"), &blob).unwrap();
+    for (name, legacy) in [("scp-copy", true), ("sftp-copy", false)] {
+        let mut c = client("scp");
+        if legacy {
+            c.arg("-O");
+        }
+        c.args(["-P", &port.to_string()])
+            .arg(d.join("blob"))
+            .arg(format!("{target}:{}", d.join(name).display()));
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{name} {}: {o:?}", how(net));
+        assert_eq!(
+            std::fs::read(d.join(name)).unwrap(),
+            blob,
+            "{name} {}",
+            how(net)
+        );
+    }
+    let mut c = client("ssh");
+    c.args(["-p", &port.to_string(), target])
+        .arg(format!("cat {}", d.join("blob").display()));
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "ssh cat {}: {o:?}", how(net));
+    assert_eq!(o.stdout, blob, "ssh cat {}", how(net));
+    let f = server.kill_now();
+    let log = f.describe();
+    assert!(
+        !log.contains("virtuos:"),
+        "the shim complained ({}): {log}",
+        how(net)
+    );
+    port
+}
+
+#[test]
+fn sshd_commands_scp_and_sftp() {
+    if !have(
+        "sshd_commands_scp_and_sftp",
+        &["ssh", "scp", "ssh-keygen", "ss"],
+    ) {
+        return;
+    }
+    let Some(sshd) = find_program("sshd").or_else(|| {
+        Path::new("/usr/sbin/sshd")
+            .exists()
+            .then(|| PathBuf::from("/usr/sbin/sshd"))
+    }) else {
+        println!("skipping sshd_commands_scp_and_sftp: sshd is not installed (openssh-server)");
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipping sshd_commands_scp_and_sftp: sshd needs root");
+        return;
+    }
+    let dir = Scratch::new("sshd");
+    let mut net = Domain::net(&dir);
+    let native = sshd_round(&sshd, None, &dir);
+    let port = sshd_round(&sshd, Some(&net), &dir);
+    assert_released(&mut net, &[native, port]);
+}
