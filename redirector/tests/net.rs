@@ -542,6 +542,17 @@ fn control_messages_as_native() {
     assert!(out.contains("v4 short b'three' 1 True"), "{out}");
 }
 
+/// sendmmsg/recvmmsg (glibc's resolver sends its A and AAAA queries with one sendmmsg): the
+/// counts, lengths and bytes of a batch, MSG_WAITFORONE, and EAGAIN on an empty socket.
+#[test]
+fn mmsg_batches_as_native() {
+    let dir = Scratch::new("mmsg");
+    let net = Domain::net(&dir);
+    let out = same_as_native(&net, "mmsg.py", &[]);
+    assert!(out.contains("sendmmsg 5 [10, 20, 30, 40, 50]"), "{out}");
+    assert!(out.contains("recvmmsg rest 2"), "{out}");
+}
+
 /// SCM_RIGHTS between unrelated processes: a listener, a connected socket (network domain), a
 /// pipe and a file (storage domain when under the mount) sent over an AF_UNIX socket work in
 /// the receiver as natively, and the listener closes with its last holder.

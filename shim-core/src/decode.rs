@@ -386,6 +386,21 @@ pub enum Syscall {
         msg: UserPtr,
         flags: i32,
     },
+    /// sendmmsg: `vlen` `struct mmsghdr` at `vec`.
+    SendMmsg {
+        fd: Fd,
+        vec: UserPtr,
+        vlen: u32,
+        flags: i32,
+    },
+    /// recvmmsg: `vlen` `struct mmsghdr` at `vec`, an optional timeout.
+    RecvMmsg {
+        fd: Fd,
+        vec: UserPtr,
+        vlen: u32,
+        flags: i32,
+        timeout: UserPtr,
+    },
     Shutdown {
         fd: Fd,
         how: i32,
@@ -1063,6 +1078,19 @@ pub fn decode(nr: i64, a: [u64; 6]) -> Syscall {
             msg: p(a[1]),
             flags: i(a[2]),
         },
+        libc::SYS_sendmmsg => SendMmsg {
+            fd: fd(a[0]),
+            vec: p(a[1]),
+            vlen: u(a[2]),
+            flags: i(a[3]),
+        },
+        libc::SYS_recvmmsg => RecvMmsg {
+            fd: fd(a[0]),
+            vec: p(a[1]),
+            vlen: u(a[2]),
+            flags: i(a[3]),
+            timeout: p(a[4]),
+        },
         libc::SYS_shutdown => Shutdown {
             fd: fd(a[0]),
             how: i(a[1]),
@@ -1258,6 +1286,8 @@ impl Syscall {
             | SendTo { fd, .. }
             | RecvFrom { fd, .. }
             | SendMsg { fd, .. }
+            | SendMmsg { fd, .. }
+            | RecvMmsg { fd, .. }
             | RecvMsg { fd, .. }
             | Shutdown { fd, .. }
             | GetSockOpt { fd, .. }

@@ -72,7 +72,7 @@ table! {
         SYS_umask;
     Signal: SYS_rt_sigprocmask, SYS_rt_sigaction;
     Net: SYS_socket, SYS_bind, SYS_listen, SYS_accept, SYS_accept4, SYS_connect, SYS_sendto,
-        SYS_recvfrom, SYS_sendmsg, SYS_recvmsg, SYS_shutdown, SYS_getsockopt, SYS_setsockopt,
+        SYS_recvfrom, SYS_sendmsg, SYS_recvmsg, SYS_sendmmsg, SYS_recvmmsg, SYS_shutdown, SYS_getsockopt, SYS_setsockopt,
         SYS_getsockname, SYS_getpeername, SYS_poll, SYS_ppoll, SYS_select, SYS_pselect6,
         SYS_epoll_ctl, SYS_epoll_wait, SYS_epoll_pwait, SYS_epoll_pwait2;
 }

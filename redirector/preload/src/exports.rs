@@ -104,6 +104,8 @@ interpose! {
     fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t = libc::SYS_recvfrom, [fd, buf, n, flags, 0, 0];
     fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> ssize_t = libc::SYS_recvfrom, [fd, buf, n, flags, addr, len];
     fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t = libc::SYS_recvmsg, [fd, msg, flags];
+    fn sendmmsg(fd: c_int, vec: *mut libc::mmsghdr, vlen: c_uint, flags: c_int) -> c_int = libc::SYS_sendmmsg, [fd, vec, vlen, flags];
+    fn recvmmsg(fd: c_int, vec: *mut libc::mmsghdr, vlen: c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int = libc::SYS_recvmmsg, [fd, vec, vlen, flags, timeout];
     fn shutdown(fd: c_int, how: c_int) -> c_int = libc::SYS_shutdown, [fd, how];
     fn getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut libc::socklen_t) -> c_int = libc::SYS_getsockopt, [fd, level, name, val, len];
     fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: libc::socklen_t) -> c_int = libc::SYS_setsockopt, [fd, level, name, val, len];

@@ -613,6 +613,59 @@ fn recvmsg(r: Remote, msg: u64, flags: u64) -> i64 {
     }
 }
 
+/// `struct mmsghdr`: a msghdr and the bytes it moved.
+const MMSG: u64 = std::mem::size_of::<libc::mmsghdr>() as u64;
+const MSG_LEN_AT: u64 = std::mem::offset_of!(libc::mmsghdr, msg_len) as u64;
+
+/// sendmmsg: each message as a sendmsg, until one fails; the count sent, or the first
+/// message's error (Linux's rule).
+fn sendmmsg(r: Remote, vec: u64, vlen: u32, flags: u64) -> i64 {
+    let vlen = vlen.min(libc::UIO_MAXIOV as u32);
+    let mut done = 0u32;
+    while done < vlen {
+        let at = vec + u64::from(done) * MMSG;
+        let n = sendmsg(r, at, flags);
+        if n < 0 {
+            return if done == 0 { n } else { i64::from(done) };
+        }
+        put::<u32>(at + MSG_LEN_AT, n as u32);
+        done += 1;
+    }
+    i64::from(done)
+}
+
+/// recvmmsg: each message as a recvmsg; after the first, only what is there already with
+/// MSG_WAITFORONE, and never past the timeout (checked after each message, as Linux does).
+fn recvmmsg(r: Remote, vec: u64, vlen: u32, flags: u64, timeout: u64) -> i64 {
+    let vlen = vlen.min(libc::UIO_MAXIOV as u32);
+    let deadline = (timeout != 0).then(|| {
+        let t: libc::timespec = get(timeout);
+        now()
+            + Duration::new(
+                t.tv_sec.max(0) as u64,
+                t.tv_nsec.clamp(0, 999_999_999) as u32,
+            )
+    });
+    let mut done = 0u32;
+    let mut fl = flags & !(libc::MSG_WAITFORONE as u64);
+    while done < vlen {
+        let at = vec + u64::from(done) * MMSG;
+        let n = recvmsg(r, at, fl);
+        if n < 0 {
+            return if done == 0 { n } else { i64::from(done) };
+        }
+        put::<u32>(at + MSG_LEN_AT, n as u32);
+        done += 1;
+        if flags & libc::MSG_WAITFORONE as u64 != 0 {
+            fl |= libc::MSG_DONTWAIT as u64;
+        }
+        if deadline.is_some_and(|d| now() >= d) {
+            break;
+        }
+    }
+    i64::from(done)
+}
+
 fn sockopt_get(r: Remote, level: u64, name: u64, val: u64, lenp: u64) -> i64 {
     if val == 0 || lenp == 0 {
         return e(libc::EFAULT);
@@ -942,6 +995,8 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
         libc::SYS_read | libc::SYS_readv => Some((0, libc::POLLIN)),
         libc::SYS_sendto => Some((a[3], libc::POLLOUT)),
         libc::SYS_sendmsg => Some((a[2], libc::POLLOUT)),
+        libc::SYS_recvmmsg => Some((a[3], libc::POLLIN)),
+        libc::SYS_sendmmsg => Some((a[3], libc::POLLOUT)),
         libc::SYS_write | libc::SYS_writev => Some((0, libc::POLLOUT)),
         _ => None,
     };
@@ -1023,6 +1078,8 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
             .map(|x| x.0 as i64)
             .unwrap_or_else(|err| err),
         libc::SYS_recvmsg => recvmsg(r, a[1], a[2]),
+        libc::SYS_sendmmsg => sendmmsg(r, a[1], a[2] as u32, a[3]),
+        libc::SYS_recvmmsg => recvmmsg(r, a[1], a[2] as u32, a[3], a[4]),
         libc::SYS_pread64
         | libc::SYS_pwrite64
         | libc::SYS_preadv
