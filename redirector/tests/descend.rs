@@ -785,6 +785,62 @@ fn nginx_binary_upgrade_under_load() {
     assert_released(&mut net, &[native_port, port]);
 }
 
+/// Three configuration reloads (SIGHUP: new workers, old ones finish gracefully) under a
+/// load of sequential GETs on fresh connections: none may fail. The port.
+fn reload_round(nginx: &Path, net: Option<&Domain>, dir: &Scratch) -> u16 {
+    let port = free_port();
+    let name = format!("reload-{}", how(net));
+    let n = Nginx::start(nginx, net, dir, &name, port);
+    n.check_serves(port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let loaders = load(port, stop.clone());
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(600));
+        kill(n.master, libc::SIGHUP);
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failures) = (0, Vec::new());
+    for l in loaders {
+        let l = l.join().unwrap();
+        ok += l.ok;
+        failures.extend(l.failures);
+    }
+    println!(
+        "{}: {ok} GETs during 3 reloads, {} failed",
+        n.what,
+        failures.len()
+    );
+    assert!(
+        failures.is_empty() && ok > 0,
+        "{}: {ok} GETs succeeded, {} failed during reloads: {:?}\nerror log:\n{}",
+        n.what,
+        failures.len(),
+        &failures[..failures.len().min(20)],
+        n.log()
+    );
+    n.check_log();
+    n.check_serves(port);
+    n.stop();
+    port
+}
+
+#[test]
+fn nginx_reload_under_load() {
+    let Some(nginx) = find_program("nginx") else {
+        println!("skipping nginx_reload_under_load: nginx is not installed");
+        return;
+    };
+    if !have("nginx_reload_under_load", &["ss"]) {
+        return;
+    }
+    let dir = Scratch::new("nginx-reload");
+    let mut net = Domain::net(&dir);
+    let native_port = reload_round(&nginx, None, &dir);
+    let port = reload_round(&nginx, Some(&net), &dir);
+    assert_released(&mut net, &[native_port, port]);
+}
+
 // ---------------------------------------------------------------------------------------
 // run is the program
 
