@@ -171,7 +171,9 @@ opcodes! {
     /// bind: `args[0]` = handle; the address is window[data_off .. +args[4]]. Ports below
     /// the unprivileged start need a client with uid 0 or CAP_NET_BIND_SERVICE.
     Bind = 301,
-    /// listen: `args[0]` = handle, `args[1]` = backlog.
+    /// listen: `args[0]` = handle, `args[1]` = backlog. `aux[0]`: the socket's key in the
+    /// supervisor's fd store (0: not kept; see [`Opcode::Reclaim`]). A bind of a datagram
+    /// socket answers its key the same way.
     Listen = 302,
     /// accept4: `args[0]` = handle, `args[1]` = flags (SOCK_NONBLOCK), `args[2]` = room for
     /// the peer address (0: not wanted). Result: new handle; the peer address is written at
@@ -209,6 +211,13 @@ opcodes! {
     /// ioctl: `args[0]` = handle, `args[1]` = request: FIONBIO (`args[2]` = the int),
     /// FIONREAD/SIOCINQ, SIOCOUTQ (result: the int).
     Ioctl = 312,
+    /// After the domain restarted: the kept socket whose key is `args[0]` (a listener, or a
+    /// bound datagram socket) joins this session's table. Result: its new handle; EACCES for
+    /// a key another uid's socket has (root may take any), ENOENT for an unknown key.
+    Reclaim = 313,
+    /// The fd-store key of socket `args[0]` (`aux[0]`, 0 when not kept): for a program that
+    /// inherited or received the socket.
+    StoreKey = 314,
 }
 
 #[cfg(test)]

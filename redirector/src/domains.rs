@@ -196,6 +196,92 @@ fn specs(o: &DomainsOpts) -> Vec<Spec> {
     v
 }
 
+/// The network domain's listening sockets, kept across its restarts (see
+/// `virtuos_net::store`): duplicates held here, by key, with the uid that made each listen.
+#[derive(Default)]
+struct FdStore {
+    kept: std::collections::HashMap<u64, (u32, std::os::fd::OwnedFd)>,
+    /// Our end of the pair with the running domain.
+    conn: Option<std::os::fd::OwnedFd>,
+}
+
+/// The descriptor number the domain finds its end of the fd store at.
+const FD_STORE_FD: i32 = 3;
+
+impl FdStore {
+    /// Takes in what the running domain sent (KEEP and FORGET), without blocking.
+    fn drain(&mut self) {
+        use xen_transport::fdstore::{recv, Op};
+        let Some(c) = &self.conn else { return };
+        loop {
+            let mut p = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(c),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no wait.
+            if unsafe { libc::poll(&mut p, 1, 0) } <= 0 {
+                return;
+            }
+            match recv(std::os::fd::AsFd::as_fd(c)) {
+                Ok(Some((r, Some(fd)))) if r.op == Op::Keep => {
+                    self.kept.insert(r.key, (r.uid, fd));
+                }
+                Ok(Some((r, _))) if r.op == Op::Forget => {
+                    self.kept.remove(&r.key);
+                }
+                Ok(Some(_)) => {}
+                // The domain is gone (or hung up): what it kept stays kept.
+                Ok(None) | Err(_) => {
+                    self.conn = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A new pair for a domain about to start: returns its end, to be inherited at
+    /// [`FD_STORE_FD`].
+    fn connect(&mut self) -> Result<std::os::fd::OwnedFd> {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        self.drain();
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .context("socketpair for the fd store")?;
+        self.conn = Some(ours);
+        Ok(theirs)
+    }
+
+    /// Hands the new domain every kept socket, then END (it reads them before it serves).
+    fn restore(&mut self) {
+        use xen_transport::fdstore::{send, Op, Record};
+        let Some(c) = &self.conn else { return };
+        let c = std::os::fd::AsFd::as_fd(c);
+        for (key, (uid, fd)) in &self.kept {
+            let rec = Record {
+                op: Op::Restore,
+                uid: *uid,
+                key: *key,
+            };
+            if let Err(e) = send(c, rec, Some(std::os::fd::AsFd::as_fd(fd))) {
+                eprintln!("virtuos-redirect domains: fd store: cannot hand a socket back: {e}");
+            }
+        }
+        let end = Record {
+            op: Op::End,
+            uid: 0,
+            key: 0,
+        };
+        if let Err(e) = send(c, end, None) {
+            eprintln!("virtuos-redirect domains: fd store: {e}");
+        }
+    }
+}
+
 /// One supervised domain while the supervisor runs.
 struct Slot {
     spec: Spec,
@@ -205,14 +291,41 @@ struct Slot {
     backoff: Option<Duration>,
     /// When to start it again (while it is down).
     restart_at: Option<Instant>,
+    /// The network domain's kept listeners (None for storage).
+    store: Option<FdStore>,
 }
 
 impl Slot {
-    fn spawn(&self) -> Result<Child> {
-        Command::new(&self.exe)
-            .args(&self.spec.args)
+    fn spawn(&mut self) -> Result<Child> {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(&self.spec.args);
+        let theirs = match &mut self.store {
+            Some(st) => {
+                let theirs = st.connect()?;
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+                cmd.arg("--fd-store").arg(FD_STORE_FD.to_string());
+                // SAFETY: dup2 between fork and exec (async-signal-safe): the domain's end
+                // becomes fd 3, without close-on-exec.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                        if libc::dup2(raw, FD_STORE_FD) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                Some(theirs)
+            }
+            None => None,
+        };
+        let child = cmd
             .spawn()
-            .with_context(|| format!("starting {}", self.exe.display()))
+            .with_context(|| format!("starting {}", self.exe.display()))?;
+        drop(theirs);
+        if let Some(st) = &mut self.store {
+            st.restore();
+        }
+        Ok(child)
     }
 
     /// Schedules the next start after a run of `uptime` ended (or a start failed).
@@ -265,6 +378,7 @@ pub fn run(o: DomainsOpts) -> Result<i32> {
     let here = std::env::current_exe().context("locating virtuos-redirect")?;
     let mut slots = Vec::new();
     for spec in specs {
+        let spec_is_net = spec.name == "net";
         let exe = here.with_file_name(spec.bin);
         anyhow::ensure!(
             exe.is_file(),
@@ -278,6 +392,7 @@ pub fn run(o: DomainsOpts) -> Result<i32> {
             started: Instant::now(),
             backoff: None,
             restart_at: None,
+            store: (spec_is_net).then(FdStore::default),
         });
     }
     for sig in [libc::SIGTERM, libc::SIGINT] {
@@ -328,6 +443,9 @@ pub fn run(o: DomainsOpts) -> Result<i32> {
         }
         let mut changed = false;
         for (i, s) in slots.iter_mut().enumerate() {
+            if let Some(store) = &mut s.store {
+                store.drain();
+            }
             let d = &mut st.domains[i];
             if let Some(c) = &mut s.child {
                 let status = match c.try_wait() {

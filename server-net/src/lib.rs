@@ -20,6 +20,7 @@
 //! after every call. Clients merge these
 //! words with their local fds in poll, select and epoll.
 
+pub mod store;
 pub mod sys;
 pub mod watch;
 
@@ -34,6 +35,7 @@ use service::fdtable::Handle;
 use service::{Call, Handler, Outcome};
 use xen_transport::Credentials;
 
+use crate::store::Store;
 use crate::sys::MsgBuf;
 use crate::watch::Watcher;
 
@@ -44,15 +46,72 @@ const ADDR_MAX: usize = 128;
 pub struct Net {
     watch: Arc<Watcher>,
     unprivileged_port: u16,
+    store: Arc<Store>,
 }
 
 impl Net {
-    /// A handler with its readiness watcher thread started.
+    /// A handler with its readiness watcher thread started, keeping no socket across a
+    /// restart.
     pub fn new() -> std::io::Result<Net> {
+        Net::with_store(Store::none())
+    }
+
+    /// As [`Net::new`], with listeners kept in the supervisor's fd `store` (see [`store`]);
+    /// a thread forgets the sockets no session holds any more.
+    pub fn with_store(store: Store) -> std::io::Result<Net> {
+        let store = Arc::new(store);
+        if store.enabled() {
+            let s = Arc::downgrade(&store);
+            std::thread::Builder::new()
+                .name("virtuos-net-store".into())
+                .spawn(move || loop {
+                    std::thread::sleep(store::SWEEP);
+                    let Some(s) = s.upgrade() else { return };
+                    let n = s.sweep();
+                    if n > 0 {
+                        tracing::debug!(forgotten = n, "fd store: closed sockets forgotten");
+                    }
+                })?;
+        }
         Ok(Net {
             watch: Watcher::start()?,
             unprivileged_port: sys::unprivileged_port_start(),
+            store,
         })
+    }
+
+    /// The fd store (tests and statistics).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Keeps a socket that just became listening (or a bound datagram socket) in the fd
+    /// store; the response carries its key.
+    fn kept(&self, call: &Call<'_>, fd: &Handle, r: Result<i64, i32>) -> Outcome {
+        match r {
+            Ok(v) => {
+                let mut rsp = Response::ok(call.id(), v);
+                rsp.aux[0] = self.store.keep(fd, call.creds().uid);
+                Outcome::Done(rsp)
+            }
+            Err(e) => err(call, e),
+        }
+    }
+
+    /// `Reclaim`: the kept socket `args[0]` in this session's table.
+    fn reclaim(&self, call: &Call<'_>) -> Outcome {
+        let key = call.request().raw.args[0];
+        let fd = match self.store.reclaim(key, call.creds().uid) {
+            Ok(fd) => fd,
+            Err(e) => return err(call, e),
+        };
+        match call.fds().insert(fd.clone()) {
+            Ok(h) => {
+                self.watch.add(&call.session(), h, &fd);
+                Outcome::Done(Response::ok(call.id(), i64::from(h)))
+            }
+            Err(e) => err(call, e.get()),
+        }
     }
 
     /// The readiness watcher (tests and statistics).
@@ -166,7 +225,12 @@ impl Net {
                 return err(call, libc::EACCES);
             }
         }
-        done(call, sys::bind(fd.as_fd(), &addr))
+        let r = sys::bind(fd.as_fd(), &addr);
+        if r.is_ok() && !stream(&fd) {
+            // A bound datagram socket is a service endpoint, as a listener is: kept.
+            return self.kept(call, &fd, r);
+        }
+        done(call, r)
     }
 
     fn accept(&self, call: &Call<'_>) -> Outcome {
@@ -594,7 +658,16 @@ impl Handler for Net {
                 Ok((h, fd)) => {
                     let r = sys::listen(fd.as_fd(), int_arg(a[1]));
                     self.refresh(call, h, &fd);
-                    done(call, r)
+                    self.kept(call, &fd, r)
+                }
+                Err(e) => err(call, e),
+            },
+            Opcode::Reclaim => self.reclaim(call),
+            Opcode::StoreKey => match self.socket_of(call) {
+                Ok((_, fd)) => {
+                    let mut rsp = Response::ok(call.id(), 0);
+                    rsp.aux[0] = self.store.key_of(&fd);
+                    Outcome::Done(rsp)
                 }
                 Err(e) => err(call, e),
             },

@@ -45,6 +45,12 @@ struct Args {
     /// Longest idle spin of a worker before it sleeps, in ns (0: sleep at once).
     #[arg(long)]
     spin_max_ns: Option<u64>,
+    /// An inherited Unix SOCK_SEQPACKET descriptor to the supervisor's fd store: listening and
+    /// bound datagram sockets are kept there and survive a crash of this domain (clients
+    /// reclaim them after the restart). `virtuos-redirect domains` passes it; without it,
+    /// listeners die with the domain.
+    #[arg(long, value_name = "FD")]
+    fd_store: Option<i32>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,7 +81,33 @@ fn main() -> anyhow::Result<()> {
     .with_uid_limits(&args.uid_limits);
     // Readiness is pushed per handle: no more handles than readiness words.
     cfg.max_handles = xen_transport::layout::EVENT_SLOTS;
-    let net = Net::new().context("starting the readiness watcher")?;
+    let store = match args.fd_store {
+        None => virtuos_net::store::Store::none(),
+        Some(fd) => {
+            anyhow::ensure!(
+                fd > 2
+                    && nix::sys::socket::getsockopt(
+                        // SAFETY: only borrowed for the check; owned below once it is known to
+                        // be an open socket.
+                        &unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+                        nix::sys::socket::sockopt::SockType
+                    )
+                    .is_ok_and(|t| t == nix::sys::socket::SockType::SeqPacket),
+                "--fd-store {fd}: not an inherited SOCK_SEQPACKET socket (virtuos-redirect domains passes one)"
+            );
+            // SAFETY: `fd` is an open socket this process inherited for this use; nothing
+            // else in the process owns it.
+            let owned =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // Not inherited by anything this process starts.
+            let _ = nix::fcntl::fcntl(
+                &owned,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+            virtuos_net::store::Store::open(owned).context("reading the fd store")?
+        }
+    };
+    let net = Net::with_store(store).context("starting the readiness watcher")?;
     let rt = Runtime::start(cfg, net).context("starting the network service")?;
     std::fs::set_permissions(
         &args.listen,

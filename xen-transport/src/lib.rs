@@ -19,6 +19,7 @@ pub mod client;
 pub mod control;
 pub mod events;
 pub mod fdcell;
+pub mod fdstore;
 mod futex;
 pub mod layout;
 pub mod mem;

@@ -265,6 +265,32 @@ pub fn for_each(mut f: impl FnMut(i64, Remote)) {
     }
 }
 
+/// The server handle number in `fd`'s entry, whatever its generation.
+pub fn raw_bits(fd: i64) -> Option<u32> {
+    let i = usize::try_from(fd).ok().filter(|&i| i < MAX_FDS)?;
+    let v = FDS[i].load(Ordering::Acquire);
+    (v & PRESENT != 0).then_some(v as u32 & HANDLE_MASK)
+}
+
+/// Calls `f(fd, handle)` for every listening network entry of an older generation (its
+/// session died), with the server handle it had there.
+pub fn for_each_stale_listener(mut f: impl FnMut(i64, u32)) {
+    if !any_of(true) {
+        return;
+    }
+    let cur = generation(true);
+    for (i, e) in FDS.iter().enumerate() {
+        let v = e.load(Ordering::Acquire);
+        if v & PRESENT == 0 || v & NET == 0 || v & LISTENING == 0 {
+            continue;
+        }
+        let g = ((v >> GEN_SHIFT) & GEN_MASK) as u32;
+        if g != cur {
+            f(i as i64, v as u32 & HANDLE_MASK);
+        }
+    }
+}
+
 /// Forgets every entry (a new session starts without remote files).
 pub fn reset() {
     for e in FDS.iter() {

@@ -14,7 +14,7 @@
 //! readiness eventfd and control socket, so whichever side becomes ready first wakes it and an
 //! idle wait costs no CPU.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use abi::{Opcode, Request, Response};
@@ -143,7 +143,83 @@ static TIMEO: [AtomicBool; fdtable::MAX_HANDLES] =
     [const { AtomicBool::new(false) }; fdtable::MAX_HANDLES];
 
 /// A new socket handle: its mode as created, no timeouts.
+/// The fd-store key of each handle's socket (0: not kept), from its `listen` (or datagram
+/// `bind`): what the socket is reclaimed by after the network domain restarted.
+static KEYS: [AtomicU64; fdtable::MAX_HANDLES] =
+    [const { AtomicU64::new(0) }; fdtable::MAX_HANDLES];
+
+fn set_key(tagged: u32, key: u64) {
+    if let Some(k) = KEYS.get(fdtable::raw(tagged) as usize) {
+        k.store(key, Ordering::Relaxed);
+    }
+}
+
+fn key_of_raw(raw: u32) -> u64 {
+    KEYS.get(raw as usize)
+        .map_or(0, |k| k.load(Ordering::Relaxed))
+}
+
+/// After the network domain restarted (the caller holds the domain's `connecting` and `live`
+/// is the new session): every placeholder of a kept socket (a listener, a bound datagram
+/// socket) takes its socket back under a new handle, so the program's fd works again and the
+/// connections that arrived meanwhile wait in the accept queue.
+pub fn reclaim_kept(live: &crate::remote::Live) {
+    let mut stale: Vec<(i64, u32)> = Vec::new();
+    fdtable::for_each_stale_listener(|fd, raw| stale.push((fd, raw)));
+    let mut done: Vec<(u32, Option<u32>)> = Vec::new();
+    for (fd, raw) in stale {
+        let new = match done.iter().find(|(o, _)| *o == raw) {
+            Some(&(_, n)) => n,
+            None => {
+                let key = key_of_raw(raw);
+                let n = (key != 0)
+                    .then(|| {
+                        let mut lease = live.s.lease();
+                        lease
+                            .call(Request {
+                                opcode: Opcode::Reclaim as u16,
+                                args: [key, 0, 0, 0, 0],
+                                ..Request::default()
+                            })
+                            .ok()
+                            .filter(|rsp| rsp.result >= 0)
+                            .map(|rsp| fdtable::tag(rsp.result as u32, live.generation()))
+                    })
+                    .flatten();
+                if let Some(n) = n {
+                    set_key(n, key);
+                }
+                done.push((raw, n));
+                n
+            }
+        };
+        if let Some(handle) = new {
+            fdtable::set(
+                fd,
+                Remote {
+                    handle,
+                    is_dir: false,
+                    net: true,
+                    listening: true,
+                },
+            );
+        }
+    }
+    let back: Vec<u32> = done.iter().filter_map(|(_, n)| *n).collect();
+    for n in &back {
+        learn_state(*n);
+    }
+    if !back.is_empty() {
+        crate::diag!(
+            "virtuos: pid {}: {} listening socket(s) taken back from the restarted network domain",
+            crate::diag::pid(),
+            back.len()
+        );
+    }
+}
+
 fn fresh(tagged: u32, nb: bool) {
+    set_key(tagged, 0);
     set_nonblocking(tagged, nb);
     if let Some(x) = TIMEO.get(fdtable::raw(tagged) as usize) {
         x.store(false, Ordering::Relaxed);
@@ -184,6 +260,9 @@ pub fn learn_state(tagged: u32) {
     if let Some(x) = TIMEO.get(fdtable::raw(tagged) as usize) {
         x.store(timed, Ordering::Relaxed);
     }
+    let key = simple(Opcode::StoreKey, [r.handle.into(), 0, 0, 0, 0], &[], None)
+        .map_or(0, |rsp| rsp.aux[0]);
+    set_key(tagged, key);
 }
 
 fn has_timeout(r: Remote) -> bool {
@@ -961,7 +1040,16 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
     // fifth); calls that name none (rt_sigaction's signal number, chdir's path) are never a
     // socket's, whatever their first argument looks like.
     let fd = i64::from(shim_core::decode::decode(nr, a).fds()[0]?.0);
-    let r = fdtable::get_net(fd)?;
+    let mut r = fdtable::get_net(fd)?;
+    if r.listening
+        && matches!(nr, libc::SYS_accept | libc::SYS_accept4)
+        && (r.handle == fdtable::STALE || domain_dead())
+    {
+        match until_reclaimed(fd) {
+            Ok(back) => r = back,
+            Err(x) => return Some(x),
+        }
+    }
     if r.handle == fdtable::STALE {
         // The socket belonged to a network domain session that died.
         return Some(match nr {
@@ -1018,13 +1106,16 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
                 [r.handle.into(), a[1] as i32 as i64 as u64, 0, 0, 0],
                 &[],
                 None,
-            )
-            .map(|r| r.result)
-            .unwrap_or_else(|err| err);
-            if res == 0 {
-                fdtable::mark_listening(fd);
+            );
+            match res {
+                Ok(rsp) if rsp.result == 0 => {
+                    set_key(r.handle, rsp.aux[0]);
+                    fdtable::mark_listening(fd);
+                    0
+                }
+                Ok(rsp) => rsp.result,
+                Err(err) => err,
             }
-            res
         }
         libc::SYS_accept => accept(fd, r, a[1], a[2], 0),
         libc::SYS_accept4 => accept(fd, r, a[1], a[2], a[3]),
@@ -1156,6 +1247,44 @@ fn dead_listener(nr: i64, a: [u64; 6], r: Remote) -> Option<i64> {
 }
 
 /// True when the network domain's session is gone or unusable (the domain died).
+/// An accept on a listener whose domain died: the listener looks idle until the restarted
+/// domain gives it back (see [`reclaim_kept`]), then the accept runs on it. Non-blocking:
+/// one reconnection attempt (rate-limited), else EAGAIN. Blocking: sleeps, trying every
+/// [`crate::remote::RETRY_INTERVAL`], until the socket is back or a signal interrupts it.
+fn until_reclaimed(fd: i64) -> Result<Remote, i64> {
+    let blocking = !fdtable::raw_bits(fd).is_some_and(|raw| {
+        NONBLOCK
+            .get(raw as usize)
+            .is_some_and(|x| x.load(Ordering::Relaxed))
+    });
+    loop {
+        {
+            let _pin = Pin::new(&NET);
+            let _ = NET.session(None);
+        }
+        match fdtable::get_net(fd) {
+            Some(r) if r.handle != fdtable::STALE && !domain_dead() => return Ok(r),
+            Some(_) => {}
+            None => return Err(e(libc::EBADF)),
+        }
+        if !blocking {
+            return Err(e(libc::EAGAIN));
+        }
+        let t = crate::remote::RETRY_INTERVAL;
+        let ts = libc::timespec {
+            tv_sec: t.as_secs() as libc::time_t,
+            tv_nsec: t.subsec_nanos() as libc::c_long,
+        };
+        let r = sys::sys(
+            libc::SYS_ppoll,
+            &[0, 0, &ts as *const libc::timespec as u64, 0, 8],
+        );
+        if r == e(libc::EINTR) && should_interrupt() {
+            return Err(r);
+        }
+    }
+}
+
 fn domain_dead() -> bool {
     let _pin = Pin::new(&NET);
     NET.session(None).is_none_or(|l| l.s.server_gone())

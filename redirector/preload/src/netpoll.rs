@@ -170,6 +170,14 @@ fn sleep(
             revents: 0,
         });
     }
+    // Without a session (the domain died), wake every retry interval: the caller's next look
+    // reconnects once the domain is back and takes its listeners back.
+    let deadline = if live.is_none() {
+        let cap = Instant::now() + crate::remote::RETRY_INTERVAL;
+        Some(deadline.map_or(cap, |d| d.min(cap)))
+    } else {
+        deadline
+    };
     let ts = deadline.map(|d| {
         let left = d.saturating_duration_since(Instant::now());
         libc::timespec {
@@ -335,9 +343,16 @@ fn poll_core(
             local_idx.push(i);
         }
     }
+    let mut kinds = kinds;
     loop {
         let live = NET.session(None);
         let epoch = live.map_or(0, |l| l.s.event_epoch());
+        // A listener taken back from a restarted domain has a new handle.
+        for (i, k) in kinds.iter_mut().enumerate() {
+            if let Kind::Remote(_) = k {
+                *k = classify(pfds[i].fd);
+            }
+        }
         let mut ready = 0i64;
         for (i, k) in kinds.iter().enumerate() {
             let ev = pfds[i].events as u16 as u32;
@@ -368,11 +383,8 @@ fn poll_core(
         if let Err(err) = sleep(live, epoch, &mut local, deadline, sigmask) {
             return Some(err);
         }
-        if live.is_none() {
-            // No session: every remote socket reports an error at once (above); unreachable
-            // in practice, but never spin.
-            return Some(ready);
-        }
+        // Without a session the sleep lasted a retry interval at most: look again (a
+        // restarted domain gives the listeners back).
     }
 }
 
@@ -762,9 +774,6 @@ pub fn epoll_wait(nr: i64, a: [u64; 6]) -> Option<i64> {
         }
         if let Err(err) = sleep(live, epoch, &mut local, deadline, sigmask) {
             return Some(err);
-        }
-        if live.is_none() {
-            return Some(0);
         }
     }
 }

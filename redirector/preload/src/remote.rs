@@ -414,10 +414,18 @@ impl Domain {
                         self.warned.store(false, Ordering::Relaxed);
                         if self.outage.swap(false, Ordering::Relaxed) {
                             crate::diag!(
-                                "virtuos: pid {}: reconnected to the {} domain; files and sockets opened before it restarted fail with EIO",
+                                "virtuos: pid {}: reconnected to the {} domain; files and connections opened before it restarted fail with EIO",
                                 crate::diag::pid(),
                                 self.name()
                             );
+                        }
+                        if self.net {
+                            let p = self.live.load(Ordering::SeqCst);
+                            if !p.is_null() {
+                                // SAFETY: just published by `connect_as`; the caller is
+                                // pinned, so it stays allocated.
+                                crate::net::reclaim_kept(unsafe { &*p });
+                            }
                         }
                     }
                     Err(e) => {
