@@ -212,8 +212,9 @@ opcodes! {
     /// FIONREAD/SIOCINQ, SIOCOUTQ (result: the int).
     Ioctl = 312,
     /// After the domain restarted: the kept socket whose key is `args[0]` (a listener, or a
-    /// bound datagram socket) joins this session's table. Result: its new handle; EACCES for
-    /// a key another uid's socket has (root may take any), ENOENT for an unknown key.
+    /// bound datagram socket) joins this session's table. Result: its new handle; ENOENT for
+    /// an unknown key (the key, learnt only by processes that held the socket, is the
+    /// capability).
     Reclaim = 313,
     /// The fd-store key of socket `args[0]` (`aux[0]`, 0 when not kept): for a program that
     /// inherited or received the socket.

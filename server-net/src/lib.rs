@@ -101,7 +101,7 @@ impl Net {
     /// `Reclaim`: the kept socket `args[0]` in this session's table.
     fn reclaim(&self, call: &Call<'_>) -> Outcome {
         let key = call.request().raw.args[0];
-        let fd = match self.store.reclaim(key, call.creds().uid) {
+        let fd = match self.store.reclaim(key) {
             Ok(fd) => fd,
             Err(e) => return err(call, e),
         };

@@ -15,7 +15,8 @@
 //! succeeds ([`abi::Opcode::Listen`]'s `aux[0]`). A client that reconnects after the domain
 //! restarted redeems its key ([`abi::Opcode::Reclaim`]) and gets the same socket under a new
 //! handle: connections that arrived meanwhile wait in the kernel's accept queue. A key is a
-//! capability checked against the uid that made the socket listen (root may reclaim any).
+//! 64-bit random capability, as the fd itself is: it lives only in the memory of processes
+//! that held the socket (and their shims pass it on exactly as the fd is passed).
 //! Restored sockets nobody reclaims within [`RESTORE_GRACE`] are dropped and forgotten.
 
 use std::collections::HashMap;
@@ -32,7 +33,6 @@ pub const SWEEP: Duration = Duration::from_millis(500);
 pub const RESTORE_GRACE: Duration = Duration::from_secs(30);
 
 struct Kept {
-    uid: u32,
     /// The socket while a session holds it.
     weak: Weak<OpenFd>,
     /// A restored socket is held here until its grace ends (nobody else holds it yet).
@@ -64,7 +64,6 @@ impl Store {
                     kept.insert(
                         r.key,
                         Kept {
-                            uid: r.uid,
                             weak: Arc::downgrade(&h),
                             strong: Some((h, Instant::now())),
                         },
@@ -122,7 +121,6 @@ impl Store {
         kept.insert(
             key,
             Kept {
-                uid,
                 weak: Arc::downgrade(fd),
                 strong: None,
             },
@@ -130,14 +128,12 @@ impl Store {
         key
     }
 
-    /// The kept socket `key` for a client of `uid`: `EACCES` for another uid's (root may take
-    /// any), `ENOENT` for an unknown key.
-    pub fn reclaim(&self, key: u64, uid: u32) -> Result<Handle, i32> {
-        let mut kept = self.lock();
-        let k = kept.get_mut(&key).ok_or(libc::ENOENT)?;
-        if uid != 0 && uid != k.uid {
-            return Err(libc::EACCES);
-        }
+    /// The kept socket `key`: `ENOENT` for an unknown key. The key is the capability, as an
+    /// fd is: only processes that held the socket learnt it (nginx's workers, which dropped
+    /// to another uid after their root master made the socket listen, take it back too).
+    pub fn reclaim(&self, key: u64) -> Result<Handle, i32> {
+        let kept = self.lock();
+        let k = kept.get(&key).ok_or(libc::ENOENT)?;
         k.weak.upgrade().ok_or(libc::ENOENT)
     }
 
@@ -248,10 +244,8 @@ mod tests {
         let (rec, fd) = recv(sup.as_fd()).unwrap().unwrap();
         assert_eq!((rec.op, rec.uid, rec.key), (Op::Keep, 1000, key));
         let fd = fd.expect("the socket travels with KEEP");
-        assert_eq!(store.reclaim(key, 1001).unwrap_err(), libc::EACCES);
-        assert!(Arc::ptr_eq(&store.reclaim(key, 1000).unwrap(), &l));
-        assert!(store.reclaim(key, 0).is_ok(), "root may reclaim any");
-        assert_eq!(store.reclaim(7, 1000).unwrap_err(), libc::ENOENT);
+        assert!(Arc::ptr_eq(&store.reclaim(key).unwrap(), &l));
+        assert_eq!(store.reclaim(7).unwrap_err(), libc::ENOENT);
         assert_eq!(store.sweep(), 0, "still held");
         drop(l);
         assert_eq!(store.sweep(), 1);
@@ -282,7 +276,7 @@ mod tests {
         .unwrap();
         let store = Store::open(dom2).unwrap();
         assert_eq!(store.len(), 1);
-        let h = store.reclaim(key, 1000).unwrap();
+        let h = store.reclaim(key).unwrap();
         assert_eq!(store.key_of(&h), key);
         assert_eq!(store.sweep(), 0, "held through its grace");
     }

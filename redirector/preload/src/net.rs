@@ -1040,9 +1040,53 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
     // fifth); calls that name none (rt_sigaction's signal number, chdir's path) are never a
     // socket's, whatever their first argument looks like.
     let fd = i64::from(shim_core::decode::decode(nr, a).fds()[0]?.0);
-    let mut r = fdtable::get_net(fd)?;
+    let r = fdtable::get_net(fd)?;
+    let res = route_socket(nr, a, fd, r);
+    // A kept socket (a bound datagram socket) whose call failed because the domain died under
+    // it waits until the restarted domain gives it back, then runs the call again, as if the
+    // outage had been a pause.
+    if r.listening && data_call(nr) {
+        if let Some(x) = res {
+            if x < 0 && x != e(libc::EAGAIN) && x != e(libc::EINTR) {
+                // Taken back meanwhile (a wait for readiness reconnects): run it on the new
+                // handle; still down: wait for it.
+                let now = fdtable::get_net(fd)?;
+                if now.handle != r.handle && now.handle != fdtable::STALE && !domain_dead() {
+                    return route_socket(nr, a, fd, now);
+                }
+                if domain_dead() {
+                    return match until_reclaimed(fd) {
+                        Ok(back) => route_socket(nr, a, fd, back),
+                        Err(err) => Some(err),
+                    };
+                }
+            }
+        }
+    }
+    res
+}
+
+/// The calls that move data (a kept datagram socket's outage is waited out for them).
+fn data_call(nr: i64) -> bool {
+    matches!(
+        nr,
+        libc::SYS_recvfrom
+            | libc::SYS_recvmsg
+            | libc::SYS_recvmmsg
+            | libc::SYS_read
+            | libc::SYS_readv
+            | libc::SYS_sendto
+            | libc::SYS_sendmsg
+            | libc::SYS_sendmmsg
+            | libc::SYS_write
+            | libc::SYS_writev
+    )
+}
+
+/// [`route`] for a call on the network socket `fd` stands for (`r`).
+fn route_socket(nr: i64, a: [u64; 6], fd: i64, mut r: Remote) -> Option<i64> {
     if r.listening
-        && matches!(nr, libc::SYS_accept | libc::SYS_accept4)
+        && (matches!(nr, libc::SYS_accept | libc::SYS_accept4) || data_call(nr))
         && (r.handle == fdtable::STALE || domain_dead())
     {
         match until_reclaimed(fd) {
@@ -1095,9 +1139,18 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
     }
     Some(match nr {
         libc::SYS_bind => match addr_in(a[1], a[2]) {
-            Ok(addr) => simple(Opcode::Bind, [r.handle.into(), 0, 0, 0, 0], addr, None)
-                .map(|r| r.result)
-                .unwrap_or_else(|err| err),
+            Ok(addr) => match simple(Opcode::Bind, [r.handle.into(), 0, 0, 0, 0], addr, None) {
+                Ok(rsp) => {
+                    if rsp.result == 0 && rsp.aux[0] != 0 {
+                        // A bound datagram socket the fd store keeps: like a listener, it
+                        // looks idle while its domain is down and comes back after.
+                        set_key(r.handle, rsp.aux[0]);
+                        fdtable::mark_listening(fd);
+                    }
+                    rsp.result
+                }
+                Err(err) => err,
+            },
             Err(err) => err,
         },
         libc::SYS_listen => {

@@ -419,7 +419,9 @@ impl Domain {
                                 self.name()
                             );
                         }
-                        if self.net {
+                        if self.net && fdtable::any_of(true) && op != Some(Opcode::Adopt) {
+                            // Listeners of a session that died (this process's, or inherited
+                            // by a fork child from a parent that never noticed) come back.
                             let p = self.live.load(Ordering::SeqCst);
                             if !p.is_null() {
                                 // SAFETY: just published by `connect_as`; the caller is
@@ -766,7 +768,7 @@ fn names_handle(op: Opcode, args: &[u64; 5]) -> bool {
         Close | Read | Write | PRead | PWrite | LSeek | FStat | GetDents64 | FSync | FTruncate
         | FChmod | FChown | Fallocate | FStatFs | Fcntl => true,
         Bind | Listen | Accept | Connect | Send | Recv | Shutdown | GetSockOpt | SetSockOpt
-        | GetSockName | GetPeerName | Ioctl => true,
+        | GetSockName | GetPeerName | Ioctl | StoreKey => true,
         UtimensAt => args[0] != u64::MAX,
         _ => false,
     }
