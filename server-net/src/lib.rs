@@ -221,7 +221,7 @@ impl Net {
             Err(e) => return err(call, e),
         };
         if let Some(port) = inet_port(&addr) {
-            if port != 0 && port < self.unprivileged_port && !privileged(call.creds()) {
+            if port != 0 && port < self.unprivileged_port && !privileged(call) {
                 return err(call, libc::EACCES);
             }
         }
@@ -355,10 +355,9 @@ impl Net {
             };
             match abi::cmsg::parse(&c) {
                 Ok(msgs) => {
-                    let pid = call.creds().pid;
                     let denied = msgs.iter().any(|m| {
                         m.needs_caps()
-                            .is_some_and(|caps| !caps.iter().any(|&c| sys::has_capability(pid, c)))
+                            .is_some_and(|caps| !caps.iter().any(|&c| call.has_capability(c)))
                     });
                     if denied {
                         return err(call, libc::EPERM);
@@ -482,8 +481,7 @@ impl Net {
                 }
             };
             if let Some(caps) = option_caps(level, name, &val) {
-                let pid = call.creds().pid;
-                if !caps.iter().any(|&c| sys::has_capability(pid, c)) {
+                if !caps.iter().any(|&c| call.has_capability(c)) {
                     return err(call, libc::EPERM);
                 }
             }
@@ -577,9 +575,10 @@ fn option_caps(level: i32, name: i32, val: &[u8]) -> Option<&'static [u32]> {
     }
 }
 
-/// Whether the client may bind privileged ports.
-fn privileged(c: Credentials) -> bool {
-    sys::can_bind_privileged(c.pid)
+/// Whether the client may bind privileged ports (CAP_NET_BIND_SERVICE, checked as
+/// [`Call::has_capability`] checks).
+fn privileged(call: &Call<'_>) -> bool {
+    call.has_capability(sys::CAP_NET_BIND_SERVICE)
 }
 
 // Flags of the server's own sockets, by fd number. Every change of a socket's O_NONBLOCK goes
@@ -644,9 +643,7 @@ impl Handler for Net {
                 }
                 // The server may open raw sockets; the client needs CAP_NET_RAW for that.
                 const SOCK_TYPE_MASK: i32 = 0xf;
-                if ty & SOCK_TYPE_MASK == libc::SOCK_RAW
-                    && !sys::has_capability(call.creds().pid, sys::CAP_NET_RAW)
-                {
+                if ty & SOCK_TYPE_MASK == libc::SOCK_RAW && !call.has_capability(sys::CAP_NET_RAW) {
                     return err(call, libc::EPERM);
                 }
                 let r = sys::socket(domain, ty & !libc::SOCK_CLOEXEC, proto)

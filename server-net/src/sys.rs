@@ -250,29 +250,11 @@ impl MsgBuf {
 }
 
 /// linux/capability.h
-const CAP_NET_BIND_SERVICE: u32 = 10;
+pub const CAP_NET_BIND_SERVICE: u32 = 10;
 /// linux/capability.h
 pub const CAP_NET_ADMIN: u32 = 12;
 /// linux/capability.h
 pub const CAP_NET_RAW: u32 = 13;
-
-/// Whether process `pid` may bind privileged ports: CAP_NET_BIND_SERVICE in its effective
-/// set (read from /proc, as the kernel reported it when asked).
-pub fn can_bind_privileged(pid: i32) -> bool {
-    has_capability(pid, CAP_NET_BIND_SERVICE)
-}
-
-/// Whether process `pid` has capability `cap` in its effective set (read from /proc).
-pub fn has_capability(pid: i32, cap: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|caps| cap < 64 && caps & (1 << cap) != 0)
-}
 
 /// The first unprivileged port (sysctl net.ipv4.ip_unprivileged_port_start; 1024 if unreadable).
 pub fn unprivileged_port_start() -> u16 {

@@ -1110,6 +1110,32 @@ fn child_role() {
             assert_eq!(c.send(a, b"from the child", 0), Ok(14));
             assert_eq!(c.close(a), Ok(0));
         }
+        "orphan" => {
+            let dir = PathBuf::from(std::env::var("VIRTUOS_NET_TEST_DIR").unwrap());
+            let h = c.socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
+            std::fs::write(dir.join("pid"), std::process::id().to_string()).unwrap();
+            // SAFETY: the child only polls the file system and makes ring calls, then exits.
+            match unsafe { libc::fork() } {
+                0 => {
+                    // Out of the way of the runner, which reads the parent's output to the end.
+                    // SAFETY: dup2 of /dev/null over our own stdio.
+                    unsafe {
+                        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                        libc::dup2(null, 1);
+                        libc::dup2(null, 2);
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !dir.join("go").exists() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let r = c.bind(h, &sin(LOCALHOST, 80));
+                    let _ = std::fs::write(dir.join("result"), format!("{r:?}\n"));
+                    // SAFETY: ends the forked child without the test harness's teardown.
+                    unsafe { libc::_exit(0) };
+                }
+                pid => assert!(pid > 0, "fork"),
+            }
+        }
         "unprivileged" => {
             let h = c.socket(libc::AF_INET, libc::SOCK_STREAM, 0).unwrap();
             let expect = if 80 < unprivileged_port_start() {
@@ -1188,6 +1214,68 @@ fn privileged_operations_need_the_clients_capabilities() {
     let r = c.bind(h, &sin(LOCALHOST, 80));
     assert!(r == Ok(0) || r == Err(e(libc::EADDRINUSE)), "{r:?}");
     child("unprivileged", &srv.sock, &[], Some(65534));
+}
+
+/// The capabilities of a session are those of the process that connected, never of a process
+/// that got its pid later: a client forks a child that keeps the session, exits, and its pid is
+/// given to a root process (through `ns_last_pid`); the child's `bind(80)` must still fail.
+#[test]
+fn a_reused_pid_lends_no_capabilities() {
+    if !is_root() || 80 >= unprivileged_port_start() {
+        eprintln!("skipped: needs root (to hand the pid to a root process) and port 80 privileged");
+        return;
+    }
+    let srv = Server::start("pidreuse");
+    let dir = std::env::temp_dir().join(format!("virtuos-pidreuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    child(
+        "orphan",
+        &srv.sock,
+        &[("VIRTUOS_NET_TEST_DIR", dir.display().to_string())],
+        None,
+    );
+    // The client process has exited (and been reaped): give its pid to a root process.
+    let gone: i32 = std::fs::read_to_string(dir.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut holder = None;
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (gone - 1).to_string()).unwrap();
+        let c = Command::new("sleep").arg("30").spawn().unwrap();
+        if c.id() as i32 == gone {
+            holder = Some(c);
+            break;
+        }
+        let mut c = c;
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mut holder = holder.expect("could not hand the pid to a root process in 50 tries");
+    std::fs::write(dir.join("go"), b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        if let Ok(r) = std::fs::read_to_string(dir.join("result")) {
+            if r.ends_with('\n') {
+                break r;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned client did not report"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        got.trim(),
+        format!("{:?}", Err::<u64, _>(e(libc::EACCES))),
+        "bind(80) through the session of exited pid {gone}, now a root process's"
+    );
 }
 
 #[test]

@@ -83,6 +83,17 @@ fn parse_groups(status: &str) -> Option<Vec<u32>> {
 }
 
 /// Reads the parent pid of `pid` (`/proc/<pid>/stat`, the field after the command name).
+/// The effective capability set of process `pid` (`CapEff` in its status), None when it
+/// cannot be read.
+pub fn cap_eff(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// The parent of process `pid`.
 pub fn read_ppid(pid: i32) -> io::Result<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_ppid(&stat).ok_or_else(|| {

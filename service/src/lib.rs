@@ -692,7 +692,9 @@ impl<H: Handler> Acceptor<H> {
     /// this client's refusal.
     fn admit(&mut self, epoll: &Epoll, p: Pending) {
         let Some(p) = p.check_version() else { return };
+        let mut p = p;
         let creds = p.creds;
+        let pidfd = p.pidfd.take();
         if self.sessions.len() >= self.max_sessions {
             self.refused(creds.pid, creds.uid, "server full");
             p.refuse(RefuseReason::Full, self.max_sessions as u64);
@@ -770,6 +772,7 @@ impl<H: Handler> Acceptor<H> {
                 groups,
                 identity,
                 fds: FdTable::with_account(self.max_handles, account),
+                pidfd,
             },
             closed: AtomicBool::new(false),
             _charge: Some(charge),

@@ -99,6 +99,24 @@ pub struct SessionCtx {
     /// Who pool threads and io_uring personalities act as (handlers that act as the client).
     pub(crate) identity: Option<Arc<Identity>>,
     pub(crate) fds: FdTable,
+    /// A pidfd of the client process (None for a session from another domain or where the
+    /// kernel gave none): anything read of the client by pid is checked against it.
+    pub(crate) pidfd: Option<std::os::fd::OwnedFd>,
+}
+
+impl SessionCtx {
+    /// Whether the process that connected is still running (so its pid still names it): a
+    /// pidfd becomes readable when its process exits, zombie or not.
+    fn client_alive(&self) -> bool {
+        let Some(fd) = &self.pidfd else { return false };
+        let mut p = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        unsafe { libc::poll(&mut p, 1, 0) == 0 }
+    }
 }
 
 /// One request being served.
@@ -124,6 +142,18 @@ impl Call<'_> {
     /// The session's kernel-reported credentials.
     pub fn creds(&self) -> Credentials {
         self.live.ctx.creds
+    }
+
+    /// Whether the client process has capability `cap` in its effective set now. Read from
+    /// `/proc/<pid>/status` and then checked against the session's pidfd: if the process that
+    /// connected has exited, its pid may name another process (a root one), whose
+    /// capabilities must never count; a session without a pidfd has none.
+    pub fn has_capability(&self, cap: u32) -> bool {
+        let ctx = &self.live.ctx;
+        let Some(eff) = creds::cap_eff(ctx.creds.pid) else {
+            return false;
+        };
+        ctx.client_alive() && cap < 64 && eff & (1 << cap) != 0
     }
 
     /// The supplementary groups of the client process, read when the session started.

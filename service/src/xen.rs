@@ -168,6 +168,7 @@ fn offer(
             groups: vec![r.gid],
             identity,
             fds,
+            pidfd: None,
         },
         closed: AtomicBool::new(false),
         _charge: None,

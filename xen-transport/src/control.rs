@@ -258,6 +258,9 @@ pub struct Pending {
     stream: OwnedFd,
     /// The client's credentials, from the kernel.
     pub creds: Credentials,
+    /// A pidfd of the client process (SO_PEERPIDFD, else pidfd_open of its pid): what the
+    /// server checks the pid against before it reads anything of the process by pid.
+    pub pidfd: Option<OwnedFd>,
     /// What the client asked for (already checked to be a well-formed hello).
     pub hello: Hello,
 }
@@ -327,6 +330,7 @@ impl Listener {
             uid: cred.uid(),
             gid: cred.gid(),
         };
+        let pidfd = peer_pidfd(&stream, creds.pid);
         // The client sends its hello right after connecting; do not let a silent client stall
         // the accepting thread.
         set_recv_timeout(&stream);
@@ -341,6 +345,7 @@ impl Listener {
             Ok(Message::Hello(hello)) if hello.reserved == 0 => Ok(Some(Pending {
                 stream,
                 creds,
+                pidfd,
                 hello,
             })),
             other => {
@@ -378,6 +383,35 @@ fn send(fd: &OwnedFd, m: &Message, fds: &[RawFd]) -> nix::Result<()> {
         None,
     )
     .map(|_| ())
+}
+
+/// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected, race-free.
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// A pidfd of the peer of `stream`: from the socket where the kernel has SO_PEERPIDFD, else
+/// `pidfd_open` of the pid SO_PEERCRED reported (which a pid reuse between the two could
+/// mislead, a window of one accept).
+fn peer_pidfd(stream: &OwnedFd, pid: i32) -> Option<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the int we pass.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 && fd >= 0 {
+        // SAFETY: the kernel just installed this pidfd for us.
+        return Some(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    // SAFETY: pidfd_open takes a pid and flags, no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: as above, a new descriptor we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 impl Pending {
