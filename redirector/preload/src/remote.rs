@@ -529,8 +529,20 @@ impl Domain {
         }
         self.routed.fetch_add(1, Ordering::Relaxed);
         let (r, aux) = call_on(&live.s, op, args, inputs, out);
+        self.died_under(live, r);
         self.adopt_result(live, op, r);
         (self.tag_result(live, op, r), aux)
+    }
+
+    /// A call that failed because its session died under it: the next connection attempt
+    /// waits a retry interval from now. A program that retries at once with another call
+    /// (sqlite falls back to a read-only open when a read-write one fails, then cannot roll
+    /// back its hot journal and reads a half-written database as "malformed") fails the same
+    /// way, instead of finding a domain that restarted meanwhile.
+    fn died_under(&self, live: &Live, r: i64) {
+        if r < 0 && live.unusable() {
+            self.last_try.store(now_ns().max(1), Ordering::Relaxed);
+        }
     }
 }
 
@@ -856,6 +868,7 @@ pub fn call_raw(op: Opcode, mut args: [u64; 5], payload: &[u8], out: Option<&mut
     }
     d.routed.fetch_add(1, Ordering::Relaxed);
     let r = call_raw_on(&live.s, op, args, payload, out);
+    d.died_under(live, r);
     d.adopt_result(live, op, r);
     d.tag_result(live, op, r)
 }
