@@ -241,22 +241,32 @@ mod tests {
 
     #[test]
     fn privileged_kinds_name_their_capabilities() {
-        let m = |level, kind, v: i32| Cmsg {
-            level,
-            kind,
-            data: Box::leak(Box::new(v.to_ne_bytes())),
+        let caps = |level, kind, v: i32| {
+            let b = v.to_ne_bytes();
+            Cmsg {
+                level,
+                kind,
+                data: &b,
+            }
+            .needs_caps()
         };
-        assert!(m(libc::SOL_SOCKET, libc::SO_MARK, 1).needs_caps().is_some());
-        assert!(m(libc::SOL_SOCKET, libc::SO_PRIORITY, 7)
-            .needs_caps()
-            .is_some());
-        assert!(m(libc::SOL_SOCKET, libc::SO_PRIORITY, 6)
-            .needs_caps()
-            .is_none());
-        assert!(m(libc::SOL_IP, libc::IP_TTL, 9).needs_caps().is_none());
+        assert!(caps(libc::SOL_SOCKET, libc::SO_MARK, 1).is_some());
+        assert!(caps(libc::SOL_SOCKET, libc::SO_PRIORITY, 7).is_some());
+        assert!(caps(libc::SOL_SOCKET, libc::SO_PRIORITY, 6).is_none());
+        assert!(caps(libc::SOL_IP, libc::IP_TTL, 9).is_none());
     }
 
     proptest! {
+        // Miri is ~1000x slower and isolates the file system (no failure persistence there).
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { ProptestConfig::default().cases },
+            failure_persistence: if cfg!(miri) {
+                None
+            } else {
+                ProptestConfig::default().failure_persistence
+            },
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn any_bytes_decode_or_refuse_within_bounds(b in proptest::collection::vec(any::<u8>(), 0..600)) {
             if let Ok(msgs) = parse(&b) {
