@@ -157,6 +157,15 @@ opcodes! {
     /// FIFOs, sockets and regular files for anyone; device nodes need CAP_MKNOD, checked by the
     /// kernel against the caller's credentials, which the server takes on for the call.
     MknodAt = 284,
+    /// copy_file_range between two files of this session: `args[0]` = handle in, `args[1]` =
+    /// its offset (`u64::MAX`: the file's own, which advances), `args[2]` = handle out,
+    /// `args[3]` = its offset (likewise), `args[4]` = length. Result: bytes copied; `aux[0]`,
+    /// `aux[1]` = the offsets in and out after the copy (those given explicitly).
+    CopyRange = 285,
+    /// Advice about a file's page cache: `args[0]` = handle, `args[1]` = 0 posix_fadvise
+    /// (`args[4]` = advice), 1 readahead, 2 sync_file_range (`args[4]` = flags); `args[2]` =
+    /// offset, `args[3]` = length.
+    Advise = 286,
 
     // ---- network domain, 300.. ----
     // Handles name sockets in the session's own table; `Close`, `FStat` and `Fcntl`

@@ -1113,6 +1113,41 @@ print("child in /tmp from d:", out.stdout.decode().strip(), "parent still in d:"
 }
 
 #[test]
+fn file_calls_beyond_read_and_write_as_native() {
+    // copy_file_range between two routed files (file and explicit offsets, EINVAL, EBADF),
+    // posix_fadvise, readahead, sync_file_range, a read-only shared mmap and a private one.
+    let env = Env::new("fileops");
+    for root in [env.export(), env.local()] {
+        std::fs::create_dir_all(root.join("fo")).unwrap();
+    }
+    let py = python();
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &py);
+        cmd.arg(source("fileops.py"))
+            .arg(format!("{}/fo", env.tree(redirected)));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0]
+            .out()
+            .contains("copy_file_range explicit offsets ok 5000"),
+        "native: {}",
+        runs[0].describe()
+    );
+    if let Err(e) = compare(&env, "fileops.py", &runs[1], &runs[0]) {
+        panic!("{e}");
+    }
+    assert_eq!(
+        std::fs::read(env.export().join("fo/dst")).unwrap(),
+        std::fs::read(env.local().join("fo/dst")).unwrap(),
+        "the copied bytes differ"
+    );
+}
+
+#[test]
 fn path_semantics_are_the_file_systems() {
     // rmdir a/b/. (EINVAL) and a/b/.. (ENOTEMPTY, never a removed directory), rename a/.,
     // touch through a symlink then .., open("newdir/", O_CREAT) (EISDIR), a file with a

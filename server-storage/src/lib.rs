@@ -482,6 +482,13 @@ impl Storage {
                 }
             }
             Opcode::FTruncate => blocking_fd(fd(a[0])?, ops::ftruncate),
+            Opcode::CopyRange => {
+                let (fin, fout) = (fd(a[0])?, fd(a[2])?);
+                Outcome::Blocking(Box::new(move |c: &Call<'_>| {
+                    done(c, ops::copy_range(fin.as_fd(), fout.as_fd(), c))
+                }))
+            }
+            Opcode::Advise => blocking_fd(fd(a[0])?, ops::advise),
             Opcode::LSeek => blocking_fd(fd(a[0])?, ops::lseek),
             Opcode::GetDents64 => blocking_fd(fd(a[0])?, ops::getdents64),
             Opcode::FStatFs => blocking_fd(fd(a[0])?, ops::fstatfs),

@@ -539,3 +539,74 @@ pub fn open_at(
     let fd = sys::openat2(root, path, flags, mode, RESOLVE)?;
     crate::install(call, fd)
 }
+
+/// CopyRange: copy_file_range between two of the session's files, in the kernel.
+pub fn copy_range(
+    fin: BorrowedFd<'_>,
+    fout: BorrowedFd<'_>,
+    call: &Call<'_>,
+) -> SysResult<Response> {
+    let a = call.request().raw.args;
+    let mut off_in = a[1] as i64;
+    let mut off_out = a[3] as i64;
+    let p_in = if a[1] == u64::MAX {
+        std::ptr::null_mut()
+    } else {
+        &mut off_in as *mut i64
+    };
+    let p_out = if a[3] == u64::MAX {
+        std::ptr::null_mut()
+    } else {
+        &mut off_out as *mut i64
+    };
+    let len = (a[4] as usize).min(isize::MAX as usize);
+    // SAFETY: the offsets are locals (or null, for the files' own offsets); the fds are the
+    // session's open files, borrowed for the call.
+    let n = unsafe {
+        libc::copy_file_range(
+            std::os::fd::AsRawFd::as_raw_fd(&fin),
+            p_in,
+            std::os::fd::AsRawFd::as_raw_fd(&fout),
+            p_out,
+            len,
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    let mut r = Response::ok(call.id(), n as i64);
+    r.aux[0] = off_in as u64;
+    r.aux[1] = off_out as u64;
+    Ok(r)
+}
+
+/// Advise: posix_fadvise, readahead or sync_file_range on the session's file.
+pub fn advise(fd: BorrowedFd<'_>, call: &Call<'_>) -> SysResult<Response> {
+    let a = call.request().raw.args;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let (off, len) = (a[2] as i64, a[3] as i64);
+    // SAFETY: plain system calls on a borrowed descriptor, no pointers.
+    let r = unsafe {
+        match a[1] {
+            0 => {
+                let e = libc::posix_fadvise(raw, off, len, a[4] as i32);
+                if e != 0 {
+                    return Err(e);
+                }
+                0
+            }
+            1 => libc::readahead(raw, off, len as usize) as i32,
+            2 => libc::sync_file_range(raw, off, len, a[4] as u32),
+            _ => return Err(libc::EINVAL),
+        }
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    Ok(Response::ok(call.id(), 0))
+}

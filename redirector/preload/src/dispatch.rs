@@ -408,8 +408,39 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
                 )
             })
         }
-        libc::SYS_fadvise64 | libc::SYS_readahead | libc::SYS_sync_file_range => {
-            return on_fd(fd, |_| 0)
+        // Advice goes to the server's file, whose page cache it is about.
+        libc::SYS_fadvise64 => {
+            return on_fd(fd, |r| {
+                let (off, len, advice) = (a[1], a[2], a[3]);
+                // posix_fadvise reports an error number, not -1/errno, but the system call
+                // returns -errno: the shim emulates the system call.
+                remote::call(
+                    Opcode::Advise,
+                    [r.handle.into(), 0, off, len, advice],
+                    &[],
+                    None,
+                )
+            });
+        }
+        libc::SYS_readahead => {
+            return on_fd(fd, |r| {
+                remote::call(
+                    Opcode::Advise,
+                    [r.handle.into(), 1, a[1], a[2], 0],
+                    &[],
+                    None,
+                )
+            })
+        }
+        libc::SYS_sync_file_range => {
+            return on_fd(fd, |r| {
+                remote::call(
+                    Opcode::Advise,
+                    [r.handle.into(), 2, a[1], a[2], a[3]],
+                    &[],
+                    None,
+                )
+            })
         }
         libc::SYS_flock => return on_fd(fd, |_| e(libc::ENOLCK)),
         libc::SYS_ioctl => return on_fd(fd, |_| e(libc::ENOTTY)),
@@ -417,7 +448,7 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
         | libc::SYS_flistxattr
         | libc::SYS_fsetxattr
         | libc::SYS_fremovexattr => return on_fd(fd, |_| e(libc::EOPNOTSUPP)),
-        libc::SYS_copy_file_range if either_remote(fd, a[2]) => e(libc::EXDEV),
+        libc::SYS_copy_file_range if either_remote(fd, a[2]) => copy_range(a),
         libc::SYS_sendfile => return sendfile(a),
         libc::SYS_splice | libc::SYS_tee | libc::SYS_vmsplice if either_remote(fd, a[2]) => {
             e(libc::EINVAL)
@@ -679,6 +710,56 @@ fn by_proc_fd(p: u64) -> Option<Remote> {
 fn fchown_remote(r: Remote, uid: u64, gid: u64) -> i64 {
     let args = [r.handle.into(), uid as u32 as u64, gid as u32 as u64, 0, 0];
     remote::call(Opcode::FChown, args, &[], None)
+}
+
+/// copy_file_range with a routed file: between two files of the storage domain, done there by
+/// the kernel (offsets given by pointer are read and written back, as Linux does); between a
+/// routed and a local file, EXDEV, as Linux answers for two file systems that cannot copy
+/// between each other (programs fall back to read and write).
+fn copy_range(a: [u64; 6]) -> i64 {
+    let (fd_in, p_in, fd_out, p_out, len, flags) = (
+        a[0] as i32 as i64,
+        a[1],
+        a[2] as i32 as i64,
+        a[3],
+        a[4],
+        a[5],
+    );
+    if flags != 0 {
+        return e(libc::EINVAL);
+    }
+    let (Some(rin), Some(rout)) = (fdtable::get(fd_in), fdtable::get(fd_out)) else {
+        return e(libc::EXDEV);
+    };
+    let read_off = |p: u64| -> Result<u64, i64> {
+        if p == 0 {
+            return Ok(u64::MAX);
+        }
+        let mut b = [0u8; 8];
+        if !sys::read_user(p, &mut b) {
+            return Err(e(libc::EFAULT));
+        }
+        let o = i64::from_ne_bytes(b);
+        if o < 0 {
+            return Err(e(libc::EINVAL));
+        }
+        Ok(o as u64)
+    };
+    let (oin, oout) = match (read_off(p_in), read_off(p_out)) {
+        (Ok(i), Ok(o)) => (i, o),
+        (Err(x), _) | (_, Err(x)) => return x,
+    };
+    let mut args = [rin.handle.into(), oin, rout.handle.into(), oout, len];
+    let (n, _) = remote::call_aux(Opcode::CopyRange, &mut args, &[], None);
+    if n > 0 {
+        if p_in != 0 {
+            put(p_in, (oin + n as u64) as i64);
+        }
+        if p_out != 0 {
+            put(p_out, (oout + n as u64) as i64);
+        }
+    }
+    n
 }
 
 fn either_remote(fd: i64, other: u64) -> bool {
@@ -1448,19 +1529,23 @@ fn sendfile(a: [u64; 6]) -> Result<Option<i64>, i64> {
     Ok(Some(r))
 }
 
-/// File mappings of remote files: private ones are emulated with an anonymous mapping filled
-/// from the file; shared ones fail with ENODEV, as on a file system without mmap.
+/// File mappings of remote files: private ones, and read-only shared ones (Python's
+/// `mmap(..., access=ACCESS_READ)`), are emulated with an anonymous mapping filled from the
+/// file at the time of the call; writable shared ones fail with ENODEV, as on a file system
+/// without shared writable mappings. A read-only shared mapping does not see later writes to
+/// the file (documented in docs/ARCHITECTURE.md).
 fn mmap(a: [u64; 6]) -> Result<Option<i64>, i64> {
     let fd = a[4] as i32 as i64;
     let Some(r) = fdtable::get(fd) else {
         return Ok(None);
     };
     let (addr, len, prot, flags, off) = (a[0], a[1], a[2], a[3] as i32, a[5]);
-    if flags & libc::MAP_SHARED != 0
-        || flags & libc::MAP_SHARED_VALIDATE == libc::MAP_SHARED_VALIDATE
-    {
+    let shared = flags & libc::MAP_SHARED != 0
+        || flags & libc::MAP_SHARED_VALIDATE == libc::MAP_SHARED_VALIDATE;
+    if shared && prot & libc::PROT_WRITE as u64 != 0 {
         return Err(e(libc::ENODEV));
     }
+    let flags = flags & !(libc::MAP_SHARED_VALIDATE | libc::MAP_SHARED);
     let anon_flags = (flags & !libc::MAP_SHARED) | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     let m = sys::sys(
         libc::SYS_mmap,

@@ -474,6 +474,11 @@ impl Domain {
         if !names_handle(op, args) {
             return Ok(());
         }
+        if op == Opcode::CopyRange {
+            // The second file, in args[2].
+            let h = u32::try_from(args[2]).map_err(|_| -(libc::EBADF as i64))?;
+            args[2] = u64::from(fdtable::handle_in(h, live.generation()).ok_or(EIO)?);
+        }
         let Ok(h) = u32::try_from(args[0]) else {
             return Ok(()); // not a handle the shim made: the server answers EBADF
         };
@@ -778,7 +783,7 @@ fn names_handle(op: Opcode, args: &[u64; 5]) -> bool {
     use Opcode::*;
     match op {
         Close | Read | Write | PRead | PWrite | LSeek | FStat | GetDents64 | FSync | FTruncate
-        | FChmod | FChown | Fallocate | FStatFs | Fcntl => true,
+        | FChmod | FChown | Fallocate | FStatFs | Fcntl | CopyRange | Advise => true,
         Bind | Listen | Accept | Connect | Send | Recv | Shutdown | GetSockOpt | SetSockOpt
         | GetSockName | GetPeerName | Ioctl | StoreKey => true,
         UtimensAt => args[0] != u64::MAX,

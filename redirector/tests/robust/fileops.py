@@ -1,0 +1,66 @@
+# File calls beyond read and write on routed files: copy_file_range (file offsets and explicit
+# ones, the bytes that land), posix_fadvise, readahead (through ctypes), sync_file_range, and a
+# read-only shared mmap. Run natively on a copy and redirected on the mount; the outputs must
+# be identical. usage: fileops.py TREE
+import ctypes, ctypes.util, errno, mmap, os, sys
+T = sys.argv[1]
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+def t(name, f):
+    try:
+        r = f(); print(name, "ok", r if r is not None else "")
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+os.chdir(T)
+data = bytes(range(256)) * 1024  # 256 KiB
+with open("src", "wb") as f:
+    f.write(data)
+a = os.open("src", os.O_RDONLY)
+b = os.open("dst", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+t("copy_file_range 1000 at file offsets", lambda: os.copy_file_range(a, b, 1000))
+t("offsets after", lambda: (os.lseek(a, 0, os.SEEK_CUR), os.lseek(b, 0, os.SEEK_CUR)))
+t("copy_file_range explicit offsets", lambda: os.copy_file_range(a, b, 5000, 10000, 2000))
+t("file offsets unchanged", lambda: (os.lseek(a, 0, os.SEEK_CUR), os.lseek(b, 0, os.SEEK_CUR)))
+t("copy_file_range the rest", lambda: os.copy_file_range(a, b, 1 << 20, 1000, 1000))
+t("copy_file_range at EOF", lambda: os.copy_file_range(a, b, 100, len(data) + 5, 0))
+def cfr_flags(fi, fo, n, flags):
+    r = libc.copy_file_range(fi, None, fo, None, ctypes.c_size_t(n), ctypes.c_uint(flags))
+    if r < 0:
+        raise OSError(ctypes.get_errno(), "copy_file_range")
+    return r
+t("copy_file_range bad flags", lambda: cfr_flags(a, b, 10, 1))
+t("copy_file_range to O_RDONLY", lambda: os.copy_file_range(b, a, 10, 0, 0))
+os.close(b)
+with open("dst", "rb") as f:
+    got = f.read()
+print("dst size", len(got), "matches", got[:1000] == data[:1000], got[1000:1000 + (len(data) - 1000)] == data[1000:], got[2000:2000] == b"")
+t("fadvise DONTNEED", lambda: os.posix_fadvise(a, 0, 0, os.POSIX_FADV_DONTNEED))
+t("fadvise WILLNEED", lambda: os.posix_fadvise(a, 0, 4096, os.POSIX_FADV_WILLNEED))
+t("fadvise bad advice", lambda: os.posix_fadvise(a, 0, 0, 99))
+def readahead(fd, off, n):
+    r = libc.readahead(fd, ctypes.c_int64(off), ctypes.c_size_t(n))
+    if r < 0:
+        raise OSError(ctypes.get_errno(), "readahead")
+    return r
+t("readahead", lambda: readahead(a, 0, 65536))
+w = os.open("dst", os.O_RDWR)
+def sfr(fd, off, n, flags):
+    r = libc.sync_file_range(fd, ctypes.c_int64(off), ctypes.c_int64(n), ctypes.c_uint(flags))
+    if r < 0:
+        raise OSError(ctypes.get_errno(), "sync_file_range")
+    return r
+t("sync_file_range", lambda: sfr(w, 0, 0, 2))
+t("sync_file_range bad flags", lambda: sfr(w, 0, 0, 64))
+def shared_ro():
+    with mmap.mmap(a, 0, access=mmap.ACCESS_READ) as m:
+        return (len(m), m[:4].hex(), m[-4:].hex(), m[300000 % len(m)])
+t("mmap shared read-only", shared_ro)
+def private():
+    with mmap.mmap(w, 0, access=mmap.ACCESS_COPY) as m:
+        m[0] = 7
+        return m[0]
+t("mmap private copy-on-write", private)
+with open("dst", "rb") as f:
+    print("file untouched by the private write", f.read(1) == b"\x00")
+os.close(a)
+os.close(w)
+print(sorted(os.listdir(".")))
