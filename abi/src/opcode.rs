@@ -166,6 +166,13 @@ opcodes! {
     /// (`args[4]` = advice), 1 readahead, 2 sync_file_range (`args[4]` = flags); `args[2]` =
     /// offset, `args[3]` = length.
     Advise = 286,
+    /// The extended-attribute calls: `args[0]` = handle, or `u64::MAX` for the path in
+    /// window[0 .. +args[4]]; `args[1]` = operation (0 get, 1 set, 2 list, 3 remove) | 0x100
+    /// not following a final symlink (the `l*` calls) | setxattr flags << 16; `args[2]` = the
+    /// value's length (set) or the room for the answer (get, list: 0 asks for the size); the
+    /// name (`args[3]` bytes) follows the path, a value to set follows the name. Result: as
+    /// the system call's; get and list write their answer at window[0 ..].
+    Xattr = 287,
 
     // ---- network domain, 300.. ----
     // Handles name sockets in the session's own table; `Close`, `FStat` and `Fcntl`

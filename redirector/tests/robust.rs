@@ -1148,6 +1148,33 @@ fn file_calls_beyond_read_and_write_as_native() {
 }
 
 #[test]
+fn extended_attributes_as_native() {
+    // get/set/list/remove on paths, through and on symlinks, on fds, with every error
+    // (EEXIST, ENODATA, ERANGE, EPERM on a symlink, ENOTSUP for a bad namespace).
+    let env = Env::new("xattrs");
+    for root in [env.export(), env.local()] {
+        std::fs::create_dir_all(root.join("xa")).unwrap();
+    }
+    let py = python();
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &py);
+        cmd.arg(source("xattrs.py"))
+            .arg(format!("{}/xa", env.tree(redirected)));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    if runs[0].out().contains("set ENOTSUP") {
+        println!("skipping the comparison: the file system here has no user xattrs");
+        return;
+    }
+    if let Err(e) = compare(&env, "xattrs.py", &runs[1], &runs[0]) {
+        panic!("{e}");
+    }
+}
+
+#[test]
 fn path_semantics_are_the_file_systems() {
     // rmdir a/b/. (EINVAL) and a/b/.. (ENOTEMPTY, never a removed directory), rename a/.,
     // touch through a symlink then .., open("newdir/", O_CREAT) (EISDIR), a file with a

@@ -489,6 +489,8 @@ impl Storage {
                 }))
             }
             Opcode::Advise => blocking_fd(fd(a[0])?, ops::advise),
+            Opcode::Xattr if a[0] != u64::MAX => blocking_fd(fd(a[0])?, ops::xattr_fd),
+            Opcode::Xattr => self.blocking_path(ops::xattr_at),
             Opcode::LSeek => blocking_fd(fd(a[0])?, ops::lseek),
             Opcode::GetDents64 => blocking_fd(fd(a[0])?, ops::getdents64),
             Opcode::FStatFs => blocking_fd(fd(a[0])?, ops::fstatfs),

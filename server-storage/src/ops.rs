@@ -610,3 +610,87 @@ pub fn advise(fd: BorrowedFd<'_>, call: &Call<'_>) -> SysResult<Response> {
     }
     Ok(Response::ok(call.id(), 0))
 }
+
+/// Largest extended-attribute value or list Linux has (XATTR_SIZE_MAX, XATTR_LIST_MAX).
+const XATTR_MAX: usize = 65536;
+
+/// Xattr on a path: the object is resolved in the export (a final symlink followed unless
+/// 0x100 is set) and reached through its `O_PATH` descriptor's `/proc/self/fd` link, which
+/// lands on the inode itself (for a symlink, the link's own attributes, as the `l*` calls).
+pub fn xattr_at(root: BorrowedFd<'_>, call: &Call<'_>) -> SysResult<Response> {
+    let a = args(call);
+    let p = path_at(call, 0, a[4])?;
+    let fd = resolve(root, &p, a[1] & 0x100 != 0)?;
+    let target = proc_path(fd.as_fd());
+    xattr(call, a[4] as usize, |op, name, buf, flags| {
+        // SAFETY: `target` and `name` are NUL-terminated; `buf` is valid for its length.
+        unsafe {
+            match op {
+                0 => libc::getxattr(target.as_ptr(), name, buf.as_mut_ptr().cast(), buf.len()),
+                1 => libc::setxattr(target.as_ptr(), name, buf.as_ptr().cast(), buf.len(), flags)
+                    as isize,
+                2 => libc::listxattr(target.as_ptr(), buf.as_mut_ptr().cast(), buf.len()),
+                _ => libc::removexattr(target.as_ptr(), name) as isize,
+            }
+        }
+    })
+}
+
+/// Xattr on an open file of the session.
+pub fn xattr_fd(fd: BorrowedFd<'_>, call: &Call<'_>) -> SysResult<Response> {
+    let raw = fd.as_raw_fd();
+    xattr(call, 0, |op, name, buf, flags| {
+        // SAFETY: `name` is NUL-terminated; `buf` is valid for its length; `raw` is the
+        // session's open file, borrowed for the call.
+        unsafe {
+            match op {
+                0 => libc::fgetxattr(raw, name, buf.as_mut_ptr().cast(), buf.len()),
+                1 => libc::fsetxattr(raw, name, buf.as_ptr().cast(), buf.len(), flags) as isize,
+                2 => libc::flistxattr(raw, buf.as_mut_ptr().cast(), buf.len()),
+                _ => libc::fremovexattr(raw, name) as isize,
+            }
+        }
+    })
+}
+
+/// The common part of the xattr calls: decodes the name and value after `at` bytes of path,
+/// runs `f(op, name, buffer, flags)` and answers.
+fn xattr(
+    call: &Call<'_>,
+    at: usize,
+    f: impl FnOnce(u64, *const libc::c_char, &mut [u8], i32) -> isize,
+) -> SysResult<Response> {
+    let a = args(call);
+    let op = a[1] & 0xff;
+    let flags = ((a[1] >> 16) & 0xffff) as i32;
+    if op > 3 {
+        return Err(libc::EINVAL);
+    }
+    let name = if op == 2 {
+        CString::default()
+    } else {
+        let raw = payload(call, at, a[3])?;
+        CString::new(raw).map_err(|_| libc::EINVAL)?
+    };
+    let size = usize::try_from(a[2]).map_err(|_| libc::E2BIG)?;
+    let mut buf = match op {
+        1 => payload(call, at + a[3] as usize, a[2])?,
+        // Room for the answer, bounded by the window and by the largest the kernel gives.
+        _ => vec![0u8; size.min(XATTR_MAX).min(data_len(call))],
+    };
+    let r = f(op, name.as_ptr(), &mut buf, flags);
+    if r < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    if matches!(op, 0 | 2) && !buf.is_empty() {
+        let n = (r as usize).min(buf.len());
+        let w = call.write_payload(&buf[..n]);
+        return Ok(Response {
+            data_len: w as u32,
+            ..ok(call, r as i64)
+        });
+    }
+    Ok(ok(call, r as i64))
+}
