@@ -2132,3 +2132,159 @@ http {{
     let qst = wait_bounded(&mut ngx.0, Duration::from_secs(30), "nginx after SIGQUIT");
     assert!(qst.success(), "nginx: {qst}");
 }
+
+const SQLITE_LOOP: &str = r#"
+import collections, os, sqlite3, sys, time
+db, stop = sys.argv[1], sys.argv[2]
+errors = collections.Counter()
+commits = failed_commits = 0
+c = None
+while not os.path.exists(stop):
+    try:
+        if c is None:
+            c = sqlite3.connect(db, timeout=5, isolation_level=None)
+            c.execute("PRAGMA journal_mode=DELETE")
+            c.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT)")
+        c.execute("BEGIN")
+        for i in range(50):
+            c.execute("INSERT INTO t (v) VALUES (?)", ("x" * 200,))
+        try:
+            c.execute("COMMIT")
+        except sqlite3.Error:
+            failed_commits += 1
+            raise
+        commits += 1
+    except sqlite3.Error as e:
+        errors[str(e)] += 1
+        try:
+            c.close()
+        except Exception:
+            pass
+        c = None
+        time.sleep(0.02)
+print("commits", commits, "failed_commits", failed_commits, flush=True)
+for k, v in sorted(errors.items()):
+    print("error", v, k, flush=True)
+"#;
+
+/// sqlite3 transactions in a redirected Python while the storage domain is SIGKILLed and
+/// started again 100 times (no supervisor: the test restarts it at once, so the 100 cycles do
+/// not wait out a backoff): every error sqlite reports comes from EIO (SQLite calls a read
+/// that fails with EIO "database disk image is malformed", SQLITE_IOERR_CORRUPTFS), never a
+/// damaged database: `integrity_check` is ok afterwards and every transaction whose COMMIT
+/// succeeded is there.
+#[test]
+fn sqlite_survives_100_kills_of_the_storage_domain() {
+    if find_program("sqlite3").is_none() {
+        // The python module is what runs; the binary checks the file afterwards.
+        println!("skipping: sqlite3 is not installed");
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("virtuos-rel-{}-sqlite", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let root = base.join("export");
+    std::fs::create_dir_all(&root).unwrap();
+    let sock = base.join("storage.sock");
+    let start_server = || {
+        let c = Command::new(bin_dir().join("virtuos-storage"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--listen")
+            .arg(&sock)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !seqpacket_ok(&sock) {
+            assert!(Instant::now() < deadline, "virtuos-storage did not come up");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        c
+    };
+    let mut server = start_server();
+    let script = base.join("sqlite_loop.py");
+    std::fs::write(&script, SQLITE_LOOP).unwrap();
+    let stop = base.join("stop");
+    let mut client = Command::new("python3");
+    client
+        .env("LD_PRELOAD", bin_dir().join("libvirtuos_preload.so"))
+        .env("VIRTUOS_STORAGE", &sock)
+        .env("VIRTUOS_MOUNT", MOUNT)
+        .arg(&script)
+        .arg(format!("{MOUNT}/db.sqlite"))
+        .arg(&stop)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut client = client.spawn().unwrap();
+    let mut seed = 0x2545_f491u32;
+    for _ in 0..100 {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        std::thread::sleep(Duration::from_millis(100 + u64::from(seed % 300)));
+        let _ = server.kill();
+        let _ = server.wait();
+        server = start_server();
+    }
+    // A last stretch with the domain up, then stop.
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::write(&stop, b"").unwrap();
+    let st = wait_bounded(&mut client, Duration::from_secs(60), "the sqlite loop");
+    let mut out = String::new();
+    client
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(st.success(), "the sqlite loop failed: {out}");
+    let field = |key: &str| -> u64 {
+        out.split_whitespace()
+            .skip_while(|w| *w != key)
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in: {out}"))
+    };
+    let (commits, failed) = (field("commits"), field("failed_commits"));
+    let allowed = [
+        "disk I/O error",
+        "unable to open database file",
+        "database disk image is malformed",
+    ];
+    let unexpected: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("error "))
+        .filter(|l| !allowed.iter().any(|a| l.ends_with(a)))
+        .collect();
+    let db = root.join("db.sqlite");
+    let check = Command::new("sqlite3")
+        .arg(&db)
+        .arg("PRAGMA integrity_check; SELECT count(*) FROM t;")
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout).into_owned();
+    let mut lines = check.lines();
+    let integrity = lines.next().unwrap_or("").to_owned();
+    let rows: u64 = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    eprintln!(
+        "sqlite under 100 kills of the storage domain: {commits} commits ({failed} failed), {rows} rows, integrity {integrity}; {}",
+        out.lines()
+            .filter(|l| l.starts_with("error "))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = std::fs::remove_dir_all(&base);
+    assert!(commits > 0, "no transaction committed: {out}");
+    assert!(unexpected.is_empty(), "errors not from EIO: {unexpected:?}");
+    assert_eq!(integrity, "ok", "integrity_check after the kills: {check}");
+    assert!(
+        rows >= commits * 50 && rows <= (commits + failed) * 50,
+        "{rows} rows for {commits} committed (and {failed} failed) transactions of 50"
+    );
+}

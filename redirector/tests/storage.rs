@@ -337,11 +337,14 @@ print(sorted(os.listdir(root)))
 fd = os.open(os.path.join(root, "t3.txt"), os.O_RDONLY)
 m = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
 print(m[:20], len(m))
+m = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+print("read-only shared mapping:", m[:6])
+rw = os.open(os.path.join(root, "t3.txt"), os.O_RDWR)
 try:
-    mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-    print("shared mapping allowed")
+    mmap.mmap(rw, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    print("writable shared mapping allowed")
 except OSError as e:
-    print("shared mapping:", errno.errorcode[e.errno])
+    print("writable shared mapping:", errno.errorcode[e.errno])
 PY
     "#;
     let r = s.redirected_with(&["sh"], script);
@@ -349,7 +352,8 @@ PY
     assert!(r.status.success(), "{}", text(&r));
     assert!(out.contains("'t7.txt'"), "{out}");
     assert!(out.contains("b'thread 3 line 0\\nthre' 3490"), "{out}");
-    assert!(out.contains("shared mapping: ENODEV"), "{out}");
+    assert!(out.contains("read-only shared mapping: b'thread'"), "{out}");
+    assert!(out.contains("writable shared mapping: ENODEV"), "{out}");
 }
 
 /// A storage domain that dies under a running program: calls under the mount fail fast with
