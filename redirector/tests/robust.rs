@@ -1285,6 +1285,68 @@ fn make_builds_and_runs_programs_inside_the_mount() {
 }
 
 #[test]
+fn capabilities_dropped_by_a_root_program_reach_the_domains() {
+    // A root program that drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its effective
+    // set (capset, as libcap does) stays uid 0 but can no longer read another user's 0600
+    // file, or bind port 80 once CAP_NET_BIND_SERVICE goes too: in the domains exactly as
+    // natively.
+    let env = Env::new("caps");
+    env.put("theirs.txt", b"nobody's\n");
+    for root in [env.export(), env.local()] {
+        use std::os::unix::fs::PermissionsExt;
+        let p = root.join("theirs.txt");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    let script = r#"
+import ctypes, os, socket, struct, sys
+t = sys.argv[1]
+libc = ctypes.CDLL(None, use_errno=True)
+def drop(*caps):
+    hdr = struct.pack("II", 0x20080522, 0)
+    data = ctypes.create_string_buffer(24)
+    if libc.capget(hdr, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    eff0, perm0, inh0, eff1, perm1, inh1 = struct.unpack("6I", data.raw)
+    eff = eff0 | eff1 << 32
+    for c in caps:
+        eff &= ~(1 << c)
+    new = struct.pack("6I", eff & 0xffffffff, perm0, inh0, eff >> 32, perm1, inh1)
+    if libc.capset(hdr, new) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+def attempt(what, f):
+    try:
+        f(); print(what, "ok")
+    except OSError as e:
+        print(what, e.strerror)
+attempt("read before", lambda: open(os.path.join(t, "theirs.txt")).read())
+drop(1, 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+attempt("read after", lambda: open(os.path.join(t, "theirs.txt")).read())
+s = socket.socket()
+drop(10)  # CAP_NET_BIND_SERVICE
+attempt("bind 80", lambda: s.bind(("127.0.0.1", 80)))
+print("uid", os.getuid())
+"#;
+    let py = python();
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &py);
+        cmd.arg("-c").arg(script).arg(env.tree(redirected));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0].out().contains("read after Permission denied"),
+        "native (run as root?): {}",
+        runs[0].describe()
+    );
+    if let Err(e) = compare(&env, "caps", &runs[1], &runs[0]) {
+        panic!("{e}");
+    }
+}
+
+#[test]
 fn credentials_dropped_inside_the_program_reach_the_domains() {
     // A root program that drops to uid 65534 after its first routed calls: root's 0600 file
     // is EACCES, new files belong to 65534, a file opened before stays readable, and a

@@ -27,6 +27,10 @@ pub struct Identity {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
+    /// For a root client, its effective capabilities when the session started (`CapEff`): a
+    /// root program that dropped some (`capset`: CAP_DAC_OVERRIDE, say) is served without
+    /// them. None: all of the server's (a non-root client gets none anyway).
+    pub caps: Option<u64>,
 }
 
 impl Identity {
@@ -37,6 +41,7 @@ impl Identity {
             uid,
             gid,
             groups: read_groups(pid)?,
+            caps: None,
         })
     }
 }
@@ -91,6 +96,18 @@ pub fn cap_eff(pid: i32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// Whether the process behind `pidfd` is still running (a pidfd becomes readable when its
+/// process exits, zombie or not).
+pub fn pidfd_running(pidfd: &std::os::fd::OwnedFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(pidfd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut p, 1, 0) == 0 }
 }
 
 /// The parent of process `pid`.
@@ -318,7 +335,18 @@ impl ThreadCreds {
             }
             set_fsgid(id.gid)?;
             set_fsuid(id.uid)?;
-            if id.uid != 0 {
+            if id.uid == 0 {
+                // A root client without some capabilities: only those it has.
+                if let Some(keep) = id.caps {
+                    let mut caps = orig.caps;
+                    caps[0].effective &= keep as u32;
+                    caps[1].effective &= (keep >> 32) as u32;
+                    if caps != orig.caps {
+                        set_caps(&caps)?;
+                        self.caps_changed = true;
+                    }
+                }
+            } else {
                 // Leaving fsuid 0 already drops the file-system capabilities; a non-root client
                 // gets none of the others either (CAP_SYS_RESOURCE would let it use the blocks
                 // a file system reserves for root, for instance).
@@ -425,6 +453,7 @@ mod tests {
         };
         std::thread::spawn(move || {
             let nobody = Identity {
+                caps: None,
                 uid: 65534,
                 gid: 65534,
                 groups: vec![4242],
@@ -443,6 +472,7 @@ mod tests {
             // Switching between two identities directly.
             assume(&nobody).unwrap();
             let other = Identity {
+                caps: None,
                 uid: 1000,
                 gid: 1000,
                 groups: vec![],

@@ -734,7 +734,14 @@ impl<H: Handler> Acceptor<H> {
             (ppid, groups) => (ppid.unwrap_or(0), groups.unwrap_or_default()),
         };
         let identity = if acts {
+            // A root client's capabilities, read now and counted only if the process that
+            // connected is still the one behind the pid (its pidfd has not become readable).
+            let caps = (creds.uid == 0)
+                .then(|| creds::cap_eff(creds.pid))
+                .flatten()
+                .filter(|_| pidfd.as_ref().is_some_and(creds::pidfd_running));
             let ident = creds::Identity {
+                caps,
                 uid: creds.uid,
                 gid: creds.gid,
                 groups: groups.clone(),

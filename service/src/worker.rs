@@ -108,14 +108,7 @@ impl SessionCtx {
     /// Whether the process that connected is still running (so its pid still names it): a
     /// pidfd becomes readable when its process exits, zombie or not.
     fn client_alive(&self) -> bool {
-        let Some(fd) = &self.pidfd else { return false };
-        let mut p = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(fd),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, no wait.
-        unsafe { libc::poll(&mut p, 1, 0) == 0 }
+        self.pidfd.as_ref().is_some_and(creds::pidfd_running)
     }
 }
 

@@ -148,6 +148,7 @@ fn offer(
     };
     let identity = if handler.acts_as_client() {
         let ident = creds::Identity {
+            caps: None,
             uid: r.uid,
             gid: r.gid,
             groups: vec![r.gid],

@@ -272,4 +272,5 @@ creds! {
     setresgid(r: libc::gid_t, e: libc::gid_t, s: libc::gid_t) => REAL_SETRESGID;
     setgroups(n: size_t, list: *const libc::gid_t) => REAL_SETGROUPS;
     initgroups(user: *const c_char, group: libc::gid_t) => REAL_INITGROUPS;
+    capset(hdr: *mut c_void, data: *const c_void) => REAL_CAPSET;
 }
