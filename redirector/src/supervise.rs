@@ -150,12 +150,36 @@ pub fn run(prog: &Path, argv: &[OsString], sock: &Path, mount: &Path) -> Result<
         .spawn()
         .with_context(|| format!("starting {}", prog.display()))?;
     drop(theirs);
+    forward_signals_to(child.id() as i32);
     let status = child.wait()?;
     // The listener closes with the child; the supervisor then returns.
     let _ = handle.join();
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// The supervised program, for [`forward`].
+static CHILD_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CHILD_PID.load(std::sync::atomic::Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe; the pid is our unreaped child's.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// The supervisor stands where the program would: the signals a service manager or a user
+/// sends to its pid (SIGTERM to stop it, SIGHUP to reload, SIGUSR1/2) reach the program, which
+/// then ends (or not) as it would without the supervisor; `run` exits with its status.
+/// (SIGINT and SIGQUIT from a terminal reach the whole process group already.)
+fn forward_signals_to(pid: i32) {
+    CHILD_PID.store(pid, std::sync::atomic::Ordering::Relaxed);
+    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: installing a handler that only reads an atomic and calls kill(2).
+        unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
+    }
 }
 
 fn send_fd(sock: RawFd, fd: RawFd) -> std::io::Result<()> {

@@ -1130,7 +1130,7 @@ http {{
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut load = Command::new(&wrk)
-        .args(["-t1", "-c8", "-d5s", &url])
+        .args(["-t1", "-c16", "-d5s", &url])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -1247,7 +1247,7 @@ http {{
         .trim()
         .to_owned();
     eprintln!(
-        "nginx under wrk -t1 -c8 -d5s, kill -9 of virtuos-net after 1.5 s: restarted in {:.0} ms; first good response on a new connection {:.0} ms after the kill ({} failed attempts; nginx not restarted); wrk: {requests} requests, {errors}; nginx master + 2 workers alive, {cpu:.2} s CPU in {spent:.1} s idle, error log {log_len} bytes ({alerts} alerts); new client served; SIGQUIT -> exit in {:.0} ms",
+        "nginx under wrk -t1 -c16 -d5s, kill -9 of virtuos-net after 1.5 s: restarted in {:.0} ms; first good response on a new connection {:.0} ms after the kill ({} failed attempts; nginx not restarted); wrk: {requests} requests, {errors}; nginx master + 2 workers alive, {cpu:.2} s CPU in {spent:.1} s idle, error log {log_len} bytes ({alerts} alerts); new client served; SIGQUIT -> exit in {:.0} ms",
         restart.as_secs_f64() * 1e3,
         back.0.as_secs_f64() * 1e3,
         back.1,

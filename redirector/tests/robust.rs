@@ -1473,6 +1473,57 @@ fn mknod_and_mkfifo_under_the_mount() {
 }
 
 #[test]
+fn sigterm_to_a_supervising_run_ends_the_program() {
+    // `virtuos-redirect run` of a static program stays its parent (the supervised mode):
+    // a SIGTERM to run's pid (a service manager stopping it) reaches the program, which ends
+    // as it would natively, and run exits with its status (128 + 15). Nothing is left.
+    let Some(bb) = need_program(
+        "sigterm_to_a_supervising_run_ends_the_program",
+        "busybox",
+        "busybox-static",
+    ) else {
+        return;
+    };
+    let env = Env::new("supterm");
+    let mut cmd = env.redirected(Route::Storage, &bb);
+    cmd.args([
+        "sh",
+        "-c",
+        "cd \"$1\" && echo started > mark && exec busybox sleep 30",
+        "sh",
+    ])
+    .arg(env.tree(true));
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.export().join("mark").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the supervised program did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Instant::now();
+    // SAFETY: kill(2) of the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "run and its program still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!(
+        "supervised program ended {:?} after SIGTERM to run: {status}",
+        sent.elapsed()
+    );
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status}");
+}
+
+#[test]
 fn supervised_pipeline_loop_leaks_nothing() {
     // busybox (static: the supervised mode) running `echo a | cat | cat` 1,000 times inside
     // the mount: it finishes, and its shell ends with as many fds as natively (an interrupted

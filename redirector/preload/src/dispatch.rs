@@ -452,9 +452,9 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
         }
         libc::SYS_copy_file_range if either_remote(fd, a[2]) => copy_range(a),
         libc::SYS_sendfile => return sendfile(a),
-        libc::SYS_splice | libc::SYS_tee | libc::SYS_vmsplice if either_remote(fd, a[2]) => {
-            e(libc::EINVAL)
-        }
+        libc::SYS_splice if either_remote(fd, a[2]) => splice_remote(a),
+        // tee and vmsplice take pipes only: a routed file is never one.
+        libc::SYS_tee | libc::SYS_vmsplice if either_remote(fd, a[2]) => e(libc::EINVAL),
         libc::SYS_fcntl => return fcntl(fd, a),
         libc::SYS_dup => return dup(fd, None, None),
         libc::SYS_dup2 => return dup(fd, Some(a[1] as i32 as i64), None),
@@ -815,6 +815,132 @@ fn xattr_remote(nr: i64, r: Option<Remote>, path: &[u8], a: [u64; 6]) -> i64 {
     // The path, the name and the value back to back (their lengths in args[4], args[3] and
     // args[2]).
     remote::call_aux(Opcode::Xattr, &mut args, &[path, name, value], out).0
+}
+
+/// splice between a routed file and a local pipe (Linux needs a pipe on one side: anything
+/// else is EINVAL, a pipe side with an offset ESPIPE): up to 64 KiB go through a buffer, and
+/// the file's offset (or `*off`) advances by exactly what reached the other side.
+fn splice_remote(a: [u64; 6]) -> i64 {
+    let (fd_in, off_in, fd_out, off_out, len, flags) = (
+        a[0] as i32 as i64,
+        a[1],
+        a[2] as i32 as i64,
+        a[3],
+        a[4],
+        a[5],
+    );
+    let is_pipe = |fd: i64| {
+        // SAFETY: a zeroed stat is a valid output buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        sys::sys(libc::SYS_fstat, &[fd as u64, &mut st as *mut _ as u64]) == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+    };
+    let nonblock = flags & libc::SPLICE_F_NONBLOCK as u64 != 0;
+    // A pipe end ready for `events` now (SPLICE_F_NONBLOCK: EAGAIN instead of waiting).
+    let ready = |fd: i64, events: i16| {
+        let mut p = libc::pollfd {
+            fd: fd as i32,
+            events,
+            revents: 0,
+        };
+        sys::sys(libc::SYS_poll, &[&mut p as *mut _ as u64, 1, 0]) > 0
+    };
+    let chunk = (len as usize).min(64 << 10);
+    if len == 0 {
+        return 0;
+    }
+    let read_off = |p: u64| -> Result<Option<u64>, i64> {
+        if p == 0 {
+            return Ok(None);
+        }
+        let mut b = [0u8; 8];
+        if !sys::read_user(p, &mut b) {
+            return Err(e(libc::EFAULT));
+        }
+        let o = i64::from_ne_bytes(b);
+        if o < 0 {
+            return Err(e(libc::EINVAL));
+        }
+        Ok(Some(o as u64))
+    };
+    let seek = |r: Remote, off: u64, whence: i32| {
+        remote::call(
+            Opcode::LSeek,
+            [r.handle.into(), off, whence as u64, 0, 0],
+            &[],
+            None,
+        )
+    };
+    match (fdtable::get(fd_in), fdtable::get(fd_out)) {
+        (Some(r), None) => {
+            if !is_pipe(fd_out) {
+                return e(libc::EINVAL);
+            }
+            if off_out != 0 {
+                return e(libc::ESPIPE);
+            }
+            if nonblock && !ready(fd_out, libc::POLLOUT) {
+                return e(libc::EAGAIN);
+            }
+            let at = match read_off(off_in) {
+                Ok(Some(o)) => o,
+                Ok(None) => match seek(r, 0, libc::SEEK_CUR) {
+                    x if x < 0 => return x,
+                    x => x as u64,
+                },
+                Err(x) => return x,
+            };
+            let mut buf = vec![0u8; chunk];
+            let n = rw(r, false, buf.as_mut_ptr() as u64, chunk, Some(at));
+            if n <= 0 {
+                return n;
+            }
+            let w = sys::sys(
+                libc::SYS_write,
+                &[fd_out as u64, buf.as_ptr() as u64, n as u64],
+            );
+            if w > 0 {
+                if off_in != 0 {
+                    put(off_in, (at + w as u64) as i64);
+                } else {
+                    seek(r, at + w as u64, libc::SEEK_SET);
+                }
+            }
+            w
+        }
+        (None, Some(r)) => {
+            if !is_pipe(fd_in) {
+                return e(libc::EINVAL);
+            }
+            if off_in != 0 {
+                return e(libc::ESPIPE);
+            }
+            if nonblock && !ready(fd_in, libc::POLLIN) {
+                return e(libc::EAGAIN);
+            }
+            let at = match read_off(off_out) {
+                Ok(o) => o,
+                Err(x) => return x,
+            };
+            let mut buf = vec![0u8; chunk];
+            let n = sys::sys(
+                libc::SYS_read,
+                &[fd_in as u64, buf.as_mut_ptr() as u64, chunk as u64],
+            );
+            if n <= 0 {
+                return n;
+            }
+            let w = rw(r, true, buf.as_ptr() as u64, n as usize, at);
+            if w > 0 {
+                if let Some(o) = at {
+                    put(off_out, (o + w as u64) as i64);
+                }
+            }
+            w
+        }
+        // Two routed files: neither is a pipe.
+        _ => e(libc::EINVAL),
+    }
 }
 
 fn either_remote(fd: i64, other: u64) -> bool {

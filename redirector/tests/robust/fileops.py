@@ -61,6 +61,23 @@ def private():
 t("mmap private copy-on-write", private)
 with open("dst", "rb") as f:
     print("file untouched by the private write", f.read(1) == b"\x00")
+# splice between a routed file and a pipe, both ways, with and without offsets.
+pr, pw = os.pipe()
+t("splice file -> pipe at the file offset", lambda: os.splice(a, pw, 3000))
+t("file offset after", lambda: os.lseek(a, 0, os.SEEK_CUR))
+t("pipe got", lambda: os.read(pr, 4000) == data[1000:4000])
+t("splice file -> pipe at an offset", lambda: os.splice(a, pw, 100, offset_src=10))
+t("file offset untouched", lambda: os.lseek(a, 0, os.SEEK_CUR))
+t("pipe got", lambda: os.read(pr, 200) == data[10:110])
+os.write(pw, b"from the pipe")
+t("splice pipe -> file at an offset", lambda: os.splice(pr, w, 13, offset_dst=5))
+with open("dst", "rb") as f:
+    print("file now", f.read(20))
+t("splice file -> file", lambda: os.splice(a, w, 10))
+t("splice pipe with an offset", lambda: os.splice(pr, w, 10, offset_src=0))
+t("splice empty pipe nonblocking", lambda: os.splice(pr, w, 10, flags=os.SPLICE_F_NONBLOCK))
+os.close(pr)
+os.close(pw)
 os.close(a)
 os.close(w)
 print(sorted(os.listdir(".")))
