@@ -81,6 +81,8 @@ opcodes! {
     // written at window[data_off ..], and `data_len` bounds both. Handles are small integers in
     // the session's own table; the result is the syscall's result or -errno.
     /// openat: `args[0]` = open flags, `args[1]` = mode. Result: handle; `aux[0]` = st_mode.
+    /// When `data_len` leaves room for a `struct statx` (256 bytes), the file's statx (as
+    /// [`Opcode::FStat`] gives it) is written at window[data_off ..] and `aux[1]` = 1.
     OpenAt = 256,
     /// close: `args[0]` = handle.
     Close = 257,

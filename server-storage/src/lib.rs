@@ -219,10 +219,27 @@ fn done(call: &Call<'_>, r: Result<Response, i32>) -> Response {
 /// Installs a freshly opened file in the session's table (charged to the client's uid: `EMFILE`,
 /// the file closed, past its budget): result = handle, `aux[0]` = st_mode.
 pub(crate) fn install(call: &Call<'_>, fd: OwnedFd) -> Result<Response, i32> {
-    let mode = sys::fstat_mode(fd.as_fd())?;
+    // The whole stat, as FStat gives it: most programs fstat what they just opened (nginx
+    // does for every file it serves), and the client answers that fstat from this one.
+    let mut st = sys::StatxBuf::default();
+    sys::statx(
+        fd.as_fd(),
+        c"",
+        libc::AT_EMPTY_PATH,
+        libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+        &mut st,
+    )?;
+    let b = zerocopy::IntoBytes::as_bytes(&st);
+    // stx_mode is the u16 at byte offset 28.
+    let mode = u32::from(u16::from_ne_bytes([b[28], b[29]]));
     let (h, _) = call.fds().insert_new(fd).map_err(|e| e.get())?;
     let mut r = Response::ok(call.id(), i64::from(h));
     r.aux[0] = u64::from(mode);
+    if call.request().raw.data_len as usize >= sys::STATX_SIZE {
+        // The path was read: its room now carries the stat.
+        r.data_len = call.write_payload(b) as u32;
+        r.aux[1] = 1;
+    }
     Ok(r)
 }
 

@@ -1039,11 +1039,16 @@ pub(crate) fn new_placeholder(cloexec: u64) -> i64 {
 pub fn open_remote(rp: &[u8], flags: u64, mode: u64) -> i64 {
     let creates = flags & (libc::O_CREAT | libc::O_TMPFILE) as u64 != 0;
     let mut args = [flags, if creates { masked(mode) } else { 0 }, 0, 0, 0];
-    let (h, st_mode) = remote::call_aux(Opcode::OpenAt, &mut args, &[rp], None);
+    let mut st = [0u8; remote::open_stat::SIZE];
+    let (h, st_mode) = remote::call_aux(Opcode::OpenAt, &mut args, &[rp], Some(&mut st));
     if h < 0 {
         return h;
     }
     let handle = h as u32;
+    // stx_mask (the first u32) is set only when the server sent the stat.
+    if st[..4] != [0; 4] && !proc::shared_child() {
+        remote::open_stat::put(handle, &st);
+    }
     let cloexec = if flags & libc::O_CLOEXEC as u64 != 0 {
         libc::O_CLOEXEC
     } else {
@@ -1260,8 +1265,19 @@ fn fetch_statx(op: Opcode, args: [u64; 5], path: Option<&[u8]>) -> Result<libc::
     Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const libc::statx) })
 }
 
+/// The statx of the open remote file `r`: the one its open brought, if this thread just
+/// opened it ([`remote::open_stat`]), else asked of the server.
+fn fstat_of(r: Remote) -> Result<libc::statx, i64> {
+    if let Some(st) = remote::open_stat::take(r.handle) {
+        // SAFETY: `st` is the 256 bytes of a struct statx the server wrote (statx is plain
+        // data: any bytes are a valid value).
+        return Ok(unsafe { std::mem::transmute::<[u8; 256], libc::statx>(st) });
+    }
+    fetch_statx(Opcode::FStat, [r.handle.into(), 0, 0, 0, 0], None)
+}
+
 fn fstat_remote(r: Remote, out: u64) -> i64 {
-    match fetch_statx(Opcode::FStat, [r.handle.into(), 0, 0, 0, 0], None) {
+    match fstat_of(r) {
         Ok(x) => {
             put(out, statx_to_stat(&x));
             0
@@ -1290,11 +1306,7 @@ fn stat_at(
     };
     if path.is_empty() && flags & libc::AT_EMPTY_PATH as u64 != 0 {
         return match fdtable::get(dirfd) {
-            Some(r) => Ok(Some(
-                fetch_statx(Opcode::FStat, [r.handle.into(), 0, 0, 0, 0], None)
-                    .map(emit)
-                    .unwrap_or_else(|e| e),
-            )),
+            Some(r) => Ok(Some(fstat_of(r).map(emit).unwrap_or_else(|e| e))),
             None => Ok(None),
         };
     }

@@ -533,6 +533,10 @@ impl Domain {
             return (e, 0);
         }
         self.routed.fetch_add(1, Ordering::Relaxed);
+        if !self.net && !matches!(op, Opcode::FStat | Opcode::OpenAt) {
+            // Anything else may change a file this thread opened: its stat is re-asked.
+            open_stat::clear();
+        }
         let (r, aux) = call_on(&live.s, op, args, inputs, out);
         self.died_under(live, r);
         self.adopt_result(live, op, r);
@@ -843,13 +847,16 @@ fn call_on(
         Err(e) => return (-i64::from(e.errno().get()), 0),
     };
     if let Some(out) = out {
-        // Fixed-size results (statx, statfs, flock) fill `out`; the others return a length.
+        // Fixed-size results (statx, statfs, flock, the stat an open carries) fill `out`;
+        // the others return a length.
         let fixed = matches!(
             op,
             Opcode::FStat | Opcode::StatAt | Opcode::FStatFs | Opcode::Fcntl
-        );
+        ) || (op == Opcode::OpenAt && rsp.aux[1] == 1);
         let n = if fixed {
             out.len()
+        } else if op == Opcode::OpenAt {
+            0
         } else {
             rsp.result.max(0) as usize
         }
@@ -873,6 +880,7 @@ pub fn call_raw(op: Opcode, mut args: [u64; 5], payload: &[u8], out: Option<&mut
         return e;
     }
     d.routed.fetch_add(1, Ordering::Relaxed);
+    open_stat::clear();
     let r = call_raw_on(&live.s, op, args, payload, out);
     d.died_under(live, r);
     d.adopt_result(live, op, r);
@@ -910,5 +918,80 @@ fn call_raw_on(
             r.result
         }
         Err(e) => -i64::from(e.errno().get()),
+    }
+}
+
+/// The stat of the file this thread opened last, which the storage domain sends with the open
+/// ([`Opcode::OpenAt`]): the `fstat` that usually follows (nginx's for every file it serves)
+/// is answered from it, once, without a round trip. Any other storage call of the thread
+/// drops it, so it never stands for a file this process changed since; another process's
+/// change between the open and the fstat is seen as if the fstat had come first.
+///
+/// Per thread, and safe against a signal handler on the same thread: while the thread is
+/// inside [`put`](open_stat::put) or [`take`](open_stat::take), a handler neither reads nor
+/// writes it, and one that would have dropped it makes the interrupted update drop it.
+pub mod open_stat {
+    use std::cell::Cell;
+
+    /// Bytes of a `struct statx`.
+    pub const SIZE: usize = 256;
+
+    struct Slot {
+        handle: Cell<u32>,
+        valid: Cell<bool>,
+        busy: Cell<bool>,
+        dirty: Cell<bool>,
+        st: Cell<[u8; SIZE]>,
+    }
+
+    thread_local! {
+        static SLOT: Slot = const {
+            Slot {
+                handle: Cell::new(0),
+                valid: Cell::new(false),
+                busy: Cell::new(false),
+                dirty: Cell::new(false),
+                st: Cell::new([0; SIZE]),
+            }
+        };
+    }
+
+    /// Remembers `st` as the stat of `handle`, just opened by this thread.
+    pub fn put(handle: u32, st: &[u8; SIZE]) {
+        SLOT.with(|s| {
+            if s.busy.replace(true) {
+                return;
+            }
+            s.dirty.set(false);
+            s.handle.set(handle);
+            s.st.set(*st);
+            s.valid.set(!s.dirty.get());
+            s.busy.set(false);
+        });
+    }
+
+    /// The stat of `handle` if this thread just opened it (consumed).
+    pub fn take(handle: u32) -> Option<[u8; SIZE]> {
+        SLOT.with(|s| {
+            if s.busy.replace(true) {
+                return None;
+            }
+            let hit = s.valid.get() && !s.dirty.get() && s.handle.get() == handle;
+            let st = hit.then(|| s.st.get());
+            s.valid.set(false);
+            s.busy.set(false);
+            st
+        })
+    }
+
+    /// Drops the remembered stat.
+    pub fn clear() {
+        SLOT.with(|s| {
+            if s.busy.get() {
+                s.dirty.set(true);
+            } else {
+                s.valid.set(false);
+            }
+        });
     }
 }
