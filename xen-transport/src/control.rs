@@ -309,12 +309,18 @@ impl Listener {
     }
 
     /// Accepts one connection and reads its hello. `Ok(None)` when nothing is pending.
-    /// A malformed hello is refused here and reported as `Ok(None)`.
+    /// A malformed hello is refused here and reported as `Ok(None)`. A process with fewer
+    /// than [`ACCEPT_HEADROOM`] free descriptors accepts nothing (EMFILE): the client waits in
+    /// the backlog, as at a kernel's fd limit, instead of being accepted and then hung up on
+    /// because its session cannot be set up.
     pub fn accept(&self) -> Result<Option<Pending>, ListenError> {
         let io = |source: NixErrno| ListenError::Io {
             path: self.path.clone(),
             source: source.into(),
         };
+        if !headroom(self.fd.as_raw_fd(), ACCEPT_HEADROOM) {
+            return Err(io(NixErrno::EMFILE));
+        }
         let raw = match accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
             Ok(fd) => fd,
             Err(NixErrno::EAGAIN) | Err(NixErrno::ECONNABORTED) | Err(NixErrno::EINTR) => {
@@ -383,6 +389,30 @@ fn send(fd: &OwnedFd, m: &Message, fds: &[RawFd]) -> nix::Result<()> {
         None,
     )
     .map(|_| ())
+}
+
+/// Free descriptors a server needs before it accepts a client: its socket, its pidfd, the
+/// region's memfd, a doorbell or two, the readiness eventfd and one for reading the client's
+/// `/proc` status.
+pub const ACCEPT_HEADROOM: usize = 8;
+
+/// Whether `n` descriptors can be opened now (probed with duplicates of `fd`, closed again).
+fn headroom(fd: RawFd, n: usize) -> bool {
+    let mut got = Vec::with_capacity(n);
+    for _ in 0..n {
+        // SAFETY: F_DUPFD_CLOEXEC of a descriptor we own; the duplicate is closed below.
+        let d = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if d < 0 {
+            break;
+        }
+        got.push(d);
+    }
+    let ok = got.len() == n;
+    for d in got {
+        // SAFETY: closing the duplicates just made.
+        unsafe { libc::close(d) };
+    }
+    ok
 }
 
 /// `SO_PEERPIDFD` (Linux 6.5): a pidfd of the process that connected, race-free.
