@@ -1112,6 +1112,23 @@ print("child in /tmp from d:", out.stdout.decode().strip(), "parent still in d:"
     );
 }
 
+/// Runs `tests/robust/SCRIPT` with python natively on the local copy and redirected on the
+/// mount, each given `TREE/SUB`: [native, redirected].
+fn python_both_ways(env: &Env, script: &str, sub: &str) -> Vec<Finished> {
+    let py = python();
+    [false, true]
+        .into_iter()
+        .map(|redirected| {
+            let mut cmd = env.command(redirected, &py);
+            cmd.arg(source(script))
+                .arg(format!("{}/{sub}", env.tree(redirected)));
+            let f = run(cmd, LIMIT);
+            show(if redirected { "redirected" } else { "native" }, &f);
+            f
+        })
+        .collect()
+}
+
 #[test]
 fn file_calls_beyond_read_and_write_as_native() {
     // copy_file_range between two routed files (file and explicit offsets, EINVAL, EBADF),
@@ -1120,16 +1137,7 @@ fn file_calls_beyond_read_and_write_as_native() {
     for root in [env.export(), env.local()] {
         std::fs::create_dir_all(root.join("fo")).unwrap();
     }
-    let py = python();
-    let mut runs = Vec::new();
-    for redirected in [false, true] {
-        let mut cmd = env.command(redirected, &py);
-        cmd.arg(source("fileops.py"))
-            .arg(format!("{}/fo", env.tree(redirected)));
-        let f = run(cmd, LIMIT);
-        show(if redirected { "redirected" } else { "native" }, &f);
-        runs.push(f);
-    }
+    let runs = python_both_ways(&env, "fileops.py", "fo");
     assert!(
         runs[0]
             .out()
@@ -1155,16 +1163,7 @@ fn extended_attributes_as_native() {
     for root in [env.export(), env.local()] {
         std::fs::create_dir_all(root.join("xa")).unwrap();
     }
-    let py = python();
-    let mut runs = Vec::new();
-    for redirected in [false, true] {
-        let mut cmd = env.command(redirected, &py);
-        cmd.arg(source("xattrs.py"))
-            .arg(format!("{}/xa", env.tree(redirected)));
-        let f = run(cmd, LIMIT);
-        show(if redirected { "redirected" } else { "native" }, &f);
-        runs.push(f);
-    }
+    let runs = python_both_ways(&env, "xattrs.py", "xa");
     if runs[0].out().contains("set ENOTSUP") {
         println!("skipping the comparison: the file system here has no user xattrs");
         return;
@@ -1186,16 +1185,7 @@ fn path_semantics_are_the_file_systems() {
         }
         std::os::unix::fs::symlink("x/y/z", root.join("pt/s")).unwrap();
     }
-    let py = python();
-    let mut runs = Vec::new();
-    for redirected in [false, true] {
-        let mut cmd = env.command(redirected, &py);
-        cmd.arg(source("paths.py"))
-            .arg(format!("{}/pt", env.tree(redirected)));
-        let f = run(cmd, LIMIT);
-        show(if redirected { "redirected" } else { "native" }, &f);
-        runs.push(f);
-    }
+    let runs = python_both_ways(&env, "paths.py", "pt");
     assert!(
         runs[0].out().contains("rmdir a/b/.. ENOTEMPTY"),
         "native: {}",

@@ -716,6 +716,23 @@ fn fchown_remote(r: Remote, uid: u64, gid: u64) -> i64 {
     remote::call(Opcode::FChown, args, &[], None)
 }
 
+/// The `loff_t` a call's offset pointer `p` names (None for a null pointer): EFAULT for an
+/// unreadable one, EINVAL for a negative offset, as copy_file_range and splice answer.
+fn user_offset(p: u64) -> Result<Option<u64>, i64> {
+    if p == 0 {
+        return Ok(None);
+    }
+    let mut b = [0u8; 8];
+    if !sys::read_user(p, &mut b) {
+        return Err(e(libc::EFAULT));
+    }
+    let o = i64::from_ne_bytes(b);
+    if o < 0 {
+        return Err(e(libc::EINVAL));
+    }
+    Ok(Some(o as u64))
+}
+
 /// copy_file_range with a routed file: between two files of the storage domain, done there by
 /// the kernel (offsets given by pointer are read and written back, as Linux does); between a
 /// routed and a local file, EXDEV, as Linux answers for two file systems that cannot copy
@@ -735,22 +752,8 @@ fn copy_range(a: [u64; 6]) -> i64 {
     let (Some(rin), Some(rout)) = (fdtable::get(fd_in), fdtable::get(fd_out)) else {
         return e(libc::EXDEV);
     };
-    let read_off = |p: u64| -> Result<u64, i64> {
-        if p == 0 {
-            return Ok(u64::MAX);
-        }
-        let mut b = [0u8; 8];
-        if !sys::read_user(p, &mut b) {
-            return Err(e(libc::EFAULT));
-        }
-        let o = i64::from_ne_bytes(b);
-        if o < 0 {
-            return Err(e(libc::EINVAL));
-        }
-        Ok(o as u64)
-    };
-    let (oin, oout) = match (read_off(p_in), read_off(p_out)) {
-        (Ok(i), Ok(o)) => (i, o),
+    let (oin, oout) = match (user_offset(p_in), user_offset(p_out)) {
+        (Ok(i), Ok(o)) => (i.unwrap_or(u64::MAX), o.unwrap_or(u64::MAX)),
         (Err(x), _) | (_, Err(x)) => return x,
     };
     let mut args = [rin.handle.into(), oin, rout.handle.into(), oout, len];
@@ -849,20 +852,6 @@ fn splice_remote(a: [u64; 6]) -> i64 {
     if len == 0 {
         return 0;
     }
-    let read_off = |p: u64| -> Result<Option<u64>, i64> {
-        if p == 0 {
-            return Ok(None);
-        }
-        let mut b = [0u8; 8];
-        if !sys::read_user(p, &mut b) {
-            return Err(e(libc::EFAULT));
-        }
-        let o = i64::from_ne_bytes(b);
-        if o < 0 {
-            return Err(e(libc::EINVAL));
-        }
-        Ok(Some(o as u64))
-    };
     let seek = |r: Remote, off: u64, whence: i32| {
         remote::call(
             Opcode::LSeek,
@@ -882,7 +871,7 @@ fn splice_remote(a: [u64; 6]) -> i64 {
             if nonblock && !ready(fd_out, libc::POLLOUT) {
                 return e(libc::EAGAIN);
             }
-            let at = match read_off(off_in) {
+            let at = match user_offset(off_in) {
                 Ok(Some(o)) => o,
                 Ok(None) => match seek(r, 0, libc::SEEK_CUR) {
                     x if x < 0 => return x,
@@ -918,7 +907,7 @@ fn splice_remote(a: [u64; 6]) -> i64 {
             if nonblock && !ready(fd_in, libc::POLLIN) {
                 return e(libc::EAGAIN);
             }
-            let at = match read_off(off_out) {
+            let at = match user_offset(off_out) {
                 Ok(o) => o,
                 Err(x) => return x,
             };

@@ -570,9 +570,9 @@ fn execve_local(nr: i64, a: [u64; 6]) -> i64 {
     r
 }
 
-/// Gives up exec tokens (storage, network) that no program will redeem: the servers would
+/// Gives up clone tokens (storage, network) that no program will redeem: the servers would
 /// hold their snapshots (a listener stays bound) until the tokens expired.
-fn drop_tokens(tokens: [u64; 2]) {
+pub(crate) fn drop_tokens(tokens: [u64; 2]) {
     for (d, t) in [&remote::STORAGE, &remote::NET].into_iter().zip(tokens) {
         if t != 0 {
             d.call_aux(Opcode::DropClone, &mut [t, 0, 0, 0, 0], &[], None);
@@ -818,29 +818,16 @@ fn take_state() -> Option<State> {
     let (fd, token) = parsed;
     let token = token?;
     // The fd must be a memfd we could have written: sealed against everything, ours.
-    let seals = sys::sys(libc::SYS_fcntl, &[fd as u64, libc::F_GET_SEALS as u64]);
-    if seals < 0 || seals as i32 & SEALS != SEALS {
-        return None;
-    }
     // SAFETY: a zeroed stat is a valid output buffer.
     let mut stt: libc::stat = unsafe { std::mem::zeroed() };
     if sys::sys(libc::SYS_fstat, &[fd as u64, &mut stt as *mut _ as u64]) < 0
         || stt.st_uid != sys::sys(libc::SYS_geteuid, &[]) as u32
-        || stt.st_mode & libc::S_IFMT != libc::S_IFREG
-        || stt.st_size as u64 > 16 << 20
     {
         return None;
     }
-    let mut data = vec![0u8; stt.st_size as usize];
-    let n = sys::sys(
-        libc::SYS_pread64,
-        &[fd as u64, data.as_mut_ptr() as u64, data.len() as u64, 0],
-    );
+    let data = read_sealed(fd)?;
     // Ours, from here on: close it whatever it holds.
     sys::sys(libc::SYS_close, &[fd as u64]);
-    if n != data.len() as i64 {
-        return None;
-    }
     let st = State::decode(&data)?;
     (st.token == token && st.pid == sys::sys(libc::SYS_getpid, &[])).then_some(st)
 }

@@ -110,7 +110,7 @@ pub fn sendmsg(fd: i64, a: [u64; 6]) -> Option<i64> {
         ));
     }
     let Some(memfd) = exec::sealed_memfd_at_any(&st.encode(), c"virtuos-pass") else {
-        drop_tokens(st.tokens);
+        exec::drop_tokens(st.tokens);
         return None;
     };
     // The program's control data, then one more SCM_RIGHTS message with the memfd: the
@@ -132,17 +132,9 @@ pub fn sendmsg(fd: i64, a: [u64; 6]) -> Option<i64> {
     );
     sys::sys(libc::SYS_close, &[memfd as u64]);
     if r < 0 {
-        drop_tokens(st.tokens);
+        exec::drop_tokens(st.tokens);
     }
     Some(r)
-}
-
-fn drop_tokens(tokens: [u64; 2]) {
-    for (d, t) in [&remote::STORAGE, &remote::NET].into_iter().zip(tokens) {
-        if t != 0 {
-            d.call_aux(Opcode::DropClone, &mut [t, 0, 0, 0, 0], &[], None);
-        }
-    }
 }
 
 /// recvmsg on a local socket: runs it, then takes in the remote fds a redirected sender
