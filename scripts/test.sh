@@ -62,6 +62,16 @@ assert all(v["ok"] for s in r["stacks"] for v in s["verified"]), "nginx quick: a
 print("nginx quick report (mode, keep-alive, req/s):", [(m, k, round(v)) for m, k, v in rps],
       "skipped:", [s["mode"] for s in r["skipped"]])
 PY
+step "bench smoke: virtuos-bench storage --quick (cached reads native and through the storage domain)"
+./target/release/virtuos-bench storage --quick --json target/storage-quick.json
+python3 - <<'PY'
+import json
+r = json.load(open("target/storage-quick.json"))
+got = {(c["mode"], c["threads"], c["op"]) for c in r["cells"] if c["ops_per_s"] > 0}
+want = {(m, t, o) for m in ("native", "storage") for t in (1, 4) for o in ("lseek", "pread-1B", "pread-4K-seq", "pread-4K-rand")}
+assert want <= got, f"storage results missing {sorted(want - got)}"
+print("storage report complete:", len(got), "cells")
+PY
 step "Xen in a VM: vm/xen-test.sh (Xen 4.17 + Debian 6.1 dom0 + storage domU under QEMU TCG, BPF LSM)"
 vm/xen-test.sh
 

@@ -18,6 +18,7 @@ mod report;
 mod ring;
 mod sha256;
 mod stats;
+mod storage;
 mod sys;
 mod syscalls;
 mod wrk;
@@ -70,6 +71,18 @@ enum Command {
     Nginx(nginx::NginxArgs),
     /// One Markdown page from the JSON files of `latency` and `nginx`, plots linked.
     Report(report::ReportArgs),
+    /// Cached file reads natively and through the storage domain (lseek, 1-byte and 4 KiB
+    /// preads, sequential and random), at each thread count, and where a redirected read's
+    /// added time goes: round trip, read handling, 4 KiB through the window.
+    ///
+    /// Writes and caches a file in an export of its own, starts virtuos-storage on it (pinned
+    /// to --server-cpus), and runs a probe (this binary) natively and under `virtuos-redirect
+    /// run --storage`, modes interleaved and rotated each repetition; prints medians. Needs
+    /// virtuos-storage, virtuos-redirect and libvirtuos_preload.so next to this binary.
+    Storage(storage::StorageArgs),
+    /// The probe `storage` runs (natively or redirected): one JSON line per operation.
+    #[command(hide = true)]
+    StorageProbe(storage::ProbeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +129,8 @@ fn main() -> Result<()> {
         Command::Latency(args) => latency(&args),
         Command::Nginx(args) => nginx::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Storage(args) => storage::run(&args),
+        Command::StorageProbe(args) => storage::probe(&args),
     }
 }
 

@@ -10,7 +10,7 @@
 mod modes;
 mod plot;
 mod scaling;
-mod stack;
+pub(crate) mod stack;
 mod summary;
 
 use std::fs;
