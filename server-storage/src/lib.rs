@@ -348,6 +348,22 @@ impl Storage {
                 } else {
                     offset(a[1])?
                 };
+                if req.opcode == Opcode::PRead && len > 0 {
+                    // A read the page cache holds is answered at once, on this thread, without
+                    // an io_uring submission (RWF_NOWAIT: never blocks). Anything else — not
+                    // cached (EAGAIN), a file system without NOWAIT, an error, a read cut short
+                    // by a page not cached — goes to io_uring as before, which has the final
+                    // word; a pread has no side effect to undo. Only an explicit offset: a short
+                    // read at the file position would have moved it.
+                    if let Ok(n) = call.pread_payload(f.as_fd(), off as i64, libc::RWF_NOWAIT) {
+                        if n == len as usize {
+                            return Ok(Outcome::Done(Response {
+                                data_len: len,
+                                ..Response::ok(call.id(), i64::from(len))
+                            }));
+                        }
+                    }
+                }
                 let e = opcode::Read::new(types::Fd(f.as_raw_fd()), call.window_ptr(), len)
                     .offset(off)
                     .build();

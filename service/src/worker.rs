@@ -212,6 +212,25 @@ impl Call<'_> {
         n
     }
 
+    /// `preadv2(fd, payload, file_off, flags)` into the request's payload range, done at once
+    /// on this thread: bytes read, or Linux's errno. Meant for `RWF_NOWAIT` reads, which the
+    /// page cache answers without blocking (or refuses with EAGAIN).
+    pub fn pread_payload(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        file_off: i64,
+        flags: i32,
+    ) -> Result<usize, i32> {
+        self.live.s.pread_window(
+            self.channel,
+            self.req.raw.data_off,
+            self.req.raw.data_len,
+            fd,
+            file_off,
+            flags,
+        )
+    }
+
     /// Pointer to the request's payload range, for io_uring buffers and system calls; valid
     /// for `data_len` bytes while the call is in flight. The client may write it concurrently.
     pub fn window_ptr(&self) -> *mut u8 {

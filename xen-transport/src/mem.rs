@@ -128,6 +128,35 @@ impl SharedMem {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.add(off), data.len()) }
     }
 
+    /// `preadv2(fd, off..off+len, file_off, flags)`: the kernel reads `fd` straight into
+    /// shared memory (as an io_uring read into [`SharedMem::raw_range`] would). Bytes read, or
+    /// Linux's errno. `file_off` -1 reads at the file position.
+    pub fn pread_into(
+        &self,
+        off: usize,
+        len: usize,
+        fd: std::os::fd::BorrowedFd<'_>,
+        file_off: i64,
+        flags: i32,
+    ) -> Result<usize, i32> {
+        use std::os::fd::AsRawFd;
+        let iov = libc::iovec {
+            iov_base: self.raw_range(off, len).cast(),
+            iov_len: len,
+        };
+        // SAFETY: the iovec covers `len` bytes inside the mapping (checked by raw_range), which
+        // lives as long as `self`; the kernel writes it with its own user-copy routines, so a
+        // peer writing the same bytes concurrently cannot fault the call, only see the bytes.
+        let r = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, file_off, flags) };
+        if r < 0 {
+            Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO))
+        } else {
+            Ok(r as usize)
+        }
+    }
+
     /// Raw pointer to `off..off+len` for handing to the kernel (io_uring, read/write).
     ///
     /// The range is checked; the pointer is valid while `self` lives. Dereferencing it is the
@@ -152,6 +181,42 @@ impl Drop for SharedMem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore)] // a real file and preadv2
+    fn pread_into_reads_a_file_into_the_range() {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("xt-pread-{}", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(b"0123456789")
+            .unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let m = SharedMem::heap(64);
+        use std::os::fd::AsFd;
+        assert_eq!(m.pread_into(8, 4, f.as_fd(), 3, 0), Ok(4));
+        let mut out = [0u8; 4];
+        m.copy_out(8, &mut out);
+        assert_eq!(&out, b"3456");
+        // Short at the end of the file, zero past it.
+        assert_eq!(m.pread_into(0, 8, f.as_fd(), 6, 0), Ok(4));
+        assert_eq!(m.pread_into(0, 8, f.as_fd(), 100, 0), Ok(0));
+        assert_eq!(
+            m.pread_into(0, 8, f.as_fd(), -5, 0),
+            Err(libc::EINVAL),
+            "a negative offset other than -1"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    #[should_panic]
+    #[cfg_attr(miri, ignore)] // a real file
+    fn pread_into_refuses_a_range_outside_the_mapping() {
+        let f = std::fs::File::open("/dev/zero").unwrap();
+        use std::os::fd::AsFd;
+        let _ = SharedMem::heap(64).pread_into(60, 8, f.as_fd(), 0, 0);
+    }
 
     #[test]
     fn copies_and_words() {

@@ -246,6 +246,21 @@ impl ServerSession {
         self.mem.copy_in(self.window_at(c, off, data.len()), data);
     }
 
+    /// `preadv2` of `fd` into `len` bytes of channel `c`'s window at `off` (see
+    /// [`SharedMem::pread_into`]).
+    pub fn pread_window(
+        &self,
+        c: u32,
+        off: u32,
+        len: u32,
+        fd: std::os::fd::BorrowedFd<'_>,
+        file_off: i64,
+        flags: i32,
+    ) -> Result<usize, i32> {
+        let at = self.window_at(c, off, len as usize);
+        self.mem.pread_into(at, len as usize, fd, file_off, flags)
+    }
+
     /// Pointer to `len` bytes of channel `c`'s window, for the kernel to read or write.
     pub fn window_ptr(&self, c: u32, off: u32, len: u32) -> *mut u8 {
         self.mem
