@@ -583,6 +583,19 @@ fn remote_fds_pass_over_unix_sockets() {
 }
 
 #[test]
+fn remote_fds_pass_in_sendmmsg_and_recvmmsg() {
+    let dir = Scratch::new("pass-mmsg");
+    let net = Domain::net(&dir);
+    let out = same_as_native(&net, "pass_fds_mmsg.py", &[]);
+    assert!(
+        out.contains("recvmmsg 2 [(b'listener', 1, 0), (b'connection', 1, 0)]")
+            && out.contains("client got b'through the received listener\\n'")
+            && out.contains("peer got b'through the received connection\\n'"),
+        "{out}"
+    );
+}
+
+#[test]
 fn threaded_64_connections() {
     let dir = Scratch::new("threads");
     let net = Domain::net(&dir);

@@ -171,15 +171,18 @@ pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
     if let Some(r) = guard(nr, a) {
         return r;
     }
-    if (nr == libc::SYS_sendmsg || nr == libc::SYS_recvmsg)
-        && fdtable::get_any(a[0] as i32 as i64).is_none()
+    if matches!(
+        nr,
+        libc::SYS_sendmsg | libc::SYS_recvmsg | libc::SYS_sendmmsg | libc::SYS_recvmmsg
+    ) && fdtable::get_any(a[0] as i32 as i64).is_none()
     {
         // A local socket (AF_UNIX): remote fds may travel in SCM_RIGHTS.
         let fd = a[0] as i32 as i64;
-        let passed = if nr == libc::SYS_sendmsg {
-            crate::pass::sendmsg(fd, a)
-        } else {
-            crate::pass::recvmsg(fd, a)
+        let passed = match nr {
+            libc::SYS_sendmsg => crate::pass::sendmsg(fd, a),
+            libc::SYS_recvmsg => crate::pass::recvmsg(fd, a),
+            libc::SYS_sendmmsg => crate::pass::sendmmsg(fd, a),
+            _ => crate::pass::recvmmsg(fd, a),
         };
         if let Some(r) = passed {
             return r;

@@ -148,13 +148,69 @@ pub fn recvmsg(fd: i64, a: [u64; 6]) -> Option<i64> {
         return None;
     }
     let r = syscall6(libc::SYS_recvmsg, [fd as u64, a[1], a[2], 0, 0, 0]);
-    if r < 0 {
-        return Some(r);
+    if r >= 0 {
+        take_in(a[1]);
     }
-    let mut m: libc::msghdr = get(a[1]);
+    Some(r)
+}
+
+/// The size of a `struct mmsghdr` and the offset of its `msg_len`.
+const MMSG: u64 = std::mem::size_of::<libc::mmsghdr>() as u64;
+const MMSG_LEN_AT: u64 = std::mem::size_of::<libc::msghdr>() as u64;
+
+/// sendmmsg on a local socket while this process holds remote fds: each message as a
+/// [`sendmsg`] (so each one's SCM_RIGHTS are translated), until one fails; the count sent, or
+/// the first message's error, as Linux answers. None when no remote fd exists (the call runs
+/// as it is).
+pub fn sendmmsg(fd: i64, a: [u64; 6]) -> Option<i64> {
+    if !fdtable::any() || a[1] == 0 {
+        return None;
+    }
+    let vlen = a[2].min(libc::UIO_MAXIOV as u64);
+    for i in 0..vlen {
+        let hdr = a[1] + i * MMSG;
+        let b = [fd as u64, hdr, a[3], 0, 0, 0];
+        let r = sendmsg(fd, b).unwrap_or_else(|| syscall6(libc::SYS_sendmsg, b));
+        if r < 0 {
+            return Some(if i == 0 { r } else { i as i64 });
+        }
+        put::<u32>(hdr + MMSG_LEN_AT, r as u32);
+    }
+    Some(vlen as i64)
+}
+
+/// recvmmsg on a local socket: runs it, then takes in the remote fds passed in each message
+/// received. None when no message has room for control data (the call runs as it is).
+pub fn recvmmsg(fd: i64, a: [u64; 6]) -> Option<i64> {
+    if a[1] == 0 {
+        return None;
+    }
+    let vlen = a[2].min(libc::UIO_MAXIOV as u64);
+    let room = (0..vlen).any(|i| {
+        let m: libc::msghdr = get(a[1] + i * MMSG);
+        !m.msg_control.is_null() && m.msg_controllen >= SPACE_INT
+    });
+    if !room {
+        return None;
+    }
+    let r = syscall6(libc::SYS_recvmmsg, [fd as u64, a[1], a[2], a[3], a[4], 0]);
+    for i in 0..r.max(0) as u64 {
+        take_in(a[1] + i * MMSG);
+    }
+    Some(r)
+}
+
+/// After a message was received into the `msghdr` at `hdr`: when its last SCM_RIGHTS fd is a
+/// pass memfd, imports what it names, records the placeholders as remote, and takes the memfd
+/// out of the array (and of the program's sight).
+fn take_in(hdr: u64) {
+    let mut m: libc::msghdr = get(hdr);
+    if m.msg_control.is_null() {
+        return;
+    }
     let len = m.msg_controllen.min(1 << 16);
     if len < SPACE_INT {
-        return Some(r);
+        return;
     }
     let ctl = sys::user_buf_mut(m.msg_control as u64, len);
     // The last SCM_RIGHTS message (the kernel writes one, last but for security labels).
@@ -165,7 +221,7 @@ pub fn recvmsg(fd: i64, a: [u64; 6]) -> Option<i64> {
         }
     });
     let Some((at, clen)) = last else {
-        return Some(r);
+        return;
     };
     let n = (clen - HDR) / 4;
     let fd_at = |i: usize| {
@@ -178,7 +234,7 @@ pub fn recvmsg(fd: i64, a: [u64; 6]) -> Option<i64> {
         .and_then(State::decode)
         .filter(|_| is_pass_memfd(memfd))
     else {
-        return Some(r);
+        return;
     };
     let received: Vec<i64> = (0..n - 1).map(fd_at).collect();
     import(&st, &received);
@@ -189,9 +245,8 @@ pub fn recvmsg(fd: i64, a: [u64; 6]) -> Option<i64> {
     let tail = at + abi::cmsg::align(clen);
     if tail >= m.msg_controllen {
         m.msg_controllen = (at + abi::cmsg::align(new_len)).min(m.msg_controllen);
-        put(a[1], m);
+        put(hdr, m);
     }
-    Some(r)
 }
 
 /// Whether `fd` is a memfd this module made (its name), not just any sealed file.
