@@ -29,7 +29,7 @@ use crate::backend::ClientBell;
 use crate::layout::{header, ring, Layout};
 use crate::mem::SharedMem;
 use crate::ring::{FrontState, RingError, RingView};
-use crate::wait::{spin_until, AdaptiveSpin, SpinPolicy, WaitSnapshot};
+use crate::wait::{spin_until_yielding, AdaptiveSpin, SpinPolicy, WaitSnapshot};
 use crate::ServerState;
 
 /// How long one sleep lasts before the client checks that the server still exists.
@@ -557,8 +557,13 @@ impl Lease<'_> {
         let word = ring.rsp_prod_word();
         let cons = self.front.rsp_cons;
         let ready = || word.load(Ordering::Acquire) != cons;
+        // The server has not taken our latest request: it is not polling (preempted,
+        // perhaps by us) and a yield may let it run.
+        let taken = ring.taken_word();
+        let mine = self.front.req_prod_pvt;
+        let stalled = || (taken.load(Ordering::Relaxed).wrapping_sub(mine) as i32) < 0;
         let start = Instant::now();
-        if spin_until(s.spin.budget(), ready) {
+        if spin_until_yielding(s.spin.budget(), ready, stalled) {
             self.bump(ring::CLIENT_SPINS);
             let seen = Instant::now();
             s.spin.record(seen - start);

@@ -115,6 +115,10 @@ pub mod ring {
     pub const SERVER_REJECTED: usize = SERVER_REQUESTS + 8;
     /// Server counter: doorbells the server rang.
     pub const SERVER_WAKEUPS: usize = SERVER_REQUESTS + 16;
+    /// `u32`, server-written: its request consumer index after its latest take. A hint for a
+    /// spinning client (its request is being worked on, so the server is running), never
+    /// trusted for anything else.
+    pub const SERVER_TAKEN: usize = SERVER_REQUESTS + 24;
     /// First slot.
     pub const SLOTS: usize = 384;
 }

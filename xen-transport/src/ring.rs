@@ -77,6 +77,11 @@ impl<'a> RingView<'a> {
         self.mem.u32_at(self.base + ring::RSP_PROD)
     }
 
+    /// The server's consumer index as it last published it ([`ring::SERVER_TAKEN`]).
+    pub fn taken_word(&self) -> &'a std::sync::atomic::AtomicU32 {
+        self.mem.u32_at(self.base + ring::SERVER_TAKEN)
+    }
+
     fn word(&self, off: usize) -> &'a std::sync::atomic::AtomicU32 {
         self.mem.u32_at(self.base + off)
     }
@@ -197,6 +202,7 @@ impl BackState {
         }
         let slot = ring.mem.read_slot(ring.slot_off(self.req_cons));
         self.req_cons = self.req_cons.wrapping_add(1);
+        ring.taken_word().store(self.req_cons, Ordering::Relaxed);
         Ok(Some(slot))
     }
 
@@ -296,7 +302,13 @@ mod tests {
         for i in 0..4 {
             let s = b.take(&r).unwrap().unwrap();
             assert_eq!(Request::from_slot_unchecked(&s).id, i);
+            assert_eq!(
+                r.taken_word().load(Ordering::Relaxed),
+                b.req_cons,
+                "each take is published for spinning clients"
+            );
         }
+        assert_eq!(r.taken_word().load(Ordering::Relaxed), f.req_prod_pvt);
         assert_eq!(b.take(&r), Ok(None));
         assert!(
             !f.push(&r, &req(99)),
