@@ -23,6 +23,7 @@ macro_rules! errnos {
 errnos!(
     EPERM,
     ENOENT,
+    ESRCH,
     EINTR,
     EIO,
     EBADF,

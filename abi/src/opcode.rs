@@ -72,6 +72,14 @@ opcodes! {
     /// result: the bytes written (8 per handle). Any process holding the token may redeem it, once (as any
     /// process may receive an fd).
     Import = 131,
+    /// Tell the server which child a fork token (`args[0]`, a [`Opcode::PrepareClone`] of kind
+    /// 0 this process made) was made for: the child's pid (`args[1]`). The server holds a pidfd
+    /// of it, and a token whose child exited without redeeming it is dropped at the next purge
+    /// (each second), with the files only its snapshot held, instead of at its expiry (a child
+    /// killed before it adopted must not keep a listener bound for 30 s). Result 0; ENOENT for
+    /// an unknown or already redeemed token, EPERM for another process's, EINVAL for a token of
+    /// another kind, ESRCH when the pid names no process.
+    BindClone = 132,
 
     // ---- storage domain, 256.. ----
     // Paths travel in the data window and are relative to the export root (the client strips

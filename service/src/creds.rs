@@ -98,6 +98,17 @@ pub fn cap_eff(pid: i32) -> Option<u64> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
+/// A pidfd of process `pid` (`pidfd_open`), or None when it names no process.
+pub fn pidfd_open(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    if pid <= 0 {
+        return None;
+    }
+    // SAFETY: pidfd_open takes a pid and flags, no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: on success the kernel just installed this descriptor for us; nothing else owns it.
+    (fd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+}
+
 /// Whether the process behind `pidfd` is still running (a pidfd becomes readable when its
 /// process exits, zombie or not).
 pub fn pidfd_running(pidfd: &std::os::fd::OwnedFd) -> bool {

@@ -303,6 +303,17 @@ struct Parked {
     creator_uid: u32,
     created: Instant,
     table: Snapshot,
+    /// A pidfd of the child a fork token was made for ([`CloneTokens::bind_child`]).
+    child: Option<OwnedFd>,
+}
+
+impl Parked {
+    /// Whether the token may still be redeemed at `now`: not expired, and its child (when
+    /// known) still running.
+    fn live(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.created) < TOKEN_LIFETIME
+            && self.child.as_ref().is_none_or(crate::creds::pidfd_running)
+    }
 }
 
 /// Parked snapshots awaiting adoption, server-wide.
@@ -353,6 +364,7 @@ impl CloneTokens {
                 creator_uid: creator.uid,
                 created: now,
                 table,
+                child: None,
             },
         );
         Ok(token)
@@ -426,7 +438,24 @@ impl CloneTokens {
     }
 
     fn expire(p: &mut HashMap<u64, Parked>, now: Instant) {
-        p.retain(|_, t| now.saturating_duration_since(t.created) < TOKEN_LIFETIME);
+        p.retain(|_, t| t.live(now));
+    }
+
+    /// Records that the fork token `token` of process `who` was made for the child behind
+    /// `child` (a pidfd): once that child exits unredeemed, the token goes at the next purge.
+    /// `ENOENT` for an unknown (or already redeemed) token, `EPERM` for another process's,
+    /// `EINVAL` for a token that is not a fork token.
+    pub fn bind_child(&self, token: u64, who: Who, child: OwnedFd) -> Result<(), Errno> {
+        let mut p = self.lock();
+        let t = p.get_mut(&token).ok_or(Errno::ENOENT)?;
+        if t.creator_pid != who.pid || t.creator_uid != who.uid {
+            return Err(Errno::EPERM);
+        }
+        if t.kind != CloneKind::Fork {
+            return Err(Errno::EINVAL);
+        }
+        t.child = Some(child);
+        Ok(())
     }
 
     /// Tokens outstanding (expired ones included until the next purge, prepare or redeem).
@@ -645,6 +674,61 @@ mod tests {
         reg.drop_token(t, me).unwrap();
         assert_eq!(Arc::strong_count(&f), 1, "released at once");
         assert_eq!(reg.drop_token(t, me).unwrap_err(), Errno::ENOENT);
+    }
+
+    #[test]
+    fn a_token_whose_child_exited_goes_at_the_next_purge() {
+        let reg = CloneTokens::new();
+        let f = fd();
+        let me = Who {
+            pid: std::process::id() as i32,
+            uid: 0,
+        };
+        let t = reg
+            .prepare(CloneKind::Fork, me, vec![Some(f.clone())])
+            .unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pidfd = crate::creds::pidfd_open(child.id() as i32).unwrap();
+        let other = Who { pid: 1, uid: 0 };
+        assert_eq!(
+            reg.bind_child(
+                t,
+                other,
+                crate::creds::pidfd_open(child.id() as i32).unwrap()
+            ),
+            Err(Errno::EPERM)
+        );
+        assert_eq!(
+            reg.bind_child(7, me, crate::creds::pidfd_open(child.id() as i32).unwrap()),
+            Err(Errno::ENOENT)
+        );
+        reg.bind_child(t, me, pidfd).unwrap();
+        assert_eq!(reg.purge_expired(), 0, "the child still runs");
+        assert_eq!(Arc::strong_count(&f), 2);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(reg.purge_expired(), 1, "the child died unredeemed");
+        assert_eq!(Arc::strong_count(&f), 1, "the snapshot's file is released");
+        let e = reg.prepare(CloneKind::Exec, me, vec![Some(fd())]).unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("1")
+            .spawn()
+            .unwrap();
+        assert_eq!(
+            reg.bind_child(
+                e,
+                me,
+                crate::creds::pidfd_open(sleeper.id() as i32).unwrap()
+            ),
+            Err(Errno::EINVAL),
+            "only fork tokens have a child"
+        );
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        assert!(crate::creds::pidfd_open(0).is_none());
     }
 
     #[test]

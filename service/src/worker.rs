@@ -1126,6 +1126,20 @@ fn serve<H: Handler>(
                 Err(e) => Response::err(id, e),
             })
         }
+        Opcode::BindClone => {
+            let who = Who {
+                pid: live.ctx.creds.pid,
+                uid: live.ctx.creds.uid,
+            };
+            let r = match crate::creds::pidfd_open(args[1] as i32) {
+                None => Err(Errno::ESRCH),
+                Some(child) => ctx.tokens.bind_child(args[0], who, child),
+            };
+            Outcome::Done(match r {
+                Ok(()) => Response::ok(id, 0),
+                Err(e) => Response::err(id, e),
+            })
+        }
         Opcode::Import => {
             let snap = match ctx.tokens.redeem_pass(args[0]) {
                 Ok(s) => s,

@@ -208,6 +208,39 @@ pub extern "C" fn pthread_sigmask(how: c_int, set: *const u64, old: *mut u64) ->
     }
 }
 
+// ---- fork: the parent learns its child's pid ----
+//
+// glibc's own `fork` runs the shim's atfork handlers (a fork token per domain before, the
+// child's adoption after); only its caller learns the child's pid, which the domains use to
+// drop a token whose child died before adopting (see `crate::fork_done`).
+
+static REAL_FORK: AtomicUsize = AtomicUsize::new(0);
+
+#[no_mangle]
+pub extern "C" fn fork() -> libc::pid_t {
+    let mut f = REAL_FORK.load(Ordering::Acquire);
+    if f == 0 {
+        // A fork before the shim's constructor ran (another library's constructor): resolve
+        // it now (dlsym may allocate, which is fine outside a signal handler).
+        // SAFETY: dlsym with a valid NUL-terminated name; the result is an address or null.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"fork".as_ptr()) } as usize;
+        if f == 0 {
+            crate::sys::set_errno(libc::ENOSYS);
+            return -1;
+        }
+    }
+    // SAFETY: `f` is libc's own `fork` (dlsym with RTLD_NEXT in the constructor).
+    let real: extern "C" fn() -> libc::pid_t = unsafe { std::mem::transmute(f) };
+    let pid = real();
+    if pid != 0 {
+        // SAFETY: this thread's errno slot.
+        let e = unsafe { *libc::__errno_location() };
+        crate::fork_done(pid);
+        crate::sys::set_errno(e);
+    }
+    pid
+}
+
 // ---- credential changes reach every domain before the call returns ----
 //
 // The domains act with the credentials the kernel reported when the session connected
@@ -244,8 +277,12 @@ macro_rules! creds {
             }
         )*
 
-        /// Resolves libc's credential functions (constructor only: dlsym may allocate).
+        /// Resolves libc's credential functions and `fork` (constructor only: dlsym may
+        /// allocate).
         pub fn resolve_real() {
+            // SAFETY: as below.
+            let p = unsafe { libc::dlsym(libc::RTLD_NEXT, c"fork".as_ptr()) };
+            REAL_FORK.store(p as usize, Ordering::Release);
             $(
                 // SAFETY: dlsym with a valid NUL-terminated name; the result is a function
                 // address or null.

@@ -75,8 +75,27 @@ fn before_fork_sessions() {
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn after_fork_parent() {
     lock::release_all_after_fork();
-    for t in FORK_TOKEN.iter() {
-        t.store(0, Ordering::Relaxed);
+    // The tokens stay for the interposed `fork` (`exports::fork`), which alone learns the
+    // child's pid: [`fork_done`] binds them to it. A fork that glibc makes internally leaves
+    // them to expire, as before, and the next fork replaces them.
+}
+
+/// After the interposed `fork` returned `pid` in the parent: tells each domain which child
+/// its fork token was made for, so that a child that dies before adopting releases what the
+/// token holds within a second (`BindClone`); a failed fork gives the tokens back at once.
+#[cfg_attr(test, allow(dead_code))]
+pub(crate) fn fork_done(pid: libc::pid_t) {
+    for (i, d) in domains().into_iter().enumerate() {
+        let token = FORK_TOKEN[i].swap(0, Ordering::Relaxed);
+        if token == 0 {
+            continue;
+        }
+        let (op, arg) = if pid > 0 {
+            (Opcode::BindClone, pid as u64)
+        } else {
+            (Opcode::DropClone, 0)
+        };
+        let _ = d.call_aux(op, &mut [token, arg, 0, 0, 0], &[], None);
     }
 }
 
