@@ -292,7 +292,37 @@ mod tests {
         assert_eq!(args.samples, Some(5));
         assert_eq!(args.json.as_deref(), Some(Path::new("a.json")));
         assert!(Cli::try_parse_from(["virtuos-bench", "latency", "--samples", "0"]).is_err());
-        assert!(Cli::try_parse_from(["virtuos-bench", "storage"]).is_err());
+        assert!(Cli::try_parse_from(["virtuos-bench", "no-such-benchmark"]).is_err());
+    }
+
+    #[test]
+    fn parses_storage_flags() {
+        let cli = Cli::try_parse_from([
+            "virtuos-bench",
+            "storage",
+            "--quick",
+            "--threads",
+            "1,2,8",
+            "--size-mib",
+            "16",
+            "--server-cpus",
+            "1",
+        ])
+        .unwrap();
+        let Command::Storage(args) = cli.command else {
+            panic!("not storage");
+        };
+        assert!(args.quick);
+        assert_eq!(args.threads, vec![1, 2, 8]);
+        assert_eq!(args.size_mib, Some(16));
+        assert_eq!(args.server_cpus.as_deref(), Some("1"));
+        let cli = Cli::try_parse_from(["virtuos-bench", "storage"]).unwrap();
+        let Command::Storage(args) = cli.command else {
+            panic!("not storage");
+        };
+        assert_eq!(args.threads, vec![1, 4], "the default thread counts");
+        assert!(Cli::try_parse_from(["virtuos-bench", "storage", "--size-mib", "0"]).is_err());
+        assert!(Cli::try_parse_from(["virtuos-bench", "storage", "--threads", "x"]).is_err());
     }
 
     #[test]

@@ -3,19 +3,7 @@ with recvmmsg (MSG_WAITFORONE: 3 then the rest), their lengths and bytes, and th
 EAGAIN with MSG_DONTWAIT on an empty socket. Output compared native against redirected."""
 import ctypes, ctypes.util, os, socket
 
-libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-class iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-class msghdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
-                ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
-                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                ("flags", ctypes.c_int)]
-
-class mmsghdr(ctypes.Structure):
-    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+from mmsg_types import iovec, libc, mmsghdr
 
 MSG_DONTWAIT, MSG_WAITFORONE = 0x40, 0x10000
 rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -5,19 +5,7 @@ connection, the received connection sends to its peer. Prints what it observes, 
 native/redirected diff."""
 import array, ctypes, ctypes.util, socket
 
-libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-class iovec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-class msghdr(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
-                ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
-                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                ("flags", ctypes.c_int)]
-
-class mmsghdr(ctypes.Structure):
-    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+from mmsg_types import iovec, libc, mmsghdr
 
 def rights(fd):
     """A control buffer with one SCM_RIGHTS message passing `fd`."""
