@@ -835,21 +835,30 @@ fn splice_remote(a: [u64; 6]) -> i64 {
         a[4],
         a[5],
     );
-    let is_pipe = |fd: i64| {
+    let nonblock = flags & libc::SPLICE_F_NONBLOCK as u64 != 0;
+    // The local end `fd` (its offset pointer `off`), which must be a pipe ready for `events`:
+    // the error Linux gives when it is not (EINVAL not a pipe, ESPIPE an offset for it,
+    // EAGAIN with SPLICE_F_NONBLOCK when it is not ready now).
+    let pipe_end = |fd: i64, off: u64, events: i16| -> Option<i64> {
         // SAFETY: a zeroed stat is a valid output buffer.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        sys::sys(libc::SYS_fstat, &[fd as u64, &mut st as *mut _ as u64]) == 0
-            && st.st_mode & libc::S_IFMT == libc::S_IFIFO
-    };
-    let nonblock = flags & libc::SPLICE_F_NONBLOCK as u64 != 0;
-    // A pipe end ready for `events` now (SPLICE_F_NONBLOCK: EAGAIN instead of waiting).
-    let ready = |fd: i64, events: i16| {
+        let is_pipe = sys::sys(libc::SYS_fstat, &[fd as u64, &mut st as *mut _ as u64]) == 0
+            && st.st_mode & libc::S_IFMT == libc::S_IFIFO;
+        if !is_pipe {
+            return Some(e(libc::EINVAL));
+        }
+        if off != 0 {
+            return Some(e(libc::ESPIPE));
+        }
         let mut p = libc::pollfd {
             fd: fd as i32,
             events,
             revents: 0,
         };
-        sys::sys(libc::SYS_poll, &[&mut p as *mut _ as u64, 1, 0]) > 0
+        if nonblock && sys::sys(libc::SYS_poll, &[&mut p as *mut _ as u64, 1, 0]) <= 0 {
+            return Some(e(libc::EAGAIN));
+        }
+        None
     };
     let chunk = (len as usize).min(64 << 10);
     if len == 0 {
@@ -865,14 +874,8 @@ fn splice_remote(a: [u64; 6]) -> i64 {
     };
     match (fdtable::get(fd_in), fdtable::get(fd_out)) {
         (Some(r), None) => {
-            if !is_pipe(fd_out) {
-                return e(libc::EINVAL);
-            }
-            if off_out != 0 {
-                return e(libc::ESPIPE);
-            }
-            if nonblock && !ready(fd_out, libc::POLLOUT) {
-                return e(libc::EAGAIN);
+            if let Some(err) = pipe_end(fd_out, off_out, libc::POLLOUT) {
+                return err;
             }
             let at = match user_offset(off_in) {
                 Ok(Some(o)) => o,
@@ -901,14 +904,8 @@ fn splice_remote(a: [u64; 6]) -> i64 {
             w
         }
         (None, Some(r)) => {
-            if !is_pipe(fd_in) {
-                return e(libc::EINVAL);
-            }
-            if off_in != 0 {
-                return e(libc::ESPIPE);
-            }
-            if nonblock && !ready(fd_in, libc::POLLIN) {
-                return e(libc::EAGAIN);
+            if let Some(err) = pipe_end(fd_in, off_in, libc::POLLIN) {
+                return err;
             }
             let at = match user_offset(off_out) {
                 Ok(o) => o,
