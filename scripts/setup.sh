@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
-APT_PACKAGES=(build-essential pkg-config git ca-certificates curl iproute2 python3 sqlite3 tar e2fsprogs util-linux busybox-static nginx wrk qemu-system-x86 cpio perl redis-server redis-tools libjemalloc2 libgoogle-perftools4 openssh-server openssh-client strace)
+APT_PACKAGES=(build-essential pkg-config git ca-certificates curl iproute2 python3 sqlite3 tar e2fsprogs util-linux busybox-static nginx wrk qemu-system-x86 cpio perl redis-server redis-tools libjemalloc2 libgoogle-perftools4 openssh-server openssh-client strace golang-go)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do have_pkg "$p" || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -235,20 +235,22 @@ fn run(args: RunArgs) -> Result<i32> {
     if let Err(e) = std::fs::File::open(&prog) {
         return Ok(not_started(prog.as_os_str(), &e));
     }
-    if is_static(&prog)? {
-        if args.net.is_some() {
-            bail!(
-                "{}: a statically linked program cannot be served by the network domain (the supervised mode for static binaries covers the storage domain only); use a dynamically linked build",
-                prog.display()
-            );
-        }
+    if is_static(&prog)? && (args.net.is_some() || args.storage.is_some()) {
         // The shim cannot enter a static binary: serve it through seccomp user notification.
-        if let (Some(sock), Some(mount)) = (&args.storage, &args.mount) {
-            if !mount.is_absolute() {
-                bail!("--mount {}: must be an absolute path", mount.display());
+        let storage = match (&args.storage, &args.mount) {
+            (Some(sock), Some(mount)) => {
+                if !mount.is_absolute() {
+                    bail!("--mount {}: must be an absolute path", mount.display());
+                }
+                Some((sock.as_path(), mount.as_path()))
             }
-            return supervise::run(&prog, &args.cmd, sock, mount);
-        }
+            _ => None,
+        };
+        let domains = supervise::Domains {
+            storage,
+            net: args.net.as_deref(),
+        };
+        return supervise::run(&prog, &args.cmd, domains);
     }
     let mut cmd = Command::new(&args.cmd[0]);
     cmd.args(&args.cmd[1..]);
@@ -267,17 +269,19 @@ fn run(args: RunArgs) -> Result<i32> {
         probe(sock, "network")?;
         cmd.env("VIRTUOS_NET", sock);
     }
+    // A static program the redirected one execs is handed to the supervised mode through
+    // this binary (the shim cannot enter it).
+    if args.net.is_some() || args.storage.is_some() {
+        if let Ok(me) = std::env::current_exe() {
+            cmd.env("VIRTUOS_REDIRECT", me);
+        }
+    }
     if let (Some(sock), Some(mount)) = (&args.storage, &args.mount) {
         if !mount.is_absolute() {
             bail!("--mount {}: must be an absolute path", mount.display());
         }
         probe(sock, "storage")?;
         cmd.env("VIRTUOS_STORAGE", sock).env("VIRTUOS_MOUNT", mount);
-        // A static program the redirected one execs is handed to the supervised mode
-        // through this binary (the shim cannot enter it).
-        if let Ok(me) = std::env::current_exe() {
-            cmd.env("VIRTUOS_REDIRECT", me);
-        }
     }
     if args.net.is_some() || args.storage.is_some() {
         let so = preload_path()?;

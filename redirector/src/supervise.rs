@@ -22,6 +22,8 @@ use shim_core::{CallerMemory, ProcessMemory, Syscall, UserPtr};
 use xen_transport::control::connect_session;
 use xen_transport::{ClientConfig, Session};
 
+mod net;
+
 #[path = "../preload/src/paths.rs"]
 #[allow(dead_code)]
 mod paths;
@@ -50,43 +52,87 @@ const fn iow(nr: u64, size: usize) -> u64 {
 const NOTIF_RECV: u64 = iowr(0, std::mem::size_of::<libc::seccomp_notif>());
 const NOTIF_SEND: u64 = iowr(1, std::mem::size_of::<libc::seccomp_notif_resp>());
 const NOTIF_ADDFD: u64 = iow(3, 24);
+const NOTIF_ID_VALID: u64 = iow(2, 8);
 
-/// The system calls supervised: the storage and process classes of shim-core's one table of
-/// routed calls (the preload shim routes the same ones), so the two modes cannot drift apart.
-fn supervised() -> Vec<u32> {
+/// The system calls supervised: with a storage domain, the storage and process classes of
+/// shim-core's one table of routed calls (the preload shim routes the same ones), so the two
+/// modes cannot drift apart; with a network domain, the calls of the table's network class
+/// that make or name a socket (see [`net`]: data and readiness go through the kernel).
+fn supervised(storage: bool, network: bool) -> Vec<u32> {
     use shim_core::table::Class;
+    let mut classes = Vec::new();
+    if storage {
+        classes.extend([Class::Storage, Class::Process]);
+    }
+    if network {
+        classes.push(Class::Net);
+    }
     // `close` and `close_range` are not notified: a call that a signal interrupts before the
     // supervisor has received it fails with EINTR, and a `close` failing so would leave the
     // fd open, which Linux's never does (shells then kept pipe ends open and hung). The
     // supervisor instead notices a closed placeholder by comparing files (`kcmp`) when the fd
     // is next named, and in a periodic sweep.
-    shim_core::table::numbers(&[Class::Storage, Class::Process])
+    shim_core::table::numbers(&classes)
         .into_iter()
         .filter(|&n| n != libc::SYS_close as u32 && n != libc::SYS_close_range as u32)
+        .filter(|&n| {
+            shim_core::table::lookup(i64::from(n)).is_some_and(|r| r.class != Class::Net)
+                || net::NOTIFIED.contains(&i64::from(n))
+        })
         .collect()
 }
 
-fn filter() -> Vec<libc::sock_filter> {
-    shim_core::seccomp::notify_filter(&supervised())
+fn filter(storage: bool, network: bool) -> Vec<libc::sock_filter> {
+    shim_core::seccomp::notify_filter(&supervised(storage, network))
 }
 
 /// Environment entry with the routed cwd a redirected program had when it exec'd the static
 /// program now supervised (set by the shim; removed from the program's environment).
 pub const SUPERVISE_CWD: &str = "VIRTUOS_SUPERVISE_CWD";
 
-/// Runs `prog` supervised; storage routing as given. Returns its exit status.
-pub fn run(prog: &Path, argv: &[OsString], sock: &Path, mount: &Path) -> Result<i32> {
-    let session = connect_session(sock, &ClientConfig::default())
-        .with_context(|| format!("storage domain at {}", sock.display()))?;
+/// Where a supervised program's calls go: the storage domain (its socket and mount) and the
+/// network domain (its socket), either or both.
+pub struct Domains<'a> {
+    pub storage: Option<(&'a Path, &'a Path)>,
+    pub net: Option<&'a Path>,
+}
+
+/// Runs `prog` supervised, routed as `domains` says. Returns its exit status.
+pub fn run(prog: &Path, argv: &[OsString], domains: Domains<'_>) -> Result<i32> {
+    let storage = match domains.storage {
+        Some((sock, mount)) => Some((
+            connect_session(sock, &ClientConfig::default())
+                .with_context(|| format!("storage domain at {}", sock.display()))?,
+            mount,
+        )),
+        None => None,
+    };
+    let net = match domains.net {
+        Some(sock) => Some(
+            net::Net::new(
+                connect_session(sock, &ClientConfig::default())
+                    .with_context(|| format!("network domain at {}", sock.display()))?,
+            )
+            .context("starting the network pump")?,
+        ),
+        None => None,
+    };
+    let mount_arg = storage.as_ref().map(|(_, m)| *m);
     // A redirected program that exec'd this static one had its cwd under the mount.
     let initial_cwd = std::env::var_os(SUPERVISE_CWD).and_then(|c| {
+        let mount = mount_arg?;
         paths::normalize(c.as_encoded_bytes()).ok().filter(|p| {
             paths::normalize(mount.as_os_str().as_encoded_bytes())
                 .is_ok_and(|m| paths::strip_prefix(p.as_bytes(), m.as_bytes()).is_some())
         })
     });
-    let mount = paths::normalize(mount.as_os_str().as_encoded_bytes())
-        .map_err(|_| anyhow::anyhow!("--mount path too long"))?;
+    let mount = match mount_arg {
+        Some(m) => paths::normalize(m.as_os_str().as_encoded_bytes())
+            .map_err(|_| anyhow::anyhow!("--mount path too long"))?,
+        None => paths::normalize(b"/").map_err(|_| anyhow::anyhow!("root path"))?,
+    };
+    let session = storage.map(|(s, _)| s);
+    let routes = (session.is_some(), net.is_some());
     let mut pair = [0; 2];
     // SAFETY: `pair` has room for the two descriptors socketpair writes.
     if unsafe {
@@ -102,7 +148,7 @@ pub fn run(prog: &Path, argv: &[OsString], sock: &Path, mount: &Path) -> Result<
     }
     // SAFETY: socketpair just created both descriptors; we own them.
     let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
-    let prog_filter = filter();
+    let prog_filter = filter(routes.0, routes.1);
     let child_end = theirs.as_raw_fd();
     let mut cmd = Command::new(prog);
     cmd.args(&argv[1..]).env_remove(SUPERVISE_CWD);
@@ -141,7 +187,7 @@ pub fn run(prog: &Path, argv: &[OsString], sock: &Path, mount: &Path) -> Result<
     }
     let handle = std::thread::spawn(move || -> Result<()> {
         let listener = recv_fd(ours.as_raw_fd()).context("receiving the seccomp listener")?;
-        let mut sup = Supervisor::new(session, mount)?;
+        let mut sup = Supervisor::new(session, net, mount)?;
         sup.initial_cwd = initial_cwd;
         sup.serve(&listener);
         Ok(())
@@ -257,7 +303,9 @@ enum Answer {
 }
 
 struct Supervisor {
-    session: Session,
+    /// The storage domain (absent: only the network domain is routed).
+    session: Option<Session>,
+    net: Option<std::sync::Arc<net::Net>>,
     mount: FixedPath,
     targets: HashMap<i32, Target>,
     tgid: HashMap<i32, i32>,
@@ -281,7 +329,11 @@ fn proc_field(pid: i32, file: &str, key: &str) -> Option<i32> {
 }
 
 impl Supervisor {
-    fn new(session: Session, mount: FixedPath) -> Result<Self> {
+    fn new(
+        session: Option<Session>,
+        net: Option<std::sync::Arc<net::Net>>,
+        mount: FixedPath,
+    ) -> Result<Self> {
         // The source of every placeholder: a descriptor of a private, already removed
         // directory. seccomp's ADDFD cannot install O_PATH descriptors, and this is the next
         // best thing: read gives EISDIR, write EBADF, so any use the supervisor does not
@@ -303,6 +355,7 @@ impl Supervisor {
         std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
         Ok(Supervisor {
             session,
+            net,
             mount,
             targets: HashMap::new(),
             tgid: HashMap::new(),
@@ -356,20 +409,7 @@ impl Supervisor {
         while let Ok(n) = rx.recv() {
             let pid = self.process_of(n.pid as i32);
             let answer = self.handle(listener, pid, &n);
-            let mut resp = libc::seccomp_notif_resp {
-                id: n.id,
-                val: 0,
-                error: 0,
-                flags: 0,
-            };
-            match answer {
-                Answer::Continue => resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE,
-                Answer::Val(v) if (-4095..0).contains(&v) => resp.error = v as i32,
-                Answer::Val(v) => resp.val = v,
-                Answer::Sent => continue,
-            }
-            // SAFETY: `resp` is a valid seccomp_notif_resp.
-            unsafe { libc::ioctl(listener.as_raw_fd(), NOTIF_SEND as _, &resp) };
+            send_answer(listener.as_raw_fd(), n.id, answer);
         }
         let _ = receiver.join();
     }
@@ -397,6 +437,13 @@ impl Supervisor {
             self.targets.insert(pid, t);
         }
         pid
+    }
+
+    /// The storage domain's session (storage calls are notified only when there is one).
+    fn st(&self) -> &Session {
+        self.session
+            .as_ref()
+            .expect("storage calls are notified only with a storage domain")
     }
 
     fn mem(pid: i32) -> ProcessMemory<shim_core::sys::Real> {
@@ -447,7 +494,7 @@ impl Supervisor {
         out: Option<&mut [u8]>,
         fixed: bool,
     ) -> (i64, u64) {
-        let mut lease = self.session.lease();
+        let mut lease = self.st().lease();
         let mut at = 0;
         for (i, inp) in inputs.iter().enumerate() {
             if lease.write(at, inp).is_err() {
@@ -484,45 +531,6 @@ impl Supervisor {
         }
     }
 
-    fn add_fd(
-        &self,
-        listener: &OwnedFd,
-        id: u64,
-        newfd: Option<i32>,
-        cloexec: bool,
-        src: RawFd,
-    ) -> i64 {
-        #[repr(C)]
-        struct AddFd {
-            id: u64,
-            flags: u32,
-            srcfd: u32,
-            newfd: u32,
-            newfd_flags: u32,
-        }
-        let a = AddFd {
-            id,
-            flags: SECCOMP_ADDFD_FLAG_SEND
-                | if newfd.is_some() {
-                    SECCOMP_ADDFD_FLAG_SETFD
-                } else {
-                    0
-                },
-            srcfd: src as u32,
-            newfd: newfd.unwrap_or(0) as u32,
-            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
-        };
-        // SAFETY: `a` is a valid seccomp_notif_addfd.
-        let r = unsafe { libc::ioctl(listener.as_raw_fd(), NOTIF_ADDFD as _, &a) };
-        if r < 0 {
-            -(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO) as i64)
-        } else {
-            r as i64
-        }
-    }
-
     fn release(&mut self, h: u32) {
         let n = self.refs.entry(h).or_insert(1);
         *n -= 1;
@@ -536,6 +544,15 @@ impl Supervisor {
     fn handle(&mut self, listener: &OwnedFd, pid: i32, n: &libc::seccomp_notif) -> Answer {
         let a = n.data.args;
         let nr = n.data.nr as i64;
+        if net::NOTIFIED.contains(&nr) {
+            return match &self.net {
+                Some(net) => net.handle(listener, pid, n).unwrap_or(Answer::Continue),
+                None => Answer::Continue,
+            };
+        }
+        if self.session.is_none() {
+            return Answer::Continue;
+        }
         let fd = a[0] as i32;
         // Closes are not notified: a remote fd the call names may have been closed (and its
         // number reused) since; so may a path's directory fd.
@@ -665,7 +682,7 @@ impl Supervisor {
             libc::SYS_getdents64 => match rem(self, fd) {
                 Some(r) => {
                     let mut buf =
-                        vec![0u8; (a[2] as usize).min(self.session.layout().window as usize)];
+                        vec![0u8; (a[2] as usize).min(self.st().layout().window as usize)];
                     let (k, _) = self.call(
                         Opcode::GetDents64,
                         [r.handle.into(), 0, 0, 0, 0],
@@ -961,7 +978,7 @@ impl Supervisor {
             Ok(f) => f,
             Err(e) => return Answer::Val(-i64::from(e)),
         };
-        let newfd = self.add_fd(listener, id, to, cloexec, src);
+        let newfd = add_fd(listener.as_raw_fd(), id, to, cloexec, src);
         if newfd < 0 {
             return Answer::Val(newfd);
         }
@@ -1049,7 +1066,7 @@ impl Supervisor {
     }
 
     fn rw(&self, pid: i32, r: Rem, write: bool, buf: u64, len: usize, off: Option<u64>) -> i64 {
-        let w = self.session.layout().window as usize;
+        let w = self.st().layout().window as usize;
         let mut done = 0usize;
         let mut tmp = vec![0u8; len.min(w)];
         while done < len || len == 0 {
@@ -1274,7 +1291,7 @@ impl Supervisor {
                 }
                 let mut payload = ts.to_vec();
                 payload.extend_from_slice(rp);
-                let mut lease = self.session.lease();
+                let mut lease = self.st().lease();
                 if lease.write(0, &payload).is_err() {
                     return Answer::Val(-(libc::ENAMETOOLONG as i64));
                 }
@@ -1325,6 +1342,64 @@ impl Supervisor {
 }
 
 /// The target's umask, from /proc (the storage domain creates with the mode it is given).
+/// Installs `src` in the target as its answer to notification `id` (`SECCOMP_ADDFD_FLAG_SEND`:
+/// the fd number becomes the call's result), at `newfd` if given. The fd number, or -errno.
+fn add_fd(listener: RawFd, id: u64, newfd: Option<i32>, cloexec: bool, src: RawFd) -> i64 {
+    #[repr(C)]
+    struct AddFd {
+        id: u64,
+        flags: u32,
+        srcfd: u32,
+        newfd: u32,
+        newfd_flags: u32,
+    }
+    let a = AddFd {
+        id,
+        flags: SECCOMP_ADDFD_FLAG_SEND
+            | if newfd.is_some() {
+                SECCOMP_ADDFD_FLAG_SETFD
+            } else {
+                0
+            },
+        srcfd: src as u32,
+        newfd: newfd.unwrap_or(0) as u32,
+        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+    };
+    // SAFETY: `a` is a valid seccomp_notif_addfd.
+    let r = unsafe { libc::ioctl(listener, NOTIF_ADDFD as _, &a) };
+    if r < 0 {
+        -(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO) as i64)
+    } else {
+        r as i64
+    }
+}
+
+/// Answers notification `id` (nothing to do for [`Answer::Sent`]).
+fn send_answer(listener: RawFd, id: u64, answer: Answer) {
+    let mut resp = libc::seccomp_notif_resp {
+        id,
+        val: 0,
+        error: 0,
+        flags: 0,
+    };
+    match answer {
+        Answer::Continue => resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE,
+        Answer::Val(v) if (-4095..0).contains(&v) => resp.error = v as i32,
+        Answer::Val(v) => resp.val = v,
+        Answer::Sent => return,
+    }
+    // SAFETY: `resp` is a valid seccomp_notif_resp.
+    unsafe { libc::ioctl(listener, NOTIF_SEND as _, &resp) };
+}
+
+/// True while notification `id` still waits for its answer (its thread was not killed).
+fn notif_id_valid(listener: RawFd, id: u64) -> bool {
+    // SAFETY: NOTIF_ID_VALID reads one u64 from a live variable.
+    unsafe { libc::ioctl(listener, NOTIF_ID_VALID as _, &id) == 0 }
+}
+
 fn proc_umask(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -370,18 +370,16 @@ fn is_static_elf(path: u64) -> bool {
 }
 
 /// A static program this one execs (the shim cannot enter it) runs under the supervised
-/// mode instead: `virtuos-redirect run --storage S --mount M -- PROG ARGS...`, with the routed
+/// mode instead: `virtuos-redirect run [--storage S --mount M] [--net N] -- PROG ARGS...`, with the routed
 /// cwd handed over in `VIRTUOS_SUPERVISE_CWD` and without `LD_PRELOAD` (the supervisor itself
 /// must not be redirected). Its own remote fds other than the cwd do not follow it.
 fn exec_supervised(a: [u64; 6]) -> Option<i64> {
     let cfg = config::get();
-    let (Some(redirect), Some(sock), Some(mount)) = (
-        cfg.redirect.as_ref(),
-        cfg.storage_sock.as_ref(),
-        cfg.mount.as_ref(),
-    ) else {
+    let redirect = cfg.redirect.as_ref()?;
+    let storage = cfg.storage_sock.as_ref().zip(cfg.mount.as_ref());
+    if storage.is_none() && cfg.net_sock.is_none() {
         return None;
-    };
+    }
     if a[0] == 0 || !is_static_elf(a[0]) {
         return None;
     }
@@ -390,17 +388,22 @@ fn exec_supervised(a: [u64; 6]) -> Option<i64> {
         v.push(0);
         v
     };
-    let (redirect, sock, mount) = (z(redirect), z(sock), z(mount));
-    let mut argv: Vec<*const libc::c_char> = vec![
-        redirect.as_ptr().cast(),
-        c"run".as_ptr(),
-        c"--storage".as_ptr(),
-        sock.as_ptr().cast(),
-        c"--mount".as_ptr(),
-        mount.as_ptr().cast(),
-        c"--".as_ptr(),
-        a[0] as *const libc::c_char,
-    ];
+    let redirect = z(redirect);
+    let storage = storage.map(|(s, m)| (z(s), z(m)));
+    let net = cfg.net_sock.as_ref().map(z);
+    let mut argv: Vec<*const libc::c_char> = vec![redirect.as_ptr().cast(), c"run".as_ptr()];
+    if let Some((sock, mount)) = &storage {
+        argv.extend([
+            c"--storage".as_ptr(),
+            sock.as_ptr().cast(),
+            c"--mount".as_ptr(),
+            mount.as_ptr().cast(),
+        ]);
+    }
+    if let Some(sock) = &net {
+        argv.extend([c"--net".as_ptr(), sock.as_ptr().cast()]);
+    }
+    argv.extend([c"--".as_ptr(), a[0] as *const libc::c_char]);
     let old = a[1] as *const *const libc::c_char;
     if !old.is_null() {
         let mut i = 1usize;
