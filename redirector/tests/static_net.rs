@@ -64,8 +64,9 @@ fn wait_bound(port: u16, server: &mut Running) -> u32 {
     pid.unwrap()
 }
 
-fn site(dir: &Scratch) -> (PathBuf, Vec<u8>) {
-    let www = dir.path("www");
+/// A small site in `dir`/www: an index page and a MiB of pseudo-random bytes.
+fn site(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(
         www.join("index.html"),
@@ -89,35 +90,63 @@ fn fetch_all(port: u16, paths: &[&str], rounds: usize) -> Vec<(u16, Vec<u8>)> {
     got
 }
 
+/// How a server under test runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Via {
+    /// Natively, serving the local copy of the site.
+    Native,
+    /// Supervised with the network domain, serving the local copy.
+    Net,
+    /// Started by a redirected (dynamic) shell with both domains, which hands the static
+    /// program to the supervised mode at `exec`; it serves the copy in the storage export
+    /// through the mount.
+    Both,
+}
+
 #[test]
 fn busybox_httpd_serves_through_the_network_domain() {
     need_busybox();
     let dir = Scratch::new("static-httpd");
-    let (www, big) = site(&dir);
+    let (www, big) = site(&dir.0);
+    let export = dir.path("export");
+    std::fs::create_dir_all(&export).unwrap();
+    site(&export);
     let mut net = Domain::net(&dir);
+    let storage = Domain::storage(&dir, &export);
+    let mount = format!("/virtuos-static-{}", std::process::id());
     let paths = ["/index.html", "/big.bin", "/missing"];
     let mut results = Vec::new();
-    let mut redirected_port = 0;
-    for via in [None, Some(&net)] {
+    let mut ports = Vec::new();
+    for via in [Via::Native, Via::Net, Via::Both] {
         let port = free_port();
-        let mut server = Running::spawn(cmd(
-            via,
-            BUSYBOX,
-            &[
-                "httpd",
-                "-f",
-                "-p",
-                &format!("127.0.0.1:{port}"),
-                "-h",
-                www.to_str().unwrap(),
-            ],
-        ));
+        let listen = format!("127.0.0.1:{port}");
+        let c = match via {
+            Via::Native | Via::Net => cmd(
+                (via == Via::Net).then_some(&net),
+                BUSYBOX,
+                &["httpd", "-f", "-p", &listen, "-h", www.to_str().unwrap()],
+            ),
+            Via::Both => {
+                let mut c = Command::new(bin("virtuos-redirect"));
+                c.args(["run", "--net"])
+                    .arg(&net.sock)
+                    .arg("--storage")
+                    .arg(&storage.sock)
+                    .args(["--mount", &mount, "--", "/bin/sh", "-c"])
+                    .arg(format!(
+                        "exec {BUSYBOX} httpd -f -p {listen} -h {mount}/www"
+                    ))
+                    .env("VIRTUOS_PRELOAD", bin("libvirtuos_preload.so"));
+                c
+            }
+        };
+        let mut server = Running::spawn(c);
         wait_bound(port, &mut server);
-        if let Some(n) = via {
-            assert_net_listens(n, port);
-            redirected_port = port;
-        } else {
+        if via == Via::Native {
             assert_ne!(listener_owner(port), Some(net.pid()));
+        } else {
+            assert_net_listens(&net, port);
+            ports.push(port);
         }
         let got = fetch_all(port, &paths, 3);
         // Eight clients at once, each served by a child httpd forked for its connection.
@@ -126,34 +155,36 @@ fn busybox_httpd_serves_through_the_network_domain() {
             .collect();
         for t in many {
             let r = t.join().unwrap().expect("concurrent GET /big.bin");
-            assert_eq!(r.status, 200, "{} concurrent GET", how(via));
-            assert!(r.body == big, "{} concurrent GET: body differs", how(via));
+            assert_eq!(r.status, 200, "{via:?}: concurrent GET");
+            assert!(r.body == big, "{via:?}: concurrent GET: body differs");
         }
         server.signal_group(libc::SIGTERM);
-        let f = server.finish(LIMIT);
-        results.push((got, f));
+        let _ = server.finish(LIMIT);
+        results.push(got);
     }
-    let (native, redirected) = (&results[0].0, &results[1].0);
-    assert_eq!(native.len(), redirected.len());
-    for (i, (n, r)) in native.iter().zip(redirected).enumerate() {
-        let p = paths[i % paths.len()];
-        assert_eq!(
-            n.0, r.0,
-            "GET {p}: status native {} redirected {}",
-            n.0, r.0
-        );
-        assert!(
-            n.1 == r.1,
-            "GET {p}: bodies differ ({} vs {} bytes)",
-            n.1.len(),
-            r.1.len()
-        );
+    let native = &results[0];
+    for (via, redirected) in [(Via::Net, &results[1]), (Via::Both, &results[2])] {
+        assert_eq!(native.len(), redirected.len());
+        for (i, (n, r)) in native.iter().zip(redirected).enumerate() {
+            let p = paths[i % paths.len()];
+            assert_eq!(
+                n.0, r.0,
+                "{via:?}: GET {p}: status native {} redirected {}",
+                n.0, r.0
+            );
+            assert!(
+                n.1 == r.1,
+                "{via:?}: GET {p}: bodies differ ({} vs {} bytes)",
+                n.1.len(),
+                r.1.len()
+            );
+        }
     }
     assert!(
         native[1].1 == big,
         "the native server's big.bin differs from the file"
     );
-    assert_released(&mut net, &[redirected_port]);
+    assert_released(&mut net, &ports);
 }
 
 #[test]
@@ -165,7 +196,13 @@ fn busybox_nc_listens_and_connects_through_the_network_domain() {
     let input = dir.path("in.bin");
     std::fs::write(&input, &payload).unwrap();
     let mut ports = Vec::new();
-    for via in [None, Some(&net)] {
+    // The last round: a redirected (dynamic) shell runs nc, which the shim hands to the
+    // supervised mode at exec.
+    for (via, shell) in [
+        (None, BUSYBOX),
+        (Some(&net), BUSYBOX),
+        (Some(&net), "/bin/sh"),
+    ] {
         // nc as the server: a client sends a MiB and closes; nc prints it and ends.
         let port = free_port();
         let mut server = Running::spawn(cmd(via, BUSYBOX, &["nc", "-l", "-p", &port.to_string()]));
@@ -199,7 +236,11 @@ fn busybox_nc_listens_and_connects_through_the_network_domain() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let script = format!("{BUSYBOX} nc 127.0.0.1 {port} < {}", input.display());
-        let client = Running::spawn(cmd(via, BUSYBOX, &["sh", "-c", &script]));
+        let client = if shell == BUSYBOX {
+            Running::spawn(cmd(via, BUSYBOX, &["sh", "-c", &script]))
+        } else {
+            Running::spawn(cmd(via, shell, &["-c", &script]))
+        };
         let (mut s, _) = l.accept().unwrap();
         if let Some(n) = via {
             let held = sockets_held(n.pid(), &[port]);
@@ -254,7 +295,7 @@ fn build_go(dir: &Scratch) -> PathBuf {
 #[test]
 fn go_net_http_serves_and_fetches_through_the_network_domain() {
     let dir = Scratch::new("static-go");
-    let (www, big) = site(&dir);
+    let (www, big) = site(&dir.0);
     let gohttp = build_go(&dir);
     let gohttp = gohttp.to_str().unwrap();
     let mut net = Domain::net(&dir);

@@ -580,9 +580,12 @@ impl Net {
             let dead = self.session.server_gone();
             for (ino, s) in &socks {
                 if dead {
-                    // The network domain is gone: the program sees its sockets reset.
+                    // The network domain is gone: the program reads the end of its
+                    // connections, its writes fail with EPIPE, and a blocked accept EBADF.
                     // SAFETY: shutdown on our own descriptor.
                     unsafe { libc::shutdown(s.ours.as_raw_fd(), libc::SHUT_RDWR) };
+                    s.lock().gone = true;
+                    s.queued.notify_all();
                     self.socks().remove(ino);
                     continue;
                 }

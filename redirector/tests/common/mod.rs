@@ -123,6 +123,13 @@ impl Domain {
         Domain::start(Command::new(bin("virtuos-net")), dir.path("net.sock"))
     }
 
+    /// A `virtuos-storage` exporting `root`, listening in `dir`.
+    pub fn storage(dir: &Scratch, root: &Path) -> Domain {
+        let mut cmd = Command::new(bin("virtuos-storage"));
+        cmd.arg("--root").arg(root);
+        Domain::start(cmd, dir.path("storage.sock"))
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
