@@ -32,7 +32,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run CMD with paths under --mount served by the storage domain at --storage.
+    /// Run CMD with paths under --mount served by the storage domain at --storage and its
+    /// sockets by the network domain at --net (a statically linked CMD in the supervised
+    /// mode).
     Run(RunArgs),
     /// Load the eBPF programs and attach them to a cgroup (pinned under /sys/fs/bpf/virtuos).
     Attach(AttachArgs),
@@ -146,7 +148,8 @@ struct RunArgs {
     #[arg(long, value_name = "PREFIX", requires = "storage")]
     mount: Option<PathBuf>,
     /// Network domain socket (as given to `virtuos-net --listen`): every AF_INET/AF_INET6
-    /// socket of the program lives in the network domain.
+    /// socket of the program lives in the network domain (of a statically linked program,
+    /// its TCP sockets; its datagram sockets are refused).
     #[arg(long, value_name = "SOCK")]
     net: Option<PathBuf>,
     /// Put the program in a fresh cgroup with eBPF enforcement (no direct inet sockets) and
@@ -235,7 +238,15 @@ fn run(args: RunArgs) -> Result<i32> {
     if let Err(e) = std::fs::File::open(&prog) {
         return Ok(not_started(prog.as_os_str(), &e));
     }
-    if is_static(&prog)? && (args.net.is_some() || args.storage.is_some()) {
+    let supervised = is_static(&prog)? && (args.net.is_some() || args.storage.is_some());
+    if args.enforce {
+        // The cgroup outlives this process's image: a keeper outside it removes it once the
+        // program (this process, after the exec; or the supervised program and this
+        // process, its supervisor) has exited.
+        let e = bpf::EnforcedRun::start()?;
+        keeper::spawn(e)?.enter()?;
+    }
+    if supervised {
         // The shim cannot enter a static binary: serve it through seccomp user notification.
         let storage = match (&args.storage, &args.mount) {
             (Some(sock), Some(mount)) => {
@@ -295,12 +306,6 @@ fn run(args: RunArgs) -> Result<i32> {
             _ => so.into_os_string(),
         };
         cmd.env("LD_PRELOAD", preload);
-    }
-    if args.enforce {
-        // The cgroup outlives this process's image: a keeper outside it removes it once the
-        // program (this process, after the exec) has exited.
-        let e = bpf::EnforcedRun::start()?;
-        keeper::spawn(e)?.enter()?;
     }
     // Nothing is left to do after the program: become it, so that its pid is the one its
     // starter knows (a harness that waits for it, a supervisor that signals it, nginx's

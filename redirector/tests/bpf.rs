@@ -472,6 +472,40 @@ fn run_enforce_with_net_serves_inet_sockets_that_enforcement_denies_without_it()
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(!out.lines().any(|l| l.starts_with("0::/virtuos/")), "{out}");
+
+    // A statically linked program (busybox-static, supervised): in the enforced cgroup its
+    // sockets work through the network domain, and without it they are denied.
+    let busybox = "/usr/bin/busybox";
+    assert!(
+        Path::new(busybox).exists(),
+        "{busybox} (busybox-static) is required: scripts/setup.sh installs it"
+    );
+    let script = format!(
+        "echo ping | {busybox} nc 127.0.0.1 {port}; echo nc $?; {busybox} tail -n1 /proc/self/cgroup"
+    );
+    let static_run = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .args(["--", busybox, "sh", "-c", &script])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let out = static_run(&["run", "--enforce", "--net", sock]);
+    assert!(
+        out.contains("PING\nnc 0\n") && out.contains("0::/virtuos/run-"),
+        "static nc in the enforced cgroup through the network domain: {out}"
+    );
+    let out = static_run(&["run", "--enforce"]);
+    assert!(
+        out.contains("Operation not permitted") && !out.contains("nc 0"),
+        "enforcement did not deny the static program's direct socket: {out}"
+    );
 }
 
 fn top_once(interval_ms: u32) -> Value {
