@@ -156,6 +156,11 @@ struct RunArgs {
     /// a seccomp filter denying io_uring; the cgroup is removed afterwards. Needs root.
     #[arg(long)]
     enforce: bool,
+    /// Serve CMD in the supervised mode (seccomp user notifications, as for a statically
+    /// linked program) even when it is dynamically linked: slower; for checking the
+    /// supervised mode with the same programs as the shim.
+    #[arg(long)]
+    supervised: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<std::ffi::OsString>,
@@ -238,7 +243,11 @@ fn run(args: RunArgs) -> Result<i32> {
     if let Err(e) = std::fs::File::open(&prog) {
         return Ok(not_started(prog.as_os_str(), &e));
     }
-    let supervised = is_static(&prog)? && (args.net.is_some() || args.storage.is_some());
+    let routed = args.net.is_some() || args.storage.is_some();
+    if args.supervised && !routed {
+        bail!("--supervised needs a domain to route to: give --net SOCK and/or --storage SOCK --mount PREFIX");
+    }
+    let supervised = routed && (args.supervised || is_static(&prog)?);
     if args.enforce {
         // The cgroup outlives this process's image: a keeper outside it removes it once the
         // program (this process, after the exec; or the supervised program and this

@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 use abi::Opcode;
 use anyhow::{bail, Context, Result};
@@ -30,6 +31,9 @@ mod paths;
 
 #[path = "../preload/src/statconv.rs"]
 mod statconv;
+
+#[path = "../preload/src/storage_call.rs"]
+mod storage_call;
 
 use paths::PathBuf as FixedPath;
 
@@ -131,7 +135,7 @@ pub fn run(prog: &Path, argv: &[OsString], domains: Domains<'_>) -> Result<i32> 
             .map_err(|_| anyhow::anyhow!("--mount path too long"))?,
         None => paths::normalize(b"/").map_err(|_| anyhow::anyhow!("root path"))?,
     };
-    let session = storage.map(|(s, _)| s);
+    let session = storage.map(|(s, _)| Arc::new(s));
     let routes = (session.is_some(), net.is_some());
     let mut pair = [0; 2];
     // SAFETY: `pair` has room for the two descriptors socketpair writes.
@@ -286,6 +290,27 @@ fn recv_fd(sock: RawFd) -> Result<OwnedFd> {
 struct Rem {
     handle: u32,
     is_dir: bool,
+    /// A FIFO in the export: its opens, reads and writes may wait for another process, so
+    /// they run on threads of their own (the answering thread would otherwise wait for the
+    /// very call that could wake it).
+    fifo: bool,
+}
+
+/// What the answering thread works on: notifications, and opens that finished elsewhere.
+enum Event {
+    Notif(libc::seccomp_notif),
+    /// A supervised process exited: its remote files are released now (closes are not
+    /// notified; a FIFO's reader waits for its writers' handles to go).
+    Exited(i32),
+    /// A FIFO's open, done on a thread: its result, to be installed.
+    Opened {
+        id: u64,
+        pid: i32,
+        flags: u64,
+        rp: Vec<u8>,
+        handle: i64,
+        st_mode: u64,
+    },
 }
 
 #[derive(Clone, Default)]
@@ -304,8 +329,8 @@ enum Answer {
 
 struct Supervisor {
     /// The storage domain (absent: only the network domain is routed).
-    session: Option<Session>,
-    net: Option<std::sync::Arc<net::Net>>,
+    session: Option<Arc<Session>>,
+    net: Option<Arc<net::Net>>,
     mount: FixedPath,
     targets: HashMap<i32, Target>,
     tgid: HashMap<i32, i32>,
@@ -317,8 +342,15 @@ struct Supervisor {
     /// Per remote handle, the supervisor's copy of the placeholder file installed for it (a
     /// file description of its own, so that `kcmp` tells whether a target's fd still is it).
     files: HashMap<u32, OwnedFd>,
+    /// Per remote handle, memfd copies installed in place of its placeholder for `mmap`
+    /// (the target's fd then is one of these: `kcmp` accepts them too).
+    twins: HashMap<u32, Vec<OwnedFd>>,
     /// Notifications served, for the periodic sweep.
     served: u64,
+    /// Where helper threads hand results back to the answering thread (while serving).
+    events: Option<std::sync::mpsc::Sender<Event>>,
+    /// Where new targets' pidfds go to be watched for their exit (while serving).
+    exits: Option<std::sync::mpsc::Sender<(i32, OwnedFd)>>,
 }
 
 fn proc_field(pid: i32, file: &str, key: &str) -> Option<i32> {
@@ -330,8 +362,8 @@ fn proc_field(pid: i32, file: &str, key: &str) -> Option<i32> {
 
 impl Supervisor {
     fn new(
-        session: Option<Session>,
-        net: Option<std::sync::Arc<net::Net>>,
+        session: Option<Arc<Session>>,
+        net: Option<Arc<net::Net>>,
         mount: FixedPath,
     ) -> Result<Self> {
         // The source of every placeholder: a descriptor of a private, already removed
@@ -361,7 +393,10 @@ impl Supervisor {
             tgid: HashMap::new(),
             refs: HashMap::new(),
             files: HashMap::new(),
+            twins: HashMap::new(),
             served: 0,
+            events: None,
+            exits: None,
             initial_cwd: None,
             placeholder,
         })
@@ -372,7 +407,9 @@ impl Supervisor {
         // then on (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV) a signal no longer interrupts it,
         // however long the answer takes (a SIGCHLD that interrupted a `close` waiting in the
         // queue made it fail with EINTR, its fd still open: shells leaked pipe ends and hung).
-        let (tx, rx) = std::sync::mpsc::channel::<libc::seccomp_notif>();
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        self.events = Some(tx.clone());
+        self.exits = Some(exit_watcher(tx.clone()));
         let raw = listener.as_raw_fd();
         let receiver = std::thread::spawn(move || loop {
             // Wait for a notification, or for the last supervised process to exit (HUP).
@@ -402,16 +439,49 @@ impl Supervisor {
                     _ => return, // the target is gone
                 }
             }
-            if tx.send(n).is_err() {
+            if tx.send(Event::Notif(n)).is_err() {
                 return;
             }
         });
-        while let Ok(n) = rx.recv() {
-            let pid = self.process_of(n.pid as i32);
-            let answer = self.handle(listener, pid, &n);
-            send_answer(listener.as_raw_fd(), n.id, answer);
+        // The receiver ends with the last supervised process; helpers of FIFO opens still
+        // holding a sender do not keep the loop alive.
+        let mut receiver = Some(receiver);
+        loop {
+            let ev = match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(ev) => ev,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if receiver.as_ref().is_some_and(|r| r.is_finished()) {
+                        break;
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            match ev {
+                Event::Notif(n) => {
+                    let pid = self.process_of(n.pid as i32);
+                    let answer = self.handle(listener, pid, &n);
+                    send_answer(listener.as_raw_fd(), n.id, answer);
+                }
+                Event::Exited(pid) => self.exited(pid),
+                Event::Opened {
+                    id,
+                    pid,
+                    flags,
+                    rp,
+                    handle,
+                    st_mode,
+                } => {
+                    let answer = self.finish_open(listener, id, pid, flags, &rp, handle, st_mode);
+                    send_answer(listener.as_raw_fd(), id, answer);
+                }
+            }
         }
-        let _ = receiver.join();
+        self.events = None;
+        self.exits = None;
+        if let Some(r) = receiver.take() {
+            let _ = r.join();
+        }
     }
 
     /// Thread id → process id, and a fork child's inherited table.
@@ -435,6 +505,9 @@ impl Supervisor {
                 *self.refs.entry(r.handle).or_insert(0) += 1;
             }
             self.targets.insert(pid, t);
+            if let (Some(w), Some(pfd)) = (&self.exits, pidfd_open(pid)) {
+                let _ = w.send((pid, pfd));
+            }
         }
         pid
     }
@@ -442,7 +515,7 @@ impl Supervisor {
     /// The storage domain's session (storage calls are notified only when there is one).
     fn st(&self) -> &Session {
         self.session
-            .as_ref()
+            .as_deref()
             .expect("storage calls are notified only with a storage domain")
     }
 
@@ -469,66 +542,60 @@ impl Supervisor {
         Ok(buf)
     }
 
-    /// Export-relative path if `path` (relative to `dirfd` of `pid`) is under the mount.
-    fn resolve(&self, pid: i32, dirfd: i64, path: &[u8]) -> Option<FixedPath> {
-        let t = self.targets.get(&pid)?;
-        let full = if path.first() == Some(&b'/') {
-            paths::normalize(path).ok()?
-        } else if dirfd == libc::AT_FDCWD as i64 {
-            paths::join(t.cwd.as_ref()?.as_bytes(), path).ok()?
-        } else {
-            let r = t.fds.get(&(dirfd as i32))?;
-            let rel = t.dirs.get(&r.handle)?;
-            let base =
-                paths::join(self.mount.as_bytes(), rel.strip_prefix(b"/").unwrap_or(rel)).ok()?;
-            paths::join(base.as_bytes(), path).ok()?
+    /// Where `path` (relative to `dirfd` of `pid`) lives: `Some` export-relative path, as the
+    /// program wrote it wherever the server can resolve it so (shared with the preload shim:
+    /// `paths::route`), `None` when the kernel should run the call, or an errno.
+    fn resolve(&self, pid: i32, dirfd: i64, path: &[u8]) -> Result<Option<FixedPath>, i32> {
+        let Some(t) = self.targets.get(&pid) else {
+            return Ok(None);
         };
-        paths::strip_prefix(full.as_bytes(), self.mount.as_bytes())
+        let local_cwd;
+        let remote_dir;
+        let (base, routed): (Option<&[u8]>, bool) = if path.first() == Some(&b'/') {
+            (None, false)
+        } else if dirfd == libc::AT_FDCWD as i64 {
+            match &t.cwd {
+                Some(c) => (Some(c.as_bytes()), true),
+                None => {
+                    // A local cwd: a relative path may still enter the mount (`../vt/x`).
+                    local_cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+                    match &local_cwd {
+                        Some(c) => (Some(c.as_os_str().as_encoded_bytes()), false),
+                        None => return Ok(None),
+                    }
+                }
+            }
+        } else {
+            let Some(r) = t.fds.get(&(dirfd as i32)) else {
+                return Ok(None);
+            };
+            if !r.is_dir {
+                return Err(libc::ENOTDIR);
+            }
+            let rel = t.dirs.get(&r.handle).ok_or(libc::EBADF)?;
+            remote_dir = paths::join(self.mount.as_bytes(), rel.strip_prefix(b"/").unwrap_or(rel))
+                .map_err(|_| libc::ENAMETOOLONG)?;
+            (Some(remote_dir.as_bytes()), true)
+        };
+        match paths::route(base, path, self.mount.as_bytes()).map_err(|_| libc::ENAMETOOLONG)? {
+            paths::Route::Remote(rp) => Ok(Some(rp)),
+            paths::Route::Local => Ok(None),
+            // `..` led from a routed directory out of the mount: the kernel would walk the
+            // path from the process's real cwd, which the supervisor cannot rewrite it for.
+            paths::Route::LocalAt(_) if routed => Err(libc::EXDEV),
+            paths::Route::LocalAt(_) => Ok(None),
+        }
     }
 
+    /// One storage call (the shim's own encoding: `storage_call::call_on`).
     fn call(
         &self,
         op: Opcode,
         mut args: [u64; 5],
         inputs: &[&[u8]],
         out: Option<&mut [u8]>,
-        fixed: bool,
     ) -> (i64, u64) {
-        let mut lease = self.st().lease();
-        let mut at = 0;
-        for (i, inp) in inputs.iter().enumerate() {
-            if lease.write(at, inp).is_err() {
-                return (-(libc::ENAMETOOLONG as i64), 0);
-            }
-            args[4 - i.min(1)] = inp.len() as u64;
-            at += inp.len();
-        }
-        let out_len = out.as_ref().map(|o| o.len()).unwrap_or(0);
-        let data_len = at.max(out_len).min(lease.window() as usize) as u32;
-        let req = abi::Request {
-            opcode: op as u16,
-            data_len,
-            args,
-            ..Default::default()
-        };
-        match lease.call(req) {
-            Ok(r) => {
-                if let Some(o) = out {
-                    let n = if fixed {
-                        o.len()
-                    } else {
-                        r.result.max(0) as usize
-                    }
-                    .min(o.len())
-                    .min(data_len as usize);
-                    if r.result >= 0 && lease.read(0, &mut o[..n]).is_err() {
-                        return (-(libc::EIO as i64), 0);
-                    }
-                }
-                (r.result, r.aux[0])
-            }
-            Err(e) => (-i64::from(e.errno().get()), 0),
-        }
+        storage_call::call_on(self.st(), op, &mut args, inputs, out)
     }
 
     fn release(&mut self, h: u32) {
@@ -537,7 +604,8 @@ impl Supervisor {
         if *n == 0 {
             self.refs.remove(&h);
             self.files.remove(&h);
-            self.call(Opcode::Close, [h.into(), 0, 0, 0, 0], &[], None, false);
+            self.twins.remove(&h);
+            self.call(Opcode::Close, [h.into(), 0, 0, 0, 0], &[], None);
         }
     }
 
@@ -607,8 +675,10 @@ impl Supervisor {
                     None => Answer::Continue,
                 };
             }
-            let Some(rp) = self.resolve(pid, dirfd, &path) else {
-                return Answer::Continue;
+            let rp = match self.resolve(pid, dirfd, &path) {
+                Ok(Some(rp)) => rp,
+                Ok(None) => return Answer::Continue,
+                Err(errno) => return e(errno),
             };
             let rp = rp.as_bytes().to_vec();
             return self.path_call(listener, n.id, pid, nr, a, &rp);
@@ -629,6 +699,19 @@ impl Supervisor {
                 }
                 let write = matches!(nr, libc::SYS_write | libc::SYS_pwrite64);
                 let off = matches!(nr, libc::SYS_pread64 | libc::SYS_pwrite64).then_some(a[3]);
+                if r.fifo {
+                    if off.is_some() {
+                        return e(libc::ESPIPE);
+                    }
+                    return self.fifo_io(
+                        listener,
+                        n.id,
+                        pid,
+                        r,
+                        write,
+                        vec![(a[1], a[2] as usize)],
+                    );
+                }
                 Answer::Val(self.rw(pid, r, write, a[1], a[2] as usize, off))
             }
             libc::SYS_readv | libc::SYS_writev => {
@@ -639,6 +722,18 @@ impl Supervisor {
                 let mut iov = vec![0u8; cnt * 16];
                 if !self.read_mem(pid, a[1], &mut iov) {
                     return e(libc::EFAULT);
+                }
+                if r.fifo {
+                    let segs = iov
+                        .chunks(16)
+                        .map(|v| {
+                            (
+                                u64::from_ne_bytes(v[..8].try_into().expect("8")),
+                                u64::from_ne_bytes(v[8..].try_into().expect("8")) as usize,
+                            )
+                        })
+                        .collect();
+                    return self.fifo_io(listener, n.id, pid, r, nr == libc::SYS_writev, segs);
                 }
                 let mut total = 0i64;
                 for v in iov.chunks(16) {
@@ -662,7 +757,6 @@ impl Supervisor {
                         [r.handle.into(), a[1], a[2], 0, 0],
                         &[],
                         None,
-                        false,
                     )
                     .0,
                 ),
@@ -688,7 +782,6 @@ impl Supervisor {
                         [r.handle.into(), 0, 0, 0, 0],
                         &[],
                         Some(&mut buf),
-                        false,
                     );
                     if k > 0 && !self.write_mem(pid, a[1], &buf[..k as usize]) {
                         return e(libc::EFAULT);
@@ -710,7 +803,6 @@ impl Supervisor {
                         ],
                         &[],
                         None,
-                        false,
                     )
                     .0,
                 ),
@@ -725,22 +817,37 @@ impl Supervisor {
                 [0, a[1] as u32 as u64, a[2] as u32 as u64, 0, 0],
             ),
             libc::SYS_fstatfs => match rem(self, fd) {
-                Some(r) => {
-                    let mut buf = [0u8; std::mem::size_of::<libc::statfs>()];
-                    let (k, _) = self.call(
-                        Opcode::FStatFs,
-                        [r.handle.into(), 0, 0, 0, 0],
-                        &[],
-                        Some(&mut buf),
-                        true,
-                    );
-                    if k >= 0 && !self.write_mem(pid, a[1], &buf) {
-                        return e(libc::EFAULT);
-                    }
-                    Answer::Val(k)
-                }
+                Some(r) => self.statfs_out(pid, r.handle, a[1]),
                 None => Answer::Continue,
             },
+            libc::SYS_fallocate => self.fd_op(pid, fd, Opcode::Fallocate, [0, a[1], a[2], a[3], 0]),
+            // posix_fadvise reports an error number, but the system call returns -errno.
+            libc::SYS_fadvise64 => self.fd_op(pid, fd, Opcode::Advise, [0, 0, a[1], a[2], a[3]]),
+            libc::SYS_readahead => self.fd_op(pid, fd, Opcode::Advise, [0, 1, a[1], a[2], 0]),
+            libc::SYS_sync_file_range => {
+                self.fd_op(pid, fd, Opcode::Advise, [0, 2, a[1], a[2], a[3]])
+            }
+            libc::SYS_flock => match rem(self, fd) {
+                Some(_) => e(libc::ENOLCK),
+                None => Answer::Continue,
+            },
+            libc::SYS_fgetxattr
+            | libc::SYS_flistxattr
+            | libc::SYS_fsetxattr
+            | libc::SYS_fremovexattr => match rem(self, fd) {
+                Some(r) => self.xattr(pid, nr, Some(r.handle), &[], a),
+                None => Answer::Continue,
+            },
+            libc::SYS_splice if rem(self, fd).is_some() || rem(self, a[2] as i32).is_some() => {
+                self.splice(listener, n.id, pid, a)
+            }
+            // tee and vmsplice take pipes only: a routed file is never one.
+            libc::SYS_tee | libc::SYS_vmsplice
+                if rem(self, fd).is_some()
+                    || (nr == libc::SYS_tee && rem(self, a[1] as i32).is_some()) =>
+            {
+                e(libc::EINVAL)
+            }
             libc::SYS_fchdir => match rem(self, fd) {
                 Some(r) if r.is_dir => {
                     let rel = self.targets[&pid]
@@ -796,7 +903,6 @@ impl Supervisor {
                             [r.handle.into(), a[1], a[2], 0, 0],
                             &[],
                             None,
-                            false,
                         )
                         .0,
                     ),
@@ -838,13 +944,18 @@ impl Supervisor {
                 }
             }
             libc::SYS_mmap => match rem(self, a[4] as i32) {
-                Some(_) => e(libc::ENODEV),
+                Some(r) => self.mmap_copy(listener, n.id, pid, a[4] as i32, r, a),
                 None => Answer::Continue,
             },
             libc::SYS_ioctl => match rem(self, fd) {
                 Some(_) => e(libc::ENOTTY),
                 None => Answer::Continue,
             },
+            libc::SYS_copy_file_range
+                if rem(self, fd).is_some() || rem(self, a[2] as i32).is_some() =>
+            {
+                self.copy_range(pid, a)
+            }
             libc::SYS_sendfile | libc::SYS_copy_file_range => {
                 if rem(self, fd).is_some()
                     || rem(self, a[if nr == libc::SYS_sendfile { 1 } else { 2 }] as i32).is_some()
@@ -885,17 +996,15 @@ impl Supervisor {
                 } else {
                     Opcode::RenameAt
                 };
-                match (self.resolve(pid, d1, &x), self.resolve(pid, d2, &y)) {
+                let (x, y) = match (self.resolve(pid, d1, &x), self.resolve(pid, d2, &y)) {
+                    (Ok(x), Ok(y)) => (x, y),
+                    (Err(errno), _) | (_, Err(errno)) => return e(errno),
+                };
+                match (x, y) {
                     (None, None) => Answer::Continue,
                     (Some(x), Some(y)) => Answer::Val(
-                        self.call(
-                            op,
-                            [flags, 0, 0, 0, 0],
-                            &[x.as_bytes(), y.as_bytes()],
-                            None,
-                            false,
-                        )
-                        .0,
+                        self.call(op, [flags, 0, 0, 0, 0], &[x.as_bytes(), y.as_bytes()], None)
+                            .0,
                     ),
                     _ => e(libc::EXDEV),
                 }
@@ -910,12 +1019,17 @@ impl Supervisor {
                     (Ok(t), Ok(lp)) => (t, lp),
                     (Err(errno), _) | (_, Err(errno)) => return e(errno),
                 };
+                // An absolute target under the mount is stored without the prefix (the
+                // server resolves absolute targets inside the export), as the shim does.
+                let stored = paths::link_target_in(&t, self.mount.as_bytes());
+                let t = stored.as_ref().map_or(&t[..], |x| x.as_bytes());
                 match self.resolve(pid, d, &lp) {
-                    Some(rp) => Answer::Val(
-                        self.call(Opcode::SymlinkAt, [0; 5], &[&t, rp.as_bytes()], None, false)
+                    Ok(Some(rp)) => Answer::Val(
+                        self.call(Opcode::SymlinkAt, [0; 5], &[t, rp.as_bytes()], None)
                             .0,
                     ),
-                    None => Answer::Continue,
+                    Ok(None) => Answer::Continue,
+                    Err(errno) => e(errno),
                 }
             }
             libc::SYS_close_range => {
@@ -955,11 +1069,405 @@ impl Supervisor {
         }
     }
 
+    /// splice between a routed file and the target's pipe (Linux needs a pipe on one side:
+    /// anything else is EINVAL, a pipe side with an offset ESPIPE), as the shim does it: up to
+    /// 64 KiB through a buffer, the file's offset (or `*off`) advanced by exactly what reached
+    /// the other side. The pipe is reached through a copy of the target's descriptor
+    /// (`pidfd_getfd`); a blocking splice waits on a thread of its own, which answers it.
+    fn splice(&self, listener: &OwnedFd, id: u64, pid: i32, a: [u64; 6]) -> Answer {
+        let (fd_in, off_in, fd_out, off_out, len, flags) =
+            (a[0] as i32, a[1], a[2] as i32, a[3], a[4], a[5]);
+        let nonblock = flags & libc::SPLICE_F_NONBLOCK as u64 != 0;
+        let t = &self.targets[&pid];
+        let (from_file, r, pipe_fd, pipe_off) =
+            match (t.fds.get(&fd_in).copied(), t.fds.get(&fd_out).copied()) {
+                (Some(r), None) => (true, r, fd_out, off_out),
+                (None, Some(r)) => (false, r, fd_in, off_in),
+                // Two routed files: neither is a pipe.
+                _ => return Answer::Val(-(libc::EINVAL as i64)),
+            };
+        let Some(pipe) = net::pidfd_getfd(pid, pipe_fd) else {
+            return Answer::Val(-(libc::EBADF as i64));
+        };
+        let is_pipe = std::fs::File::from(match pipe.try_clone() {
+            Ok(p) => p,
+            Err(_) => return Answer::Val(-(libc::ENOMEM as i64)),
+        })
+        .metadata()
+        .is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_fifo()
+        });
+        if !is_pipe {
+            return Answer::Val(-(libc::EINVAL as i64));
+        }
+        if pipe_off != 0 {
+            return Answer::Val(-(libc::ESPIPE as i64));
+        }
+        if len == 0 {
+            return Answer::Val(0);
+        }
+        let file_off = if from_file { off_in } else { off_out };
+        let at = match self.user_offset(pid, file_off) {
+            Ok(o) => o,
+            Err(x) => return Answer::Val(-i64::from(x)),
+        };
+        let events = if from_file {
+            libc::POLLOUT
+        } else {
+            libc::POLLIN
+        };
+        let pipe_raw = pipe.as_raw_fd();
+        let ready = move || {
+            let mut p = libc::pollfd {
+                fd: pipe_raw,
+                events,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, zero timeout.
+            unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        };
+        if nonblock && !ready() {
+            return Answer::Val(-(libc::EAGAIN as i64));
+        }
+        let job = SpliceJob {
+            session: Arc::clone(self.session.as_ref().expect("storage routed")),
+            pid,
+            handle: r.handle,
+            pipe,
+            from_file,
+            at,
+            file_off,
+            chunk: (len as usize).min(64 << 10),
+        };
+        if ready() {
+            return Answer::Val(job.run());
+        }
+        let Ok(l) = listener.try_clone() else {
+            return Answer::Val(-(libc::ENOMEM as i64));
+        };
+        std::thread::spawn(move || {
+            let r = job.run();
+            send_answer(l.as_raw_fd(), id, Answer::Val(r));
+        });
+        Answer::Sent
+    }
+
+    /// mmap of a routed file: the target's fd is replaced by a sealed memfd holding a copy
+    /// of the file taken now (its placeholder twin: `kcmp` accepts either, and its calls are
+    /// still served by the handle), and the kernel maps that with the program's own
+    /// arguments. So read-only shared and private mappings work, as the shim's (a copy: later
+    /// writes to the file do not show), pages past the end fault as a file's do, and a
+    /// writable shared mapping is ENODEV (the sealed copy could not write back).
+    fn mmap_copy(
+        &mut self,
+        listener: &OwnedFd,
+        id: u64,
+        pid: i32,
+        fd: i32,
+        r: Rem,
+        a: [u64; 6],
+    ) -> Answer {
+        let (prot, flags) = (a[2], a[3] as i32);
+        let shared = flags & libc::MAP_SHARED != 0
+            || flags & libc::MAP_SHARED_VALIDATE == libc::MAP_SHARED_VALIDATE;
+        if shared && prot & libc::PROT_WRITE as u64 != 0 {
+            return Answer::Val(-(libc::ENODEV as i64));
+        }
+        if r.is_dir {
+            return Answer::Val(-(libc::ENODEV as i64));
+        }
+        let copy = match self.file_copy(r.handle) {
+            Ok(f) => f,
+            Err(x) => return Answer::Val(-i64::from(x)),
+        };
+        let cloexec = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
+            })
+            .is_some_and(|f| f & i64::from(libc::O_CLOEXEC) != 0);
+        #[repr(C)]
+        struct AddFd {
+            id: u64,
+            flags: u32,
+            srcfd: u32,
+            newfd: u32,
+            newfd_flags: u32,
+        }
+        let req = AddFd {
+            id,
+            flags: SECCOMP_ADDFD_FLAG_SETFD,
+            srcfd: copy.as_raw_fd() as u32,
+            newfd: fd as u32,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        // SAFETY: `req` is a valid seccomp_notif_addfd (installed without answering).
+        if unsafe { libc::ioctl(listener.as_raw_fd(), NOTIF_ADDFD as _, &req) } < 0 {
+            return Answer::Val(
+                -(std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO) as i64),
+            );
+        }
+        self.twins.entry(r.handle).or_default().push(copy);
+        Answer::Continue
+    }
+
+    /// A sealed memfd holding the whole of remote file `h` as it is now.
+    fn file_copy(&self, h: u32) -> Result<OwnedFd, i32> {
+        let mut x = [0u8; std::mem::size_of::<libc::statx>()];
+        let (k, _) = self.call(Opcode::FStat, [h.into(), 0, 0, 0, 0], &[], Some(&mut x));
+        if k < 0 {
+            return Err(-k as i32);
+        }
+        // SAFETY: statx is plain data of exactly this size.
+        let sx: libc::statx = unsafe { std::ptr::read_unaligned(x.as_ptr().cast()) };
+        // SAFETY: memfd_create with a static name and constant flags; the result is checked.
+        let m = unsafe {
+            libc::memfd_create(
+                c"virtuos-mmap".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if m < 0 {
+            return Err(libc::ENOMEM);
+        }
+        // SAFETY: memfd_create just returned this descriptor; we own it.
+        let m = unsafe { OwnedFd::from_raw_fd(m) };
+        let mut file = std::fs::File::from(m);
+        let window = self.st().layout().window as usize;
+        let mut buf = vec![0u8; window];
+        let mut at = 0u64;
+        while at < sx.stx_size {
+            let want = ((sx.stx_size - at) as usize).min(window);
+            let (n, _) = self.call(
+                Opcode::PRead,
+                [h.into(), at, 0, 0, 0],
+                &[],
+                Some(&mut buf[..want]),
+            );
+            if n < 0 {
+                return Err(-n as i32);
+            }
+            if n == 0 {
+                break;
+            }
+            use std::io::Write;
+            file.write_all(&buf[..n as usize])
+                .map_err(|_| libc::ENOMEM)?;
+            at += n as u64;
+        }
+        let m = OwnedFd::from(file);
+        let seals =
+            libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on our own memfd with integer arguments.
+        if unsafe { libc::fcntl(m.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(libc::EIO);
+        }
+        Ok(m)
+    }
+
+    /// True when export path `rp` names a FIFO (following a final symlink unless the open
+    /// says O_NOFOLLOW).
+    fn is_fifo(&self, rp: &[u8], flags: u64) -> bool {
+        let nofollow = if flags & libc::O_NOFOLLOW as u64 != 0 {
+            libc::AT_SYMLINK_NOFOLLOW as u64
+        } else {
+            0
+        };
+        let mut x = [0u8; std::mem::size_of::<libc::statx>()];
+        let (k, _) = self.call(
+            Opcode::StatAt,
+            [nofollow, libc::STATX_TYPE as u64, 0, 0, 0],
+            &[rp],
+            Some(&mut x),
+        );
+        // SAFETY: statx is plain data of exactly this size.
+        let sx: libc::statx = unsafe { std::ptr::read_unaligned(x.as_ptr().cast()) };
+        k >= 0 && u32::from(sx.stx_mode) & libc::S_IFMT == libc::S_IFIFO
+    }
+
+    /// The rest of an open of `rp` whose handle (or -errno) is `h`: the placeholder installed
+    /// as the call's answer.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_open(
+        &mut self,
+        listener: &OwnedFd,
+        id: u64,
+        pid: i32,
+        flags: u64,
+        rp: &[u8],
+        h: i64,
+        st_mode: u64,
+    ) -> Answer {
+        if h < 0 {
+            return Answer::Val(h);
+        }
+        if !self.targets.contains_key(&pid) {
+            self.call(Opcode::Close, [h as u64, 0, 0, 0, 0], &[], None);
+            return Answer::Val(-(libc::ESRCH as i64));
+        }
+        let kind = st_mode as u32 & libc::S_IFMT;
+        let r = Rem {
+            handle: h as u32,
+            is_dir: kind == libc::S_IFDIR,
+            fifo: kind == libc::S_IFIFO,
+        };
+        if r.is_dir {
+            self.targets
+                .get_mut(&pid)
+                .expect("known")
+                .dirs
+                .insert(r.handle, rp.to_vec());
+        }
+        // The placeholder's reference (taken by dup_to) is the open's only one.
+        let ans = self.dup_to(
+            listener,
+            id,
+            pid,
+            r,
+            None,
+            flags & libc::O_CLOEXEC as u64 != 0,
+        );
+        if let Answer::Val(err) = ans {
+            self.call(Opcode::Close, [h as u64, 0, 0, 0, 0], &[], None);
+            return Answer::Val(err);
+        }
+        ans
+    }
+
+    /// statfs of handle `h`, written to the target at `out`.
+    fn statfs_out(&self, pid: i32, h: u32, out: u64) -> Answer {
+        let mut buf = [0u8; std::mem::size_of::<libc::statfs>()];
+        let (k, _) = self.call(Opcode::FStatFs, [h.into(), 0, 0, 0, 0], &[], Some(&mut buf));
+        if k >= 0 && !self.write_mem(pid, out, &buf) {
+            return Answer::Val(-(libc::EFAULT as i64));
+        }
+        Answer::Val(k)
+    }
+
+    /// A file offset argument: `None` for a null pointer, EFAULT, EINVAL when negative.
+    fn user_offset(&self, pid: i32, p: u64) -> Result<Option<u64>, i32> {
+        if p == 0 {
+            return Ok(None);
+        }
+        let mut b = [0u8; 8];
+        if !self.read_mem(pid, p, &mut b) {
+            return Err(libc::EFAULT);
+        }
+        let o = i64::from_ne_bytes(b);
+        if o < 0 {
+            return Err(libc::EINVAL);
+        }
+        Ok(Some(o as u64))
+    }
+
+    /// copy_file_range with a routed file: between two files of the storage domain, done
+    /// there by its kernel; EXDEV between a routed and a local one (callers fall back to
+    /// read and write), as the shim answers.
+    fn copy_range(&self, pid: i32, a: [u64; 6]) -> Answer {
+        let (p_in, p_out, len, flags) = (a[1], a[3], a[4], a[5]);
+        if flags != 0 {
+            return Answer::Val(-(libc::EINVAL as i64));
+        }
+        let t = &self.targets[&pid];
+        let (Some(rin), Some(rout)) = (t.fds.get(&(a[0] as i32)), t.fds.get(&(a[2] as i32))) else {
+            return Answer::Val(-(libc::EXDEV as i64));
+        };
+        let (oin, oout) = match (self.user_offset(pid, p_in), self.user_offset(pid, p_out)) {
+            (Ok(i), Ok(o)) => (i.unwrap_or(u64::MAX), o.unwrap_or(u64::MAX)),
+            (Err(x), _) | (_, Err(x)) => return Answer::Val(-i64::from(x)),
+        };
+        let (n, _) = self.call(
+            Opcode::CopyRange,
+            [rin.handle.into(), oin, rout.handle.into(), oout, len],
+            &[],
+            None,
+        );
+        if n > 0 {
+            for (p, o) in [(p_in, oin), (p_out, oout)] {
+                if p != 0 && !self.write_mem(pid, p, &(o + n as u64).to_ne_bytes()) {
+                    return Answer::Val(-(libc::EFAULT as i64));
+                }
+            }
+        }
+        Answer::Val(n)
+    }
+
+    /// The extended-attribute calls on remote handle `h` or export path `path`
+    /// ([`Opcode::Xattr`], encoded as the shim encodes them).
+    fn xattr(&self, pid: i32, nr: i64, h: Option<u32>, path: &[u8], a: [u64; 6]) -> Answer {
+        let (op, nofollow) = match nr {
+            libc::SYS_getxattr | libc::SYS_fgetxattr => (0u64, false),
+            libc::SYS_lgetxattr => (0, true),
+            libc::SYS_setxattr | libc::SYS_fsetxattr => (1, false),
+            libc::SYS_lsetxattr => (1, true),
+            libc::SYS_listxattr | libc::SYS_flistxattr => (2, false),
+            libc::SYS_llistxattr => (2, true),
+            libc::SYS_removexattr | libc::SYS_fremovexattr => (3, false),
+            libc::SYS_lremovexattr => (3, true),
+            _ => return Answer::Val(-(libc::ENOSYS as i64)),
+        };
+        // Every variant: (object, name or list, value, size, flags).
+        let (name_p, buf, size, flags) = match op {
+            2 => (0, a[1], a[2], 0),
+            _ => (a[1], a[2], a[3], a[4]),
+        };
+        const XATTR_MAX: u64 = 65536;
+        let mut name = vec![0u8; 256];
+        if op != 2 {
+            match Self::mem(pid).read_cstr(UserPtr(name_p), &mut name) {
+                Ok(n) => name.truncate(n),
+                Err(shim_core::MemError::TooLong) => return Answer::Val(-(libc::ERANGE as i64)),
+                Err(_) => return Answer::Val(-(libc::EFAULT as i64)),
+            }
+        } else {
+            name.clear();
+        }
+        if op == 1 && size > XATTR_MAX {
+            return Answer::Val(-(libc::E2BIG as i64));
+        }
+        let mut value = Vec::new();
+        if op == 1 && size > 0 {
+            value.resize(size as usize, 0);
+            if !self.read_mem(pid, buf, &mut value) {
+                return Answer::Val(-(libc::EFAULT as i64));
+            }
+        }
+        let handle = h.map_or(u64::MAX, u64::from);
+        let room = if op == 1 { size } else { size.min(XATTR_MAX) };
+        let word = op | if nofollow { 0x100 } else { 0 } | (flags & 0xffff) << 16;
+        let mut out = vec![
+            0u8;
+            if matches!(op, 0 | 2) {
+                room as usize
+            } else {
+                0
+            }
+        ];
+        let (k, _) = self.call(
+            Opcode::Xattr,
+            [handle, word, room, 0, 0],
+            &[path, &name, &value],
+            (!out.is_empty()).then_some(&mut out[..]),
+        );
+        if k > 0
+            && !out.is_empty()
+            && !self.write_mem(pid, buf, &out[..(k as usize).min(out.len())])
+        {
+            return Answer::Val(-(libc::EFAULT as i64));
+        }
+        Answer::Val(k)
+    }
+
     fn fd_op(&self, pid: i32, fd: i32, op: Opcode, mut args: [u64; 5]) -> Answer {
         match self.targets.get(&pid).and_then(|t| t.fds.get(&fd)) {
             Some(r) => {
                 args[0] = r.handle.into();
-                Answer::Val(self.call(op, args, &[], None, false).0)
+                Answer::Val(self.call(op, args, &[], None).0)
             }
             None => Answer::Continue,
         }
@@ -1011,21 +1519,22 @@ impl Supervisor {
 
     /// True when the target's fd `fd` still is the placeholder of handle `h`.
     fn still_placeholder(&self, pid: i32, fd: i32, h: u32) -> bool {
-        let Some(f) = self.files.get(&h) else {
-            return false;
+        let same = |f: &OwnedFd| {
+            // SAFETY: kcmp with integer arguments only.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_kcmp,
+                    pid,
+                    std::process::id() as i32,
+                    0, /* KCMP_FILE */
+                    fd,
+                    f.as_raw_fd(),
+                )
+            };
+            r == 0
         };
-        // SAFETY: kcmp with integer arguments only.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_kcmp,
-                pid,
-                std::process::id() as i32,
-                0, /* KCMP_FILE */
-                fd,
-                f.as_raw_fd(),
-            )
-        };
-        r == 0
+        self.files.get(&h).is_some_and(same)
+            || self.twins.get(&h).is_some_and(|t| t.iter().any(same))
     }
 
     /// Forgets the target's remote fd `fd` if the target closed or replaced it since.
@@ -1050,12 +1559,7 @@ impl Supervisor {
             if unsafe { libc::kill(pid, 0) } != 0
                 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
             {
-                if let Some(t) = self.targets.remove(&pid) {
-                    for r in t.fds.values() {
-                        self.release(r.handle);
-                    }
-                }
-                self.tgid.retain(|_, p| *p != pid);
+                self.exited(pid);
                 continue;
             }
             let fds: Vec<i32> = self.targets[&pid].fds.keys().copied().collect();
@@ -1065,44 +1569,53 @@ impl Supervisor {
         }
     }
 
-    fn rw(&self, pid: i32, r: Rem, write: bool, buf: u64, len: usize, off: Option<u64>) -> i64 {
-        let w = self.st().layout().window as usize;
-        let mut done = 0usize;
-        let mut tmp = vec![0u8; len.min(w)];
-        while done < len || len == 0 {
-            let chunk = (len - done).min(w);
-            let at = off.map(|o| o + done as u64);
-            let (op, args) = match (write, at) {
-                (false, None) => (Opcode::Read, [r.handle.into(), 0, 0, 0, 0]),
-                (false, Some(o)) => (Opcode::PRead, [r.handle.into(), o, 0, 0, 0]),
-                (true, None) => (Opcode::Write, [r.handle.into(), 0, 0, 0, 0]),
-                (true, Some(o)) => (Opcode::PWrite, [r.handle.into(), o, 0, 0, 0]),
-            };
-            let k = if write {
-                if !self.read_mem(pid, buf + done as u64, &mut tmp[..chunk]) {
-                    return if done > 0 {
-                        done as i64
-                    } else {
-                        -(libc::EFAULT as i64)
-                    };
-                }
-                self.call(op, args, &[&tmp[..chunk]], None, false).0
-            } else {
-                let k = self.call(op, args, &[], Some(&mut tmp[..chunk]), false).0;
-                if k > 0 && !self.write_mem(pid, buf + done as u64, &tmp[..k as usize]) {
-                    return -(libc::EFAULT as i64);
-                }
-                k
-            };
-            if k < 0 {
-                return if done > 0 { done as i64 } else { k };
-            }
-            done += k as usize;
-            if (k as usize) < chunk || len == 0 {
-                break;
+    /// Forgets an exited target, releasing its remote files.
+    fn exited(&mut self, pid: i32) {
+        if let Some(t) = self.targets.remove(&pid) {
+            for r in t.fds.values() {
+                self.release(r.handle);
             }
         }
-        done as i64
+        self.tgid.retain(|_, p| *p != pid);
+    }
+
+    fn rw(&self, pid: i32, r: Rem, write: bool, buf: u64, len: usize, off: Option<u64>) -> i64 {
+        rw_on(self.st(), pid, r.handle, write, buf, len, off)
+    }
+
+    /// read/write (and their offset and vector forms) on a remote FIFO, on a thread of its
+    /// own that answers the call: the other end may be another supervised process whose
+    /// calls this thread answers.
+    fn fifo_io(
+        &self,
+        listener: &OwnedFd,
+        id: u64,
+        pid: i32,
+        r: Rem,
+        write: bool,
+        segs: Vec<(u64, usize)>,
+    ) -> Answer {
+        let (Some(session), Ok(l)) = (self.session.clone(), listener.try_clone()) else {
+            return Answer::Val(-(libc::ENOMEM as i64));
+        };
+        std::thread::spawn(move || {
+            let mut total = 0i64;
+            for (base, len) in segs {
+                let k = rw_on(&session, pid, r.handle, write, base, len, None);
+                if k < 0 {
+                    if total == 0 {
+                        total = k;
+                    }
+                    break;
+                }
+                total += k;
+                if (k as usize) < len {
+                    break;
+                }
+            }
+            send_answer(l.as_raw_fd(), id, Answer::Val(total));
+        });
+        Answer::Sent
     }
 
     fn stat_out(
@@ -1115,7 +1628,7 @@ impl Supervisor {
         inputs: &[&[u8]],
     ) -> Answer {
         let mut x = [0u8; std::mem::size_of::<libc::statx>()];
-        let (k, _) = self.call(op, args, inputs, Some(&mut x), true);
+        let (k, _) = self.call(op, args, inputs, Some(&mut x));
         if k < 0 {
             return Answer::Val(k);
         }
@@ -1153,7 +1666,7 @@ impl Supervisor {
         a: [u64; 6],
         rp: &[u8],
     ) -> Answer {
-        let call0 = |s: &Self, op, args| Answer::Val(s.call(op, args, &[rp], None, false).0);
+        let call0 = |s: &Self, op, args| Answer::Val(s.call(op, args, &[rp], None).0);
         match nr {
             libc::SYS_open | libc::SYS_openat | libc::SYS_creat => {
                 let (flags, mode) = match nr {
@@ -1165,41 +1678,38 @@ impl Supervisor {
                     _ => (a[2], a[3]),
                 };
                 let umask = proc_umask(pid);
-                let (h, st_mode) = self.call(
-                    Opcode::OpenAt,
-                    [flags, mode & 0o7777 & !umask, 0, 0, 0],
-                    &[rp],
-                    None,
-                    false,
-                );
-                if h < 0 {
-                    return Answer::Val(h);
+                let args = [flags, mode & 0o7777 & !umask, 0, 0, 0];
+                if flags & (libc::O_NONBLOCK | libc::O_PATH) as u64 == 0 && self.is_fifo(rp, flags)
+                {
+                    // Opening a FIFO waits for its other end, which another supervised
+                    // process opens through this same thread: open it on a thread of its own.
+                    let (Some(tx), Some(session)) = (self.events.clone(), self.session.clone())
+                    else {
+                        return Answer::Val(-(libc::EIO as i64));
+                    };
+                    let rp = rp.to_vec();
+                    std::thread::spawn(move || {
+                        let mut args = args;
+                        let (handle, st_mode) = storage_call::call_on(
+                            &session,
+                            Opcode::OpenAt,
+                            &mut args,
+                            &[&rp],
+                            None,
+                        );
+                        let _ = tx.send(Event::Opened {
+                            id,
+                            pid,
+                            flags,
+                            rp,
+                            handle,
+                            st_mode,
+                        });
+                    });
+                    return Answer::Sent;
                 }
-                let r = Rem {
-                    handle: h as u32,
-                    is_dir: st_mode as u32 & libc::S_IFMT == libc::S_IFDIR,
-                };
-                if r.is_dir {
-                    self.targets
-                        .get_mut(&pid)
-                        .expect("known")
-                        .dirs
-                        .insert(r.handle, rp.to_vec());
-                }
-                // The placeholder's reference (taken by dup_to) is the open's only one.
-                let ans = self.dup_to(
-                    listener,
-                    id,
-                    pid,
-                    r,
-                    None,
-                    flags & libc::O_CLOEXEC as u64 != 0,
-                );
-                if let Answer::Val(err) = ans {
-                    self.call(Opcode::Close, [h as u64, 0, 0, 0, 0], &[], None, false);
-                    return Answer::Val(err);
-                }
-                ans
+                let (h, st_mode) = self.call(Opcode::OpenAt, args, &[rp], None);
+                self.finish_open(listener, id, pid, flags, rp, h, st_mode)
             }
             libc::SYS_stat | libc::SYS_lstat | libc::SYS_newfstatat | libc::SYS_statx => {
                 let flags = match nr {
@@ -1246,6 +1756,29 @@ impl Supervisor {
             ),
             libc::SYS_unlink => call0(self, Opcode::UnlinkAt, [0; 5]),
             libc::SYS_unlinkat => call0(self, Opcode::UnlinkAt, [a[2], 0, 0, 0, 0]),
+            libc::SYS_fchmodat2 => call0(self, Opcode::ChmodAt, [a[3], a[2], 0, 0, 0]),
+            libc::SYS_getxattr
+            | libc::SYS_lgetxattr
+            | libc::SYS_listxattr
+            | libc::SYS_llistxattr
+            | libc::SYS_setxattr
+            | libc::SYS_lsetxattr
+            | libc::SYS_removexattr
+            | libc::SYS_lremovexattr => self.xattr(pid, nr, None, rp, a),
+            libc::SYS_statfs => {
+                let (h, _) = self.call(
+                    Opcode::OpenAt,
+                    [libc::O_PATH as u64, 0, 0, 0, 0],
+                    &[rp],
+                    None,
+                );
+                if h < 0 {
+                    return Answer::Val(h);
+                }
+                let r = self.statfs_out(pid, h as u32, a[1]);
+                self.call(Opcode::Close, [h as u64, 0, 0, 0, 0], &[], None);
+                r
+            }
             libc::SYS_chmod => call0(self, Opcode::ChmodAt, [0, a[1], 0, 0, 0]),
             libc::SYS_fchmodat => call0(self, Opcode::ChmodAt, [0, a[2], 0, 0, 0]),
             libc::SYS_chown => call0(
@@ -1276,12 +1809,23 @@ impl Supervisor {
                 } else {
                     (a[2], a[3])
                 };
-                let mut out = vec![0u8; (size as usize).min(4096)];
-                let (k, _) = self.call(Opcode::ReadLinkAt, [0; 5], &[rp], Some(&mut out), false);
-                if k > 0 && !self.write_mem(pid, buf, &out[..k as usize]) {
+                if (size as i64) <= 0 {
+                    return Answer::Val(-(libc::EINVAL as i64));
+                }
+                let mut out = vec![0u8; paths::PATH_MAX];
+                let (k, _) = self.call(Opcode::ReadLinkAt, [0; 5], &[rp], Some(&mut out));
+                if k < 0 {
+                    return Answer::Val(k);
+                }
+                // What the program wrote: the mount prefix put back on an absolute target.
+                let stored = &out[..k as usize];
+                let full = paths::link_target_out(stored, self.mount.as_bytes());
+                let t = full.as_ref().map_or(stored, |f| f.as_bytes());
+                let k = t.len().min(size as usize);
+                if !self.write_mem(pid, buf, &t[..k]) {
                     return Answer::Val(-(libc::EFAULT as i64));
                 }
-                Answer::Val(k)
+                Answer::Val(k as i64)
             }
             libc::SYS_utimensat => {
                 let mut ts = [0u8; 32];
@@ -1315,7 +1859,6 @@ impl Supervisor {
                     [0, libc::STATX_TYPE as u64, 0, 0, 0],
                     &[rp],
                     Some(&mut x),
-                    true,
                 );
                 if k < 0 {
                     return Answer::Val(k);
@@ -1341,7 +1884,205 @@ impl Supervisor {
     }
 }
 
-/// The target's umask, from /proc (the storage domain creates with the mode it is given).
+/// A pidfd for process `pid`.
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open with integer arguments; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: pidfd_open returned a new descriptor; we own it.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A thread that reports each watched process's exit (its pidfd polls readable) as
+/// [`Event::Exited`]; returns where to send the processes to watch. It ends with the events'
+/// receiver.
+fn exit_watcher(events: std::sync::mpsc::Sender<Event>) -> std::sync::mpsc::Sender<(i32, OwnedFd)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(i32, OwnedFd)>();
+    std::thread::spawn(move || {
+        let mut watched: Vec<(i32, OwnedFd)> = Vec::new();
+        loop {
+            loop {
+                match rx.try_recv() {
+                    Ok(w) => watched.push(w),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                }
+            }
+            let mut fds: Vec<libc::pollfd> = watched
+                .iter()
+                .map(|(_, f)| libc::pollfd {
+                    fd: f.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: `fds` is a valid array of pollfds (possibly empty).
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+            let mut i = 0;
+            watched.retain(|(pid, _)| {
+                let gone = fds[i].revents != 0;
+                i += 1;
+                if gone && events.send(Event::Exited(*pid)).is_err() {
+                    return false;
+                }
+                !gone
+            });
+        }
+    });
+    tx
+}
+
+/// A read or write of `len` bytes at the target's `buf` on remote handle `h` (at `off`, or
+/// at the file offset), in window-sized chunks.
+fn rw_on(
+    session: &Session,
+    pid: i32,
+    h: u32,
+    write: bool,
+    buf: u64,
+    len: usize,
+    off: Option<u64>,
+) -> i64 {
+    let mem = ProcessMemory::new(pid, shim_core::sys::Real);
+    let w = session.layout().window as usize;
+    let mut done = 0usize;
+    let mut tmp = vec![0u8; len.min(w)];
+    while done < len || len == 0 {
+        let chunk = (len - done).min(w);
+        let at = off.map(|o| o + done as u64);
+        let (op, mut args) = match (write, at) {
+            (false, None) => (Opcode::Read, [h.into(), 0, 0, 0, 0]),
+            (false, Some(o)) => (Opcode::PRead, [h.into(), o, 0, 0, 0]),
+            (true, None) => (Opcode::Write, [h.into(), 0, 0, 0, 0]),
+            (true, Some(o)) => (Opcode::PWrite, [h.into(), o, 0, 0, 0]),
+        };
+        let k = if write {
+            if mem
+                .read(UserPtr(buf + done as u64), &mut tmp[..chunk])
+                .is_err()
+            {
+                return if done > 0 {
+                    done as i64
+                } else {
+                    -(libc::EFAULT as i64)
+                };
+            }
+            storage_call::call_on(session, op, &mut args, &[&tmp[..chunk]], None).0
+        } else {
+            let k = storage_call::call_on(session, op, &mut args, &[], Some(&mut tmp[..chunk])).0;
+            if k > 0
+                && mem
+                    .write(UserPtr(buf + done as u64), &tmp[..k as usize])
+                    .is_err()
+            {
+                return -(libc::EFAULT as i64);
+            }
+            k
+        };
+        if k < 0 {
+            return if done > 0 { done as i64 } else { k };
+        }
+        done += k as usize;
+        if (k as usize) < chunk || len == 0 {
+            break;
+        }
+    }
+    done as i64
+}
+
+/// One splice between a routed file and a pipe (see [`Supervisor::splice`]).
+struct SpliceJob {
+    session: Arc<Session>,
+    pid: i32,
+    handle: u32,
+    pipe: OwnedFd,
+    from_file: bool,
+    /// The explicit file offset (`*off`), if one was given.
+    at: Option<u64>,
+    /// Where the explicit offset lives in the target (0: none).
+    file_off: u64,
+    chunk: usize,
+}
+
+impl SpliceJob {
+    fn call(&self, op: Opcode, args: [u64; 5], inputs: &[&[u8]], out: Option<&mut [u8]>) -> i64 {
+        let mut args = args;
+        storage_call::call_on(&self.session, op, &mut args, inputs, out).0
+    }
+
+    fn run(&self) -> i64 {
+        let h = u64::from(self.handle);
+        let window = self.session.layout().window as usize;
+        let mut buf = vec![0u8; self.chunk.min(window)];
+        let (n, moved_to) = if self.from_file {
+            let at = match self.at {
+                Some(o) => o,
+                None => match self.call(
+                    Opcode::LSeek,
+                    [h, 0, libc::SEEK_CUR as u64, 0, 0],
+                    &[],
+                    None,
+                ) {
+                    x if x < 0 => return x,
+                    x => x as u64,
+                },
+            };
+            let n = self.call(Opcode::PRead, [h, at, 0, 0, 0], &[], Some(&mut buf));
+            if n <= 0 {
+                return n;
+            }
+            // SAFETY: writes `n` bytes of a live buffer to our copy of the target's pipe.
+            let w = unsafe { libc::write(self.pipe.as_raw_fd(), buf.as_ptr().cast(), n as usize) };
+            if w < 0 {
+                return -i64::from(
+                    std::io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO),
+                );
+            }
+            if self.at.is_none() && w > 0 {
+                self.call(
+                    Opcode::LSeek,
+                    [h, at + w as u64, libc::SEEK_SET as u64, 0, 0],
+                    &[],
+                    None,
+                );
+            }
+            (w as i64, at + w as u64)
+        } else {
+            // SAFETY: reads into a live buffer from our copy of the target's pipe.
+            let n =
+                unsafe { libc::read(self.pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return if n < 0 {
+                    -i64::from(
+                        std::io::Error::last_os_error()
+                            .raw_os_error()
+                            .unwrap_or(libc::EIO),
+                    )
+                } else {
+                    0
+                };
+            }
+            let data = &buf[..n as usize];
+            let w = match self.at {
+                Some(o) => self.call(Opcode::PWrite, [h, o, 0, 0, 0], &[data], None),
+                None => self.call(Opcode::Write, [h, 0, 0, 0, 0], &[data], None),
+            };
+            (w, self.at.unwrap_or(0) + w.max(0) as u64)
+        };
+        if n > 0 && self.file_off != 0 {
+            let mem = ProcessMemory::new(self.pid, shim_core::sys::Real);
+            if mem
+                .write(UserPtr(self.file_off), &moved_to.to_ne_bytes())
+                .is_err()
+            {
+                return -(libc::EFAULT as i64);
+            }
+        }
+        n
+    }
+}
+
 /// Installs `src` in the target as its answer to notification `id` (`SECCOMP_ADDFD_FLAG_SEND`:
 /// the fd number becomes the call's result), at `newfd` if given. The fd number, or -errno.
 fn add_fd(listener: RawFd, id: u64, newfd: Option<i32>, cloexec: bool, src: RawFd) -> i64 {
@@ -1400,6 +2141,7 @@ fn notif_id_valid(listener: RawFd, id: u64) -> bool {
     unsafe { libc::ioctl(listener, NOTIF_ID_VALID as _, &id) == 0 }
 }
 
+/// The target's umask, from /proc (the storage domain creates with the mode it is given).
 fn proc_umask(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -209,6 +209,8 @@ struct Env {
     storage: Domain,
     net: Domain,
     dir: Scratch,
+    /// Redirected runs use the supervised mode (`run --supervised`) instead of the shim.
+    supervised: bool,
 }
 
 impl Env {
@@ -222,7 +224,20 @@ impl Env {
         cmd.arg("--root").arg(dir.path("export"));
         let storage = Domain::start(cmd, dir.path("storage.sock"));
         let net = Domain::start(Command::new(bin("virtuos-net")), dir.path("net.sock"));
-        Env { storage, net, dir }
+        Env {
+            storage,
+            net,
+            dir,
+            supervised: false,
+        }
+    }
+
+    /// As [`Env::new`], with redirected runs in the supervised mode.
+    fn supervised(name: &str) -> Env {
+        Env {
+            supervised: true,
+            ..Env::new(name)
+        }
     }
 
     fn export(&self) -> PathBuf {
@@ -255,6 +270,9 @@ impl Env {
     fn redirected(&self, route: Route, prog: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(bin("virtuos-redirect"));
         cmd.arg("run");
+        if self.supervised {
+            cmd.arg("--supervised");
+        }
         if route != Route::Storage {
             cmd.arg("--net").arg(&self.net.sock);
         }
@@ -1131,9 +1149,22 @@ fn python_both_ways(env: &Env, script: &str, sub: &str) -> Vec<Finished> {
 
 #[test]
 fn file_calls_beyond_read_and_write_as_native() {
+    file_calls_beyond_read_and_write_as_native_in(false);
+}
+
+#[test]
+fn file_calls_beyond_read_and_write_as_native_supervised() {
+    file_calls_beyond_read_and_write_as_native_in(true);
+}
+
+fn file_calls_beyond_read_and_write_as_native_in(supervised: bool) {
     // copy_file_range between two routed files (file and explicit offsets, EINVAL, EBADF),
     // posix_fadvise, readahead, sync_file_range, a read-only shared mmap and a private one.
-    let env = Env::new("fileops");
+    let env = if supervised {
+        Env::supervised("fileops-sup")
+    } else {
+        Env::new("fileops")
+    };
     for root in [env.export(), env.local()] {
         std::fs::create_dir_all(root.join("fo")).unwrap();
     }
@@ -1157,9 +1188,22 @@ fn file_calls_beyond_read_and_write_as_native() {
 
 #[test]
 fn extended_attributes_as_native() {
+    extended_attributes_as_native_in(false);
+}
+
+#[test]
+fn extended_attributes_as_native_supervised() {
+    extended_attributes_as_native_in(true);
+}
+
+fn extended_attributes_as_native_in(supervised: bool) {
     // get/set/list/remove on paths, through and on symlinks, on fds, with every error
     // (EEXIST, ENODATA, ERANGE, EPERM on a symlink, ENOTSUP for a bad namespace).
-    let env = Env::new("xattrs");
+    let env = if supervised {
+        Env::supervised("xattrs-sup")
+    } else {
+        Env::new("xattrs")
+    };
     for root in [env.export(), env.local()] {
         std::fs::create_dir_all(root.join("xa")).unwrap();
     }
@@ -1175,10 +1219,23 @@ fn extended_attributes_as_native() {
 
 #[test]
 fn path_semantics_are_the_file_systems() {
+    path_semantics_are_the_file_systems_in(false);
+}
+
+#[test]
+fn path_semantics_are_the_file_systems_supervised() {
+    path_semantics_are_the_file_systems_in(true);
+}
+
+fn path_semantics_are_the_file_systems_in(supervised: bool) {
     // rmdir a/b/. (EINVAL) and a/b/.. (ENOTEMPTY, never a removed directory), rename a/.,
     // touch through a symlink then .., open("newdir/", O_CREAT) (EISDIR), a file with a
     // trailing slash (ENOTDIR), an absolute symlink into the tree followed and read back.
-    let env = Env::new("paths");
+    let env = if supervised {
+        Env::supervised("paths-sup")
+    } else {
+        Env::new("paths")
+    };
     for root in [env.export(), env.local()] {
         for d in ["pt/a/b", "pt/x/y/z", "pt/d"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
@@ -1437,9 +1494,22 @@ fn large_o_append_writes_are_not_torn() {
 
 #[test]
 fn mknod_and_mkfifo_under_the_mount() {
+    mknod_and_mkfifo_under_the_mount_in(false);
+}
+
+#[test]
+fn mknod_and_mkfifo_under_the_mount_supervised() {
+    mknod_and_mkfifo_under_the_mount_in(true);
+}
+
+fn mknod_and_mkfifo_under_the_mount_in(supervised: bool) {
     // FIFOs, regular files, sockets and (as root) device nodes, with their modes and errors,
     // and a FIFO in the tree carrying bytes between two processes: as natively.
-    let env = Env::new("mknod");
+    let env = if supervised {
+        Env::supervised("mknod-sup")
+    } else {
+        Env::new("mknod")
+    };
     let py = python();
     let mut runs = Vec::new();
     for redirected in [false, true] {

@@ -22,19 +22,7 @@ fn e(n: i32) -> i64 {
 }
 
 /// Where a path argument lives.
-#[allow(clippy::large_enum_variant)] // on the stack by design: no allocation in signal handlers
-enum Loc {
-    Local,
-    /// Local, but only after folding `..` out of the mount: use this path instead.
-    LocalAt(PathBuf),
-    /// Export-relative, normalised, starting with `/`.
-    Remote(PathBuf),
-}
-
-/// True when the lexical path `raw` starts inside `mount` (before `..` is folded).
-fn enters(raw: &[u8], mount: &[u8]) -> bool {
-    raw.starts_with(mount) && (raw.len() == mount.len() || raw[mount.len()] == b'/')
-}
+use paths::Route as Loc;
 
 /// The remote file a `/proc/self/fd/N` or `/dev/fd/N` path names, if N is a placeholder.
 fn proc_fd(path: &[u8]) -> Option<Remote> {
@@ -82,36 +70,7 @@ fn resolve(dirfd: i64, path: &[u8]) -> Result<Loc, i64> {
     } else {
         return Ok(Loc::Local);
     };
-    let (full, entered) = match &base {
-        None => (
-            paths::normalize(path).map_err(too_long)?,
-            enters(path, mount.as_bytes()),
-        ),
-        Some(b) => (
-            paths::join(b.as_bytes(), path).map_err(too_long)?,
-            enters(b.as_bytes(), mount.as_bytes()),
-        ),
-    };
-    Ok(
-        match paths::strip_prefix(full.as_bytes(), mount.as_bytes()) {
-            // The file system owns path semantics: the server gets the path as the program
-            // wrote it (below the mount, or below a routed base directory) whenever that
-            // can be said without leaving the export, and resolves `.`, `..`, symlinks and
-            // trailing slashes itself; the folded path only where it cannot.
-            Some(rel) => Loc::Remote(
-                match &base {
-                    None => paths::raw_absolute(path, mount.as_bytes()),
-                    Some(b) => paths::strip_prefix(b.as_bytes(), mount.as_bytes())
-                        .and_then(|br| paths::raw_below(br.as_bytes(), path)),
-                }
-                .unwrap_or(rel),
-            ),
-            // `..` led out of the mount: the kernel cannot walk the remote part, so it gets the
-            // folded path instead.
-            None if entered => Loc::LocalAt(full),
-            None => Loc::Local,
-        },
-    )
+    paths::route(base.as_ref().map(|b| b.as_bytes()), path, mount.as_bytes()).map_err(too_long)
 }
 
 /// Returns `a` with path argument `p` pointing at a NUL-terminated copy of `x` in `buf`.
@@ -1360,8 +1319,7 @@ fn symlink(target: u64, dirfd: i64, p: u64, nr: i64, a: [u64; 6]) -> Result<Opti
     let translated = config::get()
         .mount
         .as_ref()
-        .filter(|m| enters(t, m.as_bytes()))
-        .and_then(|m| paths::raw_absolute(t, m.as_bytes()));
+        .and_then(|m| paths::link_target_in(t, m.as_bytes()));
     let t: &[u8] = translated.as_ref().map_or(t, |x| x.as_bytes());
     path_op(dirfd, p, nr, a, |rp| {
         remote::call(Opcode::SymlinkAt, [0; 5], &[t, rp], None)
@@ -1385,17 +1343,12 @@ fn readlink(
         if n < 0 {
             return n;
         }
-        let mut t = &target[..n as usize];
-        let mut full = Vec::new();
-        if let Some(m) = config::get().mount.as_ref() {
-            if t.first() == Some(&b'/') && m.as_bytes() != b"/" {
-                full.extend_from_slice(m.as_bytes());
-                if t != b"/" {
-                    full.extend_from_slice(t);
-                }
-                t = &full;
-            }
-        }
+        let stored = &target[..n as usize];
+        let full = config::get()
+            .mount
+            .as_ref()
+            .and_then(|m| paths::link_target_out(stored, m.as_bytes()));
+        let t = full.as_ref().map_or(stored, |f| f.as_bytes());
         let k = t.len().min(size as usize);
         user_buf_mut(buf, k).copy_from_slice(&t[..k]);
         k as i64

@@ -29,6 +29,7 @@ pub mod proc;
 pub mod remote;
 pub mod reserve;
 pub mod statconv;
+pub mod storage_call;
 pub mod sys;
 
 /// Every allocation of the shim's Rust code comes from its own lock-free allocator, never

@@ -182,6 +182,74 @@ pub fn strip_prefix(path: &[u8], prefix: &[u8]) -> Option<PathBuf> {
     }
 }
 
+/// True when the lexical path `raw` starts inside `mount` (before `..` is folded).
+pub fn enters(raw: &[u8], mount: &[u8]) -> bool {
+    raw.starts_with(mount) && (raw.len() == mount.len() || raw[mount.len()] == b'/')
+}
+
+/// Where a path lives, decided on the folded path.
+#[allow(clippy::large_enum_variant)] // on the stack by design: no allocation in signal handlers
+pub enum Route {
+    /// Not under the mount: the kernel's.
+    Local,
+    /// Local, but only after folding `..` out of the mount: use this path instead.
+    LocalAt(PathBuf),
+    /// In the storage domain: export-relative, starting with `/`.
+    Remote(PathBuf),
+}
+
+/// Routes `path` as a program gave it: `base` is the absolute, normalised directory a
+/// relative `path` starts from (the cwd or a directory fd's path; `None` for an absolute
+/// path). The file system owns path semantics: a remote path is sent as the program wrote it
+/// (below the mount, or below a routed base directory) whenever that can be said without
+/// leaving the export, so the server resolves `.`, `..`, symlinks and trailing slashes
+/// itself; the folded path only where it cannot. The preload shim and the supervised mode
+/// both route with this.
+pub fn route(base: Option<&[u8]>, path: &[u8], mount: &[u8]) -> Result<Route, PathError> {
+    let (full, entered) = match base {
+        None => (normalize(path)?, enters(path, mount)),
+        Some(b) => (join(b, path)?, enters(b, mount)),
+    };
+    Ok(match strip_prefix(full.as_bytes(), mount) {
+        Some(rel) => Route::Remote(
+            match base {
+                None => raw_absolute(path, mount),
+                Some(b) => strip_prefix(b, mount).and_then(|br| raw_below(br.as_bytes(), path)),
+            }
+            .unwrap_or(rel),
+        ),
+        // `..` led out of the mount: the kernel cannot walk the remote part, so it gets the
+        // folded path instead.
+        None if entered => Route::LocalAt(full),
+        None => Route::Local,
+    })
+}
+
+/// The target a `symlink` stores for `target`: an absolute target under the mount without
+/// the mount prefix (the server resolves absolute targets inside the export); `None` when the
+/// target is stored as written.
+pub fn link_target_in(target: &[u8], mount: &[u8]) -> Option<PathBuf> {
+    if enters(target, mount) {
+        raw_absolute(target, mount)
+    } else {
+        None
+    }
+}
+
+/// What `readlink` returns for a stored target: an absolute one with the mount prefix put
+/// back, so the program reads what it wrote; `None` when it is returned as stored (or the
+/// result would be too long).
+pub fn link_target_out(stored: &[u8], mount: &[u8]) -> Option<PathBuf> {
+    if stored.first() != Some(&b'/') || mount == b"/" {
+        return None;
+    }
+    let mut out = PathBuf::from_bytes(mount)?;
+    if stored != b"/" {
+        out.push_bytes(stored)?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,7 @@ use abi::{Opcode, Request};
 use xen_transport::layout::header;
 use xen_transport::{ClientConfig, ServerState, Session};
 
+use crate::storage_call::call_on;
 use crate::{config, fdtable};
 
 /// A published session and the generation its handles belong to.
@@ -813,62 +814,6 @@ pub fn call_aux(
 ) -> (i64, u64) {
     STORAGE.call_aux(op, args, inputs, out)
 }
-fn call_on(
-    s: &Session,
-    op: Opcode,
-    args: &mut [u64; 5],
-    inputs: &[&[u8]],
-    out: Option<&mut [u8]>,
-) -> (i64, u64) {
-    let mut lease = s.lease();
-    let mut at = 0usize;
-    for (i, inp) in inputs.iter().enumerate() {
-        if lease.write(at, inp).is_err() {
-            return (-(libc::ENAMETOOLONG as i64), 0);
-        }
-        match i {
-            0 => args[4] = inp.len() as u64,
-            1 => args[3] = inp.len() as u64,
-            _ => {}
-        }
-        at += inp.len();
-    }
-    let out_len = out.as_ref().map(|o| o.len()).unwrap_or(0);
-    let data_len = at.max(out_len).min(lease.window() as usize);
-    let req = Request {
-        opcode: op as u16,
-        data_off: 0,
-        data_len: data_len as u32,
-        args: *args,
-        ..Request::default()
-    };
-    let rsp = match lease.call(req) {
-        Ok(r) => r,
-        Err(e) => return (-i64::from(e.errno().get()), 0),
-    };
-    if let Some(out) = out {
-        // Fixed-size results (statx, statfs, flock, the stat an open carries) fill `out`;
-        // the others return a length.
-        let fixed = matches!(
-            op,
-            Opcode::FStat | Opcode::StatAt | Opcode::FStatFs | Opcode::Fcntl
-        ) || (op == Opcode::OpenAt && rsp.aux[1] == 1);
-        let n = if fixed {
-            out.len()
-        } else if op == Opcode::OpenAt {
-            0
-        } else {
-            rsp.result.max(0) as usize
-        }
-        .min(out.len())
-        .min(data_len);
-        if rsp.result >= 0 && n > 0 && lease.read(0, &mut out[..n]).is_err() {
-            return (EIO, 0);
-        }
-    }
-    (rsp.result, rsp.aux[0])
-}
-
 /// A storage call whose payload is written as is, with `args` untouched.
 pub fn call_raw(op: Opcode, mut args: [u64; 5], payload: &[u8], out: Option<&mut [u8]>) -> i64 {
     let d = &STORAGE;

@@ -861,7 +861,7 @@ fn fd_nonblocking(pid: i32, fd: i32) -> bool {
 }
 
 /// A copy of process `pid`'s descriptor `fd` (`pidfd_getfd`).
-fn pidfd_getfd(pid: i32, fd: i32) -> Option<OwnedFd> {
+pub(super) fn pidfd_getfd(pid: i32, fd: i32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open with integer arguments; the result is checked.
     let pfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if pfd < 0 {
