@@ -1181,36 +1181,17 @@ impl Supervisor {
             Ok(f) => f,
             Err(x) => return Answer::Val(-i64::from(x)),
         };
-        let cloexec = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("flags:"))
-                    .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
-            })
-            .is_some_and(|f| f & i64::from(libc::O_CLOEXEC) != 0);
-        #[repr(C)]
-        struct AddFd {
-            id: u64,
-            flags: u32,
-            srcfd: u32,
-            newfd: u32,
-            newfd_flags: u32,
-        }
-        let req = AddFd {
+        let cloexec = fd_flags(pid, fd).is_some_and(|f| f & i64::from(libc::O_CLOEXEC) != 0);
+        let k = install_fd(
+            listener.as_raw_fd(),
             id,
-            flags: SECCOMP_ADDFD_FLAG_SETFD,
-            srcfd: copy.as_raw_fd() as u32,
-            newfd: fd as u32,
-            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
-        };
-        // SAFETY: `req` is a valid seccomp_notif_addfd (installed without answering).
-        if unsafe { libc::ioctl(listener.as_raw_fd(), NOTIF_ADDFD as _, &req) } < 0 {
-            return Answer::Val(
-                -(std::io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO) as i64),
-            );
+            Some(fd),
+            cloexec,
+            copy.as_raw_fd(),
+            false,
+        );
+        if k < 0 {
+            return Answer::Val(k);
         }
         self.twins.entry(r.handle).or_default().push(copy);
         Answer::Continue
@@ -1400,26 +1381,13 @@ impl Supervisor {
     /// The extended-attribute calls on remote handle `h` or export path `path`
     /// ([`Opcode::Xattr`], encoded as the shim encodes them).
     fn xattr(&self, pid: i32, nr: i64, h: Option<u32>, path: &[u8], a: [u64; 6]) -> Answer {
-        let (op, nofollow) = match nr {
-            libc::SYS_getxattr | libc::SYS_fgetxattr => (0u64, false),
-            libc::SYS_lgetxattr => (0, true),
-            libc::SYS_setxattr | libc::SYS_fsetxattr => (1, false),
-            libc::SYS_lsetxattr => (1, true),
-            libc::SYS_listxattr | libc::SYS_flistxattr => (2, false),
-            libc::SYS_llistxattr => (2, true),
-            libc::SYS_removexattr | libc::SYS_fremovexattr => (3, false),
-            libc::SYS_lremovexattr => (3, true),
-            _ => return Answer::Val(-(libc::ENOSYS as i64)),
+        use storage_call::{Xattr, XATTR_MAX};
+        let Some(x) = Xattr::decode(nr, a) else {
+            return Answer::Val(-(libc::ENOSYS as i64));
         };
-        // Every variant: (object, name or list, value, size, flags).
-        let (name_p, buf, size, flags) = match op {
-            2 => (0, a[1], a[2], 0),
-            _ => (a[1], a[2], a[3], a[4]),
-        };
-        const XATTR_MAX: u64 = 65536;
         let mut name = vec![0u8; 256];
-        if op != 2 {
-            match Self::mem(pid).read_cstr(UserPtr(name_p), &mut name) {
+        if x.op != 2 {
+            match Self::mem(pid).read_cstr(UserPtr(x.name), &mut name) {
                 Ok(n) => name.truncate(n),
                 Err(shim_core::MemError::TooLong) => return Answer::Val(-(libc::ERANGE as i64)),
                 Err(_) => return Answer::Val(-(libc::EFAULT as i64)),
@@ -1427,36 +1395,33 @@ impl Supervisor {
         } else {
             name.clear();
         }
-        if op == 1 && size > XATTR_MAX {
+        if x.op == 1 && x.size > XATTR_MAX {
             return Answer::Val(-(libc::E2BIG as i64));
         }
         let mut value = Vec::new();
-        if op == 1 && size > 0 {
-            value.resize(size as usize, 0);
-            if !self.read_mem(pid, buf, &mut value) {
+        if x.op == 1 && x.size > 0 {
+            value.resize(x.size as usize, 0);
+            if !self.read_mem(pid, x.buf, &mut value) {
                 return Answer::Val(-(libc::EFAULT as i64));
             }
         }
-        let handle = h.map_or(u64::MAX, u64::from);
-        let room = if op == 1 { size } else { size.min(XATTR_MAX) };
-        let word = op | if nofollow { 0x100 } else { 0 } | (flags & 0xffff) << 16;
         let mut out = vec![
             0u8;
-            if matches!(op, 0 | 2) {
-                room as usize
+            if x.answers_bytes() {
+                x.room() as usize
             } else {
                 0
             }
         ];
         let (k, _) = self.call(
             Opcode::Xattr,
-            [handle, word, room, 0, 0],
+            x.args(h.map_or(u64::MAX, u64::from)),
             &[path, &name, &value],
             (!out.is_empty()).then_some(&mut out[..]),
         );
         if k > 0
             && !out.is_empty()
-            && !self.write_mem(pid, buf, &out[..(k as usize).min(out.len())])
+            && !self.write_mem(pid, x.buf, &out[..(k as usize).min(out.len())])
         {
             return Answer::Val(-(libc::EFAULT as i64));
         }
@@ -2086,6 +2051,20 @@ impl SpliceJob {
 /// Installs `src` in the target as its answer to notification `id` (`SECCOMP_ADDFD_FLAG_SEND`:
 /// the fd number becomes the call's result), at `newfd` if given. The fd number, or -errno.
 fn add_fd(listener: RawFd, id: u64, newfd: Option<i32>, cloexec: bool, src: RawFd) -> i64 {
+    install_fd(listener, id, newfd, cloexec, src, true)
+}
+
+/// Installs `src` in the target during notification `id`, at `newfd` if given (replacing
+/// what was there, as dup2 does), answering the call with the fd number if `send`. The fd
+/// number, or -errno.
+fn install_fd(
+    listener: RawFd,
+    id: u64,
+    newfd: Option<i32>,
+    cloexec: bool,
+    src: RawFd,
+    send: bool,
+) -> i64 {
     #[repr(C)]
     struct AddFd {
         id: u64,
@@ -2096,7 +2075,7 @@ fn add_fd(listener: RawFd, id: u64, newfd: Option<i32>, cloexec: bool, src: RawF
     }
     let a = AddFd {
         id,
-        flags: SECCOMP_ADDFD_FLAG_SEND
+        flags: if send { SECCOMP_ADDFD_FLAG_SEND } else { 0 }
             | if newfd.is_some() {
                 SECCOMP_ADDFD_FLAG_SETFD
             } else {
@@ -2115,6 +2094,16 @@ fn add_fd(listener: RawFd, id: u64, newfd: Option<i32>, cloexec: bool, src: RawF
     } else {
         r as i64
     }
+}
+
+/// The status flags of the target's `fd` (`flags:` of `/proc/PID/fdinfo/FD`, with O_CLOEXEC
+/// for the close-on-exec flag).
+fn fd_flags(pid: i32, fd: i32) -> Option<i64> {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
 }
 
 /// Answers notification `id` (nothing to do for [`Answer::Sent`]).

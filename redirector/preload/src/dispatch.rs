@@ -734,49 +734,35 @@ fn copy_range(a: [u64; 6]) -> i64 {
 /// The extended-attribute calls on a routed file (`r`) or path (`path`), in the storage
 /// domain ([`Opcode::Xattr`]): the same answers, errors and sizes as the kernel's there.
 fn xattr_remote(nr: i64, r: Option<Remote>, path: &[u8], a: [u64; 6]) -> i64 {
-    let (op, nofollow) = match nr {
-        libc::SYS_getxattr | libc::SYS_fgetxattr => (0u64, false),
-        libc::SYS_lgetxattr => (0, true),
-        libc::SYS_setxattr | libc::SYS_fsetxattr => (1, false),
-        libc::SYS_lsetxattr => (1, true),
-        libc::SYS_listxattr | libc::SYS_flistxattr => (2, false),
-        libc::SYS_llistxattr => (2, true),
-        libc::SYS_removexattr | libc::SYS_fremovexattr => (3, false),
-        libc::SYS_lremovexattr => (3, true),
-        _ => return e(libc::ENOSYS),
+    use crate::storage_call::{Xattr, XATTR_MAX};
+    let Some(x) = Xattr::decode(nr, a) else {
+        return e(libc::ENOSYS);
     };
-    // Every variant: (object, name or list, value, size, flags).
-    let (name_p, buf, size, flags) = match op {
-        2 => (0, a[1], a[2], 0),
-        _ => (a[1], a[2], a[3], a[4]),
-    };
-    const XATTR_MAX: u64 = 65536;
-    let name: &[u8] = if op == 2 {
+    let name: &[u8] = if x.op == 2 {
         &[]
     } else {
-        match sys::c_str(name_p, 256) {
+        match sys::c_str(x.name, 256) {
             Ok(n) => n,
             Err(sys::StrError::Fault) => return e(libc::EFAULT),
             Err(sys::StrError::TooLong) => return e(libc::ERANGE),
         }
     };
-    if op == 1 && size > XATTR_MAX {
+    if x.op == 1 && x.size > XATTR_MAX {
         return e(libc::E2BIG);
     }
-    let value: &[u8] = if op == 1 && size > 0 {
+    let value: &[u8] = if x.op == 1 && x.size > 0 {
         let mut probe = [0u8; 1];
-        if !sys::read_user(buf, &mut probe) {
+        if !sys::read_user(x.buf, &mut probe) {
             return e(libc::EFAULT);
         }
-        user_buf(buf, size as usize)
+        user_buf(x.buf, x.size as usize)
     } else {
         &[]
     };
-    let handle = r.map_or(u64::MAX, |r| u64::from(r.handle));
-    let room = if op == 1 { size } else { size.min(XATTR_MAX) };
-    let word = op | if nofollow { 0x100 } else { 0 } | (flags & 0xffff) << 16;
-    let mut args = [handle, word, room, 0, 0];
-    let out = (matches!(op, 0 | 2) && size > 0).then(|| user_buf_mut(buf, room as usize));
+    let mut args = x.args(r.map_or(u64::MAX, |r| u64::from(r.handle)));
+    let out = x
+        .answers_bytes()
+        .then(|| user_buf_mut(x.buf, x.room() as usize));
     // The path, the name and the value back to back (their lengths in args[4], args[3] and
     // args[2]).
     remote::call_aux(Opcode::Xattr, &mut args, &[path, name, value], out).0

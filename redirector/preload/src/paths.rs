@@ -282,6 +282,46 @@ mod tests {
         assert_eq!(rb("/x", "..").as_deref(), Some("/x/.."));
     }
 
+    fn route_str(base: Option<&str>, path: &str, mount: &str) -> String {
+        match route(base.map(str::as_bytes), path.as_bytes(), mount.as_bytes()).unwrap() {
+            Route::Local => "local".into(),
+            Route::LocalAt(p) => format!("local {}", String::from_utf8_lossy(p.as_bytes())),
+            Route::Remote(p) => format!("remote {}", String::from_utf8_lossy(p.as_bytes())),
+        }
+    }
+
+    #[test]
+    fn routes_send_the_path_as_written() {
+        // Absolute, relative to a routed cwd, relative to a local cwd entering the mount.
+        assert_eq!(route_str(None, "/vt/a/b/..", "/vt"), "remote /a/b/..");
+        assert_eq!(route_str(Some("/vt/a"), "b/.", "/vt"), "remote /a/b/.");
+        assert_eq!(route_str(Some("/vt"), "newdir/", "/vt"), "remote /newdir/");
+        assert_eq!(route_str(Some("/home"), "../vt/x", "/vt"), "remote /x");
+        // Leaving the mount lexically: the folded path, local.
+        assert_eq!(
+            route_str(Some("/vt/a"), "../../etc/passwd", "/vt"),
+            "local /etc/passwd"
+        );
+        assert_eq!(route_str(None, "/vt/../etc", "/vt"), "local /etc");
+        // Through the mount and back in: folded, still remote.
+        assert_eq!(route_str(None, "/vt/a/../../vt/b", "/vt"), "remote /b");
+        assert_eq!(route_str(None, "/etc/passwd", "/vt"), "local");
+        assert_eq!(route_str(Some("/home"), "x", "/vt"), "local");
+    }
+
+    #[test]
+    fn link_targets_lose_and_regain_the_mount() {
+        let s = |p: Option<PathBuf>| p.map(|p| String::from_utf8(p.as_bytes().to_vec()).unwrap());
+        assert_eq!(s(link_target_in(b"/vt/d", b"/vt")).as_deref(), Some("/d"));
+        assert_eq!(s(link_target_in(b"/vt", b"/vt")).as_deref(), Some("/"));
+        assert_eq!(s(link_target_in(b"/etc/x", b"/vt")), None);
+        assert_eq!(s(link_target_in(b"x/y", b"/vt")), None);
+        assert_eq!(s(link_target_out(b"/d", b"/vt")).as_deref(), Some("/vt/d"));
+        assert_eq!(s(link_target_out(b"/", b"/vt")).as_deref(), Some("/vt"));
+        assert_eq!(s(link_target_out(b"x/y", b"/vt")), None);
+        assert_eq!(s(link_target_out(b"/d", b"/")), None);
+    }
+
     fn n(s: &str) -> String {
         String::from_utf8(normalize(s.as_bytes()).unwrap().as_bytes().to_vec()).unwrap()
     }

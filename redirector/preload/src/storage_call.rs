@@ -64,3 +64,99 @@ pub fn call_on(
     }
     (rsp.result, rsp.aux[0])
 }
+
+/// An extended-attribute call decoded for [`Opcode::Xattr`]: which operation (0 get, 1 set,
+/// 2 list, 3 remove), whether it acts on a symlink itself, and the program's arguments.
+pub struct Xattr {
+    /// 0 get, 1 set, 2 list, 3 remove.
+    pub op: u64,
+    /// The `l*` form: acts on a symlink itself.
+    pub nofollow: bool,
+    /// The name's address (0 for list).
+    pub name: u64,
+    /// The value or list buffer.
+    pub buf: u64,
+    /// The buffer's size (the value's length for set).
+    pub size: u64,
+    /// setxattr's XATTR_CREATE/XATTR_REPLACE.
+    pub flags: u64,
+}
+
+/// Largest value (and list) Linux handles.
+pub const XATTR_MAX: u64 = 65536;
+
+impl Xattr {
+    /// The call `nr` with arguments `a` (every form: path, `l*` and `f*`), if it is one.
+    pub fn decode(nr: i64, a: [u64; 6]) -> Option<Xattr> {
+        let (op, nofollow) = match nr {
+            libc::SYS_getxattr | libc::SYS_fgetxattr => (0u64, false),
+            libc::SYS_lgetxattr => (0, true),
+            libc::SYS_setxattr | libc::SYS_fsetxattr => (1, false),
+            libc::SYS_lsetxattr => (1, true),
+            libc::SYS_listxattr | libc::SYS_flistxattr => (2, false),
+            libc::SYS_llistxattr => (2, true),
+            libc::SYS_removexattr | libc::SYS_fremovexattr => (3, false),
+            libc::SYS_lremovexattr => (3, true),
+            _ => return None,
+        };
+        // Every variant: (object, name or list, value, size, flags).
+        let (name, buf, size, flags) = match op {
+            2 => (0, a[1], a[2], 0),
+            _ => (a[1], a[2], a[3], a[4]),
+        };
+        Some(Xattr {
+            op,
+            nofollow,
+            name,
+            buf,
+            size,
+            flags,
+        })
+    }
+
+    /// Room for the answer: the whole value for set, at most [`XATTR_MAX`] otherwise.
+    pub fn room(&self) -> u64 {
+        if self.op == 1 {
+            self.size
+        } else {
+            self.size.min(XATTR_MAX)
+        }
+    }
+
+    /// True when the answer is bytes for the program's buffer (get and list with a size).
+    pub fn answers_bytes(&self) -> bool {
+        matches!(self.op, 0 | 2) && self.size > 0
+    }
+
+    /// The request's arguments for object `handle` (`u64::MAX`: the path in the payload),
+    /// which go with the payload path, name, value (in that order).
+    pub fn args(&self, handle: u64) -> [u64; 5] {
+        let word = self.op | if self.nofollow { 0x100 } else { 0 } | (self.flags & 0xffff) << 16;
+        [handle, word, self.room(), 0, 0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattr_calls_decode_to_one_request_layout() {
+        let a = [7, 0x1000, 0x2000, 64, 1, 0];
+        let get = Xattr::decode(libc::SYS_lgetxattr, a).unwrap();
+        assert_eq!(
+            (get.op, get.nofollow, get.name, get.buf),
+            (0, true, 0x1000, 0x2000)
+        );
+        assert!(get.answers_bytes());
+        assert_eq!(get.args(9), [9, 0x100 | (1 << 16), 64, 0, 0]);
+        let list = Xattr::decode(libc::SYS_flistxattr, [3, 0x3000, 0, 0, 0, 0]).unwrap();
+        assert_eq!((list.op, list.name, list.buf, list.size), (2, 0, 0x3000, 0));
+        assert!(!list.answers_bytes(), "a size query answers a length only");
+        let set = Xattr::decode(libc::SYS_setxattr, [0, 1, 2, XATTR_MAX + 5, 2, 0]).unwrap();
+        assert_eq!(set.room(), XATTR_MAX + 5, "set sends its whole value");
+        let rm = Xattr::decode(libc::SYS_fremovexattr, a).unwrap();
+        assert_eq!((rm.op, rm.nofollow), (3, false));
+        assert!(Xattr::decode(libc::SYS_read, a).is_none());
+    }
+}

@@ -848,29 +848,87 @@ fn set_fl_nonblock(fd: RawFd) {
     }
 }
 
-/// True when the program's `fd` has O_NONBLOCK (from `/proc/PID/fdinfo`).
+/// True when the program's `fd` has O_NONBLOCK.
 fn fd_nonblocking(pid: i32, fd: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("flags:"))
-                .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
-        })
-        .is_some_and(|f| f & i64::from(libc::O_NONBLOCK) != 0)
+    super::fd_flags(pid, fd).is_some_and(|f| f & i64::from(libc::O_NONBLOCK) != 0)
 }
 
 /// A copy of process `pid`'s descriptor `fd` (`pidfd_getfd`).
 pub(super) fn pidfd_getfd(pid: i32, fd: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open with integer arguments; the result is checked.
-    let pfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pfd < 0 {
-        return None;
-    }
-    // SAFETY: pidfd_open returned a new descriptor; we own it.
-    let pfd = unsafe { OwnedFd::from_raw_fd(pfd as RawFd) };
+    let pfd = super::pidfd_open(pid)?;
     // SAFETY: pidfd_getfd with integer arguments; the result is checked.
     let f = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pfd.as_raw_fd(), fd, 0) };
     // SAFETY: pidfd_getfd returned a new descriptor; we own it.
     (f >= 0).then(|| unsafe { OwnedFd::from_raw_fd(f as RawFd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shim_core::MemError;
+    use std::cell::RefCell;
+
+    /// The caller's memory as one buffer at address 0x1000.
+    struct Buf(RefCell<Vec<u8>>);
+
+    impl CallerMemory for Buf {
+        fn read(&self, addr: UserPtr, out: &mut [u8]) -> Result<(), MemError> {
+            let b = self.0.borrow();
+            let at = (addr.0 as usize)
+                .checked_sub(0x1000)
+                .ok_or(MemError::Fault)?;
+            let src = b.get(at..at + out.len()).ok_or(MemError::Fault)?;
+            out.copy_from_slice(src);
+            Ok(())
+        }
+        fn write(&self, addr: UserPtr, data: &[u8]) -> Result<(), MemError> {
+            let mut b = self.0.borrow_mut();
+            let at = (addr.0 as usize)
+                .checked_sub(0x1000)
+                .ok_or(MemError::Fault)?;
+            let dst = b.get_mut(at..at + data.len()).ok_or(MemError::Fault)?;
+            dst.copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    fn val(a: Answer) -> i64 {
+        match a {
+            Answer::Val(v) => v,
+            _ => panic!("not a value"),
+        }
+    }
+
+    #[test]
+    fn addresses_are_truncated_and_their_full_length_reported_as_linux_does() {
+        // *lenp = 4 at 0x1000, the address buffer at 0x1010.
+        let m = Buf(RefCell::new(vec![0; 64]));
+        m.write(UserPtr(0x1000), &4u32.to_ne_bytes()).unwrap();
+        let addr = [2u8, 0, 0x1f, 0x90, 127, 0, 0, 1];
+        assert_eq!(val(addr_out(&m, 0x1010, 0x1000, &addr, 16)), 0);
+        let b = m.0.borrow();
+        assert_eq!(&b[0x10..0x14], &addr[..4], "only *lenp bytes written");
+        assert_eq!(&b[0x14..0x18], &[0; 4]);
+        assert_eq!(
+            u32::from_ne_bytes(b[..4].try_into().unwrap()),
+            16,
+            "full length back"
+        );
+        drop(b);
+        // A negative *lenp is EINVAL, an unreadable lenp or address EFAULT.
+        m.write(UserPtr(0x1000), &(-1i32).to_ne_bytes()).unwrap();
+        assert_eq!(
+            val(addr_out(&m, 0x1010, 0x1000, &addr, 16)),
+            -i64::from(libc::EINVAL)
+        );
+        assert_eq!(
+            val(addr_out(&m, 0x1010, 0x10, &addr, 16)),
+            -i64::from(libc::EFAULT)
+        );
+        m.write(UserPtr(0x1000), &8u32.to_ne_bytes()).unwrap();
+        assert_eq!(
+            val(addr_out(&m, 0x9000, 0x1000, &addr, 16)),
+            -i64::from(libc::EFAULT)
+        );
+    }
 }
