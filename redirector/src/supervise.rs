@@ -1849,6 +1849,26 @@ impl Supervisor {
     }
 }
 
+/// The kernel's "restart this call after the signal" answer: a call answered so is restarted
+/// (no handler, or one with SA_RESTART) or fails with EINTR, exactly as a blocking call that
+/// a signal interrupts in the kernel.
+const ERESTARTSYS: i64 = 512;
+
+/// True when thread `tid` has a signal pending that it does not block (its own or its
+/// process's: `SigPnd`/`ShdPnd` less `SigBlk` in /proc/TID/status).
+fn signal_pending(tid: i32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    let mask = |key: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
+}
+
 /// A pidfd for process `pid`.
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open with integer arguments; the result is checked.

@@ -359,3 +359,53 @@ fn go_net_http_serves_and_fetches_through_the_network_domain() {
     std::thread::sleep(Duration::from_millis(100));
     net.check_alive();
 }
+
+#[test]
+fn python_socket_programs_through_the_supervised_mode() {
+    // The network test scripts, run with `run --supervised` (the mode static programs get):
+    // 64 threads' connections, 16 forked children sharing a listener, a blocking accept that
+    // SIGALRM interrupts (EINTR into Python) and one it restarts (SA_RESTART), each with the
+    // output of the native run.
+    let dir = Scratch::new("static-py");
+    let mut net = Domain::net(&dir);
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/net");
+    for (name, expect) in [
+        ("threaded_tcp.py", "ok 64 connections 12800 messages "),
+        ("fork_listener.py", ""),
+        (
+            "signal_accept.py",
+            "accepted after the interruption: hello after EINTR",
+        ),
+        (
+            "restart_accept.py",
+            "handler ran 1 times; accept restarted and got b'late'",
+        ),
+    ] {
+        let script = scripts.join(name);
+        let n = Running::output({
+            let mut c = Command::new("python3");
+            c.arg(&script);
+            c
+        });
+        let mut c = Command::new(bin("virtuos-redirect"));
+        c.args(["run", "--supervised", "--net"])
+            .arg(&net.sock)
+            .args(["--", "python3"])
+            .arg(&script);
+        let r = Running::output(c);
+        assert!(n.status.success(), "{name} natively: {}", n.describe());
+        assert!(r.status.success(), "{name} supervised: {}", r.describe());
+        assert!(
+            n.out().contains(expect),
+            "{name} natively: {}",
+            n.describe()
+        );
+        assert_eq!(
+            r.out(),
+            n.out(),
+            "{name}: supervised output differs: {}",
+            r.describe()
+        );
+    }
+    assert_released(&mut net, &[]);
+}

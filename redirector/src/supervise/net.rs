@@ -351,6 +351,7 @@ impl Net {
                 }
                 let job = AcceptJob {
                     pid,
+                    tid,
                     fd: a[0] as i32,
                     addr: a[1],
                     lenp: a[2],
@@ -551,6 +552,16 @@ impl Net {
             if !notif_id_valid(listener.as_raw_fd(), job.id) {
                 return;
             }
+            if super::signal_pending(job.tid) {
+                // As the kernel's own accept: the handler runs, then the call restarts
+                // (SA_RESTART, or no handler) or fails with EINTR.
+                send_answer(
+                    listener.as_raw_fd(),
+                    job.id,
+                    Answer::Val(-super::ERESTARTSYS),
+                );
+                return;
+            }
             let st = sock.lock();
             if st.gone {
                 drop(st);
@@ -558,7 +569,7 @@ impl Net {
                 return;
             }
             if st.queue.is_empty() {
-                let _ = sock.queued.wait_timeout(st, Duration::from_millis(100));
+                let _ = sock.queued.wait_timeout(st, Duration::from_millis(20));
             }
         }
     }
@@ -788,6 +799,8 @@ impl Reply {
 
 struct AcceptJob {
     pid: i32,
+    /// The calling thread.
+    tid: i32,
     fd: i32,
     addr: u64,
     lenp: u64,
