@@ -649,16 +649,17 @@ impl Supervisor {
         };
         if let Some((dirfd, p)) = path_arg {
             if p == 0 {
-                return if nr == libc::SYS_utimensat && rem(self, fd).is_some() {
-                    e(libc::EOPNOTSUPP)
-                } else {
-                    Answer::Continue
-                };
+                return Answer::Continue;
             }
             let path = match self.read_path(pid, p) {
                 Ok(path) => path,
                 Err(errno) => return e(errno),
             };
+            if let Some(r) = paths::proc_fd_number(&path).and_then(|f| rem(self, f as i32)) {
+                // A remote file named through its magic link (glibc's fchmodat with
+                // AT_SYMLINK_NOFOLLOW does it): the handle, as the shim does.
+                return self.by_proc_fd(pid, nr, a, r);
+            }
             if path.is_empty() {
                 // AT_EMPTY_PATH on a remote fd.
                 return match rem(self, dirfd as i32) {
@@ -907,6 +908,12 @@ impl Supervisor {
                         .0,
                     ),
                     libc::F_GETFD | libc::F_SETFD => Answer::Continue,
+                    libc::F_GETLK
+                    | libc::F_SETLK
+                    | libc::F_SETLKW
+                    | libc::F_OFD_GETLK
+                    | libc::F_OFD_SETLK
+                    | libc::F_OFD_SETLKW => self.lock(listener, n.id, pid, r, a[1] as i32, a[2]),
                     _ => e(libc::EINVAL),
                 },
                 None => Answer::Continue,
@@ -955,6 +962,9 @@ impl Supervisor {
                 if rem(self, fd).is_some() || rem(self, a[2] as i32).is_some() =>
             {
                 self.copy_range(pid, a)
+            }
+            libc::SYS_sendfile if rem(self, a[1] as i32).is_some() && rem(self, fd).is_none() => {
+                self.sendfile(listener, n.id, pid, a)
             }
             libc::SYS_sendfile | libc::SYS_copy_file_range => {
                 if rem(self, fd).is_some()
@@ -1032,6 +1042,11 @@ impl Supervisor {
                     Err(errno) => e(errno),
                 }
             }
+            // futimens(fd, times): the remote file itself.
+            libc::SYS_utimensat if a[1] == 0 => match rem(self, fd) {
+                Some(r) => self.utimens(pid, r.handle.into(), a[3], a[2], b""),
+                None => Answer::Continue,
+            },
             libc::SYS_close_range => {
                 let (first, last, flags) = (a[0] as u32, a[1] as u32, a[2] as u32);
                 if flags & libc::CLOSE_RANGE_CLOEXEC == 0 {
@@ -1318,6 +1333,147 @@ impl Supervisor {
             return Answer::Val(err);
         }
         ans
+    }
+
+    /// Record locks on a routed file, held by the storage domain (open-file-description
+    /// locks there, as the shim's). A waiting F_SETLKW runs on a thread of its own, which
+    /// answers it (its holder is usually another supervised process).
+    fn lock(&self, listener: &OwnedFd, id: u64, pid: i32, r: Rem, cmd: i32, p: u64) -> Answer {
+        let mut fl = [0u8; std::mem::size_of::<libc::flock>()];
+        if !self.read_mem(pid, p, &mut fl) {
+            return Answer::Val(-(libc::EFAULT as i64));
+        }
+        let args = [r.handle.into(), cmd as u64, 0, 0, 0];
+        if matches!(cmd, libc::F_GETLK | libc::F_OFD_GETLK) {
+            let input = fl;
+            let (k, _) = self.call(Opcode::Fcntl, args, &[&input], Some(&mut fl));
+            if k >= 0 && !self.write_mem(pid, p, &fl) {
+                return Answer::Val(-(libc::EFAULT as i64));
+            }
+            return Answer::Val(k);
+        }
+        if matches!(cmd, libc::F_SETLK | libc::F_OFD_SETLK) {
+            return Answer::Val(self.call(Opcode::Fcntl, args, &[&fl], None).0);
+        }
+        let (Some(session), Ok(l)) = (self.session.clone(), listener.try_clone()) else {
+            return Answer::Val(-(libc::ENOMEM as i64));
+        };
+        std::thread::spawn(move || {
+            let mut args = args;
+            let (k, _) = storage_call::call_on(&session, Opcode::Fcntl, &mut args, &[&fl], None);
+            send_answer(l.as_raw_fd(), id, Answer::Val(k));
+        });
+        Answer::Sent
+    }
+
+    /// utimensat of export path `rp` (`handle` u64::MAX) or of remote `handle` (`rp` empty):
+    /// the times at `times` in the target (null: now), as the shim encodes them.
+    fn utimens(&self, pid: i32, handle: u64, flags: u64, times: u64, rp: &[u8]) -> Answer {
+        let mut ts = [0u8; 32];
+        let given = times != 0;
+        if given && !self.read_mem(pid, times, &mut ts) {
+            return Answer::Val(-(libc::EFAULT as i64));
+        }
+        let mut payload = ts.to_vec();
+        payload.extend_from_slice(rp);
+        let mut lease = self.st().lease();
+        if lease.write(0, &payload).is_err() {
+            return Answer::Val(-(libc::ENAMETOOLONG as i64));
+        }
+        let req = abi::Request {
+            opcode: Opcode::UtimensAt as u16,
+            data_len: payload.len() as u32,
+            args: [handle, flags, u64::from(given), 0, rp.len() as u64],
+            ..Default::default()
+        };
+        Answer::Val(
+            lease
+                .call(req)
+                .map(|r| r.result)
+                .unwrap_or(-(libc::EIO as i64)),
+        )
+    }
+
+    /// A path call on `/proc/self/fd/N` or `/dev/fd/N` whose N is remote file `r`.
+    fn by_proc_fd(&self, pid: i32, nr: i64, a: [u64; 6], r: Rem) -> Answer {
+        let h = u64::from(r.handle);
+        match nr {
+            libc::SYS_chmod => self.fd_call(Opcode::FChmod, [h, a[1], 0, 0, 0]),
+            libc::SYS_fchmodat | libc::SYS_fchmodat2 => {
+                self.fd_call(Opcode::FChmod, [h, a[2], 0, 0, 0])
+            }
+            libc::SYS_chown | libc::SYS_lchown => self.fd_call(
+                Opcode::FChown,
+                [h, a[1] as u32 as u64, a[2] as u32 as u64, 0, 0],
+            ),
+            libc::SYS_fchownat => self.fd_call(
+                Opcode::FChown,
+                [h, a[2] as u32 as u64, a[3] as u32 as u64, 0, 0],
+            ),
+            libc::SYS_stat | libc::SYS_lstat | libc::SYS_newfstatat | libc::SYS_statx => {
+                self.stat_out(pid, nr, a, Opcode::FStat, [h, 0, 0, 0, 0], &[])
+            }
+            libc::SYS_utimensat => self.utimens(pid, h, a[3], a[2], b""),
+            // Reopening through the link would reach the placeholder, not the file: refused
+            // rather than acting on the wrong inode (as the shim does).
+            _ => Answer::Val(-(libc::EOPNOTSUPP as i64)),
+        }
+    }
+
+    fn fd_call(&self, op: Opcode, args: [u64; 5]) -> Answer {
+        Answer::Val(self.call(op, args, &[], None).0)
+    }
+
+    /// sendfile from a routed file to a local fd (a socket, a pipe, a file): a chunk of up to
+    /// 64 KiB read from the storage domain and written to the target's fd (reached through
+    /// `pidfd_getfd`), the file's offset (or `*offset`) advanced by exactly what was written,
+    /// so a short write to a non-blocking socket loses nothing. A write that would block on a
+    /// blocking fd waits on a thread of its own, which answers the call.
+    fn sendfile(&self, listener: &OwnedFd, id: u64, pid: i32, a: [u64; 6]) -> Answer {
+        let (out_fd, off_p, count) = (a[0] as i32, a[2], a[3]);
+        let r = self.targets[&pid].fds[&(a[1] as i32)];
+        if r.is_dir {
+            return Answer::Val(-(libc::EINVAL as i64));
+        }
+        let Some(out) = net::pidfd_getfd(pid, out_fd) else {
+            return Answer::Val(-(libc::EBADF as i64));
+        };
+        if count == 0 {
+            return Answer::Val(0);
+        }
+        let at = match self.user_offset(pid, off_p) {
+            Ok(o) => o,
+            Err(x) => return Answer::Val(-i64::from(x)),
+        };
+        let raw = out.as_raw_fd();
+        let job = SpliceJob {
+            session: Arc::clone(self.session.as_ref().expect("storage routed")),
+            pid,
+            handle: r.handle,
+            pipe: out,
+            from_file: true,
+            at,
+            file_off: off_p,
+            chunk: (count as usize).min(64 << 10),
+        };
+        let mut p = libc::pollfd {
+            fd: raw,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let ready = unsafe { libc::poll(&mut p, 1, 0) } == 1;
+        if ready || fd_flags(pid, out_fd).is_some_and(|f| f & i64::from(libc::O_NONBLOCK) != 0) {
+            return Answer::Val(job.run());
+        }
+        let Ok(l) = listener.try_clone() else {
+            return Answer::Val(-(libc::ENOMEM as i64));
+        };
+        std::thread::spawn(move || {
+            let r = job.run();
+            send_answer(l.as_raw_fd(), id, Answer::Val(r));
+        });
+        Answer::Sent
     }
 
     /// statfs of handle `h`, written to the target at `out`.
@@ -1792,31 +1948,7 @@ impl Supervisor {
                 }
                 Answer::Val(k as i64)
             }
-            libc::SYS_utimensat => {
-                let mut ts = [0u8; 32];
-                let given = a[2] != 0;
-                if given && !self.read_mem(pid, a[2], &mut ts) {
-                    return Answer::Val(-(libc::EFAULT as i64));
-                }
-                let mut payload = ts.to_vec();
-                payload.extend_from_slice(rp);
-                let mut lease = self.st().lease();
-                if lease.write(0, &payload).is_err() {
-                    return Answer::Val(-(libc::ENAMETOOLONG as i64));
-                }
-                let req = abi::Request {
-                    opcode: Opcode::UtimensAt as u16,
-                    data_len: payload.len() as u32,
-                    args: [u64::MAX, a[3], u64::from(given), 0, rp.len() as u64],
-                    ..Default::default()
-                };
-                Answer::Val(
-                    lease
-                        .call(req)
-                        .map(|r| r.result)
-                        .unwrap_or(-(libc::EIO as i64)),
-                )
-            }
+            libc::SYS_utimensat => self.utimens(pid, u64::MAX, a[3], a[2], rp),
             libc::SYS_chdir => {
                 let mut x = [0u8; std::mem::size_of::<libc::statx>()];
                 let (k, _) = self.call(
@@ -1974,7 +2106,8 @@ fn rw_on(
     done as i64
 }
 
-/// One splice between a routed file and a pipe (see [`Supervisor::splice`]).
+/// One splice (or sendfile) between a routed file and a local pipe (or fd): see
+/// [`Supervisor::splice`] and [`Supervisor::sendfile`].
 struct SpliceJob {
     session: Arc<Session>,
     pid: i32,

@@ -19,6 +19,8 @@ struct Storage {
     sock: PathBuf,
     root: PathBuf,
     local: PathBuf,
+    /// Redirected runs use the supervised mode (`run --supervised`) instead of the shim.
+    supervised: bool,
 }
 
 impl Drop for Storage {
@@ -69,7 +71,15 @@ fn start(name: &str) -> Storage {
         sock,
         root,
         local,
+        supervised: false,
     }
+}
+
+/// As [`start`], with redirected runs in the supervised mode.
+fn start_supervised(name: &str) -> Storage {
+    let mut s = start(&format!("{name}-sup"));
+    s.supervised = true;
+    s
 }
 
 impl Storage {
@@ -87,7 +97,9 @@ impl Storage {
 
     fn redirected_unchecked(&self, shell: &[&str], script: &str) -> Output {
         Command::new(bin_dir().join("virtuos-redirect"))
-            .args(["run", "--storage"])
+            .arg("run")
+            .args(self.supervised.then_some("--supervised"))
+            .arg("--storage")
             .arg(&self.sock)
             .args(["--mount", MOUNT, "--"])
             .args(shell)
@@ -162,7 +174,20 @@ fn tree(root: &Path) -> Vec<String> {
 
 #[test]
 fn coreutils_behave_as_on_a_local_tree() {
-    let s = start("coreutils");
+    coreutils_behave_as_on_a_local_tree_in(false);
+}
+
+#[test]
+fn coreutils_behave_as_on_a_local_tree_supervised() {
+    coreutils_behave_as_on_a_local_tree_in(true);
+}
+
+fn coreutils_behave_as_on_a_local_tree_in(supervised: bool) {
+    let s = if supervised {
+        start_supervised("coreutils")
+    } else {
+        start("coreutils")
+    };
     let script = r#"
         set -e
         mkdir -p $D/a/b/c
@@ -194,7 +219,20 @@ fn coreutils_behave_as_on_a_local_tree() {
 
 #[test]
 fn error_paths_match_linux() {
-    let s = start("errors");
+    error_paths_match_linux_in(false);
+}
+
+#[test]
+fn error_paths_match_linux_supervised() {
+    error_paths_match_linux_in(true);
+}
+
+fn error_paths_match_linux_in(supervised: bool) {
+    let s = if supervised {
+        start_supervised("errors")
+    } else {
+        start("errors")
+    };
     let script = r#"
         cat $D/missing; echo "rc=$?"
         mkdir $D/d; : > $D/d/file
@@ -213,7 +251,20 @@ fn error_paths_match_linux() {
 
 #[test]
 fn tar_round_trip_and_python_tree_walk() {
-    let s = start("tar");
+    tar_round_trip_and_python_tree_walk_in(false);
+}
+
+#[test]
+fn tar_round_trip_and_python_tree_walk_supervised() {
+    tar_round_trip_and_python_tree_walk_in(true);
+}
+
+fn tar_round_trip_and_python_tree_walk_in(supervised: bool) {
+    let s = if supervised {
+        start_supervised("tar")
+    } else {
+        start("tar")
+    };
     let script = r#"
         set -e
         mkdir -p $D/src/sub
@@ -242,10 +293,23 @@ PY
 
 #[test]
 fn sqlite_transactions_and_integrity() {
+    sqlite_transactions_and_integrity_in(false);
+}
+
+#[test]
+fn sqlite_transactions_and_integrity_supervised() {
+    sqlite_transactions_and_integrity_in(true);
+}
+
+fn sqlite_transactions_and_integrity_in(supervised: bool) {
     if Command::new("sqlite3").arg("--version").output().is_err() {
         panic!("sqlite3 is required (scripts/setup.sh installs it)");
     }
-    let s = start("sqlite");
+    let s = if supervised {
+        start_supervised("sqlite")
+    } else {
+        start("sqlite")
+    };
     let script = r#"
         set -e
         sqlite3 $D/db.sqlite 'create table t(id integer primary key, v text);'
@@ -261,7 +325,20 @@ fn sqlite_transactions_and_integrity() {
 
 #[test]
 fn git_init_add_commit_log_status() {
-    let s = start("git");
+    git_init_add_commit_log_status_in(false);
+}
+
+#[test]
+fn git_init_add_commit_log_status_supervised() {
+    git_init_add_commit_log_status_in(true);
+}
+
+fn git_init_add_commit_log_status_in(supervised: bool) {
+    let s = if supervised {
+        start_supervised("git")
+    } else {
+        start("git")
+    };
     let script = r#"
         set -e
         export GIT_AUTHOR_DATE=2020-01-01T00:00:00Z GIT_COMMITTER_DATE=2020-01-01T00:00:00Z
@@ -318,7 +395,20 @@ fn busybox_static_through_the_supervised_mode() {
 /// mmap.
 #[test]
 fn threads_and_mmap() {
-    let s = start("threads");
+    threads_and_mmap_in(false);
+}
+
+#[test]
+fn threads_and_mmap_supervised() {
+    threads_and_mmap_in(true);
+}
+
+fn threads_and_mmap_in(supervised: bool) {
+    let s = if supervised {
+        start_supervised("threads")
+    } else {
+        start("threads")
+    };
     let script = r#"
         python3 - "$D" <<'PY'
 import mmap, os, sys, threading, errno
@@ -423,7 +513,20 @@ fn dead_storage_domain_fails_fast_with_eio() {
 /// arrives once, in order, and the file position moves by what was sent.
 #[test]
 fn sendfile_with_short_writes_loses_nothing() {
-    let s = start("sendfile");
+    sendfile_with_short_writes_loses_nothing_in(false);
+}
+
+#[test]
+fn sendfile_with_short_writes_loses_nothing_supervised() {
+    sendfile_with_short_writes_loses_nothing_in(true);
+}
+
+fn sendfile_with_short_writes_loses_nothing_in(supervised: bool) {
+    let s = if supervised {
+        start_supervised("sendfile")
+    } else {
+        start("sendfile")
+    };
     let data: Vec<u8> = (0..2_000_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();

@@ -26,14 +26,7 @@ use paths::Route as Loc;
 
 /// The remote file a `/proc/self/fd/N` or `/dev/fd/N` path names, if N is a placeholder.
 fn proc_fd(path: &[u8]) -> Option<Remote> {
-    let n = path
-        .strip_prefix(b"/proc/self/fd/")
-        .or_else(|| path.strip_prefix(b"/dev/fd/"))?;
-    if n.is_empty() || n.len() > 9 || !n.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let fd = n.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
-    fdtable::get(fd)
+    fdtable::get(paths::proc_fd_number(path)?)
 }
 
 /// Resolves `path` relative to `dirfd` (or the cwd) against the mount prefix.

@@ -182,6 +182,18 @@ pub fn strip_prefix(path: &[u8], prefix: &[u8]) -> Option<PathBuf> {
     }
 }
 
+/// The fd number N of a `/proc/self/fd/N` or `/dev/fd/N` path (the magic links through which
+/// programs name an open file: glibc's `fchmodat(AT_SYMLINK_NOFOLLOW)` goes through one).
+pub fn proc_fd_number(path: &[u8]) -> Option<i64> {
+    let n = path
+        .strip_prefix(b"/proc/self/fd/")
+        .or_else(|| path.strip_prefix(b"/dev/fd/"))?;
+    if n.is_empty() || n.len() > 9 || !n.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(n.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')))
+}
+
 /// True when the lexical path `raw` starts inside `mount` (before `..` is folded).
 pub fn enters(raw: &[u8], mount: &[u8]) -> bool {
     raw.starts_with(mount) && (raw.len() == mount.len() || raw[mount.len()] == b'/')
@@ -307,6 +319,16 @@ mod tests {
         assert_eq!(route_str(None, "/vt/a/../../vt/b", "/vt"), "remote /b");
         assert_eq!(route_str(None, "/etc/passwd", "/vt"), "local");
         assert_eq!(route_str(Some("/home"), "x", "/vt"), "local");
+    }
+
+    #[test]
+    fn proc_fd_paths_name_their_fd() {
+        assert_eq!(proc_fd_number(b"/proc/self/fd/3"), Some(3));
+        assert_eq!(proc_fd_number(b"/dev/fd/12"), Some(12));
+        assert_eq!(proc_fd_number(b"/proc/self/fd/"), None);
+        assert_eq!(proc_fd_number(b"/proc/self/fd/3/x"), None);
+        assert_eq!(proc_fd_number(b"/proc/self/fdinfo/3"), None);
+        assert_eq!(proc_fd_number(b"/dev/fd/1234567890"), None);
     }
 
     #[test]
