@@ -1158,14 +1158,7 @@ impl Supervisor {
         if ready() {
             return Answer::Val(job.run());
         }
-        let Ok(l) = listener.try_clone() else {
-            return Answer::Val(-(libc::ENOMEM as i64));
-        };
-        std::thread::spawn(move || {
-            let r = job.run();
-            send_answer(l.as_raw_fd(), id, Answer::Val(r));
-        });
-        Answer::Sent
+        answer_later(listener, id, move || job.run())
     }
 
     /// mmap of a routed file: the target's fd is replaced by a sealed memfd holding a copy
@@ -1355,15 +1348,13 @@ impl Supervisor {
         if matches!(cmd, libc::F_SETLK | libc::F_OFD_SETLK) {
             return Answer::Val(self.call(Opcode::Fcntl, args, &[&fl], None).0);
         }
-        let (Some(session), Ok(l)) = (self.session.clone(), listener.try_clone()) else {
-            return Answer::Val(-(libc::ENOMEM as i64));
+        let Some(session) = self.session.clone() else {
+            return Answer::Val(-(libc::EIO as i64));
         };
-        std::thread::spawn(move || {
+        answer_later(listener, id, move || {
             let mut args = args;
-            let (k, _) = storage_call::call_on(&session, Opcode::Fcntl, &mut args, &[&fl], None);
-            send_answer(l.as_raw_fd(), id, Answer::Val(k));
-        });
-        Answer::Sent
+            storage_call::call_on(&session, Opcode::Fcntl, &mut args, &[&fl], None).0
+        })
     }
 
     /// utimensat of export path `rp` (`handle` u64::MAX) or of remote `handle` (`rp` empty):
@@ -1466,14 +1457,7 @@ impl Supervisor {
         if ready || fd_flags(pid, out_fd).is_some_and(|f| f & i64::from(libc::O_NONBLOCK) != 0) {
             return Answer::Val(job.run());
         }
-        let Ok(l) = listener.try_clone() else {
-            return Answer::Val(-(libc::ENOMEM as i64));
-        };
-        std::thread::spawn(move || {
-            let r = job.run();
-            send_answer(l.as_raw_fd(), id, Answer::Val(r));
-        });
-        Answer::Sent
+        answer_later(listener, id, move || job.run())
     }
 
     /// statfs of handle `h`, written to the target at `out`.
@@ -1716,10 +1700,10 @@ impl Supervisor {
         write: bool,
         segs: Vec<(u64, usize)>,
     ) -> Answer {
-        let (Some(session), Ok(l)) = (self.session.clone(), listener.try_clone()) else {
-            return Answer::Val(-(libc::ENOMEM as i64));
+        let Some(session) = self.session.clone() else {
+            return Answer::Val(-(libc::EIO as i64));
         };
-        std::thread::spawn(move || {
+        answer_later(listener, id, move || {
             let mut total = 0i64;
             for (base, len) in segs {
                 let k = rw_on(&session, pid, r.handle, write, base, len, None);
@@ -1734,9 +1718,8 @@ impl Supervisor {
                     break;
                 }
             }
-            send_answer(l.as_raw_fd(), id, Answer::Val(total));
-        });
-        Answer::Sent
+            total
+        })
     }
 
     fn stat_out(
@@ -2257,6 +2240,21 @@ fn fd_flags(pid: i32, fd: i32) -> Option<i64> {
         .lines()
         .find_map(|l| l.strip_prefix("flags:"))
         .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
+}
+
+/// Runs `work` on a thread of its own, which answers notification `id` with its result: for a
+/// call that may wait (for another supervised process, often), so that the answering thread
+/// goes on serving.
+fn answer_later(
+    listener: &OwnedFd,
+    id: u64,
+    work: impl FnOnce() -> i64 + Send + 'static,
+) -> Answer {
+    let Ok(l) = listener.try_clone() else {
+        return Answer::Val(-(libc::ENOMEM as i64));
+    };
+    std::thread::spawn(move || send_answer(l.as_raw_fd(), id, Answer::Val(work())));
+    Answer::Sent
 }
 
 /// Answers notification `id` (nothing to do for [`Answer::Sent`]).
