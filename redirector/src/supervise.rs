@@ -299,6 +299,8 @@ struct Rem {
 /// What the answering thread works on: notifications, and opens that finished elsewhere.
 enum Event {
     Notif(libc::seccomp_notif),
+    /// The receiver ended: the last supervised process has exited.
+    Ended,
     /// A supervised process exited: its remote files are released now (closes are not
     /// notified; a FIFO's reader waits for its writers' handles to go).
     Exited(i32),
@@ -349,8 +351,8 @@ struct Supervisor {
     served: u64,
     /// Where helper threads hand results back to the answering thread (while serving).
     events: Option<std::sync::mpsc::Sender<Event>>,
-    /// Where new targets' pidfds go to be watched for their exit (while serving).
-    exits: Option<std::sync::mpsc::Sender<(i32, OwnedFd)>>,
+    /// Watches the targets for their exit (while serving).
+    exits: Option<ExitWatch>,
 }
 
 fn proc_field(pid: i32, file: &str, key: &str) -> Option<i32> {
@@ -409,9 +411,10 @@ impl Supervisor {
         // queue made it fail with EINTR, its fd still open: shells leaked pipe ends and hung).
         let (tx, rx) = std::sync::mpsc::channel::<Event>();
         self.events = Some(tx.clone());
-        self.exits = Some(exit_watcher(tx.clone()));
+        self.exits = ExitWatch::start(tx.clone()).ok();
         let raw = listener.as_raw_fd();
-        let receiver = std::thread::spawn(move || loop {
+        let ended = tx.clone();
+        let receive = move || loop {
             // Wait for a notification, or for the last supervised process to exit (HUP).
             let mut pfd = libc::pollfd {
                 fd: raw,
@@ -442,22 +445,16 @@ impl Supervisor {
             if tx.send(Event::Notif(n)).is_err() {
                 return;
             }
+        };
+        let receiver = std::thread::spawn(move || {
+            receive();
+            let _ = ended.send(Event::Ended);
         });
-        // The receiver ends with the last supervised process; helpers of FIFO opens still
-        // holding a sender do not keep the loop alive.
-        let mut receiver = Some(receiver);
-        loop {
-            let ev = match rx.recv_timeout(std::time::Duration::from_millis(200)) {
-                Ok(ev) => ev,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if receiver.as_ref().is_some_and(|r| r.is_finished()) {
-                        break;
-                    }
-                    continue;
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            };
+        // The loop ends with the receiver, which ends with the last supervised process:
+        // helpers of FIFO opens still holding a sender do not keep it alive.
+        while let Ok(ev) = rx.recv() {
             match ev {
+                Event::Ended => break,
                 Event::Notif(n) => {
                     let pid = self.process_of(n.pid as i32);
                     let answer = self.handle(listener, pid, &n);
@@ -479,9 +476,7 @@ impl Supervisor {
         }
         self.events = None;
         self.exits = None;
-        if let Some(r) = receiver.take() {
-            let _ = r.join();
-        }
+        let _ = receiver.join();
     }
 
     /// Thread id → process id, and a fork child's inherited table.
@@ -506,7 +501,7 @@ impl Supervisor {
             }
             self.targets.insert(pid, t);
             if let (Some(w), Some(pfd)) = (&self.exits, pidfd_open(pid)) {
-                let _ = w.send((pid, pfd));
+                w.watch(pid, pfd);
             }
         }
         pid
@@ -1992,43 +1987,79 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// A thread that reports each watched process's exit (its pidfd polls readable) as
-/// [`Event::Exited`]; returns where to send the processes to watch. It ends with the events'
-/// receiver.
-fn exit_watcher(events: std::sync::mpsc::Sender<Event>) -> std::sync::mpsc::Sender<(i32, OwnedFd)> {
-    let (tx, rx) = std::sync::mpsc::channel::<(i32, OwnedFd)>();
-    std::thread::spawn(move || {
-        let mut watched: Vec<(i32, OwnedFd)> = Vec::new();
-        loop {
-            loop {
-                match rx.try_recv() {
-                    Ok(w) => watched.push(w),
-                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
-                }
-            }
-            let mut fds: Vec<libc::pollfd> = watched
-                .iter()
-                .map(|(_, f)| libc::pollfd {
-                    fd: f.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
-            // SAFETY: `fds` is a valid array of pollfds (possibly empty).
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
-            let mut i = 0;
-            watched.retain(|(pid, _)| {
-                let gone = fds[i].revents != 0;
-                i += 1;
-                if gone && events.send(Event::Exited(*pid)).is_err() {
-                    return false;
-                }
-                !gone
-            });
+/// Watches processes for their exit on a thread of its own, which reports each as
+/// [`Event::Exited`] (its pidfd polls readable) and sleeps in between (no periodic wake-up).
+/// The thread ends when this is dropped.
+struct ExitWatch {
+    tx: std::sync::mpsc::Sender<(i32, OwnedFd)>,
+    wake: Arc<OwnedFd>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ExitWatch {
+    fn start(events: std::sync::mpsc::Sender<Event>) -> std::io::Result<ExitWatch> {
+        // SAFETY: eventfd with constant flags; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
         }
-    });
-    tx
+        // SAFETY: eventfd just returned this descriptor; we own it.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel::<(i32, OwnedFd)>();
+        let (w, st) = (Arc::clone(&wake), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut watched: Vec<(i32, OwnedFd)> = Vec::new();
+            while !st.load(std::sync::atomic::Ordering::SeqCst) {
+                watched.extend(rx.try_iter());
+                let mut fds: Vec<libc::pollfd> = std::iter::once(w.as_raw_fd())
+                    .chain(watched.iter().map(|(_, f)| f.as_raw_fd()))
+                    .map(|fd| libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    })
+                    .collect();
+                // SAFETY: `fds` is a valid array of pollfds.
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+                if fds[0].revents != 0 {
+                    let mut v = [0u8; 8];
+                    // SAFETY: reads 8 bytes into a live buffer from our non-blocking eventfd.
+                    unsafe { libc::read(w.as_raw_fd(), v.as_mut_ptr().cast(), 8) };
+                }
+                let mut i = 1;
+                watched.retain(|(pid, _)| {
+                    let gone = fds[i].revents != 0;
+                    i += 1;
+                    if gone {
+                        let _ = events.send(Event::Exited(*pid));
+                    }
+                    !gone
+                });
+            }
+        });
+        Ok(ExitWatch { tx, wake, stop })
+    }
+
+    fn kick(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+
+    /// Reports `pid`'s exit (`pfd` its pidfd) from now on.
+    fn watch(&self, pid: i32, pfd: OwnedFd) {
+        if self.tx.send((pid, pfd)).is_ok() {
+            self.kick();
+        }
+    }
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.kick();
+    }
 }
 
 /// A read or write of `len` bytes at the target's `buf` on remote handle `h` (at `off`, or
