@@ -245,6 +245,11 @@ opcodes! {
     /// The fd-store key of socket `args[0]` (`aux[0]`, 0 when not kept): for a program that
     /// inherited or received the socket.
     StoreKey = 314,
+    /// A socket table of the domain's network namespace, as `/proc/net/<name>` shows it:
+    /// `args[0]` = 0 `tcp`, 1 `tcp6`, 2 `udp`, 3 `udp6`; `args[1]` = offset. Result: bytes of
+    /// the table from that offset written into the window (0 at its end), so that `ss` and
+    /// `netstat` in a redirected program see the sockets it has there.
+    NetTable = 315,
 }
 
 #[cfg(test)]

@@ -1177,3 +1177,77 @@ fn sshd_commands_scp_and_sftp() {
     let port = sshd_round(&sshd, Some(&net), &dir);
     assert_released(&mut net, &[native, port]);
 }
+
+#[test]
+fn socket_tables_show_the_programs_own_sockets() {
+    // A redirected program's sockets live in the network domain's namespace: its own
+    // /proc/net/tcp and `ss -tln` must list its listener there, as a native program's list its
+    // own; from outside the namespace the listener is not in this one's tables.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: creating a network namespace needs root");
+        return;
+    }
+    if !have(
+        "socket_tables_show_the_programs_own_sockets",
+        &["ip", "ss", "python3"],
+    ) {
+        return;
+    }
+    let ns = format!("virtuos-tab{}", std::process::id());
+    let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+    assert!(
+        ok(Command::new("ip").args(["netns", "add", &ns])),
+        "ip netns add {ns}"
+    );
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _del = Del(ns.clone());
+    assert!(ok(
+        Command::new("ip").args(["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])
+    ));
+    let dir = Scratch::new("net-tables");
+    let mut net = Domain::net_in(&dir, &ns);
+    let expect =
+        "/proc/net/tcp lists it: True\n/proc/self/net/tcp lists it: True\nss -tln lists it: True\n";
+    let mut ports = Vec::new();
+    for via in [None, Some(&net)] {
+        let mut cmd = program(via, "python3");
+        cmd.arg(script("net_tables.py"));
+        let mut p = Running::spawn(cmd);
+        let first = p.line(START);
+        let port: u16 = first
+            .strip_prefix("port ")
+            .and_then(|x| x.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: {first:?}", how(via)));
+        let mut seen = String::new();
+        for _ in 0..3 {
+            seen.push_str(&p.line(START));
+            seen.push('\n');
+        }
+        assert_eq!(seen, expect, "{}: the program's own view", how(via));
+        // From this namespace: a native listener is here, a redirected one is not.
+        let here = Command::new("ss")
+            .args(["-Htln", "sport", "=", &format!(":{port}")])
+            .output()
+            .unwrap();
+        let here = String::from_utf8_lossy(&here.stdout).trim().to_string();
+        assert_eq!(
+            !here.is_empty(),
+            via.is_none(),
+            "{}: ss here shows {here:?}",
+            how(via)
+        );
+        p.send("done\n");
+        let f = p.finish(LIMIT);
+        assert!(f.status.success(), "{}: {}", how(via), f.describe());
+        if via.is_some() {
+            ports.push(port);
+        }
+    }
+    assert_released(&mut net, &ports);
+}

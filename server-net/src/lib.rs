@@ -738,6 +738,27 @@ impl Handler for Net {
                 Err(e) => err(call, e),
             },
             Opcode::Close => self.close(call),
+            Opcode::NetTable => {
+                let name = match a[0] {
+                    0 => "tcp",
+                    1 => "tcp6",
+                    2 => "udp",
+                    3 => "udp6",
+                    _ => return err(call, libc::EINVAL),
+                };
+                // The server's own namespace: the one its sockets live in.
+                match std::fs::read(format!("/proc/self/net/{name}")) {
+                    Ok(t) => {
+                        let from = (a[1] as usize).min(t.len());
+                        let n = call.write_payload(&t[from..]);
+                        Outcome::Done(Response {
+                            data_len: n as u32,
+                            ..Response::ok(call.id(), n as i64)
+                        })
+                    }
+                    Err(e) => err(call, e.raw_os_error().unwrap_or(libc::EIO)),
+                }
+            }
             _ => err(call, libc::ENOSYS),
         }
     }

@@ -911,6 +911,12 @@ fn open_at(
     nr: i64,
     a: [u64; 6],
 ) -> Result<Option<i64>, i64> {
+    if let Some(fd) = path_arg(p)
+        .ok()
+        .and_then(|path| crate::net::net_table(path, flags))
+    {
+        return Ok(Some(fd));
+    }
     path_op(dirfd, p, nr, a, |rp| open_remote(rp, flags, mode))
 }
 

@@ -1019,6 +1019,12 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
         if dom == libc::AF_INET || dom == libc::AF_INET6 {
             return Some(socket(a[0], a[1], a[2]));
         }
+        if dom == libc::AF_NETLINK && a[2] as i32 == libc::NETLINK_SOCK_DIAG {
+            // The kernel's socket diagnostics would list this namespace's sockets, not the
+            // network domain's where the program's live: refused, so that `ss` falls back to
+            // `/proc/net/tcp` and friends, which the domain answers (see `net_table`).
+            return Some(e(libc::EPROTONOSUPPORT));
+        }
         return None;
     }
     match nr {
@@ -1064,6 +1070,71 @@ pub fn route(nr: i64, a: [u64; 6]) -> Option<i64> {
         }
     }
     res
+}
+
+/// Which socket table `path` names (`/proc/net/tcp`, `/proc/self/net/tcp6`, ... and the
+/// same under this process's pid): the `NetTable` number.
+fn net_table_of(path: &[u8]) -> Option<u64> {
+    let rest = path.strip_prefix(b"/proc/")?;
+    let rest = match rest.strip_prefix(b"net/") {
+        Some(r) => r,
+        None => {
+            let slash = rest.iter().position(|&c| c == b'/')?;
+            let (who, r) = rest.split_at(slash);
+            let me = who == b"self"
+                || who == b"thread-self"
+                || (!who.is_empty()
+                    && who.len() <= 10
+                    && who.iter().all(u8::is_ascii_digit)
+                    && who.iter().fold(0i64, |v, d| v * 10 + i64::from(d - b'0'))
+                        == crate::diag::pid());
+            if !me {
+                return None;
+            }
+            r.strip_prefix(b"/net/")?
+        }
+    };
+    match rest {
+        b"tcp" => Some(0),
+        b"tcp6" => Some(1),
+        b"udp" => Some(2),
+        b"udp6" => Some(3),
+        _ => None,
+    }
+}
+
+/// An open (for reading) of one of `/proc/net`'s socket tables: the program's sockets live in
+/// the network domain's namespace, so it reads that namespace's table (`ss` and `netstat`
+/// then show them, held by virtuos-net), from a sealed memfd. `None`: not such an open.
+pub fn net_table(path: &[u8], flags: u64) -> Option<i64> {
+    if !enabled() || flags & libc::O_ACCMODE as u64 != libc::O_RDONLY as u64 {
+        return None;
+    }
+    let which = net_table_of(path)?;
+    let mut table = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let rsp = match simple(
+            Opcode::NetTable,
+            [which, table.len() as u64, 0, 0, 0],
+            &[],
+            Some(&mut chunk),
+        ) {
+            Ok(r) => r,
+            Err(err) => return Some(err),
+        };
+        let n = (rsp.data_len as usize).min(chunk.len());
+        if n == 0 {
+            break;
+        }
+        table.extend_from_slice(&chunk[..n]);
+    }
+    let fd =
+        crate::exec::sealed_memfd_at_any(&table, c"virtuos-net-table").unwrap_or(e(libc::ENOMEM));
+    if fd >= 0 && flags & libc::O_CLOEXEC as u64 == 0 {
+        sys::sys(libc::SYS_fcntl, &[fd as u64, libc::F_SETFD as u64, 0]);
+    }
+    Some(fd)
 }
 
 /// The calls that move data (a kept datagram socket's outage is waited out for them).

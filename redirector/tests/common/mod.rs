@@ -123,6 +123,13 @@ impl Domain {
         Domain::start(Command::new(bin("virtuos-net")), dir.path("net.sock"))
     }
 
+    /// A `virtuos-net` listening in `dir`, serving in network namespace `netns`.
+    pub fn net_in(dir: &Scratch, netns: &str) -> Domain {
+        let mut cmd = Command::new(bin("virtuos-net"));
+        cmd.args(["--netns", netns]);
+        Domain::start(cmd, dir.path("net-ns.sock"))
+    }
+
     /// A `virtuos-storage` exporting `root`, listening in `dir`.
     pub fn storage(dir: &Scratch, root: &Path) -> Domain {
         let mut cmd = Command::new(bin("virtuos-storage"));
