@@ -35,6 +35,10 @@ mod statconv;
 #[path = "../preload/src/storage_call.rs"]
 mod storage_call;
 
+#[path = "../preload/src/exec_state.rs"]
+#[allow(dead_code)] // the encoder is the shim's
+mod exec_state;
+
 use paths::PathBuf as FixedPath;
 
 const SECCOMP_FILTER_FLAG_NEW_LISTENER: u64 = 1 << 3;
@@ -154,12 +158,25 @@ pub fn run(prog: &Path, argv: &[OsString], domains: Domains<'_>) -> Result<i32> 
     let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
     let prog_filter = filter(routes.0, routes.1);
     let child_end = theirs.as_raw_fd();
+    // What a redirected program that exec'd this static one handed over: its remote fds,
+    // adopted here for the program (storage files as placeholders this supervisor serves,
+    // sockets as pairs its pump serves), at the same numbers.
+    let placeholder = private_placeholder()?;
+    let handed = Handover::take(session.as_deref(), net.as_deref(), &placeholder);
+    let moves = handed.moves.clone();
     let mut cmd = Command::new(prog);
-    cmd.args(&argv[1..]).env_remove(SUPERVISE_CWD);
+    cmd.args(&argv[1..])
+        .env_remove(SUPERVISE_CWD)
+        .env_remove(exec_state::ENV_EXEC);
     // SAFETY: the hook runs in the forked child before exec and only makes raw system calls on
     // memory prepared before the fork (async-signal-safe).
     unsafe {
         cmd.pre_exec(move || {
+            for &(from, to) in &moves {
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             let fprog = libc::sock_fprog {
                 len: prog_filter.len() as u16,
                 filter: prog_filter.as_ptr() as *mut _,
@@ -189,10 +206,19 @@ pub fn run(prog: &Path, argv: &[OsString], domains: Domains<'_>) -> Result<i32> 
             Ok(())
         });
     }
+    let initial_files = handed.files;
+    let initial_copies = handed.copies;
     let handle = std::thread::spawn(move || -> Result<()> {
         let listener = recv_fd(ours.as_raw_fd()).context("receiving the seccomp listener")?;
-        let mut sup = Supervisor::new(session, net, mount)?;
+        let mut sup = Supervisor::new(session, net, mount, placeholder)?;
         sup.initial_cwd = initial_cwd;
+        for (fd, r, dir) in initial_files {
+            if let Some(d) = dir {
+                sup.initial_dirs.insert(r.handle, d);
+            }
+            sup.initial_fds.insert(fd, r);
+        }
+        sup.files.extend(initial_copies);
         sup.serve(&listener);
         Ok(())
     });
@@ -200,6 +226,15 @@ pub fn run(prog: &Path, argv: &[OsString], domains: Domains<'_>) -> Result<i32> 
         .spawn()
         .with_context(|| format!("starting {}", prog.display()))?;
     drop(theirs);
+    // The program has its copies now: this process's (inherited) ones go, but for the
+    // standard streams.
+    drop(handed.sockets);
+    for fd in handed.inherited {
+        if fd > 2 {
+            // SAFETY: closes a descriptor this process inherited and no longer needs.
+            unsafe { libc::close(fd) };
+        }
+    }
     forward_signals_to(child.id() as i32);
     let status = child.wait()?;
     // The listener closes with the child; the supervisor then returns.
@@ -341,6 +376,10 @@ struct Supervisor {
     /// The routed cwd the first program starts in (handed over by a redirected program that
     /// exec'd a static one: `VIRTUOS_SUPERVISE_CWD`).
     initial_cwd: Option<FixedPath>,
+    /// The remote files the first program starts with (handed over at the exec), by fd.
+    initial_fds: HashMap<i32, Rem>,
+    /// Their directories' export paths, by handle.
+    initial_dirs: HashMap<u32, Vec<u8>>,
     /// Per remote handle, the supervisor's copy of the placeholder file installed for it (a
     /// file description of its own, so that `kcmp` tells whether a target's fd still is it).
     files: HashMap<u32, OwnedFd>,
@@ -367,26 +406,8 @@ impl Supervisor {
         session: Option<Arc<Session>>,
         net: Option<Arc<net::Net>>,
         mount: FixedPath,
+        placeholder: OwnedFd,
     ) -> Result<Self> {
-        // The source of every placeholder: a descriptor of a private, already removed
-        // directory. seccomp's ADDFD cannot install O_PATH descriptors, and this is the next
-        // best thing: read gives EISDIR, write EBADF, so any use the supervisor does not
-        // intercept fails loudly, and nothing shared can be reached through it.
-        // Its name is random and created exclusively: another user can neither predict it
-        // nor make the supervisor fail by planting something there first.
-        let dir = (0..16)
-            .find_map(|_| {
-                let mut r = [0u8; 8];
-                getrandom::fill(&mut r).ok()?;
-                let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
-                let d = std::env::temp_dir().join(format!("virtuos-placeholder-{name}"));
-                std::fs::create_dir(&d).ok().map(|()| d)
-            })
-            .context("creating a private placeholder directory in the temporary directory")?;
-        let placeholder = OwnedFd::from(
-            std::fs::File::open(&dir).with_context(|| format!("opening {}", dir.display()))?,
-        );
-        std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
         Ok(Supervisor {
             session,
             net,
@@ -397,6 +418,8 @@ impl Supervisor {
             files: HashMap::new(),
             twins: HashMap::new(),
             served: 0,
+            initial_fds: HashMap::new(),
+            initial_dirs: HashMap::new(),
             events: None,
             exits: None,
             initial_cwd: None,
@@ -488,13 +511,19 @@ impl Supervisor {
         if !self.targets.contains_key(&pid) {
             let parent =
                 proc_field(pid, "status", "PPid:").and_then(|pp| self.targets.get(&pp).cloned());
+            let first = self.targets.is_empty();
             let t = parent.unwrap_or_else(|| Target {
-                cwd: if self.targets.is_empty() {
-                    self.initial_cwd.take()
+                cwd: if first { self.initial_cwd.take() } else { None },
+                fds: if first {
+                    std::mem::take(&mut self.initial_fds)
                 } else {
-                    None
+                    HashMap::new()
                 },
-                ..Target::default()
+                dirs: if first {
+                    std::mem::take(&mut self.initial_dirs)
+                } else {
+                    HashMap::new()
+                },
             });
             for r in t.fds.values() {
                 *self.refs.entry(r.handle).or_insert(0) += 1;
@@ -1610,10 +1639,10 @@ impl Supervisor {
         if let Some(f) = self.files.get(&h) {
             return Ok(f.as_raw_fd());
         }
-        let path = format!("/proc/self/fd/{}", self.placeholder.as_raw_fd());
-        let f = std::fs::File::open(&path).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        let f = placeholder_copy(&self.placeholder)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
         let raw = f.as_raw_fd();
-        self.files.insert(h, OwnedFd::from(f));
+        self.files.insert(h, f);
         Ok(raw)
     }
 
@@ -1956,6 +1985,150 @@ impl Supervisor {
                 _ => libc::EOPNOTSUPP,
             })),
         }
+    }
+}
+
+/// The source of every placeholder: a descriptor of a private, already removed directory.
+/// seccomp's ADDFD cannot install O_PATH descriptors, and this is the next best thing: read
+/// gives EISDIR, write EBADF, so any use the supervisor does not intercept fails loudly, and
+/// nothing shared can be reached through it. Its name is random and created exclusively:
+/// another user can neither predict it nor make the supervisor fail by planting something
+/// there first.
+fn private_placeholder() -> Result<OwnedFd> {
+    let dir = (0..16)
+        .find_map(|_| {
+            let mut r = [0u8; 8];
+            getrandom::fill(&mut r).ok()?;
+            let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
+            let d = std::env::temp_dir().join(format!("virtuos-placeholder-{name}"));
+            std::fs::create_dir(&d).ok().map(|()| d)
+        })
+        .context("creating a private placeholder directory in the temporary directory")?;
+    let placeholder = OwnedFd::from(
+        std::fs::File::open(&dir).with_context(|| format!("opening {}", dir.display()))?,
+    );
+    std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(placeholder)
+}
+
+/// A new file description of `placeholder` (one per remote handle, so that `kcmp` tells
+/// whether a target's fd still is that handle's).
+fn placeholder_copy(placeholder: &OwnedFd) -> std::io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", placeholder.as_raw_fd());
+    std::fs::File::open(path).map(OwnedFd::from)
+}
+
+/// What a redirected program handed over when it exec'd the static program now supervised
+/// (`VIRTUOS_EXEC`, the shim's own hand-over), adopted into this supervisor's sessions.
+struct Handover {
+    /// Remote files: (fd, the file, its directory path if a directory).
+    files: Vec<(i32, Rem, Option<Vec<u8>>)>,
+    /// Per handle, this process's copy of the placeholder the program gets for it.
+    copies: Vec<(u32, OwnedFd)>,
+    /// Sockets: the program's ends of new pairs.
+    sockets: Vec<OwnedFd>,
+    /// (descriptor here, the fd number it takes in the program), for each of both kinds.
+    moves: Vec<(RawFd, RawFd)>,
+    /// The fds this process inherited for the program.
+    inherited: Vec<i32>,
+}
+
+impl Handover {
+    /// Takes the hand-over named by the environment (removing the entry), if it is valid:
+    /// a sealed memfd owned by this uid whose token matches and that this very process wrote
+    /// before its exec. Anything else is a clean start.
+    fn take(storage: Option<&Session>, net: Option<&net::Net>, placeholder: &OwnedFd) -> Handover {
+        let mut h = Handover {
+            files: Vec::new(),
+            copies: Vec::new(),
+            sockets: Vec::new(),
+            moves: Vec::new(),
+            inherited: Vec::new(),
+        };
+        let Some(v) = std::env::var_os(exec_state::ENV_EXEC) else {
+            return h;
+        };
+        // SAFETY: run is called before this process starts threads of its own that read
+        // the environment.
+        unsafe { std::env::remove_var(exec_state::ENV_EXEC) };
+        let Some(st) = Self::state(v.as_encoded_bytes()) else {
+            return h;
+        };
+        let adopt = |s: &Session, t: u64| {
+            t != 0 && {
+                let mut args = [t, 0, 0, 0, 0];
+                storage_call::call_on(s, Opcode::Adopt, &mut args, &[], None).0 >= 0
+            }
+        };
+        let files_ok = storage.is_some_and(|s| adopt(s, st.tokens[0]));
+        let socks_ok = net.is_some_and(|n| n.adopt_token(st.tokens[1]));
+        // One pair or placeholder per handle: fds that share a file description (a
+        // connection dup'd onto 0 and 1) share it here too.
+        let mut ends: HashMap<(bool, u32), RawFd> = HashMap::new();
+        for (fd, handle, is_dir, is_net, listening, dir) in st.entries {
+            h.inherited.push(fd);
+            if let Some(&raw) = ends.get(&(is_net, handle)) {
+                h.moves.push((raw, fd));
+                if !is_net {
+                    let r = Rem {
+                        handle,
+                        is_dir,
+                        fifo: false,
+                    };
+                    h.files.push((fd, r, is_dir.then_some(dir)));
+                }
+                continue;
+            }
+            if is_net {
+                if let (true, Some(n)) = (socks_ok, net) {
+                    if let Ok(end) = n.adopt(handle, listening) {
+                        ends.insert((true, handle), end.as_raw_fd());
+                        h.moves.push((end.as_raw_fd(), fd));
+                        h.sockets.push(end);
+                    }
+                }
+            } else if files_ok {
+                // A placeholder of this supervisor's own takes the shim's place at `fd` (ADDFD,
+                // which dup and dup2 use, cannot install the shim's O_PATH ones).
+                if let Ok(copy) = placeholder_copy(placeholder) {
+                    let r = Rem {
+                        handle,
+                        is_dir,
+                        fifo: false,
+                    };
+                    ends.insert((false, handle), copy.as_raw_fd());
+                    h.moves.push((copy.as_raw_fd(), fd));
+                    h.files.push((fd, r, is_dir.then_some(dir)));
+                    h.copies.push((handle, copy));
+                }
+            }
+        }
+        h
+    }
+
+    fn state(v: &[u8]) -> Option<exec_state::State> {
+        let colon = v.iter().position(|&c| c == b':')?;
+        let fd: RawFd = std::str::from_utf8(&v[..colon]).ok()?.parse().ok()?;
+        let token = exec_state::unhex(&v[colon + 1..])?;
+        // SAFETY: fcntl with integer arguments.
+        let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+        let want = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+        if seals < 0 || seals & want != want {
+            return None;
+        }
+        // SAFETY: the fd was inherited for us; from here on it is ours (closed on drop).
+        let f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let meta = f.metadata().ok()?;
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        if !meta.is_file() || meta.uid() != unsafe { libc::geteuid() } || meta.len() > 16 << 20 {
+            return None;
+        }
+        use std::os::unix::fs::FileExt;
+        let mut data = vec![0u8; meta.len() as usize];
+        f.read_exact_at(&mut data, 0).ok()?;
+        let st = exec_state::State::decode(&data)?;
+        (st.token == token && st.pid == i64::from(std::process::id() as i32)).then_some(st)
     }
 }
 

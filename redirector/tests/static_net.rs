@@ -409,3 +409,81 @@ fn python_socket_programs_through_the_supervised_mode() {
     }
     assert_released(&mut net, &[]);
 }
+
+#[test]
+fn remote_fds_follow_a_redirected_program_into_a_static_one() {
+    // A redirected (dynamic) program that execs a static one hands its remote fds over (the
+    // shim's exec hand-over, adopted by the supervisor): an inetd-style Python server puts a
+    // connection on 0 and 1 and execs busybox sh, which answers on it; a shell opens a remote
+    // file on fd 3 and for appending on fd 4, then execs busybox sh, which reads and writes
+    // them. Each as natively.
+    need_busybox();
+    let dir = Scratch::new("static-handover");
+    let mut net = Domain::net(&dir);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/net/inetd_static.py");
+    let mut ports = Vec::new();
+    for via in [None, Some(&net)] {
+        let port = free_port();
+        let mut c = program(via, "python3");
+        c.arg(&script).arg(port.to_string());
+        let mut server = Running::spawn(c);
+        assert_eq!(server.line(START).trim(), "ready", "{}", how(via));
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(LIMIT)).unwrap();
+        s.write_all(b"hello\n").unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "static got hello\n", "{}", how(via));
+        let f = server.finish(LIMIT);
+        assert!(f.status.success(), "{}: {}", how(via), f.describe());
+        if via.is_some() {
+            ports.push(port);
+        }
+    }
+    assert_released(&mut net, &ports);
+
+    let export = dir.path("export");
+    let local = dir.path("local");
+    for root in [&export, &local] {
+        std::fs::create_dir_all(root).unwrap();
+        std::fs::write(root.join("f"), "remote content\n").unwrap();
+        std::fs::write(root.join("log"), "first\n").unwrap();
+    }
+    let storage = Domain::storage(&dir, &export);
+    let mount = format!("/virtuos-handover-{}", std::process::id());
+    let inner = format!(
+        "exec 3< \"$D/f\" 4>> \"$D/log\"; exec {BUSYBOX} sh -c 'cat <&3; echo appended >&4; cat \"$D/log\"'"
+    );
+    let mut outs = Vec::new();
+    for redirected in [false, true] {
+        let mut c = if redirected {
+            let mut c = Command::new(bin("virtuos-redirect"));
+            c.args(["run", "--storage"])
+                .arg(&storage.sock)
+                .args(["--mount", &mount, "--", "/bin/sh", "-c", &inner])
+                .env("D", &mount)
+                .env("VIRTUOS_PRELOAD", bin("libvirtuos_preload.so"));
+            c
+        } else {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", &inner]).env("D", &local);
+            c
+        };
+        let f = Running::output(std::mem::replace(&mut c, Command::new("true")));
+        assert!(
+            f.status.success(),
+            "redirected {redirected}: {}",
+            f.describe()
+        );
+        outs.push(f.out());
+    }
+    assert_eq!(outs[0], "remote content\nfirst\nappended\n");
+    assert_eq!(
+        outs[1], outs[0],
+        "the static program's view of the handed-over files"
+    );
+    assert_eq!(
+        std::fs::read_to_string(export.join("log")).unwrap(),
+        "first\nappended\n"
+    );
+}

@@ -31,9 +31,9 @@ use crate::paths::{PathBuf, PATH_MAX};
 use crate::sys::{self, syscall6};
 use crate::{config, cwd, proc, remote, reserve};
 
-const MAGIC: u64 = 0x5649_5254_4558_4532; // "VIRTEXE2"
-/// The environment entry naming the state.
-pub const ENV_EXEC: &str = "VIRTUOS_EXEC";
+pub use crate::exec_state::State;
+pub use crate::exec_state::ENV_EXEC;
+use crate::exec_state::{hex, unhex};
 pub(crate) const SEALS: i32 =
     libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 
@@ -42,82 +42,6 @@ pub(crate) const SEALS: i32 =
 struct Carried {
     fd: i64,
     r: Remote,
-}
-
-/// What an exec carries, decoded.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct State {
-    pub(crate) token: [u8; 16],
-    pub(crate) pid: i64,
-    pub(crate) tokens: [u64; 2],
-    pub(crate) cwd: Vec<u8>,
-    /// (fd, handle, is_dir, net, listening, directory path)
-    pub(crate) entries: Vec<(i32, u32, bool, bool, bool, Vec<u8>)>,
-}
-
-impl State {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut w = Vec::with_capacity(64 + self.cwd.len() + self.entries.len() * 16);
-        w.extend_from_slice(&MAGIC.to_ne_bytes());
-        w.extend_from_slice(&self.token);
-        w.extend_from_slice(&self.pid.to_ne_bytes());
-        w.extend_from_slice(&self.tokens[0].to_ne_bytes());
-        w.extend_from_slice(&self.tokens[1].to_ne_bytes());
-        w.extend_from_slice(&(self.cwd.len() as u32).to_ne_bytes());
-        w.extend_from_slice(&self.cwd);
-        for (fd, h, is_dir, net, listening, dir) in &self.entries {
-            w.extend_from_slice(&fd.to_ne_bytes());
-            w.extend_from_slice(&h.to_ne_bytes());
-            w.push(u8::from(*is_dir) | (u8::from(*net) << 1) | (u8::from(*listening) << 2));
-            w.extend_from_slice(&(dir.len() as u32).to_ne_bytes());
-            w.extend_from_slice(dir);
-        }
-        w
-    }
-
-    /// Decodes a state; None for anything malformed (a clean start follows).
-    pub fn decode(mut b: &[u8]) -> Option<State> {
-        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-            if b.len() < n {
-                return None;
-            }
-            let (h, t) = b.split_at(n);
-            *b = t;
-            Some(h)
-        }
-        let u64_at = |b: &mut &[u8]| Some(u64::from_ne_bytes(take(b, 8)?.try_into().ok()?));
-        let u32_at = |b: &mut &[u8]| Some(u32::from_ne_bytes(take(b, 4)?.try_into().ok()?));
-        if u64_at(&mut b)? != MAGIC {
-            return None;
-        }
-        let token: [u8; 16] = take(&mut b, 16)?.try_into().ok()?;
-        let pid = u64_at(&mut b)? as i64;
-        let tokens = [u64_at(&mut b)?, u64_at(&mut b)?];
-        let clen = u32_at(&mut b)? as usize;
-        if clen >= PATH_MAX {
-            return None;
-        }
-        let cwd = take(&mut b, clen)?.to_vec();
-        let mut entries = Vec::new();
-        while !b.is_empty() {
-            let fd = u32_at(&mut b)? as i32;
-            let h = u32_at(&mut b)?;
-            let flags = take(&mut b, 1)?[0];
-            let plen = u32_at(&mut b)? as usize;
-            if plen >= PATH_MAX {
-                return None;
-            }
-            let dir = take(&mut b, plen)?.to_vec();
-            entries.push((fd, h, flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, dir));
-        }
-        Some(State {
-            token,
-            pid,
-            tokens,
-            cwd,
-            entries,
-        })
-    }
 }
 
 /// The remote fds that survive this exec, as this process's kernel sees them.
@@ -211,30 +135,6 @@ pub(crate) fn random_token() -> [u8; 16] {
         got += r as usize;
     }
     t
-}
-
-fn hex(b: &[u8], out: &mut Vec<u8>) {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    for &x in b {
-        out.push(H[(x >> 4) as usize]);
-        out.push(H[(x & 15) as usize]);
-    }
-}
-
-fn unhex(s: &[u8]) -> Option<[u8; 16]> {
-    if s.len() != 32 {
-        return None;
-    }
-    let v = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut t = [0u8; 16];
-    for (i, x) in t.iter_mut().enumerate() {
-        *x = (v(s[2 * i])? << 4) | v(s[2 * i + 1])?;
-    }
-    Some(t)
 }
 
 /// Writes `data` into a new sealed memfd at a reserved number that survives exec.
@@ -372,7 +272,8 @@ fn is_static_elf(path: u64) -> bool {
 /// A static program this one execs (the shim cannot enter it) runs under the supervised
 /// mode instead: `virtuos-redirect run [--storage S --mount M] [--net N] -- PROG ARGS...`, with the routed
 /// cwd handed over in `VIRTUOS_SUPERVISE_CWD` and without `LD_PRELOAD` (the supervisor itself
-/// must not be redirected). Its own remote fds other than the cwd do not follow it.
+/// must not be redirected), and with the exec hand-over (`VIRTUOS_EXEC`) that the supervisor
+/// adopts: the remote fds that survive the exec follow the program.
 fn exec_supervised(a: [u64; 6]) -> Option<i64> {
     let cfg = config::get();
     let redirect = cfg.redirect.as_ref()?;
@@ -432,14 +333,24 @@ fn exec_supervised(a: [u64; 6]) -> Option<i64> {
         0,
         0,
     ];
-    let add = [cwd_entry.as_ptr() as *const libc::c_char];
-    Some(exec_with_env_edited(
-        libc::SYS_execve,
-        b,
-        2,
-        if cwd_entry.is_empty() { &[] } else { &add },
-        b"LD_PRELOAD",
-    ))
+    // The remote fds that survive the exec go to the supervisor, which adopts them for the
+    // static program (the same hand-over a dynamic image would take).
+    let entry = prepare();
+    let mut add: Vec<*const libc::c_char> = Vec::new();
+    if !cwd_entry.is_empty() {
+        add.push(cwd_entry.as_ptr().cast());
+    }
+    if let Some(e) = &entry {
+        add.push(e.buf.as_ptr().cast());
+    }
+    let r = exec_with_env_edited(libc::SYS_execve, b, 2, &add, b"LD_PRELOAD");
+    if let Some(e) = entry {
+        // Still here: the exec failed. The old image keeps its state; drop the hand-over.
+        let cur = PENDING.swap(-1, Ordering::AcqRel);
+        reserve::release(if cur >= 0 { cur } else { e.fd });
+        drop_tokens(e.tokens);
+    }
+    Some(r)
 }
 
 /// Handles `execve`/`execveat`: saves the state if there is any, then executes for real.

@@ -19,6 +19,7 @@ pub mod cwd;
 pub mod diag;
 pub mod dispatch;
 pub mod exec;
+pub mod exec_state;
 pub mod fdtable;
 pub mod lock;
 pub mod net;

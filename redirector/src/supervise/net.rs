@@ -86,6 +86,9 @@ struct State {
     queue: VecDeque<Accepted>,
     /// Closed in the network domain: the entry is about to go.
     gone: bool,
+    /// Adopted from another session: readiness that arrived before (an edge this session's
+    /// words never saw) is found by trying once.
+    probe: bool,
 }
 
 struct Sock {
@@ -255,12 +258,47 @@ impl Net {
                 tx_eof: false,
                 queue: VecDeque::new(),
                 gone: false,
+                probe: false,
             }),
             queued: Condvar::new(),
         });
         self.socks().insert(ino, sock);
         self.kick();
         Ok((theirs, ino))
+    }
+
+    /// Redeems an exec token (a redirected program's sockets handed to the static program it
+    /// exec'd): true when the handles are this session's now.
+    pub(super) fn adopt_token(&self, token: u64) -> bool {
+        token != 0
+            && self
+                .call(Opcode::Adopt, [token, 0, 0, 0, 0], &[], &mut [])
+                .result
+                >= 0
+    }
+
+    /// Serves adopted socket `h` (a connection, or a listener): the program's end of its new
+    /// pair, non-blocking if the socket was.
+    pub(super) fn adopt(&self, h: u32, listening: bool) -> std::io::Result<OwnedFd> {
+        let fl = self.call(
+            Opcode::Fcntl,
+            [h.into(), libc::F_GETFL as u64, 0, 0, 0],
+            &[],
+            &mut [],
+        );
+        let nonblock = fl.result >= 0 && fl.result & i64::from(libc::O_NONBLOCK) != 0;
+        self.set_nonblocking(h);
+        let kind = if listening {
+            Kind::Listener
+        } else {
+            Kind::Stream
+        };
+        let (theirs, ino) = self.pair(h, kind, nonblock)?;
+        if let Some(s) = self.socks().get(&ino) {
+            s.lock().probe = true;
+        }
+        self.kick();
+        Ok(theirs)
     }
 
     fn forget(&self, ino: u64) {
@@ -633,7 +671,11 @@ impl Net {
         let ours = s.ours.as_raw_fd();
         let hup = revents(ours, 0) & libc::POLLHUP != 0;
         let h = u64::from(s.handle);
+        let probe = std::mem::take(&mut st.probe);
         let ready = |net: &Net| {
+            if probe {
+                return libc::POLLIN | libc::POLLOUT;
+            }
             net.session
                 .readiness(s.handle as usize)
                 .map_or(0, |r| r.mask as i16)
