@@ -1213,7 +1213,7 @@ impl Supervisor {
             Ok(f) => f,
             Err(x) => return Answer::Val(-i64::from(x)),
         };
-        let cloexec = fd_flags(pid, fd).is_some_and(|f| f & i64::from(libc::O_CLOEXEC) != 0);
+        let cloexec = fd_has(pid, fd, libc::O_CLOEXEC);
         let k = install_fd(
             listener.as_raw_fd(),
             id,
@@ -1478,7 +1478,7 @@ impl Supervisor {
         };
         // SAFETY: one valid pollfd, zero timeout.
         let ready = unsafe { libc::poll(&mut p, 1, 0) } == 1;
-        if ready || fd_flags(pid, out_fd).is_some_and(|f| f & i64::from(libc::O_NONBLOCK) != 0) {
+        if ready || fd_has(pid, out_fd, libc::O_NONBLOCK) {
             return Answer::Val(job.run());
         }
         answer_later(listener, id, move || job.run())
@@ -2436,14 +2436,17 @@ fn install_fd(
     }
 }
 
-/// The status flags of the target's `fd` (`flags:` of `/proc/PID/fdinfo/FD`, with O_CLOEXEC
-/// for the close-on-exec flag).
-fn fd_flags(pid: i32, fd: i32) -> Option<i64> {
+/// True when the target's `fd` has status flag `flag` (`flags:` of `/proc/PID/fdinfo/FD`,
+/// where O_CLOEXEC stands for the close-on-exec flag).
+fn fd_has(pid: i32, fd: i32, flag: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("flags:"))
-        .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
+        })
+        .is_some_and(|f| f & i64::from(flag) != 0)
 }
 
 /// Runs `work` on a thread of its own, which answers notification `id` with its result: for a

@@ -345,10 +345,7 @@ fn exec_supervised(a: [u64; 6]) -> Option<i64> {
     }
     let r = exec_with_env_edited(libc::SYS_execve, b, 2, &add, b"LD_PRELOAD");
     if let Some(e) = entry {
-        // Still here: the exec failed. The old image keeps its state; drop the hand-over.
-        let cur = PENDING.swap(-1, Ordering::AcqRel);
-        reserve::release(if cur >= 0 { cur } else { e.fd });
-        drop_tokens(e.tokens);
+        abandon(e);
     }
     Some(r)
 }
@@ -476,12 +473,17 @@ fn execve_local(nr: i64, a: [u64; 6]) -> i64 {
     let entry = sys::on_big_stack(256 << 10, prepare);
     let r = exec_with_env(nr, a, env_at, entry.as_ref().map(|e| &e.buf[..]));
     if let Some(e) = entry {
-        // Still here: the exec failed. The old image keeps its state; drop the hand-over.
-        let cur = PENDING.swap(-1, Ordering::AcqRel);
-        reserve::release(if cur >= 0 { cur } else { e.fd });
-        drop_tokens(e.tokens);
+        abandon(e);
     }
     r
+}
+
+/// Still here after an exec: it failed. The old image keeps its state; the hand-over `e`
+/// prepared for the new one (its memfd and its tokens) is dropped.
+fn abandon(e: Entry) {
+    let cur = PENDING.swap(-1, Ordering::AcqRel);
+    reserve::release(if cur >= 0 { cur } else { e.fd });
+    drop_tokens(e.tokens);
 }
 
 /// Gives up clone tokens (storage, network) that no program will redeem: the servers would

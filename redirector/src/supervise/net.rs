@@ -399,7 +399,7 @@ impl Net {
                 if let Some(c) = self.take_queued(&sock, &job) {
                     return Some(self.finish_accept(listener.as_raw_fd(), &job, c));
                 }
-                if fd_nonblocking(pid, a[0] as i32) {
+                if super::fd_has(pid, a[0] as i32, libc::O_NONBLOCK) {
                     return Some(e(libc::EAGAIN));
                 }
                 let Ok(l) = listener.try_clone() else {
@@ -903,11 +903,6 @@ fn set_fl_nonblock(fd: RawFd) {
     }
 }
 
-/// True when the program's `fd` has O_NONBLOCK.
-fn fd_nonblocking(pid: i32, fd: i32) -> bool {
-    super::fd_flags(pid, fd).is_some_and(|f| f & i64::from(libc::O_NONBLOCK) != 0)
-}
-
 /// A copy of process `pid`'s descriptor `fd` (`pidfd_getfd`).
 pub(super) fn pidfd_getfd(pid: i32, fd: i32) -> Option<OwnedFd> {
     let pfd = super::pidfd_open(pid)?;
@@ -926,22 +921,24 @@ mod tests {
     /// The caller's memory as one buffer at address 0x1000.
     struct Buf(RefCell<Vec<u8>>);
 
+    /// The buffer range `len` bytes at `addr` covers.
+    fn range(addr: UserPtr, len: usize) -> Result<std::ops::Range<usize>, MemError> {
+        let at = (addr.0 as usize)
+            .checked_sub(0x1000)
+            .ok_or(MemError::Fault)?;
+        Ok(at..at + len)
+    }
+
     impl CallerMemory for Buf {
         fn read(&self, addr: UserPtr, out: &mut [u8]) -> Result<(), MemError> {
             let b = self.0.borrow();
-            let at = (addr.0 as usize)
-                .checked_sub(0x1000)
-                .ok_or(MemError::Fault)?;
-            let src = b.get(at..at + out.len()).ok_or(MemError::Fault)?;
+            let src = b.get(range(addr, out.len())?).ok_or(MemError::Fault)?;
             out.copy_from_slice(src);
             Ok(())
         }
         fn write(&self, addr: UserPtr, data: &[u8]) -> Result<(), MemError> {
             let mut b = self.0.borrow_mut();
-            let at = (addr.0 as usize)
-                .checked_sub(0x1000)
-                .ok_or(MemError::Fault)?;
-            let dst = b.get_mut(at..at + data.len()).ok_or(MemError::Fault)?;
+            let dst = b.get_mut(range(addr, data.len())?).ok_or(MemError::Fault)?;
             dst.copy_from_slice(data);
             Ok(())
         }
