@@ -702,7 +702,13 @@ print(lat[len(lat) // 2], lat[len(lat) * 99 // 100])
 
 fn measure(d: &Domains, script: &Path) -> (u64, u64) {
     let o = d.shim("python3").arg(script).arg("20000").output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "the measuring program: {} (stdout {:?}, stderr {:?})",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let s = String::from_utf8_lossy(&o.stdout);
     let v: Vec<u64> = s.split_whitespace().map(|x| x.parse().unwrap()).collect();
     (v[0], v[1])
