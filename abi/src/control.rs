@@ -19,7 +19,11 @@ pub const VERSION_MINOR: u16 = 0;
 pub const CAP_IO_URING: u64 = 1 << 0;
 /// Capability: the server pushes readiness into the shared region (network domain).
 pub const CAP_READINESS_PUSH: u64 = 1 << 1;
-/// Capabilities this version of the transport knows.
+/// Capability: the region holds streams, byte rings into which the server receives a
+/// socket's data ahead of the client's calls (network domain). A client asks for it only if
+/// it reads them; the region then has `STREAM_SLOTS` of them.
+pub const CAP_STREAMS: u64 = 1 << 2;
+/// Capabilities this version of the transport knows (a client asks for streams itself).
 pub const CAPS_KNOWN: u64 = CAP_IO_URING | CAP_READINESS_PUSH;
 
 /// Kind word of a [`Hello`].

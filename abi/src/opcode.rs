@@ -250,6 +250,9 @@ opcodes! {
     /// the table from that offset written into the window (0 at its end), so that `ss` and
     /// `netstat` in a redirected program see the sockets it has there.
     NetTable = 315,
+    /// The stream of socket `args[0]` has room again (the client emptied some of it after the
+    /// server marked it full): receive into it. Posted; the result is 0.
+    Refill = 316,
 }
 
 #[cfg(test)]

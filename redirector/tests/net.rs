@@ -542,6 +542,25 @@ fn control_messages_as_native() {
     assert!(out.contains("v4 short b'three' 1 True"), "{out}");
 }
 
+/// An accepted connection's data, which the network domain receives ahead into a stream in
+/// the program's shared memory, reads as natively: a burst larger than the stream (hash
+/// kept), MSG_PEEK, MSG_WAITALL, MSG_DONTWAIT and O_NONBLOCK (EAGAIN), FIONREAD, readiness
+/// in select/poll/epoll (level and edge), zero-length reads and the end of the file, a reset
+/// to a peer when closed with unread data, a peer's reset after its data (bytes, then
+/// ECONNRESET, then the end), bytes that arrived before a fork read by the child, a recvmsg
+/// with control room (which the server serves) in byte order, SO_RCVTIMEO, scatter reads,
+/// a blocking read woken later, and two threads reading one connection.
+#[test]
+fn received_ahead_reads_as_native() {
+    let dir = Scratch::new("streams");
+    let net = Domain::net(&dir);
+    let out = same_as_native(&net, "streams.py", &[]);
+    assert!(out.contains("bulk 3145728 True"), "{out}");
+    assert!(out.contains("fork child read b'before-fork'"), "{out}");
+    assert!(out.contains("peer reset ok b'abc' error ECONNRESET ok b''"), "{out}");
+    assert!(out.contains("two readers 200000\ndone"), "{out}");
+}
+
 /// sendmmsg/recvmmsg (glibc's resolver sends its A and AAAA queries with one sendmmsg): the
 /// counts, lengths and bytes of a batch, MSG_WAITFORONE, and EAGAIN on an empty socket.
 #[test]

@@ -20,6 +20,7 @@
 //! after every call. Clients merge these
 //! words with their local fds in poll, select and epoll.
 
+pub mod ahead;
 pub mod store;
 pub mod sys;
 pub mod watch;
@@ -35,6 +36,7 @@ use service::fdtable::Handle;
 use service::{Call, Handler, Outcome};
 use xen_transport::Credentials;
 
+use crate::ahead::Ahead;
 use crate::store::Store;
 use crate::sys::MsgBuf;
 use crate::watch::Watcher;
@@ -45,6 +47,7 @@ const ADDR_MAX: usize = 128;
 /// The network domain's handler.
 pub struct Net {
     watch: Arc<Watcher>,
+    ahead: Arc<Ahead>,
     unprivileged_port: u16,
     store: Arc<Store>,
 }
@@ -73,8 +76,10 @@ impl Net {
                     }
                 })?;
         }
+        let ahead = Arc::new(Ahead::default());
         Ok(Net {
-            watch: Watcher::start()?,
+            watch: Watcher::start(ahead.clone())?,
+            ahead,
             unprivileged_port: sys::unprivileged_port_start(),
             store,
         })
@@ -112,6 +117,11 @@ impl Net {
             }
             Err(e) => err(call, e.get()),
         }
+    }
+
+    /// The streams (tests and statistics).
+    pub fn ahead(&self) -> &Arc<Ahead> {
+        &self.ahead
     }
 
     /// The readiness watcher (tests and statistics).
@@ -195,10 +205,14 @@ impl Net {
     /// Adds a new socket to the session's table (charged to the client's uid; `EMFILE`, the
     /// socket closed, past its budget) and starts watching it.
     fn install(&self, call: &Call<'_>, fd: OwnedFd) -> Result<i64, i32> {
+        self.install_handle(call, fd).map(|(h, _)| i64::from(h))
+    }
+
+    fn install_handle(&self, call: &Call<'_>, fd: OwnedFd) -> Result<(u32, Handle), i32> {
         forget_flags(&fd);
         let (h, fd) = call.fds().insert_new(fd).map_err(|e| e.get())?;
         self.watch.add(&call.session(), h, &fd);
-        Ok(i64::from(h))
+        Ok((h, fd))
     }
 
     /// After a call on socket `fd` (handle `h` of the caller): its readiness as every holder
@@ -277,10 +291,14 @@ impl Net {
             .min(call.request().raw.data_len as usize)
             .min(len)
             .min(addr.len());
-        match self.install(call, new) {
-            Ok(h) => {
+        match self.install_handle(call, new) {
+            Ok((h, fd)) => {
+                // A connection accepted by this session alone: its data comes ahead.
+                if stream(&fd) {
+                    self.ahead.attach(&call.session(), h, &fd);
+                }
                 let n = call.write_payload(&addr[..room]);
-                let mut r = Response::ok(call.id(), h);
+                let mut r = Response::ok(call.id(), i64::from(h));
                 r.aux[0] = len as u64;
                 r.data_len = n as u32;
                 Outcome::Done(r)
@@ -422,6 +440,23 @@ impl Net {
         {
             return err(call, libc::EFAULT);
         }
+        // The server receives on the socket itself: its stream (if any) stops, and what the
+        // stream held comes first.
+        self.ahead.before_recv(&fd);
+        let peek = int_arg(a[1]) & libc::MSG_PEEK != 0;
+        if let Some(r) = self
+            .ahead
+            .recv_pushback(&fd, len, peek, |b| call.write_payload(b))
+        {
+            self.refresh(call, h, &fd);
+            return match r {
+                Ok(n) => Outcome::Done(Response {
+                    data_len: raw.data_len,
+                    ..Response::ok(call.id(), n as i64)
+                }),
+                Err(e) => err(call, e),
+            };
+        }
         let nb = nonblocking(&fd);
         let mut flags = int_arg(a[1]);
         if nb {
@@ -529,6 +564,7 @@ impl Net {
         match call.fds().remove(h) {
             Ok(fd) => {
                 let s = call.session();
+                self.ahead.closed(s.id(), h as u32);
                 self.watch.remove(s.id(), h as u32);
                 s.clear_event(h as usize);
                 drop(fd);
@@ -685,7 +721,7 @@ impl Handler for Net {
             Opcode::GetSockName => self.name(call, false),
             Opcode::GetPeerName => self.name(call, true),
             Opcode::Ioctl => match self.socket_of(call) {
-                Ok((_, fd)) => {
+                Ok((h, fd)) => {
                     let req = a[1];
                     let ok = [
                         libc::FIONBIO,
@@ -695,9 +731,14 @@ impl Handler for Net {
                     if !ok.contains(&(req as _)) {
                         return err(call, libc::ENOTTY);
                     }
-                    let r = sys::ioctl_int(fd.as_fd(), req, int_arg(a[2]));
+                    let mut r = sys::ioctl_int(fd.as_fd(), req, int_arg(a[2]));
                     if req == libc::FIONBIO {
                         forget_flags(&fd);
+                    }
+                    if req == libc::FIONREAD {
+                        // What the stream or the pushback holds was received already.
+                        let ahead = self.ahead.unread(&call.session(), h, &fd) as i64;
+                        r = r.map(|v| v + ahead);
                     }
                     done(call, r.map(|v| if req == libc::FIONBIO { 0 } else { v }))
                 }
@@ -738,6 +779,13 @@ impl Handler for Net {
                 Err(e) => err(call, e),
             },
             Opcode::Close => self.close(call),
+            Opcode::Refill => match self.socket_of(call) {
+                Ok((h, _)) => {
+                    self.ahead.refill(&call.session(), h);
+                    Outcome::Done(Response::ok(call.id(), 0))
+                }
+                Err(e) => err(call, e),
+            },
             Opcode::NetTable => {
                 let name = match a[0] {
                     0 => "tcp",
@@ -815,6 +863,7 @@ impl Handler for Net {
 
     fn adopted(&self, call: &Call<'_>) {
         let s = call.session();
+        self.ahead.session_closed(s.id());
         // The table was replaced: stop watching the old sockets (the watcher's references
         // would keep them open) and clear their words, then watch the adopted ones.
         for h in self.watch.remove_session(s.id()) {
@@ -837,7 +886,16 @@ impl Handler for Net {
     }
 
     fn session_closed(&self, id: u64, _creds: Credentials) {
+        self.ahead.session_closed(id);
         self.watch.remove_session(id);
+    }
+
+    fn wants_streams(&self) -> bool {
+        true
+    }
+
+    fn cloning(&self, id: u64, handles: &[u32]) {
+        self.ahead.cloning(id, handles);
     }
 }
 

@@ -275,3 +275,36 @@ pub fn enter_netns(path: &std::path::Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// recvmsg(2) with no name and no control messages into `iov`: bytes received, or errno.
+///
+/// # Safety
+///
+/// Every iovec must describe memory that stays mapped and writable for the call, and that no
+/// Rust reference covers (the kernel writes it).
+pub unsafe fn recv_iov(fd: BorrowedFd<'_>, iov: &[libc::iovec], flags: i32) -> Result<usize, i32> {
+    // SAFETY: a zeroed msghdr is valid (no name, no control); its iovecs are the caller's,
+    // valid for writing by the contract above.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    m.msg_iovlen = iov.len();
+    // SAFETY: `m` is valid for the call; the kernel writes only through the iovecs.
+    check(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut m, flags) } as _).map(|n| n as usize)
+}
+
+/// Closes `fd`'s connection with a reset at its last close (SO_LINGER with a zero timeout),
+/// as Linux does for a socket closed with unread data.
+pub fn reset_on_close(fd: BorrowedFd<'_>) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `l` is a valid linger struct for SO_LINGER, of the length passed.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&l as *const libc::linger).cast::<u8>(),
+            std::mem::size_of::<libc::linger>(),
+        )
+    };
+    let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, bytes);
+}

@@ -20,6 +20,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use service::fdtable::Handle;
 use service::SessionRef;
 
+use crate::ahead::Ahead;
 use crate::sys;
 
 /// One registered socket and who holds it.
@@ -55,17 +56,21 @@ impl Inner {
 pub struct Watcher {
     epoll: Epoll,
     inner: Mutex<Inner>,
+    /// Streams: a socket that has one is received into on each edge, and its `POLLIN` is
+    /// the stream's.
+    ahead: Arc<Ahead>,
     /// Edges published (telemetry).
     pub edges: AtomicU64,
 }
 
 impl Watcher {
     /// Creates the watcher (drained by [`Watcher::drain`] when its fd is readable).
-    pub fn start() -> std::io::Result<Arc<Watcher>> {
+    pub fn start(ahead: Arc<Ahead>) -> std::io::Result<Arc<Watcher>> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         Ok(Arc::new(Watcher {
             epoll,
             inner: Mutex::new(Inner::default()),
+            ahead,
             edges: AtomicU64::new(0),
         }))
     }
@@ -139,7 +144,10 @@ impl Watcher {
             }
         };
         watched.holders.push((session.clone(), h));
-        session.publish_event(h as usize, sys::readiness(fd.as_fd()), true);
+        let mask = self
+            .ahead
+            .level(session, h, fd, sys::readiness(fd.as_fd()), false);
+        session.publish_event(h as usize, mask, true);
         inner.by_handle.insert((session.id(), h), raw);
     }
 
@@ -160,7 +168,8 @@ impl Watcher {
         };
         for (s, h) in &e.holders {
             if !s.is_closed() {
-                s.publish_event(*h as usize, mask, false);
+                let m = self.ahead.level(s, *h, fd, mask, false);
+                s.publish_event(*h as usize, m, false);
             }
         }
         true
@@ -217,7 +226,8 @@ impl Watcher {
                     let mask = sys::readiness(e.fd.as_fd());
                     for (s, h) in &e.holders {
                         if !s.is_closed() {
-                            s.publish_event(*h as usize, mask, true);
+                            let m = self.ahead.level(s, *h, &e.fd, mask, true);
+                            s.publish_event(*h as usize, m, true);
                         }
                     }
                     self.edges.fetch_add(1, Ordering::Relaxed);

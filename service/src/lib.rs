@@ -79,6 +79,12 @@ pub trait Handler: Send + Sync + 'static {
         false
     }
 
+    /// Whether sessions whose client asks for streams get them (see
+    /// [`xen_transport::stream`]): the handler then receives ahead into them.
+    fn wants_streams(&self) -> bool {
+        false
+    }
+
     /// A session is starting: called before the client is told, so before its first request.
     fn session_opened(&self, _id: u64, _creds: Credentials) {}
 
@@ -112,6 +118,11 @@ pub trait Handler: Send + Sync + 'static {
     /// A session adopted a snapshot of another one's files ([`abi::Opcode::Adopt`], after a
     /// fork or an exec): `call` is the adopt request, [`Call::fds`] the new table.
     fn adopted(&self, _call: &Call<'_>) {}
+
+    /// Session `id` is about to share handles `handles` with another process (a fork or exec
+    /// snapshot, or descriptors passed over SCM_RIGHTS: [`abi::Opcode::PrepareClone`]), before
+    /// the snapshot is taken. Called on the worker thread.
+    fn cloning(&self, _id: u64, _handles: &[u32]) {}
 
     /// A session imported files passed to it over SCM_RIGHTS ([`abi::Opcode::Import`]):
     /// `handles` are their new numbers in [`Call::fds`].
@@ -710,7 +721,16 @@ impl<H: Handler> Acceptor<H> {
         let pick = |asked: u32, max: u32| if asked == 0 { max } else { asked.min(max) };
         let window = (pick(p.hello.window, m.window) as usize)
             .next_multiple_of(xen_transport::layout::PAGE) as u32;
-        let layout = match Layout::new(pick(p.hello.channels, m.channels), m.ring_size, window) {
+        let streams = self.handler.wants_streams()
+            && p.hello.capabilities & abi::control::CAP_STREAMS != 0;
+        let layout = match Layout::new(pick(p.hello.channels, m.channels), m.ring_size, window)
+            .and_then(|l| {
+                l.with_streams(if streams {
+                    xen_transport::layout::STREAM_SLOTS
+                } else {
+                    0
+                })
+            }) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(pid = p.creds.pid, %e, "unacceptable geometry");
@@ -761,7 +781,12 @@ impl<H: Handler> Acceptor<H> {
         // Before the client hears of the session, so the handler is ready for its first
         // request.
         self.handler.session_opened(id, creds);
-        let s = match p.accept(id, layout, self.workers, CAP_IO_URING) {
+        let caps = if streams {
+            CAP_IO_URING | abi::control::CAP_STREAMS
+        } else {
+            CAP_IO_URING
+        };
+        let s = match p.accept(id, layout, self.workers, caps) {
             Ok(s) => s,
             Err(e) => {
                 if let Some(held) = self.refusals.allow() {

@@ -84,6 +84,26 @@ impl SessionRef {
         self.0.s.clear_event(h)
     }
 
+    /// How many streams the session's region has (0 unless its client asked for them).
+    pub fn streams(&self) -> u32 {
+        self.0.s.layout().streams
+    }
+
+    /// Stream `i` of the session's region (see [`xen_transport::stream`]).
+    pub fn stream(&self, i: u32) -> Option<xen_transport::Stream<'_>> {
+        self.0.s.stream(i)
+    }
+
+    /// Gives stream `i` to handle `h`, afresh.
+    pub fn attach_stream(&self, i: u32, h: u32) -> Option<xen_transport::Stream<'_>> {
+        self.0.s.attach_stream(i, h)
+    }
+
+    /// Handle `h` has no stream any more.
+    pub fn unmap_stream(&self, h: u32) {
+        self.0.s.unmap_stream(h)
+    }
+
     /// True once the session has ended (its client is gone).
     pub fn is_closed(&self) -> bool {
         self.0.closed.load(Ordering::Relaxed)
@@ -1206,6 +1226,12 @@ fn prepare_clone<H: Handler>(
             }
         }
     }
+    let shared: Vec<u32> = snap
+        .iter()
+        .enumerate()
+        .filter_map(|(h, f)| f.as_ref().map(|_| h as u32))
+        .collect();
+    ctx.handler.cloning(live.s.id(), &shared);
     let creator = Who {
         pid: live.ctx.creds.pid,
         uid: live.ctx.creds.uid,

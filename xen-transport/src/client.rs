@@ -208,14 +208,34 @@ impl Session {
     }
 
     /// Handle `h`'s readiness as the server last published it (`None` beyond the words).
+    /// For a handle with a stream, `POLLIN` says what the stream holds now (bytes, an error
+    /// or the end of the file): the server's word may still say readable after this
+    /// process's threads emptied it.
     pub fn readiness(&self, h: usize) -> Option<crate::Readiness> {
         (h < crate::layout::EVENT_SLOTS).then(|| {
-            crate::Readiness::from_word(
+            let mut r = crate::Readiness::from_word(
                 self.mem
                     .u64_at(self.layout.event_off(h))
                     .load(Ordering::SeqCst),
-            )
+            );
+            if let Some(s) = self.stream(h) {
+                let snap = s.snapshot();
+                if !snap.state.has(crate::StreamState::DETACHED) || snap.readable() {
+                    let pollin = libc::POLLIN as u32;
+                    r.mask = if snap.readable() {
+                        r.mask | pollin
+                    } else {
+                        r.mask & !pollin
+                    };
+                }
+            }
+            r
         })
+    }
+
+    /// The stream that handle `h` receives into, if the server gave it one.
+    pub fn stream(&self, h: usize) -> Option<crate::Stream<'_>> {
+        crate::Stream::of_handle(&self.mem, &self.layout, h)
     }
 
     /// The readiness epoch (bumped by the server after every change).

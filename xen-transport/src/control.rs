@@ -155,8 +155,14 @@ pub fn connect_session(path: &Path, cfg: &ClientConfig) -> Result<Session, Conne
             server_minor: w.version_minor,
         });
     }
-    let layout =
-        Layout::new(w.channels, w.ring_size, w.window).map_err(|e| proto(e.to_string()))?;
+    let streams = if w.capabilities & abi::control::CAP_STREAMS != 0 {
+        crate::layout::STREAM_SLOTS
+    } else {
+        0
+    };
+    let layout = Layout::new(w.channels, w.ring_size, w.window)
+        .and_then(|l| l.with_streams(streams))
+        .map_err(|e| proto(e.to_string()))?;
     if w.region_len != layout.region_len() as u64 {
         return Err(proto(format!(
             "region of {} bytes for {layout:?}",
@@ -478,6 +484,11 @@ impl Pending {
         capabilities: u64,
     ) -> Result<ServerSession, ListenError> {
         let workers = workers.clamp(1, MAX_DOORBELLS);
+        debug_assert_eq!(
+            layout.streams > 0,
+            capabilities & self.hello.capabilities & abi::control::CAP_STREAMS != 0,
+            "a region has streams exactly when both sides asked for them"
+        );
         let (memfd, mem) = local::create_region(layout.region_len())?;
         let doorbells = local::create_doorbells(workers)?;
         let bell = LocalBell::new(doorbells);

@@ -6,7 +6,15 @@
 //! rings_off           channel 0 ring, channel 1 ring, ...   (channel_bytes each)
 //! data_off            channel 0 data window, channel 1 window, ... (window bytes each)
 //! events_off          readiness words, one u64 per handle (EVENT_SLOTS of them)
+//! stream_map_off      (sessions with streams only) one u32 per handle: 0, or 1 + the
+//!                     stream that receives ahead for it
+//! streams_off         stream 0, stream 1, ... (STREAM_SPAN bytes each: a header of
+//!                     STREAM_HEADER bytes, then STREAM_BYTES of data)
 //! ```
+//!
+//! Streams ([`crate::stream`]) are byte rings in which a server receives a socket's data
+//! ahead of the client's calls; a session has them only when both sides asked for
+//! [`abi::control::CAP_STREAMS`], and then exactly [`STREAM_SLOTS`] of them.
 //!
 //! The readiness words let a server push the readiness of the client's sockets into shared
 //! memory (see [`crate::events`]): word `h` holds `seq << 32 | mask` for handle `h`.
@@ -87,6 +95,31 @@ pub mod header {
 /// readiness limits its handles to this many).
 pub const EVENT_SLOTS: usize = 16384;
 
+/// Streams in a session that has them.
+pub const STREAM_SLOTS: u32 = 128;
+/// Data bytes of one stream (a power of two).
+pub const STREAM_BYTES: usize = 32 << 10;
+/// Header bytes before a stream's data: four cache lines, each written by one side.
+pub const STREAM_HEADER: usize = 256;
+/// Bytes of one stream, header and data.
+pub const STREAM_SPAN: usize = STREAM_HEADER + STREAM_BYTES;
+
+/// Offsets inside one stream's header.
+pub mod stream {
+    /// `u64` bytes consumed (client threads advance it with compare-and-swap; the server
+    /// too, when it takes a stream's unread bytes back).
+    pub const HEAD: usize = 0;
+    /// `u64` bytes produced (server writes).
+    pub const TAIL: usize = 64;
+    /// `u32` state bits (server writes): see [`crate::stream::StreamState`].
+    pub const STATE: usize = 128;
+    /// `u32` the handle this stream receives for (server writes).
+    pub const OWNER: usize = 132;
+    /// `u32` pending socket error, an errno (server sets it, a client takes it with a
+    /// compare-and-swap to 0).
+    pub const ERROR: usize = 192;
+}
+
 /// Offsets inside one channel ring.
 pub mod ring {
     /// `u32` requests produced (client writes).
@@ -132,6 +165,8 @@ pub struct Layout {
     pub ring_size: u32,
     /// Data window bytes per channel (a multiple of [`PAGE`]).
     pub window: u32,
+    /// Streams (0 or [`STREAM_SLOTS`]).
+    pub streams: u32,
 }
 
 /// Why a geometry is not acceptable.
@@ -149,6 +184,9 @@ pub enum LayoutError {
     /// The whole region would be too large.
     #[error("region of {0} bytes exceeds the {MAX_REGION}-byte limit")]
     TooLarge(usize),
+    /// A stream count other than 0 or [`STREAM_SLOTS`].
+    #[error("stream count {0} is neither 0 nor {STREAM_SLOTS}")]
+    Streams(u32),
     /// The mapping is smaller than the geometry requires.
     #[error("region is {have} bytes but the geometry needs {need}")]
     Short {
@@ -175,7 +213,20 @@ impl Layout {
             channels,
             ring_size,
             window,
+            streams: 0,
         };
+        if l.region_len() > MAX_REGION {
+            return Err(LayoutError::TooLarge(l.region_len()));
+        }
+        Ok(l)
+    }
+
+    /// This geometry with `streams` streams (0 or [`STREAM_SLOTS`]).
+    pub fn with_streams(self, streams: u32) -> Result<Self, LayoutError> {
+        if streams != 0 && streams != STREAM_SLOTS {
+            return Err(LayoutError::Streams(streams));
+        }
+        let l = Layout { streams, ..self };
         if l.region_len() > MAX_REGION {
             return Err(LayoutError::TooLarge(l.region_len()));
         }
@@ -220,9 +271,30 @@ impl Layout {
         self.events_off() + h * 8
     }
 
+    /// Offset of the stream map (page aligned; meaningful only with streams).
+    pub fn stream_map_off(&self) -> usize {
+        self.events_off() + EVENT_SLOTS * 8
+    }
+
+    /// Offset of handle `h`'s stream-map word.
+    pub fn stream_map_word(&self, h: usize) -> usize {
+        assert!(h < EVENT_SLOTS && self.streams > 0);
+        self.stream_map_off() + h * 4
+    }
+
+    /// Offset of stream `i` (its header; the data follows at `+ STREAM_HEADER`).
+    pub fn stream_off(&self, i: u32) -> usize {
+        assert!(i < self.streams);
+        self.stream_map_off() + EVENT_SLOTS * 4 + i as usize * STREAM_SPAN
+    }
+
     /// Total region size in bytes (page multiple).
     pub fn region_len(&self) -> usize {
-        self.events_off() + EVENT_SLOTS * 8
+        if self.streams == 0 {
+            return self.stream_map_off();
+        }
+        (self.stream_map_off() + EVENT_SLOTS * 4 + self.streams as usize * STREAM_SPAN)
+            .next_multiple_of(PAGE)
     }
 
     /// Offset of slot `index` (taken modulo the ring size) of channel `c`.
@@ -260,6 +332,9 @@ mod tests {
             Layout::new(1024, 1024, MAX_WINDOW),
             Err(LayoutError::TooLarge(_))
         ));
+        let l = Layout::new(1, 8, PAGE as u32).unwrap();
+        assert_eq!(l.with_streams(3), Err(LayoutError::Streams(3)));
+        assert_eq!(l.with_streams(0), Ok(l));
     }
 
     proptest! {
@@ -288,6 +363,12 @@ mod tests {
             prop_assert_eq!(l.region_len() % PAGE, 0);
             prop_assert_eq!(l.window_off(ch - 1) + l.window as usize, l.events_off());
             prop_assert_eq!(l.event_off(EVENT_SLOTS - 1) + 8, l.region_len());
+            let s = l.with_streams(STREAM_SLOTS).unwrap();
+            prop_assert_eq!(s.stream_map_off(), l.region_len());
+            prop_assert_eq!(s.stream_map_word(EVENT_SLOTS - 1) + 4, s.stream_off(0));
+            prop_assert!(s.stream_off(STREAM_SLOTS - 1) + STREAM_SPAN <= s.region_len());
+            prop_assert_eq!(s.region_len() % PAGE, 0);
+            prop_assert_eq!(s.stream_off(1) % 64, 0);
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod layout;
 pub mod mem;
 pub mod ring;
 pub mod server;
+pub mod stream;
 pub mod wait;
 
 pub use client::{CallError, ClientConfig, Lease, Session};
@@ -33,6 +34,7 @@ pub use fdcell::{FdCell, FdHooks};
 pub use layout::Layout;
 pub use mem::SharedMem;
 pub use server::{Credentials, ServerSession};
+pub use stream::{Snapshot, Stream, StreamState};
 pub use wait::{AdaptiveSpin, SpinPolicy, WaitSnapshot, WaitStats};
 
 use thiserror::Error;

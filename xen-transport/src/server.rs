@@ -183,6 +183,26 @@ impl ServerSession {
         RingView::new(&self.mem, &self.layout, c)
     }
 
+    /// Stream `i` (see [`crate::stream`]), if the session has streams and `i` is one.
+    pub fn stream(&self, i: u32) -> Option<crate::Stream<'_>> {
+        (i < self.layout.streams).then(|| crate::Stream::new(&self.mem, &self.layout, i))
+    }
+
+    /// Gives stream `i` to handle `h`, afresh (its map word names it).
+    pub fn attach_stream(&self, i: u32, h: u32) -> Option<crate::Stream<'_>> {
+        if h as usize >= crate::layout::EVENT_SLOTS {
+            return None;
+        }
+        let s = self.stream(i)?;
+        s.reset(&self.layout, i, h);
+        Some(s)
+    }
+
+    /// Handle `h` has no stream any more (its map word is cleared).
+    pub fn unmap_stream(&self, h: u32) {
+        crate::Stream::unmap(&self.mem, &self.layout, h)
+    }
+
     /// Publishes the server state.
     pub fn set_state(&self, state: ServerState) {
         self.mem

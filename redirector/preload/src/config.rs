@@ -22,6 +22,8 @@ pub const ENV_MOUNT: &str = "VIRTUOS_MOUNT";
 pub const ENV_NET: &str = "VIRTUOS_NET";
 /// Environment variable that asks for the exit report of routed and trapped calls.
 pub const ENV_REPORT: &str = "VIRTUOS_REPORT";
+/// `0` turns receiving ahead off.
+pub const ENV_STREAMS: &str = "VIRTUOS_STREAMS";
 
 /// What the shim routes where.
 pub struct Config {
@@ -35,6 +37,9 @@ pub struct Config {
     pub report: bool,
     /// The client's spin bounds (`VIRTUOS_CLIENT_SPIN_MIN_NS`/`_MAX_NS`).
     pub spin: SpinPolicy,
+    /// Whether the network domain receives ahead into streams for this process (unless
+    /// `VIRTUOS_STREAMS=0`: every recv a round trip, for comparison).
+    pub streams: bool,
     /// `virtuos-redirect`, to hand a static program this one execs to the supervised mode.
     pub redirect: Option<PathBuf>,
     /// `NAME=value\0` of each setting in [`CARRIED`] this process started with: an exec puts
@@ -45,7 +50,7 @@ pub struct Config {
 }
 
 /// The environment entries that make a program redirected (see [`Config::carried_env`]).
-pub const CARRIED: [&str; 8] = [
+pub const CARRIED: [&str; 9] = [
     ENV_STORAGE,
     ENV_MOUNT,
     ENV_NET,
@@ -53,6 +58,7 @@ pub const CARRIED: [&str; 8] = [
     "VIRTUOS_REDIRECT",
     "VIRTUOS_CLIENT_SPIN_MIN_NS",
     "VIRTUOS_CLIENT_SPIN_MAX_NS",
+    ENV_STREAMS,
     "LD_PRELOAD",
 ];
 /// Length of [`CARRIED`].
@@ -65,6 +71,7 @@ impl Config {
         net_sock: None,
         report: false,
         spin: SpinPolicy::CLIENT,
+        streams: true,
         redirect: None,
         carried_env: Vec::new(),
         lib: Vec::new(),
@@ -86,6 +93,7 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .and_then(PathBuf::from_bytes),
             report: lookup(ENV_REPORT).is_some(),
+            streams: lookup(ENV_STREAMS) != Some(&b"0"[..]),
             redirect: lookup("VIRTUOS_REDIRECT")
                 .filter(|v| v.first() == Some(&b'/'))
                 .and_then(PathBuf::from_bytes),

@@ -572,7 +572,9 @@ type Received = (usize, [u8; 128], usize, u64, usize);
 
 /// recv/recvfrom/recvmsg/read: one window-sized chunk scattered into `segs`, and up to
 /// `control.1` bytes of control messages copied to the program's buffer at `control.0`.
+#[allow(clippy::too_many_arguments)]
 fn recv(
+    fd: i64,
     r: Remote,
     segs: &[libc::iovec],
     flags: u64,
@@ -580,9 +582,6 @@ fn recv(
     want_flags: bool,
     control: (u64, usize),
 ) -> Result<Received, i64> {
-    if would_block(r, flags, (libc::POLLIN | libc::POLLPRI) as u32) {
-        return Err(e(libc::EAGAIN));
-    }
     let total: usize = segs.iter().map(|s| s.iov_len).sum();
     let name_room = name_room.min(128);
     let ctl_room = if control.0 == 0 {
@@ -590,6 +589,16 @@ fn recv(
     } else {
         control.1.min(abi::cmsg::MAX_CONTROL)
     };
+    if ctl_room == 0 {
+        // A connected stream socket's source address is never reported (length 0), and
+        // its message flags are 0 for what a stream hands out.
+        if let Some(res) = recv_stream(fd, r, segs, total, flags) {
+            return res.map(|n| (n, [0u8; 128], 0, 0, 0));
+        }
+    }
+    if would_block(r, flags, (libc::POLLIN | libc::POLLPRI) as u32) {
+        return Err(e(libc::EAGAIN));
+    }
     let mut args = [
         r.handle.into(),
         flags,
@@ -632,6 +641,152 @@ fn recv(
     })
 }
 
+/// The flags a receive served from a stream may carry.
+const STREAM_FLAGS: u64 = (libc::MSG_PEEK
+    | libc::MSG_DONTWAIT
+    | libc::MSG_WAITALL
+    | libc::MSG_NOSIGNAL
+    | libc::MSG_CMSG_CLOEXEC) as u64;
+
+/// What one look at a socket's stream found.
+enum Step {
+    /// Bytes copied into the caller's buffers.
+    Read(usize),
+    /// Nothing to read now: wait.
+    Empty,
+    /// The stream changed under the look: look again.
+    Again,
+    /// A taken error (negative errno) or the end of the file (0).
+    End(i64),
+    /// The socket has no stream (any more): the server receives.
+    NoStream,
+}
+
+/// recv on a socket whose data the server receives ahead into a stream
+/// ([`xen_transport::stream`]): a copy out of shared memory, no round trip. `None` when the
+/// socket has no stream or the call needs the server (a flag a stream cannot serve, a
+/// blocking wait under SO_RCVTIMEO): the server then detaches the stream and receives.
+fn recv_stream(
+    fd: i64,
+    r: Remote,
+    segs: &[libc::iovec],
+    total: usize,
+    flags: u64,
+) -> Option<Result<usize, i64>> {
+    if flags & !STREAM_FLAGS != 0 {
+        return None;
+    }
+    let peek = flags & libc::MSG_PEEK as u64 != 0;
+    let waitall = flags & libc::MSG_WAITALL as u64 != 0 && !peek;
+    let dontwait = nonblocking(r) || flags & libc::MSG_DONTWAIT as u64 != 0;
+    let mut done = 0usize;
+    loop {
+        let step = stream_step(r, segs, done, total, peek);
+        if total == 0 && matches!(step, Step::Read(_) | Step::Empty | Step::Again) {
+            // Linux answers a zero-length receive on a stream at once.
+            return Some(Ok(0));
+        }
+        match step {
+            Step::Read(n) => {
+                done += n;
+                if !waitall || done >= total {
+                    return Some(Ok(done));
+                }
+                continue;
+            }
+            Step::End(_) if done > 0 => return Some(Ok(done)),
+            Step::End(x) if x < 0 => return Some(Err(x)),
+            Step::End(_) => return Some(Ok(0)),
+            Step::NoStream => return (done > 0).then_some(Ok(done)),
+            Step::Again => continue,
+            Step::Empty => {}
+        }
+        if dontwait {
+            return Some(if done > 0 { Ok(done) } else { Err(e(libc::EAGAIN)) });
+        }
+        if has_timeout(r) {
+            return (done > 0).then_some(Ok(done));
+        }
+        // Wait for the stream to become readable (no channel held), interruptibly.
+        let mut p = [libc::pollfd {
+            fd: fd as i32,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let n = crate::netpoll::wait_fds(&mut p);
+        if n == e(libc::EINTR) && should_interrupt() {
+            return Some(if done > 0 { Ok(done) } else { Err(n) });
+        }
+        if n < 0 && n != e(libc::EINTR) {
+            return Some(if done > 0 { Ok(done) } else { Err(n) });
+        }
+    }
+}
+
+/// One look at `r`'s stream: copies what is ready (up to `total - done` bytes, scattered into
+/// `segs` from byte `done` on), or says why nothing was.
+fn stream_step(r: Remote, segs: &[libc::iovec], done: usize, total: usize, peek: bool) -> Step {
+    let _pin = Pin::new(&NET);
+    let Some(live) = NET.session(None) else {
+        return Step::NoStream;
+    };
+    let Some(raw) = fdtable::handle_in(r.handle, live.generation()) else {
+        return Step::NoStream;
+    };
+    let Some(s) = live.s.stream(raw as usize) else {
+        return Step::NoStream;
+    };
+    let n = s.read_with(total - done, peek, |mem, src, len, at| {
+        scatter(segs, done + at, len, |dst, k| mem.copy_out(src + k, dst));
+    });
+    if n > 0 {
+        if !peek && s.take_full() {
+            // The server stopped for want of room, which there is now.
+            let _ = post(Opcode::Refill, [r.handle.into(), 0, 0, 0, 0]);
+        }
+        return Step::Read(n);
+    }
+    let snap = s.snapshot();
+    if snap.ready > 0 {
+        return Step::Again;
+    }
+    if snap.error != 0 {
+        let err = s.take_error();
+        if err != 0 {
+            return Step::End(-i64::from(err));
+        }
+        return Step::Again;
+    }
+    if snap.state.has(xen_transport::StreamState::EOF) {
+        return Step::End(0);
+    }
+    if snap.state.has(xen_transport::StreamState::DETACHED) {
+        return Step::NoStream;
+    }
+    Step::Empty
+}
+
+/// Calls `copy(dst, k)` for the pieces of the caller's buffers `segs` that bytes
+/// `at..at+len` of the receive land in (`k`: the piece's offset within those `len` bytes).
+fn scatter(segs: &[libc::iovec], at: usize, len: usize, mut copy: impl FnMut(&mut [u8], usize)) {
+    let mut base = 0usize;
+    let mut k = 0usize;
+    for iv in segs {
+        if k >= len {
+            return;
+        }
+        let end = base + iv.iov_len;
+        let pos = at + k;
+        if pos < end {
+            let off = pos - base;
+            let t = (iv.iov_len - off).min(len - k);
+            copy(user_buf_mut(iv.iov_base as u64 + off as u64, t), k);
+            k += t;
+        }
+        base = end;
+    }
+}
+
 fn one_seg(buf: u64, len: u64) -> [libc::iovec; 1] {
     [libc::iovec {
         iov_base: buf as *mut libc::c_void,
@@ -666,7 +821,7 @@ fn sendmsg(r: Remote, msg: u64, flags: u64) -> i64 {
     send(r, segs, flags, dest, control)
 }
 
-fn recvmsg(r: Remote, msg: u64, flags: u64) -> i64 {
+fn recvmsg(fd: i64, r: Remote, msg: u64, flags: u64) -> i64 {
     let mut m: libc::msghdr = get(msg);
     let segs = iovecs(m.msg_iov as u64, m.msg_iovlen);
     let room = if m.msg_name.is_null() {
@@ -675,7 +830,7 @@ fn recvmsg(r: Remote, msg: u64, flags: u64) -> i64 {
         m.msg_namelen as usize
     };
     let control = (m.msg_control as u64, m.msg_controllen);
-    match recv(r, segs, flags, room, true, control) {
+    match recv(fd, r, segs, flags, room, true, control) {
         Ok((n, name, full, mflags, ctl)) => {
             if room > 0 {
                 let k = room.min(full).min(128);
@@ -715,7 +870,7 @@ fn sendmmsg(r: Remote, vec: u64, vlen: u32, flags: u64) -> i64 {
 
 /// recvmmsg: each message as a recvmsg; after the first, only what is there already with
 /// MSG_WAITFORONE, and never past the timeout (checked after each message, as Linux does).
-fn recvmmsg(r: Remote, vec: u64, vlen: u32, flags: u64, timeout: u64) -> i64 {
+fn recvmmsg(fd: i64, r: Remote, vec: u64, vlen: u32, flags: u64, timeout: u64) -> i64 {
     let vlen = vlen.min(libc::UIO_MAXIOV as u32);
     let deadline = (timeout != 0).then(|| {
         let t: libc::timespec = get(timeout);
@@ -729,7 +884,7 @@ fn recvmmsg(r: Remote, vec: u64, vlen: u32, flags: u64, timeout: u64) -> i64 {
     let mut fl = flags & !(libc::MSG_WAITFORONE as u64);
     while done < vlen {
         let at = vec + u64::from(done) * MMSG;
-        let n = recvmsg(r, at, fl);
+        let n = recvmsg(fd, r, at, fl);
         if n < 0 {
             return if done == 0 { n } else { i64::from(done) };
         }
@@ -1276,7 +1431,7 @@ fn route_socket(nr: i64, a: [u64; 6], fd: i64, mut r: Remote) -> Option<i64> {
             } else {
                 0
             };
-            match recv(r, &one_seg(a[1], a[2]), a[3], room, false, (0, 0)) {
+            match recv(fd, r, &one_seg(a[1], a[2]), a[3], room, false, (0, 0)) {
                 Ok((n, name, full, _, _)) => {
                     if room > 0 {
                         addr_out(a[4], a[5], &name[..room.min(full).min(128)], full as u64);
@@ -1286,15 +1441,15 @@ fn route_socket(nr: i64, a: [u64; 6], fd: i64, mut r: Remote) -> Option<i64> {
                 Err(err) => err,
             }
         }
-        libc::SYS_read => recv(r, &one_seg(a[1], a[2]), 0, 0, false, (0, 0))
+        libc::SYS_read => recv(fd, r, &one_seg(a[1], a[2]), 0, 0, false, (0, 0))
             .map(|x| x.0 as i64)
             .unwrap_or_else(|err| err),
-        libc::SYS_readv => recv(r, iovecs(a[1], a[2] as usize), 0, 0, false, (0, 0))
+        libc::SYS_readv => recv(fd, r, iovecs(a[1], a[2] as usize), 0, 0, false, (0, 0))
             .map(|x| x.0 as i64)
             .unwrap_or_else(|err| err),
-        libc::SYS_recvmsg => recvmsg(r, a[1], a[2]),
+        libc::SYS_recvmsg => recvmsg(fd, r, a[1], a[2]),
         libc::SYS_sendmmsg => sendmmsg(r, a[1], a[2] as u32, a[3]),
-        libc::SYS_recvmmsg => recvmmsg(r, a[1], a[2] as u32, a[3], a[4]),
+        libc::SYS_recvmmsg => recvmmsg(fd, r, a[1], a[2] as u32, a[3], a[4]),
         libc::SYS_pread64
         | libc::SYS_pwrite64
         | libc::SYS_preadv

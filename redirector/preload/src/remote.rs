@@ -171,6 +171,16 @@ fn connect_session(
     cfg: &ClientConfig,
 ) -> Result<Session, xen_transport::control::ConnectError> {
     use std::os::unix::ffi::OsStrExt;
+    let with_streams;
+    let cfg = if net && config::get().streams {
+        with_streams = ClientConfig {
+            capabilities: cfg.capabilities | abi::control::CAP_STREAMS,
+            ..*cfg
+        };
+        &with_streams
+    } else {
+        cfg
+    };
     let first = xen_transport::control::connect_session(sock, cfg);
     let dir = SOCK_DIRS[usize::from(net)].load(Ordering::Relaxed);
     let Err(e) = first else { return first };
@@ -791,7 +801,7 @@ fn names_handle(op: Opcode, args: &[u64; 5]) -> bool {
         | FChmod | FChown | Fallocate | FStatFs | Fcntl | CopyRange | Advise => true,
         Xattr => args[0] != u64::MAX,
         Bind | Listen | Accept | Connect | Send | Recv | Shutdown | GetSockOpt | SetSockOpt
-        | GetSockName | GetPeerName | Ioctl | StoreKey => true,
+        | GetSockName | GetPeerName | Ioctl | StoreKey | Refill => true,
         UtimensAt => args[0] != u64::MAX,
         _ => false,
     }
