@@ -253,6 +253,10 @@ opcodes! {
     /// The stream of socket `args[0]` has room again (the client emptied some of it after the
     /// server marked it full): receive into it. Posted; the result is 0.
     Refill = 316,
+    /// The client copied bytes into the transmit stream of socket `args[0]`: send them.
+    /// Posted; the result is 0 (a send error is kept in the stream for the client's next
+    /// call).
+    Flush = 317,
 }
 
 #[cfg(test)]

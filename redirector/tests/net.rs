@@ -549,7 +549,10 @@ fn control_messages_as_native() {
 /// to a peer when closed with unread data, a peer's reset after its data (bytes, then
 /// ECONNRESET, then the end), bytes that arrived before a fork read by the child, a recvmsg
 /// with control room (which the server serves) in byte order, SO_RCVTIMEO, scatter reads,
-/// a blocking read woken later, and two threads reading one connection.
+/// a blocking read woken later, and two threads reading one connection. And sending through
+/// the transmit stream of a non-blocking socket: a large send in partial writes, a close at
+/// once after sending (nothing lost), a blocking send after non-blocking ones and a child's
+/// send after a fork (both in order), ECONNRESET then EPIPE after the peer's reset.
 #[test]
 fn received_ahead_reads_as_native() {
     let dir = Scratch::new("streams");
@@ -558,7 +561,10 @@ fn received_ahead_reads_as_native() {
     assert!(out.contains("bulk 3145728 True"), "{out}");
     assert!(out.contains("fork child read b'before-fork'"), "{out}");
     assert!(out.contains("peer reset ok b'abc' error ECONNRESET ok b''"), "{out}");
-    assert!(out.contains("two readers 200000\ndone"), "{out}");
+    assert!(out.contains("two readers 200000\n"), "{out}");
+    assert!(out.contains("close after send 300000 True"), "{out}");
+    assert!(out.contains("fork order b'parent-before-fork;child'"), "{out}");
+    assert!(out.contains("send after reset error ECONNRESET error EPIPE\ndone"), "{out}");
 }
 
 /// sendmmsg/recvmmsg (glibc's resolver sends its A and AAAA queries with one sendmmsg): the

@@ -32,6 +32,41 @@ use xen_transport::StreamState;
 
 use crate::sys;
 
+/// A socket's transmit stream is its receive stream's index plus this.
+const TX: u32 = xen_transport::layout::TX_OFFSET;
+
+/// Whether a transmit stream with `room` free bytes reads as writable: a quarter of it free,
+/// as Linux reports a socket writable once a good part of its send buffer is free.
+pub fn writable(room: usize) -> bool {
+    room >= xen_transport::layout::STREAM_BYTES / 4
+}
+
+/// Sends `rest` on `fd`, waiting for room, for at most [`CLOSE_DRAIN_MS`].
+fn send_rest(fd: &Handle, mut rest: &[u8]) {
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(CLOSE_DRAIN_MS as u64);
+    while !rest.is_empty() {
+        let iov = [libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        }];
+        // SAFETY: the iovec covers `rest`, a live private buffer.
+        match unsafe { sys::send_iov(fd.as_fd(), &iov, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
+        {
+            Ok(n) => rest = &rest[n..],
+            Err(libc::EINTR) => {}
+            Err(libc::EAGAIN) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                sys::wait_writable(fd.as_fd(), left.as_millis().min(1000) as i32);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 /// One stream given to a socket.
 struct Slot {
     index: u32,
@@ -44,9 +79,24 @@ struct Slot {
 
 #[derive(Default)]
 struct Producer {
+    /// Receive stream: bytes produced.
     tail: u64,
     detached: bool,
+    /// Transmit stream: bytes sent.
+    tx_head: u64,
+    /// Transmit stream: the socket refused more (EAGAIN); sending goes on at its next
+    /// writable edge.
+    tx_blocked: bool,
 }
+
+/// How long the server waits, on the worker, for a socket to take what its transmit stream
+/// still holds before the stream is detached or the socket shut down (a rare case: a fork,
+/// a shutdown or a send by call while the socket's send buffer is full).
+pub const DRAIN_WAIT_MS: i32 = 5000;
+
+/// How long a socket closed with bytes still in its transmit stream keeps sending them in
+/// the background, as Linux goes on sending after a close.
+const CLOSE_DRAIN_MS: i32 = 60_000;
 
 /// Bytes (and a pending error) taken back from a detached stream.
 #[derive(Default)]
@@ -75,6 +125,8 @@ pub struct Ahead {
     pushed: AtomicUsize,
     /// Bytes received ahead (telemetry).
     pub bytes: std::sync::atomic::AtomicU64,
+    /// Bytes sent from transmit streams (telemetry).
+    pub sent: std::sync::atomic::AtomicU64,
 }
 
 fn key(fd: &Handle) -> usize {
@@ -101,7 +153,7 @@ impl Ahead {
             let free = inner
                 .free
                 .entry(session.id())
-                .or_insert_with(|| (0..n).rev().collect());
+                .or_insert_with(|| (0..n.min(xen_transport::layout::TX_OFFSET)).rev().collect());
             let Some(index) = free.pop() else {
                 return false;
             };
@@ -231,9 +283,13 @@ impl Ahead {
     /// for a socket with a stream, and `POLLIN` for one with pushback.
     pub fn level(&self, session: &SessionRef, h: u32, fd: &Handle, mask: u32, edge: bool) -> u32 {
         let pollin = libc::POLLIN as u32;
+        let pollout = libc::POLLOUT as u32;
         if let Some(slot) = self.slot(session.id(), h) {
             if edge {
                 self.fill(&slot, mask);
+                if mask & pollout != 0 {
+                    self.send_queued(&slot);
+                }
             }
             let p = lock(&slot.st);
             if !p.detached {
@@ -241,11 +297,19 @@ impl Ahead {
                     .session
                     .stream(slot.index)
                     .is_some_and(|s| s.snapshot().readable());
-                return if readable {
+                let mut m = if readable {
                     mask | pollin
                 } else {
                     mask & !pollin
                 };
+                if let Some(tx) = slot.session.stream(slot.index + TX) {
+                    m = if writable(tx.room()) {
+                        m | pollout
+                    } else {
+                        m & !pollout
+                    };
+                }
+                return m;
             }
         }
         if self.pushed.load(Ordering::Relaxed) > 0 && self.has_pushback(fd) {
@@ -259,6 +323,130 @@ impl Ahead {
             .pushback
             .get(&key(fd))
             .is_some_and(|(_, p)| !p.data.is_empty() || p.error != 0)
+    }
+
+    /// Sends what the transmit stream holds (non-blocking); returns whether anything
+    /// changed for the client (room made, an error kept).
+    fn send_queued(&self, slot: &Slot) -> bool {
+        let mut p = lock(&slot.st);
+        if p.detached {
+            return false;
+        }
+        self.send_locked(slot, &mut p)
+    }
+
+    fn send_locked(&self, slot: &Slot, p: &mut Producer) -> bool {
+        let Some(tx) = slot.session.stream(slot.index + TX) else {
+            return false;
+        };
+        tx.take_pending();
+        let mut changed = false;
+        p.tx_blocked = false;
+        loop {
+            let fd = slot.fd.as_fd();
+            let r = tx.drain(&mut p.tx_head, |iov| {
+                // SAFETY: the iovecs come from `Stream::drain`: queued bytes of the stream,
+                // inside the session's mapping, which `slot.session` keeps mapped.
+                unsafe { sys::send_iov(fd, iov, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
+            });
+            match r {
+                Ok((_, 0)) => break,
+                Ok((n, q)) => {
+                    changed = true;
+                    self.sent.fetch_add(n as u64, Ordering::Relaxed);
+                    if n < q {
+                        p.tx_blocked = true;
+                        break;
+                    }
+                }
+                Err(Some(libc::EINTR)) => continue,
+                Err(Some(libc::EAGAIN)) => {
+                    p.tx_blocked = true;
+                    break;
+                }
+                Err(Some(e)) => {
+                    // The connection failed: what it still held is lost, as on Linux, and
+                    // the client hears of it at its next call.
+                    let mut lost = Vec::new();
+                    tx.take_queued(&mut p.tx_head, &mut lost);
+                    tx.set_error(e);
+                    changed = true;
+                    break;
+                }
+                Err(None) => {
+                    tracing::debug!(
+                        session = slot.session.id(),
+                        handle = slot.handle,
+                        "transmit stream tail out of range; stream stopped"
+                    );
+                    p.detached = true;
+                    tx.set(StreamState::DETACHED);
+                    break;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Sends everything the transmit stream holds, waiting up to `ms` for the socket to
+    /// take it (the caller is about to do something that must come after those bytes);
+    /// returns whether it is empty now.
+    fn send_all_locked(&self, slot: &Slot, p: &mut Producer, ms: i32) -> bool {
+        let Some(tx) = slot.session.stream(slot.index + TX) else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
+        loop {
+            self.send_locked(slot, p);
+            if p.detached || tx.queued(p.tx_head).is_none_or(|q| q == 0) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || !sys::wait_writable(slot.fd.as_fd(), left.as_millis() as i32) {
+                return false;
+            }
+        }
+    }
+
+    /// `Flush`: the client copied bytes into the transmit stream of handle `h`.
+    pub fn flush(&self, session: &SessionRef, h: u32) {
+        let Some(slot) = self.slot(session.id(), h) else {
+            return;
+        };
+        if self.send_queued(&slot) {
+            self.republish(&slot);
+        }
+    }
+
+    /// Before the server sends on `fd` itself (a send by call): the transmit stream's bytes
+    /// go first. False when they could not all go within the wait (the send must fail
+    /// with EAGAIN rather than overtake them).
+    pub fn before_send(&self, fd: &Handle, wait_ms: i32) -> bool {
+        let slot = lock(&self.inner).by_socket.get(&key(fd)).cloned();
+        let Some(slot) = slot else { return true };
+        let mut p = lock(&slot.st);
+        if p.detached {
+            return true;
+        }
+        let empty = self.send_all_locked(&slot, &mut p, wait_ms);
+        drop(p);
+        self.republish(&slot);
+        empty
+    }
+
+    /// Bytes queued in the transmit stream of handle `h` (SIOCOUTQ).
+    pub fn unsent(&self, session: &SessionRef, h: u32) -> usize {
+        let Some(slot) = self.slot(session.id(), h) else {
+            return 0;
+        };
+        let p = lock(&slot.st);
+        if p.detached {
+            return 0;
+        }
+        slot.session
+            .stream(slot.index + TX)
+            .and_then(|t| t.queued(p.tx_head))
+            .unwrap_or(0)
     }
 
     /// `Refill`: the client made room in the stream of handle `h`: receives into it, and
@@ -282,6 +470,17 @@ impl Ahead {
         let mut p = lock(&slot.st);
         if p.detached {
             return;
+        }
+        // What the program sent through the stream goes before anything sent by call.
+        if !self.send_all_locked(slot, &mut p, DRAIN_WAIT_MS) {
+            tracing::warn!(
+                session = slot.session.id(),
+                handle = slot.handle,
+                "socket took nothing for {DRAIN_WAIT_MS} ms; its unsent stream bytes are dropped"
+            );
+        }
+        if let Some(tx) = slot.session.stream(slot.index + TX) {
+            tx.set(StreamState::DETACHED);
         }
         p.detached = true;
         let Some(s) = slot.session.stream(slot.index) else {
@@ -422,7 +621,25 @@ impl Ahead {
 
     fn release(&self, slot: &Slot) {
         {
-            let p = lock(&slot.st);
+            let mut p = lock(&slot.st);
+            if !p.detached {
+                // Bytes the program sent before closing still go, in the background when
+                // the socket cannot take them now (Linux keeps sending after a close).
+                self.send_locked(slot, &mut p);
+                let mut rest = Vec::new();
+                if let Some(tx) = slot.session.stream(slot.index + TX) {
+                    tx.take_queued(&mut p.tx_head, &mut rest);
+                }
+                if !rest.is_empty() {
+                    let fd = slot.fd.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("virtuos-net-linger".into())
+                        .spawn(move || send_rest(&fd, &rest));
+                    if let Err(e) = spawned {
+                        tracing::warn!(%e, "cannot send a closed socket's last bytes");
+                    }
+                }
+            }
             let unread = !p.detached
                 && slot
                     .session

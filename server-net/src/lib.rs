@@ -385,6 +385,15 @@ impl Net {
                 Err(e) => return err(call, e.errno()),
             }
         };
+        let nb = nonblocking(&fd) || int_arg(a[1]) & libc::MSG_DONTWAIT != 0;
+        // Bytes the program sent through the socket's transmit stream go first; a send that
+        // would overtake them waits for them, or (non-blocking) fails as a full socket does.
+        if !self
+            .ahead
+            .before_send(&fd, if nb { 0 } else { ahead::DRAIN_WAIT_MS })
+        {
+            return err(call, libc::EAGAIN);
+        }
         let nb = nonblocking(&fd);
         let mut flags = int_arg(a[1]) | libc::MSG_NOSIGNAL;
         if nb {
@@ -710,6 +719,8 @@ impl Handler for Net {
             Opcode::Recv => self.recv(call),
             Opcode::Shutdown => match self.socket_of(call) {
                 Ok((h, fd)) => {
+                    // What the program sent through its transmit stream goes first.
+                    self.ahead.before_send(&fd, ahead::DRAIN_WAIT_MS);
                     let r = sys::shutdown(fd.as_fd(), int_arg(a[1]));
                     self.refresh(call, h, &fd);
                     done(call, r)
@@ -734,6 +745,10 @@ impl Handler for Net {
                     let mut r = sys::ioctl_int(fd.as_fd(), req, int_arg(a[2]));
                     if req == libc::FIONBIO {
                         forget_flags(&fd);
+                    }
+                    if req == libc::TIOCOUTQ {
+                        let unsent = self.ahead.unsent(&call.session(), h) as i64;
+                        r = r.map(|v| v + unsent);
                     }
                     if req == libc::FIONREAD {
                         // What the stream or the pushback holds was received already.
@@ -779,6 +794,13 @@ impl Handler for Net {
                 Err(e) => err(call, e),
             },
             Opcode::Close => self.close(call),
+            Opcode::Flush => match self.socket_of(call) {
+                Ok((h, _)) => {
+                    self.ahead.flush(&call.session(), h);
+                    Outcome::Done(Response::ok(call.id(), 0))
+                }
+                Err(e) => err(call, e),
+            },
             Opcode::Refill => match self.socket_of(call) {
                 Ok((h, _)) => {
                     self.ahead.refill(&call.session(), h);

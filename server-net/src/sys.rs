@@ -308,3 +308,30 @@ pub fn reset_on_close(fd: BorrowedFd<'_>) {
     };
     let _ = setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, bytes);
 }
+
+/// sendmsg(2) of `iov` with no name and no control messages: bytes sent, or errno.
+///
+/// # Safety
+///
+/// Every iovec must describe memory that stays mapped and readable for the call.
+pub unsafe fn send_iov(fd: BorrowedFd<'_>, iov: &[libc::iovec], flags: i32) -> Result<usize, i32> {
+    // SAFETY: a zeroed msghdr is valid (no name, no control); its iovecs are the caller's,
+    // valid for reading by the contract above.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    m.msg_iovlen = iov.len();
+    // SAFETY: `m` is valid for the call; the kernel only reads through the iovecs.
+    check(unsafe { libc::sendmsg(fd.as_raw_fd(), &m, flags) } as _).map(|n| n as usize)
+}
+
+/// Waits up to `ms` milliseconds for `fd` to become writable; false on timeout or error.
+pub fn wait_writable(fd: BorrowedFd<'_>, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    r > 0 && p.revents & libc::POLLOUT != 0
+}

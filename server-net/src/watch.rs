@@ -23,6 +23,14 @@ use service::SessionRef;
 use crate::ahead::Ahead;
 use crate::sys;
 
+/// The readiness bits a published word carries (EPOLL* and POLL* bits agree on Linux).
+const POLL_BITS: u32 = (libc::POLLIN
+    | libc::POLLOUT
+    | libc::POLLPRI
+    | libc::POLLERR
+    | libc::POLLHUP
+    | libc::POLLRDHUP) as u32;
+
 /// One registered socket and who holds it.
 struct Watched {
     fd: Handle,
@@ -223,7 +231,9 @@ impl Watcher {
             let inner = self.lock();
             for ev in &events[..n] {
                 if let Some(e) = inner.by_fd.get(&(ev.data() as RawFd)) {
-                    let mask = sys::readiness(e.fd.as_fd());
+                    // epoll_wait reports what the socket is ready for as it harvests the
+                    // event (it polls the socket then), so no poll of our own is needed.
+                    let mask = ev.events().bits() as u32 & POLL_BITS;
                     for (s, h) in &e.holders {
                         if !s.is_closed() {
                             let m = self.ahead.level(s, *h, &e.fd, mask, true);

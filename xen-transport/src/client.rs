@@ -229,8 +229,24 @@ impl Session {
                     };
                 }
             }
+            if let Some(t) = self.tx_stream(h) {
+                if !t.snapshot().state.has(crate::StreamState::DETACHED) {
+                    // Writable while a quarter of the transmit stream is free.
+                    let pollout = libc::POLLOUT as u32;
+                    r.mask = if t.room() >= crate::layout::STREAM_BYTES / 4 {
+                        r.mask | pollout
+                    } else {
+                        r.mask & !pollout
+                    };
+                }
+            }
             r
         })
+    }
+
+    /// The stream that handle `h` transmits through, if the server gave it one.
+    pub fn tx_stream(&self, h: usize) -> Option<crate::Stream<'_>> {
+        crate::Stream::tx_of_handle(&self.mem, &self.layout, h)
     }
 
     /// The stream that handle `h` receives into, if the server gave it one.

@@ -97,6 +97,9 @@ pub const EVENT_SLOTS: usize = 16384;
 
 /// Streams in a session that has them.
 pub const STREAM_SLOTS: u32 = 128;
+/// A socket's transmit stream is its receive stream's index plus this (the first half of
+/// the streams receive, the second half transmit).
+pub const TX_OFFSET: u32 = STREAM_SLOTS / 2;
 /// Data bytes of one stream (a power of two).
 pub const STREAM_BYTES: usize = 32 << 10;
 /// Header bytes before a stream's data: four cache lines, each written by one side.
@@ -118,6 +121,8 @@ pub mod stream {
     /// `u32` pending socket error, an errno (server sets it, a client takes it with a
     /// compare-and-swap to 0).
     pub const ERROR: usize = 192;
+    /// `u32` transmit streams only: held (1) by the client thread copying in.
+    pub const WLOCK: usize = 196;
 }
 
 /// Offsets inside one channel ring.

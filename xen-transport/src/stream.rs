@@ -33,6 +33,10 @@ impl StreamState {
     /// The server stopped receiving because the stream was full; a client that makes room
     /// asks it to go on.
     pub const FULL: u32 = 4;
+    /// Transmit streams: the client asked the server to send what it copied in (set by the
+    /// client that finds it clear, which then posts the request; cleared by the server
+    /// before it looks at the tail).
+    pub const PENDING: u32 = 8;
 
     /// Whether bit `b` is set.
     pub fn has(self, b: u32) -> bool {
@@ -85,6 +89,14 @@ impl<'m> Stream<'m> {
             .load(Ordering::Acquire);
         let i = v.checked_sub(1).filter(|&i| i < layout.streams)?;
         let s = Stream::new(mem, layout, i);
+        (s.owner() == h as u32).then_some(s)
+    }
+
+    /// The transmit stream of handle `h`, if it has one (see [`crate::layout::TX_OFFSET`]).
+    pub fn tx_of_handle(mem: &'m SharedMem, layout: &Layout, h: usize) -> Option<Stream<'m>> {
+        let rx = Stream::of_handle(mem, layout, h)?;
+        let i = ((rx.off - layout.stream_off(0)) / crate::layout::STREAM_SPAN) as u32;
+        let s = Stream::new(mem, layout, i + crate::layout::TX_OFFSET);
         (s.owner() == h as u32).then_some(s)
     }
 
@@ -193,12 +205,152 @@ impl<'m> Stream<'m> {
             != 0
     }
 
+    /// Client, transmit stream: takes the copying-in lock (false when another thread, or
+    /// code this thread interrupted, holds it).
+    pub fn try_lock(&self) -> bool {
+        self.mem
+            .u32_at(self.off + off::WLOCK)
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Client, transmit stream: releases the copying-in lock.
+    pub fn unlock(&self) {
+        self.mem
+            .u32_at(self.off + off::WLOCK)
+            .store(0, Ordering::Release);
+    }
+
+    /// Free bytes of a transmit stream as its client sees them.
+    pub fn room(&self) -> usize {
+        let head = self.head().load(Ordering::Acquire);
+        let tail = self.tail().load(Ordering::Acquire);
+        STREAM_BYTES.saturating_sub(tail.wrapping_sub(head).min(STREAM_BYTES as u64) as usize)
+    }
+
+    /// Whether a transmit stream holds bytes the server has not sent.
+    pub fn unsent(&self) -> bool {
+        self.head().load(Ordering::Acquire) != self.tail().load(Ordering::Acquire)
+    }
+
+    /// Client, transmit stream, lock held: copies up to `max` bytes in, calling
+    /// `copy(mem, dst_off, len, at)` for each contiguous piece of free space (`at` counts
+    /// bytes from the start of this write), and publishes them. Returns the bytes taken.
+    pub fn write_with(
+        &self,
+        max: usize,
+        mut copy: impl FnMut(&SharedMem, usize, usize, usize),
+    ) -> usize {
+        let n = self.room().min(max);
+        if n == 0 {
+            return 0;
+        }
+        let tail = self.tail().load(Ordering::Relaxed);
+        let at = (tail % STREAM_BYTES as u64) as usize;
+        let first = n.min(STREAM_BYTES - at);
+        copy(self.mem, self.data() + at, first, 0);
+        if n > first {
+            copy(self.mem, self.data(), n - first, first);
+        }
+        self.tail().store(tail + n as u64, Ordering::Release);
+        n
+    }
+
+    /// Client, transmit stream, after publishing bytes: true when the caller must ask the
+    /// server to send (nobody asked since the server last looked).
+    pub fn mark_pending(&self) -> bool {
+        self.state_word()
+            .fetch_or(StreamState::PENDING, Ordering::SeqCst)
+            & StreamState::PENDING
+            == 0
+    }
+
+    /// Server, transmit stream: clears [`StreamState::PENDING`] before it looks at the tail
+    /// (a client that publishes later sees it clear and asks again).
+    pub fn take_pending(&self) {
+        self.state_word()
+            .fetch_and(!StreamState::PENDING, Ordering::SeqCst);
+    }
+
+    /// Server, transmit stream: bytes the client published and the server has not sent,
+    /// given the private `head`; `None` when the client's tail is out of range.
+    pub fn queued(&self, head: u64) -> Option<usize> {
+        let q = self.tail().load(Ordering::SeqCst).wrapping_sub(head);
+        (q <= STREAM_BYTES as u64).then_some(q as usize)
+    }
+
+    /// Server, transmit stream: hands the queued bytes (at most two pieces) to `send` and
+    /// consumes what it took. Returns the bytes sent and the bytes offered, the errno `send`
+    /// failed with, or `Err(None)` when the tail is out of range.
+    pub fn drain(
+        &self,
+        head: &mut u64,
+        send: impl FnOnce(&[libc::iovec]) -> Result<usize, i32>,
+    ) -> Result<(usize, usize), Option<i32>> {
+        let q = self.queued(*head).ok_or(None)?;
+        if q == 0 {
+            return Ok((0, 0));
+        }
+        let at = (*head % STREAM_BYTES as u64) as usize;
+        let first = q.min(STREAM_BYTES - at);
+        let iov = [
+            libc::iovec {
+                iov_base: self.mem.raw_range(self.data() + at, first).cast(),
+                iov_len: first,
+            },
+            libc::iovec {
+                iov_base: self.mem.raw_range(self.data(), q - first).cast(),
+                iov_len: q - first,
+            },
+        ];
+        let pieces = if q > first { 2 } else { 1 };
+        let n = send(&iov[..pieces]).map_err(Some)?.min(q);
+        *head += n as u64;
+        self.head().store(*head, Ordering::Release);
+        Ok((n, q))
+    }
+
+    /// Server, transmit stream: copies the queued bytes out (for sending elsewhere) and
+    /// consumes them.
+    pub fn take_queued(&self, head: &mut u64, out: &mut Vec<u8>) {
+        let Some(q) = self.queued(*head) else { return };
+        let at = (*head % STREAM_BYTES as u64) as usize;
+        let first = q.min(STREAM_BYTES - at);
+        let start = out.len();
+        out.resize(start + q, 0);
+        self.mem
+            .copy_out(self.data() + at, &mut out[start..start + first]);
+        if q > first {
+            self.mem
+                .copy_out(self.data(), &mut out[start + first..start + q]);
+        }
+        *head += q as u64;
+        self.head().store(*head, Ordering::Release);
+    }
+
     /// Server: starts the stream afresh for handle `h` and names it in the stream map.
     pub fn reset(&self, layout: &Layout, i: u32, h: u32) {
         self.head().store(0, Ordering::Relaxed);
         self.tail().store(0, Ordering::Relaxed);
         self.error_word().store(0, Ordering::Relaxed);
         self.state_word().store(0, Ordering::Relaxed);
+        self.mem
+            .u32_at(self.off + off::WLOCK)
+            .store(0, Ordering::Relaxed);
+        if i < crate::layout::TX_OFFSET {
+            // The transmit stream of the same socket, named for the same handle first.
+            let tx = Stream::new(self.mem, layout, i + crate::layout::TX_OFFSET);
+            tx.head().store(0, Ordering::Relaxed);
+            tx.tail().store(0, Ordering::Relaxed);
+            tx.error_word().store(0, Ordering::Relaxed);
+            tx.state_word().store(0, Ordering::Relaxed);
+            tx.mem
+                .u32_at(tx.off + off::WLOCK)
+                .store(0, Ordering::Relaxed);
+            tx.mem
+                .u32_at(tx.off + off::OWNER)
+                .store(h, Ordering::Release);
+        }
         self.mem
             .u32_at(self.off + off::OWNER)
             .store(h, Ordering::Release);
@@ -415,6 +567,49 @@ mod tests {
         assert_eq!(s.fill(&mut tail, put(b"x")), Err(None));
         assert_eq!(s.snapshot().ready, 0);
         assert_eq!(read(&s, 10, false), b"");
+    }
+
+    #[test]
+    fn transmit_bytes_go_out_in_order() {
+        let (m, l) = region();
+        Stream::new(&m, &l, 2).reset(&l, 2, 9);
+        let tx = Stream::tx_of_handle(&m, &l, 9).expect("paired transmit stream");
+        assert!(tx.try_lock());
+        assert!(!tx.try_lock());
+        let data: Vec<u8> = (0..50000u32).map(|i| i as u8).collect();
+        let mut at = 0;
+        let mut head = 0u64;
+        let mut sent = Vec::new();
+        while sent.len() < data.len() {
+            at += tx.write_with(data.len() - at, |mem, dst, len, k| {
+                mem.copy_in(dst, &data[at + k..at + k + len])
+            });
+            assert!(tx.unsent());
+            tx.mark_pending();
+            tx.take_pending();
+            let (n, q) = tx
+                .drain(&mut head, |iov| {
+                    let mut n = 0;
+                    for v in iov {
+                        let t = v.iov_len.min(7000);
+                        // SAFETY: the iovec lies inside the test's region.
+                        sent.extend_from_slice(unsafe {
+                            std::slice::from_raw_parts(v.iov_base as *const u8, t)
+                        });
+                        n += t;
+                        if t < v.iov_len {
+                            break;
+                        }
+                    }
+                    Ok(n)
+                })
+                .unwrap();
+            assert!(n <= q);
+        }
+        tx.unlock();
+        assert_eq!(sent, data);
+        assert!(tx.mark_pending());
+        assert!(!tx.mark_pending());
     }
 
     #[test]

@@ -488,6 +488,11 @@ fn sigpipe(r: i64, flags: u64) -> i64 {
 /// the control messages `control` (sendmsg's `msg_control`) going with the first chunk.
 fn send(r: Remote, segs: &[libc::iovec], flags: u64, dest: &[u8], control: &[u8]) -> i64 {
     let total: usize = segs.iter().map(|s| s.iov_len).sum();
+    if dest.is_empty() && control.is_empty() {
+        if let Some(res) = send_stream(r, segs, total, flags) {
+            return res;
+        }
+    }
     let mut done = 0usize;
     let mut seg = 0usize;
     let mut seg_off = 0usize;
@@ -563,6 +568,126 @@ fn send(r: Remote, segs: &[libc::iovec], flags: u64, dest: &[u8], control: &[u8]
                 }
             }
         }
+    }
+}
+
+/// The flags a send through a transmit stream may carry.
+const TX_FLAGS: u64 = (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | libc::MSG_MORE) as u64;
+
+/// What a look at a socket's transmit stream decided.
+enum TxStep {
+    /// Sent (bytes copied in), or failed (a kept error, EAGAIN): the call's result.
+    Done(i64),
+    /// The stream has bytes the server has not sent, and this send must come after them.
+    Wait,
+    /// Send by call.
+    ByCall,
+}
+
+/// send on a non-blocking socket with a transmit stream ([`xen_transport::stream`]): the
+/// bytes are copied into shared memory, as many as it has room for (EAGAIN when none),
+/// and the server is asked to send them only when nobody asked since it last looked; no
+/// round trip. An error the server met sending earlier bytes is this call's (EPIPE with
+/// SIGPIPE unless MSG_NOSIGNAL). A blocking send, or one the stream cannot carry, goes by
+/// call, after the stream's bytes have gone. `None`: by call.
+fn send_stream(r: Remote, segs: &[libc::iovec], total: usize, flags: u64) -> Option<i64> {
+    let plain = flags & !TX_FLAGS == 0;
+    let dontwait = nonblocking(r) || flags & libc::MSG_DONTWAIT as u64 != 0;
+    loop {
+        match tx_step(r, segs, total, flags, plain && dontwait) {
+            TxStep::Done(x) => return Some(x),
+            TxStep::ByCall => return None,
+            TxStep::Wait => {
+                // Only a blocking send by call waits here (the server makes a non-blocking
+                // one fail with EAGAIN itself): until the stream is empty, in naps.
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 1_000_000,
+                };
+                sys::sys(
+                    libc::SYS_nanosleep,
+                    &[&ts as *const libc::timespec as u64, 0],
+                );
+            }
+        }
+    }
+}
+
+fn tx_step(r: Remote, segs: &[libc::iovec], total: usize, flags: u64, streamed: bool) -> TxStep {
+    let _pin = Pin::new(&NET);
+    let Some(live) = NET.session(None) else {
+        return TxStep::ByCall;
+    };
+    let Some(raw) = fdtable::handle_in(r.handle, live.generation()) else {
+        return TxStep::ByCall;
+    };
+    let Some(t) = live.s.tx_stream(raw as usize) else {
+        return TxStep::ByCall;
+    };
+    if t.snapshot().state.has(xen_transport::StreamState::DETACHED) {
+        return TxStep::ByCall;
+    }
+    // A connection the kernel reported failed or hung up: the server answers with its error
+    // (ECONNRESET, EPIPE), as Linux does at once, rather than taking bytes it cannot send.
+    let failed = (libc::POLLERR | libc::POLLHUP) as u32;
+    if streamed && live.s.readiness(raw as usize).is_some_and(|x| x.mask & failed != 0) {
+        // The server's receive ahead may have taken the connection's error already: it is
+        // this call's, as the kernel gives a pending error to whichever call comes first.
+        if let Some(rx) = live.s.stream(raw as usize) {
+            let err = rx.take_error();
+            if err != 0 {
+                return TxStep::Done(sigpipe(-i64::from(err), flags));
+            }
+        }
+        return TxStep::ByCall;
+    }
+    if !streamed {
+        return if t.unsent() && !nonblocking(r) {
+            TxStep::Wait
+        } else {
+            TxStep::ByCall
+        };
+    }
+    let err = t.take_error();
+    if err != 0 {
+        return TxStep::Done(sigpipe(-i64::from(err), flags));
+    }
+    if !t.try_lock() {
+        // Another thread is copying in (or this thread, interrupted by the signal handler
+        // we run in): by call, which the server orders after the stream's bytes.
+        return TxStep::ByCall;
+    }
+    let n = t.write_with(total, |mem, dst, len, at| {
+        gather(segs, at, len, |src, k| mem.copy_in(dst + k, src));
+    });
+    t.unlock();
+    if n == 0 {
+        return TxStep::Done(if total == 0 { 0 } else { e(libc::EAGAIN) });
+    }
+    if t.mark_pending() {
+        let _ = post(Opcode::Flush, [r.handle.into(), 0, 0, 0, 0]);
+    }
+    TxStep::Done(n as i64)
+}
+
+/// Calls `copy(src, k)` for the pieces of the caller's buffers `segs` that bytes
+/// `at..at+len` of the send come from (`k`: the piece's offset within those `len` bytes).
+fn gather(segs: &[libc::iovec], at: usize, len: usize, mut copy: impl FnMut(&[u8], usize)) {
+    let mut base = 0usize;
+    let mut k = 0usize;
+    for iv in segs {
+        if k >= len {
+            return;
+        }
+        let end = base + iv.iov_len;
+        let pos = at + k;
+        if pos < end {
+            let off = pos - base;
+            let t = (iv.iov_len - off).min(len - k);
+            copy(user_buf(iv.iov_base as u64 + off as u64, t), k);
+            k += t;
+        }
+        base = end;
     }
 }
 

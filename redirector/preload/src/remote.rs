@@ -801,7 +801,7 @@ fn names_handle(op: Opcode, args: &[u64; 5]) -> bool {
         | FChmod | FChown | Fallocate | FStatFs | Fcntl | CopyRange | Advise => true,
         Xattr => args[0] != u64::MAX,
         Bind | Listen | Accept | Connect | Send | Recv | Shutdown | GetSockOpt | SetSockOpt
-        | GetSockName | GetPeerName | Ioctl | StoreKey | Refill => true,
+        | GetSockName | GetPeerName | Ioctl | StoreKey | Refill | Flush => true,
         UtimensAt => args[0] != u64::MAX,
         _ => false,
     }

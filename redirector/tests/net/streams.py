@@ -227,4 +227,103 @@ for t in ts:
 out("two readers", sum(got))
 c.close()
 a.close()
+
+# Sending through the transmit stream (non-blocking sockets).
+def drain_peer(sock, into):
+    h = hashlib.sha256()
+    n = 0
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            break
+        n += len(d)
+        h.update(d)
+    into.append((n, h.hexdigest()))
+
+
+def send_nb(sock, data):
+    """Sends all of `data` on a non-blocking socket, waiting for writability on EAGAIN."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = sock.send(view[:100000])
+            view = view[n:]
+        except BlockingIOError:
+            select.select([], [sock], [], 5)
+
+
+# 15. A large send in partial writes; the peer gets every byte, in order.
+c, a = pair()
+a.setblocking(False)
+out("writable at start", select.select([], [a], [], 0)[1] == [a])
+got = []
+t = threading.Thread(target=drain_peer, args=(c, got))
+t.start()
+data = os.urandom(5 << 20)
+send_nb(a, data)
+a.shutdown(socket.SHUT_WR)
+t.join()
+out("bulk send", got[0][0], got[0][1] == hashlib.sha256(data).hexdigest())
+c.close()
+a.close()
+
+# 16. Closed at once after sending: nothing is lost.
+c, a = pair()
+a.setblocking(False)
+got = []
+t = threading.Thread(target=drain_peer, args=(c, got))
+t.start()
+data = os.urandom(300000)
+send_nb(a, data)
+a.close()
+t.join()
+out("close after send", got[0][0], got[0][1] == hashlib.sha256(data).hexdigest())
+c.close()
+
+# 17. Then a blocking send: after what went before, in order.
+c, a = pair()
+a.setblocking(False)
+send_nb(a, b"first;")
+a.setblocking(True)
+a.sendall(b"second")
+a.shutdown(socket.SHUT_WR)
+buf = b""
+while True:
+    d = c.recv(100)
+    if not d:
+        break
+    buf += d
+out("order", buf)
+c.close()
+a.close()
+
+# 18. A fork after sending: the parent's bytes come before the child's.
+c, a = pair()
+a.setblocking(False)
+send_nb(a, b"parent-before-fork;")
+pid = os.fork()
+if pid == 0:
+    a.setblocking(True)
+    a.sendall(b"child")
+    os._exit(0)
+os.waitpid(pid, 0)
+a.shutdown(socket.SHUT_WR)
+buf = b""
+while True:
+    d = c.recv(100)
+    if not d:
+        break
+    buf += d
+out("fork order", buf)
+c.close()
+a.close()
+
+# 19. Sending to a peer that reset the connection fails (ECONNRESET, then EPIPE).
+c, a = pair()
+a.setblocking(False)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+c.close()
+time.sleep(0.1)
+out("send after reset", err(lambda: a.send(b"x", socket.MSG_NOSIGNAL)), err(lambda: a.send(b"x", socket.MSG_NOSIGNAL)))
+a.close()
 out("done")
