@@ -560,11 +560,20 @@ fn received_ahead_reads_as_native() {
     let out = same_as_native(&net, "streams.py", &[]);
     assert!(out.contains("bulk 3145728 True"), "{out}");
     assert!(out.contains("fork child read b'before-fork'"), "{out}");
-    assert!(out.contains("peer reset ok b'abc' error ECONNRESET ok b''"), "{out}");
+    assert!(
+        out.contains("peer reset ok b'abc' error ECONNRESET ok b''"),
+        "{out}"
+    );
     assert!(out.contains("two readers 200000\n"), "{out}");
     assert!(out.contains("close after send 300000 True"), "{out}");
-    assert!(out.contains("fork order b'parent-before-fork;child'"), "{out}");
-    assert!(out.contains("send after reset error ECONNRESET error EPIPE\ndone"), "{out}");
+    assert!(
+        out.contains("fork order b'parent-before-fork;child'"),
+        "{out}"
+    );
+    assert!(
+        out.contains("send after reset error ECONNRESET error EPIPE\ndone"),
+        "{out}"
+    );
 }
 
 /// sendmmsg/recvmmsg (glibc's resolver sends its A and AAAA queries with one sendmmsg): the

@@ -51,8 +51,7 @@ fn send_rest(fd: &Handle, mut rest: &[u8]) {
             iov_len: rest.len(),
         }];
         // SAFETY: the iovec covers `rest`, a live private buffer.
-        match unsafe { sys::send_iov(fd.as_fd(), &iov, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) }
-        {
+        match unsafe { sys::send_iov(fd.as_fd(), &iov, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) } {
             Ok(n) => rest = &rest[n..],
             Err(libc::EINTR) => {}
             Err(libc::EAGAIN) => {
@@ -255,8 +254,7 @@ impl Ahead {
                     // A client that made room between the look and the flag did not see the
                     // flag, and asks for nothing: look again (taking the flag back, unless
                     // that client took it first and asks).
-                    if s
-                        .unread(p.tail)
+                    if s.unread(p.tail)
                         .is_some_and(|u| u < xen_transport::layout::STREAM_BYTES)
                         && s.take_full()
                     {
@@ -537,8 +535,7 @@ impl Ahead {
             sys::readiness(slot.fd.as_fd()),
             false,
         );
-        slot.session
-            .publish_event(slot.handle as usize, mask, true);
+        slot.session.publish_event(slot.handle as usize, mask, true);
     }
 
     /// Before the server receives on `fd` itself: detaches its stream, if it has one.
@@ -673,11 +670,13 @@ impl Ahead {
     pub fn session_closed(&self, id: u64) {
         let slots: Vec<Arc<Slot>> = {
             let mut inner = lock(&self.inner);
-            let keys: Vec<(u64, u32)> =
-                inner.slots.keys().filter(|(s, _)| *s == id).copied().collect();
-            keys.iter()
-                .filter_map(|k| inner.slots.remove(k))
-                .collect()
+            let keys: Vec<(u64, u32)> = inner
+                .slots
+                .keys()
+                .filter(|(s, _)| *s == id)
+                .copied()
+                .collect();
+            keys.iter().filter_map(|k| inner.slots.remove(k)).collect()
         };
         for s in &slots {
             self.release(s);

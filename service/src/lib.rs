@@ -721,8 +721,8 @@ impl<H: Handler> Acceptor<H> {
         let pick = |asked: u32, max: u32| if asked == 0 { max } else { asked.min(max) };
         let window = (pick(p.hello.window, m.window) as usize)
             .next_multiple_of(xen_transport::layout::PAGE) as u32;
-        let streams = self.handler.wants_streams()
-            && p.hello.capabilities & abi::control::CAP_STREAMS != 0;
+        let streams =
+            self.handler.wants_streams() && p.hello.capabilities & abi::control::CAP_STREAMS != 0;
         let layout = match Layout::new(pick(p.hello.channels, m.channels), m.ring_size, window)
             .and_then(|l| {
                 l.with_streams(if streams {

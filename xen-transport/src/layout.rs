@@ -96,7 +96,7 @@ pub mod header {
 pub const EVENT_SLOTS: usize = 16384;
 
 /// Streams in a session that has them.
-pub const STREAM_SLOTS: u32 = 128;
+pub const STREAM_SLOTS: u32 = 512;
 /// A socket's transmit stream is its receive stream's index plus this (the first half of
 /// the streams receive, the second half transmit).
 pub const TX_OFFSET: u32 = STREAM_SLOTS / 2;

@@ -533,7 +533,10 @@ mod tests {
         s.reset(&l, 0, 1);
         let mut tail = 0;
         let big = vec![1u8; STREAM_BYTES + 10];
-        assert_eq!(s.fill(&mut tail, put(&big)), Ok((STREAM_BYTES, STREAM_BYTES)));
+        assert_eq!(
+            s.fill(&mut tail, put(&big)),
+            Ok((STREAM_BYTES, STREAM_BYTES))
+        );
         assert_eq!(s.fill(&mut tail, put(&big)), Err(None));
         assert_eq!(read(&s, 10, false).len(), 10);
         assert_eq!(s.fill(&mut tail, put(&big)), Ok((10, 10)));
@@ -562,7 +565,8 @@ mod tests {
         s.reset(&l, 0, 1);
         let mut tail = 0;
         s.fill(&mut tail, put(b"abc")).unwrap();
-        m.u64_at(l.stream_off(0) + off::HEAD).store(1 << 40, Ordering::Relaxed);
+        m.u64_at(l.stream_off(0) + off::HEAD)
+            .store(1 << 40, Ordering::Relaxed);
         assert_eq!(s.unread(tail), None);
         assert_eq!(s.fill(&mut tail, put(b"x")), Err(None));
         assert_eq!(s.snapshot().ready, 0);

@@ -630,7 +630,12 @@ fn tx_step(r: Remote, segs: &[libc::iovec], total: usize, flags: u64, streamed: 
     // A connection the kernel reported failed or hung up: the server answers with its error
     // (ECONNRESET, EPIPE), as Linux does at once, rather than taking bytes it cannot send.
     let failed = (libc::POLLERR | libc::POLLHUP) as u32;
-    if streamed && live.s.readiness(raw as usize).is_some_and(|x| x.mask & failed != 0) {
+    if streamed
+        && live
+            .s
+            .readiness(raw as usize)
+            .is_some_and(|x| x.mask & failed != 0)
+    {
         // The server's receive ahead may have taken the connection's error already: it is
         // this call's, as the kernel gives a pending error to whichever call comes first.
         if let Some(rx) = live.s.stream(raw as usize) {
@@ -827,7 +832,11 @@ fn recv_stream(
             Step::Empty => {}
         }
         if dontwait {
-            return Some(if done > 0 { Ok(done) } else { Err(e(libc::EAGAIN)) });
+            return Some(if done > 0 {
+                Ok(done)
+            } else {
+                Err(e(libc::EAGAIN))
+            });
         }
         if has_timeout(r) {
             return (done > 0).then_some(Ok(done));
