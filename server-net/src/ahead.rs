@@ -66,6 +66,19 @@ fn send_rest(fd: &Handle, mut rest: &[u8]) {
     }
 }
 
+/// Stops `slot`'s streams for good because the client broke the protocol on its `which`
+/// stream (an index out of range): the socket goes by call from now on.
+fn stop(slot: &Slot, p: &mut Producer, s: &xen_transport::Stream<'_>, which: &str) {
+    tracing::debug!(
+        session = slot.session.id(),
+        handle = slot.handle,
+        which,
+        "stream index out of range; stream stopped"
+    );
+    p.detached = true;
+    s.set(StreamState::DETACHED);
+}
+
 /// One stream given to a socket.
 struct Slot {
     index: u32,
@@ -241,13 +254,7 @@ impl Ahead {
                     if s.unread(p.tail).is_none() {
                         // The client broke the protocol (its head is out of range): it gets
                         // nothing more through the stream.
-                        tracing::debug!(
-                            session = slot.session.id(),
-                            handle = slot.handle,
-                            "stream head out of range; stream stopped"
-                        );
-                        p.detached = true;
-                        s.set(StreamState::DETACHED);
+                        stop(slot, &mut p, &s, "receive");
                         break;
                     }
                     s.set(StreamState::FULL);
@@ -372,13 +379,7 @@ impl Ahead {
                     break;
                 }
                 Err(None) => {
-                    tracing::debug!(
-                        session = slot.session.id(),
-                        handle = slot.handle,
-                        "transmit stream tail out of range; stream stopped"
-                    );
-                    p.detached = true;
-                    tx.set(StreamState::DETACHED);
+                    stop(slot, p, &tx, "transmit");
                     break;
                 }
             }

@@ -675,27 +675,6 @@ fn tx_step(r: Remote, segs: &[libc::iovec], total: usize, flags: u64, streamed: 
     TxStep::Done(n as i64)
 }
 
-/// Calls `copy(src, k)` for the pieces of the caller's buffers `segs` that bytes
-/// `at..at+len` of the send come from (`k`: the piece's offset within those `len` bytes).
-fn gather(segs: &[libc::iovec], at: usize, len: usize, mut copy: impl FnMut(&[u8], usize)) {
-    let mut base = 0usize;
-    let mut k = 0usize;
-    for iv in segs {
-        if k >= len {
-            return;
-        }
-        let end = base + iv.iov_len;
-        let pos = at + k;
-        if pos < end {
-            let off = pos - base;
-            let t = (iv.iov_len - off).min(len - k);
-            copy(user_buf(iv.iov_base as u64 + off as u64, t), k);
-            k += t;
-        }
-        base = end;
-    }
-}
-
 /// What one recv brought: bytes, source address bytes, full address length, message flags,
 /// and the length of the control messages written to the caller's control buffer.
 type Received = (usize, [u8; 128], usize, u64, usize);
@@ -900,9 +879,10 @@ fn stream_step(r: Remote, segs: &[libc::iovec], done: usize, total: usize, peek:
     Step::Empty
 }
 
-/// Calls `copy(dst, k)` for the pieces of the caller's buffers `segs` that bytes
-/// `at..at+len` of the receive land in (`k`: the piece's offset within those `len` bytes).
-fn scatter(segs: &[libc::iovec], at: usize, len: usize, mut copy: impl FnMut(&mut [u8], usize)) {
+/// Calls `piece(addr, len, k)` for the pieces of the caller's buffers `segs` that bytes
+/// `at..at+len` of a call's data occupy (`addr`, `len`: the piece in the program's memory;
+/// `k`: its offset within those `len` bytes).
+fn pieces(segs: &[libc::iovec], at: usize, len: usize, mut piece: impl FnMut(u64, usize, usize)) {
     let mut base = 0usize;
     let mut k = 0usize;
     for iv in segs {
@@ -914,11 +894,21 @@ fn scatter(segs: &[libc::iovec], at: usize, len: usize, mut copy: impl FnMut(&mu
         if pos < end {
             let off = pos - base;
             let t = (iv.iov_len - off).min(len - k);
-            copy(user_buf_mut(iv.iov_base as u64 + off as u64, t), k);
+            piece(iv.iov_base as u64 + off as u64, t, k);
             k += t;
         }
         base = end;
     }
+}
+
+/// The pieces of the program's buffers that bytes `at..at+len` of a receive land in.
+fn scatter(segs: &[libc::iovec], at: usize, len: usize, mut copy: impl FnMut(&mut [u8], usize)) {
+    pieces(segs, at, len, |p, t, k| copy(user_buf_mut(p, t), k));
+}
+
+/// The pieces of the program's buffers that bytes `at..at+len` of a send come from.
+fn gather(segs: &[libc::iovec], at: usize, len: usize, mut copy: impl FnMut(&[u8], usize)) {
+    pieces(segs, at, len, |p, t, k| copy(user_buf(p, t), k));
 }
 
 fn one_seg(buf: u64, len: u64) -> [libc::iovec; 1] {

@@ -241,6 +241,15 @@ def drain_peer(sock, into):
     into.append((n, h.hexdigest()))
 
 
+def read_all(sock):
+    buf = b""
+    while True:
+        d = sock.recv(100)
+        if not d:
+            return buf
+        buf += d
+
+
 def send_nb(sock, data):
     """Sends all of `data` on a non-blocking socket, waiting for writability on EAGAIN."""
     view = memoryview(data)
@@ -287,13 +296,7 @@ send_nb(a, b"first;")
 a.setblocking(True)
 a.sendall(b"second")
 a.shutdown(socket.SHUT_WR)
-buf = b""
-while True:
-    d = c.recv(100)
-    if not d:
-        break
-    buf += d
-out("order", buf)
+out("order", read_all(c))
 c.close()
 a.close()
 
@@ -308,13 +311,7 @@ if pid == 0:
     os._exit(0)
 os.waitpid(pid, 0)
 a.shutdown(socket.SHUT_WR)
-buf = b""
-while True:
-    d = c.recv(100)
-    if not d:
-        break
-    buf += d
-out("fork order", buf)
+out("fork order", read_all(c))
 c.close()
 a.close()
 
