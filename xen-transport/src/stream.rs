@@ -495,11 +495,11 @@ mod tests {
     fn map_names_the_owner_only() {
         let (m, l) = region();
         assert!(Stream::of_handle(&m, &l, 5).is_none());
-        let s = Stream::new(&m, &l, 3);
-        s.reset(&l, 3, 5);
+        let s = Stream::new(&m, &l, 1);
+        s.reset(&l, 1, 5);
         assert_eq!(Stream::of_handle(&m, &l, 5).map(|s| s.owner()), Some(5));
         // A stale map word (the stream was given to another handle) names nothing.
-        Stream::new(&m, &l, 3).reset(&l, 3, 6);
+        Stream::new(&m, &l, 1).reset(&l, 1, 6);
         assert!(Stream::of_handle(&m, &l, 5).is_none());
         Stream::unmap(&m, &l, 6);
         assert!(Stream::of_handle(&m, &l, 6).is_none());
@@ -576,7 +576,7 @@ mod tests {
     #[test]
     fn transmit_bytes_go_out_in_order() {
         let (m, l) = region();
-        Stream::new(&m, &l, 2).reset(&l, 2, 9);
+        Stream::new(&m, &l, 1).reset(&l, 1, 9);
         let tx = Stream::tx_of_handle(&m, &l, 9).expect("paired transmit stream");
         assert!(tx.try_lock());
         assert!(!tx.try_lock());
@@ -636,8 +636,8 @@ mod tests {
         #[test]
         fn any_interleaving_keeps_the_bytes(ops in proptest::collection::vec((0usize..9000, 0usize..9000, any::<bool>()), 1..40)) {
             let (m, l) = region();
-            let s = Stream::new(&m, &l, 7);
-            s.reset(&l, 7, 2);
+            let s = Stream::new(&m, &l, 1);
+            s.reset(&l, 1, 2);
             let mut tail = 0;
             let mut sent = Vec::new();
             let mut got = Vec::new();
