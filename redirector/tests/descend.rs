@@ -972,7 +972,19 @@ fn run_is_the_program() {
             line.push(b[0] as char);
         }
         assert_eq!(line, child.id().to_string(), "({})", how(n));
-        let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap();
+        // The shell prints before it execs: wait until `sleep`'s own image is loaded (its
+        // comm, then libc mapped by the loader, which maps a preload before libc).
+        let mut maps = String::new();
+        for _ in 0..200 {
+            let comm =
+                std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap_or_default();
+            maps =
+                std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap_or_default();
+            if comm.trim() == "sleep" && maps.contains("libc.so") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(
             maps.contains("libvirtuos_preload"),
             n.is_some(),
