@@ -817,6 +817,36 @@ fn shell_exec_3_reads_remote_file() {
     );
 }
 
+/// Every image of an exec chain stacks a seccomp filter that outlives it. At the end of a
+/// chain 34 execs deep (shell levels, then coreutils) a libc-internal call (`ls`'s `opendir`)
+/// is still routed, no image was killed by a trap that an earlier image's filter set, and the
+/// shim printed nothing.
+#[test]
+fn deep_exec_chain_keeps_routing() {
+    let env = Env::new("deepexec");
+    env.put("d/one", b"1\n");
+    env.put("d/two", b"22\n");
+    let script = r#"n=$1; if [ "$n" -gt 0 ]; then exec /bin/sh -c "$0" "$0" $((n-1)); fi; exec ls -l "$D/d""#;
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, "/bin/sh");
+        cmd.args(["-c", script, script, "33"])
+            .env("D", env.tree(redirected))
+            .env("LC_ALL", "C");
+        let f = run(cmd, Duration::from_secs(60));
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    let mut failures: Vec<String> = compare(&env, script, &runs[1], &runs[0])
+        .err()
+        .into_iter()
+        .collect();
+    if !runs[1].stderr.is_empty() {
+        failures.push(format!("the redirected chain printed: {}", runs[1].stderr));
+    }
+    conclude("deep_exec_chain_keeps_routing", failures);
+}
+
 #[test]
 fn daemon_closing_every_fd_then_reopening() {
     let env = Env::new("closeall");

@@ -210,8 +210,12 @@ extern "C" fn virtuos_init() {
     } else {
         &[Class::Storage, Class::Process, Class::Signal]
     });
-    if let Err(e) = sys::install_filter(&nrs) {
-        diag!("virtuos: cannot install the seccomp filter (errno {}); libc-internal calls will not be routed", -e);
+    match sys::install_filter(&nrs) {
+        Ok(()) => {}
+        Err(e) if e == -(libc::ENOMEM as i64) => diag!(
+            "virtuos: cannot install the seccomp filter: the filters of this exec chain's earlier images fill the kernel's limit; libc-internal calls will not be routed"
+        ),
+        Err(e) => diag!("virtuos: cannot install the seccomp filter (errno {}); libc-internal calls will not be routed", -e),
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Every system call the shim makes for itself goes through one assembly trampoline,
 //! [`syscall6`], which lives in the shim's own code. The seccomp filter traps a routed system
-//! call only when it is issued from libc's or the program's own code — glibc internals such
-//! as `fopen`'s `openat` or `opendir`'s `getdents64`, raw `syscall()` — and the SIGSYS handler
+//! call only when it is issued by one of the `syscall` instructions of libc or of the program
+//! — glibc internals such as `fopen`'s `openat` or `opendir`'s `getdents64`, raw `syscall()` —
+//! and the SIGSYS handler
 //! emulates it through [`crate::dispatch::dispatch`], writing the result into the interrupted
 //! context's `rax`. Syscalls that are never routed are allowed before the instruction-pointer
 //! check, so the kernel's seccomp cache lets them through at no cost.
@@ -112,9 +113,27 @@ pub static TRAPPED: AtomicU64 = AtomicU64::new(0);
 /// SECCOMP_RET_DATA of our traps, seen as `si_errno` in the handler.
 pub const TRAP_DATA: u32 = shim_core::seccomp::TRAP_DATA;
 
-/// Executable segments of libc and of the main program, where un-interposed routed calls
+/// One executable segment of libc or of the main program, where un-interposed routed calls
 /// come from.
-pub fn code_ranges() -> Vec<(u64, u64)> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// Named by its `syscall` instructions rather than by its range: libc, and a main program
+    /// that the dynamic loader mapped (`ld.so PROGRAM`). Both lie where mmap places code, as
+    /// do a later image's loader, libraries and shim; a main program mapped by the kernel lies
+    /// in the region the kernel keeps for programs (a PIE base, or the fixed address of a
+    /// non-PIE), where nothing of a later image runs before its shim's handler is installed,
+    /// so its range is safe to trap and costs four instructions instead of one per site.
+    pub exact: bool,
+    /// Mapped readable (`PF_R`), so its instructions can be scanned.
+    pub readable: bool,
+}
+
+/// Executable segments of libc and of the main program.
+pub fn code_segments() -> Vec<Segment> {
     unsafe extern "C" fn cb(
         info: *mut libc::dl_phdr_info,
         _size: usize,
@@ -123,7 +142,7 @@ pub fn code_ranges() -> Vec<(u64, u64)> {
         // SAFETY: dl_iterate_phdr passes a valid info for the duration of the callback and
         // `data` is the Vec we passed in.
         unsafe {
-            let out = &mut *(data as *mut Vec<(u64, u64)>);
+            let out = &mut *(data as *mut Vec<Segment>);
             let info = &*info;
             let name = if info.dlpi_name.is_null() {
                 &b""[..]
@@ -135,30 +154,94 @@ pub fn code_ranges() -> Vec<(u64, u64)> {
             if !(is_main || base.starts_with(b"libc.so")) {
                 return 0;
             }
+            // The kernel mapped the main program if its headers are the ones it reported.
+            let by_kernel =
+                is_main && info.dlpi_phdr as libc::c_ulong == libc::getauxval(libc::AT_PHDR);
             for i in 0..info.dlpi_phnum as usize {
                 let ph = &*info.dlpi_phdr.add(i);
                 if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
                     let start = info.dlpi_addr + ph.p_vaddr;
-                    out.push((start, start + ph.p_memsz));
+                    out.push(Segment {
+                        start,
+                        end: start + ph.p_memsz,
+                        exact: !by_kernel,
+                        readable: ph.p_flags & libc::PF_R != 0 && ph.p_filesz >= ph.p_memsz,
+                    });
                 }
             }
             0
         }
     }
-    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut out: Vec<Segment> = Vec::new();
     // SAFETY: the callback only reads the headers and appends to `out`.
     unsafe { libc::dl_iterate_phdr(Some(cb), &mut out as *mut _ as *mut libc::c_void) };
     out
 }
 
+/// The return address of every `syscall` instruction (the bytes `0f 05`) in `seg`: what the
+/// kernel reports as a call's instruction pointer. A pair of bytes that only looks like one
+/// (inside a longer instruction or in constant data) adds a site that never makes a call,
+/// which is harmless.
+fn syscall_sites(seg: Segment, out: &mut Vec<u64>) {
+    let len = (seg.end - seg.start) as usize;
+    let mut off = 0usize;
+    while off + 2 <= len {
+        // SAFETY: [start, end) is a readable, file-backed PT_LOAD segment of libc or of the
+        // main program (checked by `code_segments`), mapped for the process's life (neither
+        // is ever unloaded); memmem reads only inside [start + off, end).
+        let hit = unsafe {
+            libc::memmem(
+                (seg.start as usize + off) as *const libc::c_void,
+                len - off,
+                b"\x0f\x05".as_ptr().cast(),
+                2,
+            )
+        };
+        if hit.is_null() {
+            break;
+        }
+        let at = hit as usize - seg.start as usize;
+        out.push(seg.start + at as u64 + 2);
+        off = at + 1;
+    }
+}
+
+/// What the trap filter names: the `syscall` sites of every exact, readable segment, and the
+/// whole range of the rest. Past [`MAX_SITES`] sites the biggest segments are trapped by
+/// range (the filter would not fit the kernel's limit).
+///
+/// [`MAX_SITES`]: shim_core::seccomp::MAX_SITES
+pub fn trap_targets(segments: &[Segment]) -> (Vec<u64>, Vec<(u64, u64)>) {
+    let mut per: Vec<(Segment, Vec<u64>)> = segments
+        .iter()
+        .map(|&seg| {
+            let mut v = Vec::new();
+            if seg.exact && seg.readable {
+                syscall_sites(seg, &mut v);
+            }
+            (seg, v)
+        })
+        .collect();
+    per.sort_by_key(|(_, v)| v.len());
+    let (mut sites, mut ranges) = (Vec::new(), Vec::new());
+    for (seg, v) in per {
+        if seg.exact && seg.readable && sites.len() + v.len() <= shim_core::seccomp::MAX_SITES {
+            sites.extend(v);
+        } else {
+            ranges.push((seg.start, seg.end));
+        }
+    }
+    (sites, ranges)
+}
+
 /// Installs the filter for this thread and, with TSYNC, every other thread of the process.
+///
+/// Each image adds a filter (seccomp filters cannot be removed, and the kernel caps the
+/// instructions of all a process's filters together at 32,768): when the site filter no longer
+/// fits under an ancestor's filters, the much smaller range filter is tried instead.
 pub fn install_filter(nrs: &[u32]) -> Result<(), i64> {
-    let ranges = code_ranges();
-    let prog = shim_core::seccomp::trap_filter(nrs, &ranges);
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut _,
-    };
+    let segments = code_segments();
+    let (sites, ranges) = trap_targets(&segments);
     let r = sys(
         libc::SYS_prctl,
         &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
@@ -166,6 +249,26 @@ pub fn install_filter(nrs: &[u32]) -> Result<(), i64> {
     if r < 0 {
         return Err(r);
     }
+    let r = install_prog(&shim_core::seccomp::trap_filter(nrs, &sites, &ranges));
+    if r != -(libc::ENOMEM as i64) {
+        return if r == 0 { Ok(()) } else { Err(r) };
+    }
+    let all: Vec<(u64, u64)> = segments.iter().map(|s| (s.start, s.end)).collect();
+    match install_prog(&shim_core::seccomp::trap_filter(nrs, &[], &all)) {
+        0 => Ok(()),
+        r => Err(r),
+    }
+}
+
+/// `seccomp(SECCOMP_SET_MODE_FILTER, TSYNC, prog)`: 0 or a negative errno.
+fn install_prog(prog: &[libc::sock_filter]) -> i64 {
+    if prog.len() > shim_core::seccomp::MAX_INSNS {
+        return -(libc::ENOMEM as i64);
+    }
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut _,
+    };
     let r = sys(
         libc::SYS_seccomp,
         &[
@@ -174,10 +277,12 @@ pub fn install_filter(nrs: &[u32]) -> Result<(), i64> {
             &fprog as *const libc::sock_fprog as u64,
         ],
     );
-    if r != 0 {
-        return Err(if r < 0 { r } else { -(libc::EBUSY as i64) });
+    // TSYNC reports a thread it could not synchronise by its (positive) id.
+    if r > 0 {
+        -(libc::EBUSY as i64)
+    } else {
+        r
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -401,11 +506,94 @@ mod tests {
     }
 
     #[test]
-    fn code_ranges_hold_libc_and_the_program() {
-        let r = code_ranges();
+    fn code_segments_hold_libc_and_the_program() {
+        let r = code_segments();
         assert!(r.len() >= 2);
-        let here = code_ranges as *const () as u64;
+        let here = code_segments as *const () as u64;
         // The test binary is the "main program" here.
-        assert!(r.iter().any(|&(s, e)| s <= here && here < e));
+        assert!(r
+            .iter()
+            .any(|s| s.start <= here && here < s.end && s.readable));
+        // The kernel mapped the test binary: its range is trapped, libc's sites are named.
+        assert!(r
+            .iter()
+            .any(|s| s.start <= here && here < s.end && !s.exact));
+        let f = libc::getppid as *const () as u64;
+        assert!(r.iter().any(|s| s.start <= f && f < s.end && s.exact));
+    }
+
+    /// How many site filters one process can stack (each image of an exec chain adds one).
+    fn stack_depth() -> i64 {
+        use shim_core::table::Class;
+        let nrs =
+            shim_core::table::numbers(&[Class::Storage, Class::Process, Class::Signal, Class::Net]);
+        // The trampoline is inside the test binary's range, so the range stays out (it would
+        // trap the child's own calls); a range costs six instructions.
+        let (sites, _) = trap_targets(&code_segments());
+        let prog = shim_core::seccomp::trap_filter(&nrs, &sites, &[]);
+        let mut fds = [0i32; 2];
+        assert_eq!(sys(libc::SYS_pipe2, &[fds.as_mut_ptr() as u64, 0]), 0);
+        let pid = sys(libc::SYS_fork, &[]);
+        if pid == 0 {
+            // Only the trampoline from here on: libc's routed calls would trap.
+            sys(
+                libc::SYS_prctl,
+                &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
+            );
+            let mut n = 0u64;
+            while install_prog(&prog) == 0 {
+                n += 1;
+            }
+            sys(
+                libc::SYS_write,
+                &[fds[1] as u64, &n as *const u64 as u64, 8],
+            );
+            sys(libc::SYS_exit_group, &[0]);
+        }
+        sys(libc::SYS_close, &[fds[1] as u64]);
+        let mut n = 0u64;
+        let got = sys(
+            libc::SYS_read,
+            &[fds[0] as u64, &mut n as *mut u64 as u64, 8],
+        );
+        sys(libc::SYS_wait4, &[pid as u64, 0, 0, 0]);
+        sys(libc::SYS_close, &[fds[0] as u64]);
+        assert_eq!(got, 8, "the child died");
+        n as i64
+    }
+
+    /// Each image of an exec chain stacks a filter: pyenv's shims alone are seven deep, a
+    /// recursive make with a shell between levels about fifteen.
+    #[test]
+    fn exec_chains_stack_filters_deep() {
+        let n = stack_depth();
+        assert!(n >= 36, "only {n} filters fit");
+    }
+
+    #[test]
+    fn sites_are_the_syscall_instructions_of_libc_and_the_program() {
+        let segs = code_segments();
+        let (sites, ranges) = trap_targets(&segs);
+        let here = code_segments as *const () as u64;
+        assert!(
+            ranges.iter().any(|&(s, e)| s <= here && here < e),
+            "{ranges:x?}"
+        );
+        // libc's getppid wrapper is one `syscall` instruction: its return address is a site.
+        let f = libc::getppid as *const () as u64;
+        assert!(
+            sites.iter().any(|&s| s > f && s <= f + 32),
+            "no site in getppid at {f:#x}"
+        );
+        // The shim's own trampoline is never a site (in this test it is inside the program's
+        // range; in a program it is in the shim's library, which the filter never names).
+        let t = virtuos_syscall6 as *const () as u64;
+        assert!(!sites.iter().any(|&s| s > t && s <= t + 32));
+        for s in &sites {
+            assert!(segs.iter().any(|g| g.start + 2 <= *s && *s <= g.end));
+            // SAFETY: `s` - 2 lies inside a readable code segment (checked above).
+            let b = unsafe { std::slice::from_raw_parts((*s - 2) as *const u8, 2) };
+            assert_eq!(b, [0x0f, 0x05]);
+        }
     }
 }
