@@ -1067,6 +1067,36 @@ fn signal_handler_runs_every_entry_point_inside_every_other() {
 }
 
 #[test]
+fn full_signal_masks_never_block_the_trap() {
+    // Daemons install handlers with sigfillset(&sa.sa_mask), block every signal around
+    // critical sections and wait in sigsuspend with all but one blocked (robust/sigmask.c): a
+    // SIGSYS blocked by any of these would have the kernel kill the process at its next routed
+    // call. Each runs file calls under the mount, and the masks read back are Linux's.
+    let env = Env::new("sigmask");
+    env.put("sigmask/r", b"hello sigmask\n");
+    let prog = env.cc("sigmask", "sigmask.c", &[]);
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &prog);
+        cmd.arg(env.tree(redirected));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0].out().contains("full-mask handler: ran 1, read 14"),
+        "native: {}",
+        runs[0].describe()
+    );
+    env.assert_not_escaped();
+    let r = compare(&env, "sigmask", &runs[1], &runs[0]);
+    conclude(
+        "full_signal_masks_never_block_the_trap",
+        r.err().into_iter().collect(),
+    );
+}
+
+#[test]
 fn bad_pointers_are_efault() {
     // Unmapped path pointers (low, the last page, a string running into a protected page):
     // the kernel answers EFAULT; so must the shim, under the mount and outside it.

@@ -480,6 +480,10 @@ pub enum Syscall {
         old: UserPtr,
         size: u64,
     },
+    SigSuspend {
+        mask: UserPtr,
+        size: u64,
+    },
 
     /// Anything not routed.
     Other {
@@ -1206,6 +1210,10 @@ pub fn decode(nr: i64, a: [u64; 6]) -> Syscall {
             act: p(a[1]),
             old: p(a[2]),
             size: a[3],
+        },
+        libc::SYS_rt_sigsuspend => SigSuspend {
+            mask: p(a[0]),
+            size: a[1],
         },
         _ => Other { nr, args: a },
     }

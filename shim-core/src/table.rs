@@ -70,7 +70,7 @@ table! {
     Process: SYS_close, SYS_close_range, SYS_fcntl, SYS_dup, SYS_dup2, SYS_dup3, SYS_chdir,
         SYS_fchdir, SYS_getcwd, SYS_execve, SYS_execveat, SYS_prlimit64, SYS_setrlimit,
         SYS_umask;
-    Signal: SYS_rt_sigprocmask, SYS_rt_sigaction;
+    Signal: SYS_rt_sigprocmask, SYS_rt_sigaction, SYS_rt_sigsuspend;
     Net: SYS_socket, SYS_bind, SYS_listen, SYS_accept, SYS_accept4, SYS_connect, SYS_sendto,
         SYS_recvfrom, SYS_sendmsg, SYS_recvmsg, SYS_sendmmsg, SYS_recvmmsg, SYS_shutdown, SYS_getsockopt, SYS_setsockopt,
         SYS_getsockname, SYS_getpeername, SYS_poll, SYS_ppoll, SYS_select, SYS_pselect6,

@@ -13,7 +13,7 @@ use crate::paths::{self, PathBuf};
 use crate::remote;
 use crate::statconv::statx_to_stat;
 use crate::sys::{self, c_str, get, put, syscall6, user_buf, user_buf_mut};
-use crate::{config, cwd, proc, reserve};
+use crate::{config, cwd, proc, reserve, signals};
 
 const AT_FDCWD: i64 = libc::AT_FDCWD as i64;
 
@@ -635,15 +635,14 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             None => return Ok(None),
         },
         // SIGSYS must never be blocked or taken over: a blocked or ignored SIGSYS makes the
-        // kernel kill the process at the next trap. Everything else passes unchanged.
-        libc::SYS_rt_sigprocmask if a[1] != 0 && a[0] as i32 != libc::SIG_UNBLOCK => {
-            let set: u64 = get::<u64>(a[1]) & !sys::SIGSYS_BIT;
-            let mut b = a;
-            b[1] = &set as *const u64 as u64;
-            syscall6(nr, b)
+        // kernel kill the process at the next trap (`crate::signals`).
+        libc::SYS_rt_sigprocmask => return Ok(Some(signals::procmask(nr, a))),
+        libc::SYS_rt_sigsuspend => return Ok(Some(signals::sigsuspend(nr, a))),
+        libc::SYS_rt_sigaction if a[0] as i32 != libc::SIGSYS => {
+            return Ok(Some(signals::sigaction(nr, a)))
         }
-        libc::SYS_rt_sigaction if a[0] as i32 == libc::SIGSYS && a[1] != 0 => {
-            // Report the old action as the default and keep ours.
+        libc::SYS_rt_sigaction => {
+            // SIGSYS: report the old action as the default and keep ours.
             if a[2] != 0 {
                 // A zeroed kernel sigaction is SIG_DFL with no flags.
                 let zero = [0u8; 32];

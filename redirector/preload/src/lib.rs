@@ -29,6 +29,7 @@ pub mod paths;
 pub mod proc;
 pub mod remote;
 pub mod reserve;
+pub mod signals;
 pub mod statconv;
 pub mod storage_call;
 pub mod sys;

@@ -312,36 +312,15 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
         if nr == libc::SYS_rt_sigprocmask {
             // The mask in effect after the handler is the one sigreturn restores from the
             // context, so the call is emulated on the context's copy (never blocking SIGSYS).
-            g[libc::REG_RAX as usize] = sigprocmask_in_context(&mut (*uc).uc_sigmask, args);
+            // The kernel's sigset for rt_sigprocmask is 8 bytes: the first word of sigset_t
+            // (the context's, valid and aligned as above).
+            let word = &mut *(&mut (*uc).uc_sigmask as *mut libc::sigset_t as *mut u64);
+            g[libc::REG_RAX as usize] = crate::signals::procmask_in_context(word, args);
         } else {
             g[libc::REG_RAX as usize] = crate::dispatch::dispatch(nr, args);
         }
         *libc::__errno_location() = errno_saved;
     }
-}
-
-/// `rt_sigprocmask(how, set, oldset, size)` applied to `mask` (a trapped call's context mask).
-fn sigprocmask_in_context(mask: &mut libc::sigset_t, a: [u64; 6]) -> i64 {
-    let (how, set, old) = (a[0] as i32, a[1], a[2]);
-    if a[3] != 8 {
-        return -(libc::EINVAL as i64);
-    }
-    // The kernel's sigset for rt_sigprocmask is 8 bytes: the first word of sigset_t.
-    // SAFETY: sigset_t starts with the kernel's 64-bit mask word and is at least 8 bytes.
-    let word = unsafe { &mut *(mask as *mut libc::sigset_t as *mut u64) };
-    if old != 0 {
-        put::<u64>(old, *word);
-    }
-    if set != 0 {
-        let s: u64 = get(set);
-        *word = match how {
-            libc::SIG_BLOCK => *word | s,
-            libc::SIG_UNBLOCK => *word & !s,
-            libc::SIG_SETMASK => s,
-            _ => return -(libc::EINVAL as i64),
-        } & !SIGSYS_BIT;
-    }
-    0
 }
 
 /// The SIGSYS bit in a kernel signal mask word.
