@@ -638,6 +638,9 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
         // kernel kill the process at the next trap (`crate::signals`).
         libc::SYS_rt_sigprocmask => return Ok(Some(signals::procmask(nr, a))),
         libc::SYS_rt_sigsuspend => return Ok(Some(signals::sigsuspend(nr, a))),
+        libc::SYS_ppoll | libc::SYS_pselect6 | libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 => {
+            return Ok(Some(signals::wait(nr, a)))
+        }
         libc::SYS_rt_sigaction if a[0] as i32 != libc::SIGSYS => {
             return Ok(Some(signals::sigaction(nr, a)))
         }

@@ -152,6 +152,49 @@ pub fn sigsuspend(nr: i64, a: [u64; 6]) -> i64 {
     syscall6(nr, b)
 }
 
+/// `ppoll`, `pselect6`, `epoll_pwait` and `epoll_pwait2` waiting in the kernel (on local fds
+/// only): the wait's mask without SIGSYS, as for `rt_sigsuspend`. A mask that cannot be read,
+/// or has another size, goes to the kernel unchanged for its EFAULT or EINVAL.
+pub fn wait(nr: i64, a: [u64; 6]) -> i64 {
+    let (at, size_at) = match nr {
+        libc::SYS_ppoll => (3, 4),
+        libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 => (4, 5),
+        libc::SYS_pselect6 => {
+            // The sixth argument points at { const sigset_t *mask; size_t size }.
+            if a[5] == 0 {
+                return syscall6(nr, a);
+            }
+            let mut d = [0u8; 16];
+            if !sys::read_user(a[5], &mut d) {
+                return syscall6(nr, a);
+            }
+            let (p, size) = (
+                u64::from_ne_bytes(d[..8].try_into().expect("eight bytes")),
+                u64::from_ne_bytes(d[8..].try_into().expect("eight bytes")),
+            );
+            let Some(m) = (p != 0 && size == 8).then(|| read_word(p)).flatten() else {
+                return syscall6(nr, a);
+            };
+            let set = m & !SIGSYS_BIT;
+            let data = [&set as *const u64 as u64, 8];
+            let mut b = a;
+            b[5] = data.as_ptr() as u64;
+            return syscall6(nr, b);
+        }
+        _ => return syscall6(nr, a),
+    };
+    if a[at] == 0 || a[size_at] != 8 {
+        return syscall6(nr, a);
+    }
+    let Some(m) = read_word(a[at]) else {
+        return syscall6(nr, a);
+    };
+    let set = m & !SIGSYS_BIT;
+    let mut b = a;
+    b[at] = &set as *const u64 as u64;
+    syscall6(nr, b)
+}
+
 /// `rt_sigaction(sig, act, oldact, size)` for a signal other than SIGSYS: the action goes in
 /// with SIGSYS out of its mask (a daemon's handler installed with `sigfillset(&sa.sa_mask)`
 /// that reaches a trapped call would otherwise be killed); the old action reads with SIGSYS

@@ -8,17 +8,21 @@
  *     reinstallation with an empty mask (it does not);
  *   - every signal blocked with sigprocmask around file calls, and the old mask read back;
  *   - the same through pthread_sigmask in a second thread, whose mask is its own;
- *   - sigsuspend with every signal but SIGUSR2 blocked, whose handler reads a file;
+ *   - sigsuspend, ppoll, pselect and epoll_pwait with every signal but SIGUSR2 blocked, whose
+ *     handler reads a file;
  *   - bad pointers: EFAULT, and EINVAL for a bad `how`, with nothing changed.
  *
  * usage: sigmask TREE   (TREE holds sigmask/r: under the mount, or its native copy) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -38,9 +42,23 @@ static long read_file(void) {
     return n;
 }
 
+/* The handler's calls trap (libc's syscall() is one of libc's own system-call sites), which
+ * a blocked SIGSYS would turn into a kill; main's go through libc's interposed functions. */
+static long read_file_trapped(void) {
+    char buf[256];
+    long fd = syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    long n = syscall(SYS_read, fd, buf, sizeof buf);
+    if (n < 0)
+        n = -errno;
+    syscall(SYS_close, fd);
+    return n;
+}
+
 static void on_signal(int sig) {
     (void)sig;
-    handler_bytes = read_file();
+    handler_bytes = read_file_trapped();
     got++;
 }
 
@@ -129,6 +147,35 @@ int main(int argc, char **argv) {
     int r = sigsuspend(&wait);
     printf("sigsuspend = %d (%s): handler ran %d, read %ld\n", r, strerrorname_np(errno),
            (int)got, handler_bytes);
+    /* The waits with a mask of their own, on local fds only. */
+    struct timespec ts = {5, 0};
+    int pfd[2];
+    if (pipe(pfd) != 0)
+        return 1;
+    struct pollfd p = {pfd[0], POLLIN, 0};
+    for (int kind = 0; kind < 3; kind++) {
+        static const char *name[] = {"ppoll", "pselect", "epoll_pwait"};
+        got = 0;
+        handler_bytes = 0;
+        kill(getpid(), SIGUSR2);
+        errno = 0;
+        if (kind == 0) {
+            r = ppoll(&p, 1, &ts, &wait);
+        } else if (kind == 1) {
+            fd_set rd;
+            FD_ZERO(&rd);
+            FD_SET(pfd[0], &rd);
+            r = pselect(pfd[0] + 1, &rd, NULL, NULL, &ts, &wait);
+        } else {
+            int ep = epoll_create1(EPOLL_CLOEXEC);
+            struct epoll_event ev = {.events = EPOLLIN, .data.fd = pfd[0]};
+            epoll_ctl(ep, EPOLL_CTL_ADD, pfd[0], &ev);
+            r = epoll_pwait(ep, &ev, 1, 5000, &wait);
+            close(ep);
+        }
+        printf("%s = %d (%s): handler ran %d, read %ld\n", name[kind], r, strerrorname_np(errno),
+               (int)got, handler_bytes);
+    }
     sigprocmask(SIG_SETMASK, &before, NULL);
 
     /* Bad arguments: the kernel's errors, nothing changed. */
