@@ -1097,6 +1097,35 @@ fn full_signal_masks_never_block_the_trap() {
 }
 
 #[test]
+fn small_stacks_are_enough() {
+    // A thread with PTHREAD_STACK_MIN and a handler on a 16 KiB sigaltstack make file and
+    // socket calls under the mount (robust/small_stacks.c): natively a system call takes no
+    // user stack; the shim's routing runs on stacks of its own (a thread's 128 KiB overflowed
+    // before), which go away with their threads.
+    let env = Env::new("small");
+    env.put("small/r", b"small stacks\n");
+    env.put("small/d/a", b"");
+    env.put("small/d/b", b"");
+    let prog = env.cc("small_stacks", "small_stacks.c", &[]);
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &prog);
+        cmd.arg(env.tree(redirected));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0].out().contains("trapped open/read 13"),
+        "native: {}",
+        runs[0].describe()
+    );
+    env.assert_not_escaped();
+    let r = compare(&env, "small_stacks", &runs[1], &runs[0]);
+    conclude("small_stacks_are_enough", r.err().into_iter().collect());
+}
+
+#[test]
 fn bad_pointers_are_efault() {
     // Unmapped path pointers (low, the last page, a string running into a protected page):
     // the kernel answers EFAULT; so must the shim, under the mount and outside it.

@@ -115,11 +115,19 @@ pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
         // The shim's own set-up code (a session being connected) calling through libc.
         return syscall6(nr, a);
     }
-    proc::sweep();
     if nr == libc::SYS_execve || nr == libc::SYS_execveat {
-        // Before the big routing frames: an exec may run on a posix_spawn child's small stack.
+        // Before the big routing frames, and on the program's stack: an exec may run on a
+        // posix_spawn child's small stack, and one that succeeds never returns to free a
+        // shim stack's slot (a vfork child's is its parent's).
+        proc::sweep();
         return crate::exec::execve(nr, a);
     }
+    crate::stack::run(|| routed(nr, a))
+}
+
+/// Everything but exec, on the shim's own stack.
+fn routed(nr: i64, a: [u64; 6]) -> i64 {
+    proc::sweep();
     if let Some(r) = guard(nr, a) {
         return r;
     }

@@ -270,7 +270,10 @@ macro_rules! creds {
                 if r == 0 {
                     // SAFETY: this thread's errno slot.
                     let e = unsafe { *libc::__errno_location() };
-                    crate::remote::refresh_credentials();
+                    crate::stack::run(|| {
+                        crate::remote::refresh_credentials();
+                        0
+                    });
                     crate::sys::set_errno(e);
                 }
                 r

@@ -30,6 +30,7 @@ pub mod proc;
 pub mod remote;
 pub mod reserve;
 pub mod signals;
+pub mod stack;
 pub mod statconv;
 pub mod storage_call;
 pub mod sys;
@@ -58,7 +59,10 @@ fn domains() -> [&'static remote::Domain; 2] {
 
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn before_fork() {
-    before_fork_sessions();
+    stack::run(|| {
+        before_fork_sessions();
+        0
+    });
     // Last: every shim lock, so that the child inherits none held by another thread.
     lock::acquire_all_for_fork();
 }
@@ -88,6 +92,13 @@ extern "C" fn after_fork_parent() {
 /// token holds within a second (`BindClone`); a failed fork gives the tokens back at once.
 #[cfg_attr(test, allow(dead_code))]
 pub(crate) fn fork_done(pid: libc::pid_t) {
+    stack::run(|| {
+        fork_done_sessions(pid);
+        0
+    });
+}
+
+fn fork_done_sessions(pid: libc::pid_t) {
     for (i, d) in domains().into_iter().enumerate() {
         let token = FORK_TOKEN[i].swap(0, Ordering::Relaxed);
         if token == 0 {
@@ -104,6 +115,14 @@ pub(crate) fn fork_done(pid: libc::pid_t) {
 
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn after_fork_child() {
+    stack::run(|| {
+        after_fork_child_sessions();
+        0
+    });
+}
+
+#[cfg_attr(test, allow(dead_code))]
+fn after_fork_child_sessions() {
     lock::release_all_after_fork();
     // The child's memory is its own now.
     proc::set_owner();
@@ -178,6 +197,7 @@ extern "C" fn virtuos_init() {
     }
     dispatch::init_umask();
     exports::resolve_real();
+    stack::init();
     if cfg.report {
         let fd = sys::sys(libc::SYS_fcntl, &[2, libc::F_DUPFD_CLOEXEC as u64, 3]);
         if fd >= 0 {
