@@ -183,6 +183,12 @@ opcodes! {
     /// name (`args[3]` bytes) follows the path, a value to set follows the name. Result: as
     /// the system call's; get and list write their answer at window[0 ..].
     Xattr = 287,
+    /// flock on the open file: `args[0]` = handle, `args[1]` = operation (LOCK_SH, LOCK_EX
+    /// or LOCK_UN, with LOCK_NB). The lock belongs to the server's open file for the handle,
+    /// the open file description the client's process and its forks share, so it conflicts
+    /// with other clients' and local programs' flock locks as between processes. A wait
+    /// (without LOCK_NB) runs on a thread of its own.
+    Flock = 288,
 
     // ---- network domain, 300.. ----
     // Handles name sockets in the session's own table; `Close`, `FStat` and `Fcntl`

@@ -853,7 +853,7 @@ impl Supervisor {
                 self.fd_op(pid, fd, Opcode::Advise, [0, 2, a[1], a[2], a[3]])
             }
             libc::SYS_flock => match rem(self, fd) {
-                Some(_) => e(libc::ENOLCK),
+                Some(r) => self.flock(listener, n.id, r, a[1]),
                 None => Answer::Continue,
             },
             libc::SYS_fgetxattr
@@ -1378,6 +1378,23 @@ impl Supervisor {
         answer_later(listener, id, move || {
             let mut args = args;
             storage_call::call_on(&session, Opcode::Fcntl, &mut args, &[&fl], None).0
+        })
+    }
+
+    /// flock on a routed file, held by the storage domain on its open file; a wait (no
+    /// LOCK_NB) runs on a thread of its own, which answers it (as a waiting F_SETLKW).
+    fn flock(&self, listener: &OwnedFd, id: u64, r: Rem, op: u64) -> Answer {
+        let args = [r.handle.into(), op, 0, 0, 0];
+        let op = op as i32;
+        if op & libc::LOCK_NB != 0 || op == libc::LOCK_UN {
+            return Answer::Val(self.call(Opcode::Flock, args, &[], None).0);
+        }
+        let Some(session) = self.session.clone() else {
+            return Answer::Val(-(libc::EIO as i64));
+        };
+        answer_later(listener, id, move || {
+            let mut args = args;
+            storage_call::call_on(&session, Opcode::Flock, &mut args, &[], None).0
         })
     }
 

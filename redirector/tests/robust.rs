@@ -1248,7 +1248,8 @@ fn file_calls_beyond_read_and_write_as_native_supervised() {
 
 fn file_calls_beyond_read_and_write_as_native_in(supervised: bool) {
     // copy_file_range between two routed files (file and explicit offsets, EINVAL, EBADF),
-    // posix_fadvise, readahead, sync_file_range, a read-only shared mmap and a private one.
+    // posix_fadvise, readahead, sync_file_range, a read-only shared mmap and a private one,
+    // flock (shared by a dup, conflicting between open files, a wait), sendfile offsets.
     let env = if supervised {
         Env::supervised("fileops-sup")
     } else {

@@ -19,7 +19,7 @@
 //! - **worker, inline** (in-memory, cannot block): `LSeek` with `SEEK_SET`/`SEEK_CUR`/
 //!   `SEEK_END`, `Fcntl` `F_GETFL` and the non-waiting lock commands (`F_GETLK`, `F_SETLK` and
 //!   their OFD forms), `Close` of a file another session still shares.
-//! - **a thread of its own**: `Fcntl(F_SETLKW)`, which waits as long as another client holds
+//! - **a thread of its own**: `Fcntl(F_SETLKW)` and `Flock` without `LOCK_NB`, which wait as long as another client holds
 //!   the lock (so waiters cannot occupy the whole blocking pool).
 //! - **blocking pool** (a thread switched to the client's fsuid, fsgid and groups): every path
 //!   operation io_uring cannot confine (`StatAt`, `MkdirAt`, `UnlinkAt`, `RenameAt`, `LinkAt`,
@@ -512,6 +512,18 @@ impl Storage {
                         }))
                     }
                     _ => return Err(libc::EINVAL),
+                }
+            }
+            Opcode::Flock => {
+                let f = fd(a[0])?;
+                let op = i32::try_from(a[1]).map_err(|_| libc::EINVAL)?;
+                if op & libc::LOCK_NB != 0 || op == libc::LOCK_UN {
+                    Outcome::Done(done(call, ops::flock(f.as_fd(), call, op)))
+                } else {
+                    // A wait may last as long as another holder keeps the lock.
+                    Outcome::Wait(Box::new(move |c: &Call<'_>| {
+                        done(c, ops::flock(f.as_fd(), c, op))
+                    }))
                 }
             }
             Opcode::FTruncate => blocking_fd(fd(a[0])?, ops::ftruncate),

@@ -528,6 +528,12 @@ pub fn lock(fd: BorrowedFd<'_>, call: &Call<'_>, cmd: i32) -> SysResult<Response
     with_record(call, &out, 0)
 }
 
+/// Flock: a whole-file lock on the handle's open file (see [`abi::Opcode::Flock`]).
+pub fn flock(fd: BorrowedFd<'_>, call: &Call<'_>, op: i32) -> SysResult<Response> {
+    sys::flock(fd, op)?;
+    Ok(ok(call, 0))
+}
+
 /// OpenAt the slow way (io_uring reported a concurrent rename): `openat2` retried here.
 pub fn open_at(
     root: BorrowedFd<'_>,

@@ -332,6 +332,12 @@ pub fn fcntl_lock(fd: BorrowedFd<'_>, cmd: i32, lock: &mut libc::flock) -> SysRe
     cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, lock as *mut libc::flock) }).map(drop)
 }
 
+/// flock(2) on `fd`.
+pub fn flock(fd: BorrowedFd<'_>, op: i32) -> SysResult<()> {
+    // SAFETY: flock takes an fd and an operation; no memory is passed.
+    cvt_int(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
+}
+
 /// Sets the process umask; returns the old one.
 pub fn umask(mask: u32) -> u32 {
     // SAFETY: umask cannot fail.

@@ -405,7 +405,11 @@ fn route(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
                 )
             })
         }
-        libc::SYS_flock => return on_fd(fd, |_| e(libc::ENOLCK)),
+        libc::SYS_flock => {
+            return on_fd(fd, |r| {
+                remote::call(Opcode::Flock, [r.handle.into(), a[1], 0, 0, 0], &[], None)
+            })
+        }
         libc::SYS_ioctl => return on_fd(fd, |_| e(libc::ENOTTY)),
         libc::SYS_fgetxattr
         | libc::SYS_flistxattr
@@ -1605,10 +1609,11 @@ fn sendfile(a: [u64; 6]) -> Result<Option<i64>, i64> {
             None => sys::sys(libc::SYS_lseek, &[in_fd as u64, to, whence as u64]),
         }
     };
-    let start = if a[2] != 0 {
-        get::<i64>(a[2])
-    } else {
-        seek(libc::SEEK_CUR, 0)
+    // An unreadable offset is EFAULT and a negative one EINVAL, as from the kernel (the
+    // offset itself, returned as the result, read as -EPERM for -1).
+    let start = match user_offset(a[2])? {
+        Some(o) => o as i64,
+        None => seek(libc::SEEK_CUR, 0),
     };
     if start < 0 {
         return Ok(Some(start));

@@ -798,7 +798,7 @@ fn names_handle(op: Opcode, args: &[u64; 5]) -> bool {
     use Opcode::*;
     match op {
         Close | Read | Write | PRead | PWrite | LSeek | FStat | GetDents64 | FSync | FTruncate
-        | FChmod | FChown | Fallocate | FStatFs | Fcntl | CopyRange | Advise => true,
+        | FChmod | FChown | Fallocate | FStatFs | Fcntl | CopyRange | Advise | Flock => true,
         Xattr => args[0] != u64::MAX,
         Bind | Listen | Accept | Connect | Send | Recv | Shutdown | GetSockOpt | SetSockOpt
         | GetSockName | GetPeerName | Ioctl | StoreKey | Refill | Flush => true,

@@ -1,6 +1,6 @@
 # File calls beyond read and write on routed files: copy_file_range (file offsets and explicit
 # ones, the bytes that land), posix_fadvise, readahead (through ctypes), sync_file_range, and a
-# read-only shared mmap. Run natively on a copy and redirected on the mount; the outputs must
+# read-only shared mmap, flock, sendfile. Run natively on a copy and redirected on the mount; the outputs must
 # be identical. usage: fileops.py TREE
 import ctypes, ctypes.util, errno, mmap, os, sys
 T = sys.argv[1]
@@ -61,6 +61,37 @@ def private():
 t("mmap private copy-on-write", private)
 with open("dst", "rb") as f:
     print("file untouched by the private write", f.read(1) == b"\x00")
+# flock: locks belong to open files (dup shares one, a second open is another) and wait.
+import fcntl, threading, time
+c = os.open("src", os.O_RDONLY)
+t("flock SH", lambda: fcntl.flock(a, fcntl.LOCK_SH))
+t("flock EX NB upgrade", lambda: fcntl.flock(a, fcntl.LOCK_EX | fcntl.LOCK_NB))
+t("flock SH NB by another open file", lambda: fcntl.flock(c, fcntl.LOCK_SH | fcntl.LOCK_NB))
+d = os.dup(a)
+t("flock UN through a dup", lambda: fcntl.flock(d, fcntl.LOCK_UN))
+os.close(d)
+t("flock EX NB by the other open file", lambda: fcntl.flock(c, fcntl.LOCK_EX | fcntl.LOCK_NB))
+def unlock_later():
+    time.sleep(0.3)
+    fcntl.flock(c, fcntl.LOCK_UN)
+u = threading.Thread(target=unlock_later)
+u.start()
+t0 = time.monotonic()
+t("flock EX waits for the holder", lambda: fcntl.flock(a, fcntl.LOCK_EX))
+print("waited", time.monotonic() - t0 >= 0.25)
+u.join()
+t("flock bad operation", lambda: fcntl.flock(a, 0))
+t("flock UN", lambda: fcntl.flock(a, fcntl.LOCK_UN))
+os.close(c)
+# sendfile from a routed file into a local one: offsets given and not, a negative one.
+import tempfile
+with tempfile.TemporaryFile(dir="/tmp") as out:
+    o = out.fileno()
+    t("sendfile negative offset", lambda: os.sendfile(o, a, -1, 10))
+    t("sendfile at an offset", lambda: os.sendfile(o, a, 100, 10))
+    t("sendfile at the file offset", lambda: (os.sendfile(o, a, None, 10), os.lseek(a, 0, os.SEEK_CUR)))
+    t("sendfile wrote", lambda: os.pread(o, 100, 0) == data[100:110] + data[1000:1010])
+os.lseek(a, 1000, os.SEEK_SET)
 # splice between a routed file and a pipe, both ways, with and without offsets.
 pr, pw = os.pipe()
 t("splice file -> pipe at the file offset", lambda: os.splice(a, pw, 3000))
