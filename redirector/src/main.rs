@@ -57,6 +57,16 @@ enum Cmd {
     /// Supervise the service domains (storage and/or network): start them, restart each when
     /// it dies (with backoff), and record their restarts for `status`.
     Domains(DomainsArgs),
+    /// (Internal.) Exec CMD from inside the redirected environment, where the shim resolves it:
+    /// how `run` starts a program that lives under --mount.
+    #[command(hide = true, name = "exec-routed")]
+    ExecRouted(ExecRoutedArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ExecRoutedArgs {
+    #[arg(last = true, required = true, value_name = "CMD")]
+    cmd: Vec<std::ffi::OsString>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -189,15 +199,83 @@ fn preload_path() -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Resolves CMD through PATH like the shell would.
-fn which(cmd: &std::ffi::OsStr) -> Option<PathBuf> {
-    let c = Path::new(cmd);
-    if c.components().count() > 1 {
-        return Some(c.to_path_buf());
+/// Where `run` finds CMD.
+#[derive(Debug, PartialEq)]
+enum Lookup {
+    /// A local file.
+    Local(PathBuf),
+    /// Under the mount (a path there, or the first PATH entry that could hold it lies
+    /// there): the shim must resolve and exec it.
+    Routed,
+    /// Neither local nor possibly under the mount.
+    Missing,
+}
+
+/// `path` made absolute against `cwd` and folded lexically (`.`, `..`), as the shim routes it.
+fn lexical_abs(cwd: &Path, path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in cwd.join(path).components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(n) => out.push(n),
+            _ => {}
+        }
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(c))
-        .find(|p| p.is_file())
+    out
+}
+
+/// Looks CMD up as `execvp` would, in `path` (PATH's value), knowing that files under `mount`
+/// are the storage domain's and cannot be checked from here.
+fn find(
+    cmd: &std::ffi::OsStr,
+    path: Option<&std::ffi::OsStr>,
+    mount: Option<&Path>,
+    cwd: &Path,
+) -> Lookup {
+    let c = Path::new(cmd);
+    let under = |p: &Path| mount.is_some_and(|m| lexical_abs(cwd, p).starts_with(m));
+    if c.components().count() > 1 {
+        return if under(c) {
+            Lookup::Routed
+        } else {
+            Lookup::Local(c.to_path_buf())
+        };
+    }
+    let Some(path) = path else {
+        return Lookup::Missing;
+    };
+    for d in std::env::split_paths(path) {
+        if under(&d) {
+            return Lookup::Routed;
+        }
+        let p = d.join(c);
+        if p.is_file() {
+            return Lookup::Local(p);
+        }
+    }
+    Lookup::Missing
+}
+
+/// `exec-routed`: runs inside the redirected environment (the shim is loaded into this
+/// process), so `execvp`'s calls reach the shim, which executes a program of the storage
+/// domain from a copy of its image. Returns only if the exec failed.
+fn exec_routed(args: ExecRoutedArgs) -> Result<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let c: Vec<std::ffi::CString> = args
+        .cmd
+        .iter()
+        .map(|a| std::ffi::CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .context("an argument holds a NUL byte")?;
+    let mut argv: Vec<*const libc::c_char> = c.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: argv is a null-terminated array of pointers to NUL-terminated strings that live
+    // until the call returns (it returns only on failure).
+    unsafe { libc::execvp(argv[0], argv.as_ptr()) };
+    let err = std::io::Error::last_os_error();
+    Ok(not_started(&args.cmd[0], &err))
 }
 
 /// True when the ELF file has no program interpreter (statically linked).
@@ -233,21 +311,37 @@ fn not_started(what: &std::ffi::OsStr, e: &std::io::Error) -> i32 {
 }
 
 fn run(args: RunArgs) -> Result<i32> {
-    let Some(prog) = which(&args.cmd[0]) else {
-        eprintln!(
-            "virtuos-redirect: {}: command not found",
-            args.cmd[0].to_string_lossy()
-        );
-        return Ok(127);
+    let cwd = std::env::current_dir().context("the current directory")?;
+    let mount = args.storage.as_ref().and(args.mount.as_deref());
+    let path = std::env::var_os("PATH");
+    let prog = match find(&args.cmd[0], path.as_deref(), mount, &cwd) {
+        Lookup::Local(p) => Some(p),
+        Lookup::Routed => None,
+        Lookup::Missing => {
+            eprintln!(
+                "virtuos-redirect: {}: command not found",
+                args.cmd[0].to_string_lossy()
+            );
+            return Ok(127);
+        }
     };
-    if let Err(e) = std::fs::File::open(&prog) {
-        return Ok(not_started(prog.as_os_str(), &e));
+    if let Some(prog) = &prog {
+        if let Err(e) = std::fs::File::open(prog) {
+            return Ok(not_started(prog.as_os_str(), &e));
+        }
     }
     let routed = args.net.is_some() || args.storage.is_some();
     if args.supervised && !routed {
         bail!("--supervised needs a domain to route to: give --net SOCK and/or --storage SOCK --mount PREFIX");
     }
-    let supervised = routed && (args.supervised || is_static(&prog)?);
+    let supervised = match &prog {
+        Some(p) => routed && (args.supervised || is_static(p)?),
+        None if args.supervised => bail!(
+            "--supervised: {} lives under --mount; the supervised mode starts local programs only (without --supervised the shim starts it, and a static one is supervised all the same)",
+            args.cmd[0].to_string_lossy()
+        ),
+        None => false,
+    };
     if args.enforce {
         // The cgroup outlives this process's image: a keeper outside it removes it once the
         // program (this process, after the exec; or the supervised program and this
@@ -270,10 +364,21 @@ fn run(args: RunArgs) -> Result<i32> {
             storage,
             net: args.net.as_deref(),
         };
+        let prog = prog.expect("a supervised program is local");
         return supervise::run(&prog, &args.cmd, domains);
     }
-    let mut cmd = Command::new(&args.cmd[0]);
-    cmd.args(&args.cmd[1..]);
+    let mut cmd = if prog.is_some() {
+        let mut c = Command::new(&args.cmd[0]);
+        c.args(&args.cmd[1..]);
+        c
+    } else {
+        // Under the mount: only the shim can reach it, so the exec is made from a process
+        // the shim is loaded into, this binary's `exec-routed` (which keeps this pid).
+        let me = std::env::current_exe().context("this binary's path (/proc/self/exe)")?;
+        let mut c = Command::new(me);
+        c.arg("exec-routed").arg("--").args(&args.cmd);
+        c
+    };
     let probe = |sock: &PathBuf, what: &str| -> Result<()> {
         connect_session(
             sock,
@@ -320,13 +425,18 @@ fn run(args: RunArgs) -> Result<i32> {
     // starter knows (a harness that waits for it, a supervisor that signals it, nginx's
     // binary upgrade that checks who its parent is) and nothing stands between them.
     let err = std::os::unix::process::CommandExt::exec(&mut cmd);
-    Ok(not_started(prog.as_os_str(), &err))
+    Ok(not_started(
+        prog.as_ref()
+            .map_or(args.cmd[0].as_os_str(), |p| p.as_os_str()),
+        &err,
+    ))
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Run(a) => run(a)?,
+        Cmd::ExecRouted(a) => exec_routed(a)?,
         Cmd::Attach(a) => {
             let at = bpf::attach(&bpf::AttachOpts {
                 cgroup: a.cgroup,
@@ -385,4 +495,58 @@ fn main() -> Result<()> {
         }
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn programs_under_the_mount_are_the_shims_to_find() {
+        let cwd = Path::new("/tmp/w");
+        let m = Some(Path::new("/vt"));
+        assert_eq!(
+            lexical_abs(cwd, Path::new("../vt/./b/../x")),
+            PathBuf::from("/tmp/vt/x")
+        );
+        assert_eq!(
+            lexical_abs(cwd, Path::new("/a/../vt/x")),
+            PathBuf::from("/vt/x")
+        );
+        assert_eq!(find(OsStr::new("/vt/bin/x"), None, m, cwd), Lookup::Routed);
+        assert_eq!(find(OsStr::new("/a/../vt/x"), None, m, cwd), Lookup::Routed);
+        assert_eq!(
+            find(OsStr::new("/vtx/bin/x"), None, m, cwd),
+            Lookup::Local(PathBuf::from("/vtx/bin/x"))
+        );
+        // Without a mount, a path is the kernel's.
+        assert_eq!(
+            find(OsStr::new("/vt/bin/x"), None, None, cwd),
+            Lookup::Local(PathBuf::from("/vt/bin/x"))
+        );
+        // PATH in order: a local hit first wins, a directory under the mount first defers.
+        let path = OsStr::new("/bin:/vt/bin");
+        assert_eq!(
+            find(OsStr::new("sh"), Some(path), m, cwd),
+            Lookup::Local(PathBuf::from("/bin/sh"))
+        );
+        assert_eq!(
+            find(OsStr::new("no-such-program"), Some(path), m, cwd),
+            Lookup::Routed
+        );
+        assert_eq!(
+            find(OsStr::new("sh"), Some(OsStr::new("/vt/bin:/bin")), m, cwd),
+            Lookup::Routed
+        );
+        assert_eq!(
+            find(
+                OsStr::new("no-such-program"),
+                Some(OsStr::new("/bin")),
+                m,
+                cwd
+            ),
+            Lookup::Missing
+        );
+    }
 }

@@ -1126,6 +1126,87 @@ fn small_stacks_are_enough() {
 }
 
 #[test]
+fn run_starts_programs_that_live_under_the_mount() {
+    // `virtuos-redirect run -- /vt/bin/x` (and a bare name found through a PATH entry under
+    // the mount): only the shim can reach the file, so run execs it from a process the shim
+    // is loaded into. A script and an ELF program run as their local copies do, with the pid
+    // run had; a missing one is 127 and one without execute permission 126, as from a shell.
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new("runmount");
+    env.put(
+        "runbin/hello.sh",
+        b"#!/bin/sh\necho \"hello $*\"\necho \"pid $$\" >&2\n",
+    );
+    env.put("runbin/plain", b"not a program\n");
+    let elf = std::fs::read("/bin/echo").expect("reading /bin/echo");
+    env.put("runbin/echo-copy", &elf);
+    for root in [env.export(), env.local()] {
+        for (f, mode) in [("hello.sh", 0o755), ("echo-copy", 0o755), ("plain", 0o644)] {
+            let p = root.join("runbin").join(f);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+    let mut failures = Vec::new();
+    let mut outs = Vec::new();
+    for redirected in [false, true] {
+        let tree = env.tree(redirected);
+        let mut out = String::new();
+        for (prog, args, path) in [
+            (format!("{tree}/runbin/hello.sh"), vec!["a", "b"], None),
+            (format!("{tree}/runbin/echo-copy"), vec!["elf", "too"], None),
+            (
+                "hello.sh".to_owned(),
+                vec!["through", "PATH"],
+                Some(format!("{tree}/runbin:/usr/bin:/bin")),
+            ),
+        ] {
+            let mut cmd = env.command(redirected, &prog);
+            cmd.args(&args);
+            if let Some(p) = &path {
+                cmd.env("PATH", p);
+            }
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let child = cmd.spawn().expect("starting the program");
+            let pid = child.id();
+            let o = child.wait_with_output().unwrap();
+            out.push_str(&format!(
+                "{prog} -> {} {}",
+                o.status,
+                String::from_utf8_lossy(&o.stdout)
+            ));
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            if prog.contains("hello") && err.trim() != format!("pid {pid}") {
+                failures.push(format!(
+                    "{prog} (redirected {redirected}): it ran as {err:?}, not as pid {pid}"
+                ));
+            }
+        }
+        println!("redirected {redirected}:\n{out}");
+        outs.push(out.replace(&tree, "TREE"));
+    }
+    if outs[0] != outs[1] {
+        failures.push(format!("native:\n{}redirected:\n{}", outs[0], outs[1]));
+    }
+    for (prog, code, says) in [
+        ("runbin/missing", 127, "No such file or directory"),
+        ("runbin/plain", 126, "Permission denied"),
+    ] {
+        let f = run(
+            env.redirected(Route::Both, format!("{MOUNT}/{prog}")),
+            LIMIT,
+        );
+        if f.status.code() != Some(code) || !f.stderr.contains(says) {
+            failures.push(format!(
+                "{prog}: want exit {code} and {says:?}: {}",
+                f.describe()
+            ));
+        }
+    }
+    env.assert_not_escaped();
+    conclude("run_starts_programs_that_live_under_the_mount", failures);
+}
+
+#[test]
 fn bad_pointers_are_efault() {
     // Unmapped path pointers (low, the last page, a string running into a protected page):
     // the kernel answers EFAULT; so must the shim, under the mount and outside it.
