@@ -1385,8 +1385,7 @@ impl Supervisor {
     /// LOCK_NB) runs on a thread of its own, which answers it (as a waiting F_SETLKW).
     fn flock(&self, listener: &OwnedFd, id: u64, r: Rem, op: u64) -> Answer {
         let args = [r.handle.into(), op, 0, 0, 0];
-        let op = op as i32;
-        if op & libc::LOCK_NB != 0 || op == libc::LOCK_UN {
+        if !storage_call::waits(Opcode::Flock, &args) {
             return Answer::Val(self.call(Opcode::Flock, args, &[], None).0);
         }
         let Some(session) = self.session.clone() else {

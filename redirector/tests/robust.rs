@@ -1207,6 +1207,38 @@ fn run_starts_programs_that_live_under_the_mount() {
 }
 
 #[test]
+fn lock_waits_are_interrupted_by_signals() {
+    // flock and F_SETLKW on a file a forked child holds locked (robust/lock_intr.c): a
+    // handler without SA_RESTART interrupts the wait with EINTR, one with SA_RESTART lets it
+    // go on until the holder lets go. The wait is in the storage domain, which the client
+    // asks to cancel it; the domain interrupts its waiting thread.
+    let env = Env::new("lockintr");
+    env.put("lock/f", b"x\n");
+    let prog = env.cc("lock_intr", "lock_intr.c", &[]);
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, &prog);
+        cmd.arg(env.tree(redirected));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0]
+            .out()
+            .contains("flock plain: = -1 (EINTR), alarm 1, returned at the alarm"),
+        "native: {}",
+        runs[0].describe()
+    );
+    env.assert_not_escaped();
+    let r = compare(&env, "lock_intr", &runs[1], &runs[0]);
+    conclude(
+        "lock_waits_are_interrupted_by_signals",
+        r.err().into_iter().collect(),
+    );
+}
+
+#[test]
 fn bad_pointers_are_efault() {
     // Unmapped path pointers (low, the last page, a string running into a protected page):
     // the kernel answers EFAULT; so must the shim, under the mount and outside it.

@@ -33,6 +33,7 @@ pub mod cpus;
 pub mod creds;
 pub mod fdtable;
 mod hello;
+pub mod interrupt;
 pub mod limits;
 mod pool;
 mod worker;

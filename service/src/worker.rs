@@ -300,6 +300,8 @@ struct InFlight {
     timeout: Option<Box<types::Timespec>>,
     /// The client asked to cancel it (a signal interrupted the caller).
     cancelled: bool,
+    /// A call waiting on a thread of its own: what a cancel interrupts.
+    waiter: Option<Arc<crate::interrupt::Waiter>>,
 }
 
 /// Work a request still needs after the polling pass.
@@ -602,9 +604,25 @@ impl<H: Handler> Worker<H> {
         busy
     }
 
-    /// Cancels the io_uring operation of request `req_id` on channel `c` of session `id`, if
-    /// it is still in flight (its completion then reports `-EINTR`).
+    /// Cancels request `req_id` on channel `c` of session `id`, if it is still in flight: an
+    /// io_uring operation (its completion then reports `-EINTR`), or a call waiting on a
+    /// thread of its own, whose system call is interrupted (`crate::interrupt`).
     fn cancel(&mut self, id: u64, c: u32, req_id: u64) {
+        if let Some(w) = self.inflight.iter_mut().flatten().find_map(|f| {
+            (f.waiter.is_some()
+                && !f.answered
+                && f.live.s.id() == id
+                && f.channel == c
+                && f.req.raw.id == req_id)
+                .then(|| {
+                    f.cancelled = true;
+                    f.waiter.clone()
+                })
+                .flatten()
+        }) {
+            w.cancel();
+            return;
+        }
         let found = self.inflight.iter_mut().enumerate().find_map(|(slot, f)| {
             let f = f.as_mut()?;
             (f.uring
@@ -704,6 +722,7 @@ impl<H: Handler> Worker<H> {
             uring: true,
             timeout: ts,
             cancelled: false,
+            waiter: None,
         });
         let entry = entry.user_data(slot as u64);
         let entry = if link.is_some() {
@@ -754,12 +773,17 @@ impl<H: Handler> Worker<H> {
             uring: false,
             timeout: None,
             cancelled: false,
+            waiter: own_thread.then(crate::interrupt::Waiter::new),
         });
         let tx = self.done_tx.clone();
         let wake = self.ctx.wake.clone();
         let live = live.clone();
+        let waiter = self.inflight[slot].as_ref().and_then(|f| f.waiter.clone());
         let job = Box::new(move || {
-            let rsp = run_blocking(&live, channel, req, f);
+            let rsp = match &waiter {
+                Some(w) => w.run(|| run_blocking(&live, channel, req, f)),
+                None => run_blocking(&live, channel, req, f),
+            };
             if tx.send((slot, rsp)).is_ok() {
                 let _ = wake.write(1);
             }

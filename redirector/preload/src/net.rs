@@ -23,6 +23,7 @@ use xen_transport::Lease;
 use crate::dispatch::{new_placeholder, replace_entry};
 use crate::fdtable::{self, Remote};
 use crate::remote::{Live, Pin, NET};
+use crate::signals::should_interrupt;
 use crate::sys::{self, get, iovecs, put, user_buf, user_buf_mut};
 
 const EIO: i64 = -(libc::EIO as i64);
@@ -34,32 +35,6 @@ fn e(n: i32) -> i64 {
 /// Whether the network domain is configured.
 pub fn enabled() -> bool {
     NET.configured()
-}
-
-/// A signal handler ran while a call waited: does Linux interrupt the call (`EINTR`)? It does
-/// unless the handler was installed with `SA_RESTART`. The shim cannot tell which signal
-/// arrived, so it interrupts when any installed handler lacks `SA_RESTART`.
-fn should_interrupt() -> bool {
-    for sig in 1..=64u64 {
-        if sig == libc::SIGSYS as u64 || sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64
-        {
-            continue;
-        }
-        let mut old = [0u64; 4]; // struct kernel_sigaction: handler, flags, restorer, mask
-        let r = sys::sys(
-            libc::SYS_rt_sigaction,
-            &[sig, 0, old.as_mut_ptr() as u64, 8],
-        );
-        if r < 0 {
-            continue;
-        }
-        let (handler, flags) = (old[0], old[1]);
-        let installed = handler != libc::SIG_DFL as u64 && handler != libc::SIG_IGN as u64;
-        if installed && flags & libc::SA_RESTART as u64 == 0 {
-            return true;
-        }
-    }
-    false
 }
 
 /// Runs `f` with a lease on the network session, the handle in `args[0]` translated.

@@ -548,7 +548,18 @@ impl Domain {
             // Anything else may change a file this thread opened: its stat is re-asked.
             open_stat::clear();
         }
-        let (r, aux) = call_on(&live.s, op, args, inputs, out);
+        let (r, aux) = if !self.net && crate::storage_call::waits(op, args) {
+            crate::storage_call::call_on_interruptible(
+                &live.s,
+                op,
+                args,
+                inputs,
+                out,
+                Some(&mut crate::signals::should_interrupt),
+            )
+        } else {
+            call_on(&live.s, op, args, inputs, out)
+        };
         self.died_under(live, r);
         self.adopt_result(live, op, r);
         (self.tag_result(live, op, r), aux)

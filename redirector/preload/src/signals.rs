@@ -235,6 +235,32 @@ pub fn sigaction(nr: i64, a: [u64; 6]) -> i64 {
     r
 }
 
+/// A signal handler ran while a call waited: does Linux interrupt the call (`EINTR`)? It does
+/// unless the handler was installed with `SA_RESTART`. The shim cannot tell which signal
+/// arrived, so it interrupts when any installed handler lacks `SA_RESTART`.
+pub fn should_interrupt() -> bool {
+    for sig in 1..=64u64 {
+        if sig == libc::SIGSYS as u64 || sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64
+        {
+            continue;
+        }
+        let mut old = [0u64; 4]; // struct kernel_sigaction: handler, flags, restorer, mask
+        let r = sys::sys(
+            libc::SYS_rt_sigaction,
+            &[sig, 0, old.as_mut_ptr() as u64, 8],
+        );
+        if r < 0 {
+            continue;
+        }
+        let (handler, flags) = (old[0], old[1]);
+        let installed = handler != libc::SIG_DFL as u64 && handler != libc::SIG_IGN as u64;
+        if installed && flags & libc::SA_RESTART as u64 == 0 {
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

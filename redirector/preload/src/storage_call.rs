@@ -18,6 +18,37 @@ pub fn call_on(
     inputs: &[&[u8]],
     out: Option<&mut [u8]>,
 ) -> (i64, u64) {
+    call_on_interruptible(s, op, args, inputs, out, None)
+}
+
+/// Whether a call may wait in the domain for as long as another holder keeps a lock
+/// (`F_SETLKW` and `F_OFD_SETLKW`, `flock` without `LOCK_NB`): a signal handler that runs in
+/// the meantime may interrupt it, as Linux's `EINTR`.
+pub fn waits(op: Opcode, args: &[u64; 5]) -> bool {
+    match op {
+        Opcode::Fcntl => matches!(
+            i32::try_from(args[1]),
+            Ok(libc::F_SETLKW | libc::F_OFD_SETLKW)
+        ),
+        Opcode::Flock => {
+            let how = args[1] as i32;
+            how & libc::LOCK_NB == 0 && how != libc::LOCK_UN
+        }
+        _ => false,
+    }
+}
+
+/// As [`call_on`]; with `on_signal`, a signal handler that ran while the call waited asks it
+/// whether the call is interrupted, and if so the domain is asked to cancel it (the call then
+/// returns `-EINTR`, or its own result if it finished first).
+pub fn call_on_interruptible(
+    s: &Session,
+    op: Opcode,
+    args: &mut [u64; 5],
+    inputs: &[&[u8]],
+    out: Option<&mut [u8]>,
+    on_signal: Option<&mut dyn FnMut() -> bool>,
+) -> (i64, u64) {
     let mut lease = s.lease();
     let mut at = 0usize;
     for (i, inp) in inputs.iter().enumerate() {
@@ -40,7 +71,11 @@ pub fn call_on(
         args: *args,
         ..Request::default()
     };
-    let rsp = match lease.call(req) {
+    let sent = match on_signal {
+        Some(f) => lease.call_interruptible(req, f),
+        None => lease.call(req),
+    };
+    let rsp = match sent {
         Ok(r) => r,
         Err(e) => return (-i64::from(e.errno().get()), 0),
     };
