@@ -1066,6 +1066,28 @@ fn signal_handler_runs_every_entry_point_inside_every_other() {
     );
 }
 
+/// Runs `prog TREE` natively and redirected through both domains, and concludes `test`: the
+/// native run must say `native_says` (the case is real on this kernel) and the redirected one
+/// must print exactly what it printed.
+fn native_beside_redirected(env: &Env, test: &str, prog: &Path, native_says: &str) {
+    let mut runs = Vec::new();
+    for redirected in [false, true] {
+        let mut cmd = env.command(redirected, prog);
+        cmd.arg(env.tree(redirected));
+        let f = run(cmd, LIMIT);
+        show(if redirected { "redirected" } else { "native" }, &f);
+        runs.push(f);
+    }
+    assert!(
+        runs[0].out().contains(native_says),
+        "native: {}",
+        runs[0].describe()
+    );
+    env.assert_not_escaped();
+    let r = compare(env, test, &runs[1], &runs[0]);
+    conclude(test, r.err().into_iter().collect());
+}
+
 #[test]
 fn full_signal_masks_never_block_the_trap() {
     // Daemons install handlers with sigfillset(&sa.sa_mask), block every signal around
@@ -1075,24 +1097,11 @@ fn full_signal_masks_never_block_the_trap() {
     let env = Env::new("sigmask");
     env.put("sigmask/r", b"hello sigmask\n");
     let prog = env.cc("sigmask", "sigmask.c", &[]);
-    let mut runs = Vec::new();
-    for redirected in [false, true] {
-        let mut cmd = env.command(redirected, &prog);
-        cmd.arg(env.tree(redirected));
-        let f = run(cmd, LIMIT);
-        show(if redirected { "redirected" } else { "native" }, &f);
-        runs.push(f);
-    }
-    assert!(
-        runs[0].out().contains("full-mask handler: ran 1, read 14"),
-        "native: {}",
-        runs[0].describe()
-    );
-    env.assert_not_escaped();
-    let r = compare(&env, "sigmask", &runs[1], &runs[0]);
-    conclude(
+    native_beside_redirected(
+        &env,
         "full_signal_masks_never_block_the_trap",
-        r.err().into_iter().collect(),
+        &prog,
+        "full-mask handler: ran 1, read 14",
     );
 }
 
@@ -1107,22 +1116,12 @@ fn small_stacks_are_enough() {
     env.put("small/d/a", b"");
     env.put("small/d/b", b"");
     let prog = env.cc("small_stacks", "small_stacks.c", &[]);
-    let mut runs = Vec::new();
-    for redirected in [false, true] {
-        let mut cmd = env.command(redirected, &prog);
-        cmd.arg(env.tree(redirected));
-        let f = run(cmd, LIMIT);
-        show(if redirected { "redirected" } else { "native" }, &f);
-        runs.push(f);
-    }
-    assert!(
-        runs[0].out().contains("trapped open/read 13"),
-        "native: {}",
-        runs[0].describe()
+    native_beside_redirected(
+        &env,
+        "small_stacks_are_enough",
+        &prog,
+        "trapped open/read 13",
     );
-    env.assert_not_escaped();
-    let r = compare(&env, "small_stacks", &runs[1], &runs[0]);
-    conclude("small_stacks_are_enough", r.err().into_iter().collect());
 }
 
 #[test]
@@ -1215,26 +1214,11 @@ fn lock_waits_are_interrupted_by_signals() {
     let env = Env::new("lockintr");
     env.put("lock/f", b"x\n");
     let prog = env.cc("lock_intr", "lock_intr.c", &[]);
-    let mut runs = Vec::new();
-    for redirected in [false, true] {
-        let mut cmd = env.command(redirected, &prog);
-        cmd.arg(env.tree(redirected));
-        let f = run(cmd, LIMIT);
-        show(if redirected { "redirected" } else { "native" }, &f);
-        runs.push(f);
-    }
-    assert!(
-        runs[0]
-            .out()
-            .contains("flock plain: = -1 (EINTR), alarm 1, returned at the alarm"),
-        "native: {}",
-        runs[0].describe()
-    );
-    env.assert_not_escaped();
-    let r = compare(&env, "lock_intr", &runs[1], &runs[0]);
-    conclude(
+    native_beside_redirected(
+        &env,
         "lock_waits_are_interrupted_by_signals",
-        r.err().into_iter().collect(),
+        &prog,
+        "flock plain: = -1 (EINTR), alarm 1, returned at the alarm",
     );
 }
 

@@ -608,35 +608,22 @@ impl<H: Handler> Worker<H> {
     /// io_uring operation (its completion then reports `-EINTR`), or a call waiting on a
     /// thread of its own, whose system call is interrupted (`crate::interrupt`).
     fn cancel(&mut self, id: u64, c: u32, req_id: u64) {
-        if let Some(w) = self.inflight.iter_mut().flatten().find_map(|f| {
-            (f.waiter.is_some()
-                && !f.answered
-                && f.live.s.id() == id
-                && f.channel == c
-                && f.req.raw.id == req_id)
-                .then(|| {
-                    f.cancelled = true;
-                    f.waiter.clone()
-                })
-                .flatten()
-        }) {
-            w.cancel();
-            return;
-        }
         let found = self.inflight.iter_mut().enumerate().find_map(|(slot, f)| {
             let f = f.as_mut()?;
-            (f.uring
+            ((f.uring || f.waiter.is_some())
                 && !f.answered
                 && f.live.s.id() == id
                 && f.channel == c
                 && f.req.raw.id == req_id)
                 .then(|| {
                     f.cancelled = true;
-                    slot
+                    (slot, f.waiter.clone())
                 })
         });
-        let Some(slot) = found else {
-            return;
+        let slot = match found {
+            Some((_, Some(waiter))) => return waiter.cancel(),
+            Some((slot, None)) => slot,
+            None => return,
         };
         let entry = opcode::AsyncCancel::new(slot as u64)
             .build()
