@@ -34,7 +34,7 @@ struct Cli {
 enum Cmd {
     /// Run CMD with paths under --mount served by the storage domain at --storage and its
     /// sockets by the network domain at --net (a statically linked CMD in the supervised
-    /// mode).
+    /// mode). CMD may itself live under --mount. run becomes CMD (same pid).
     Run(RunArgs),
     /// Load the eBPF programs and attach them to a cgroup (pinned under /sys/fs/bpf/virtuos).
     Attach(AttachArgs),
