@@ -1223,6 +1223,29 @@ fn lock_waits_are_interrupted_by_signals() {
 }
 
 #[test]
+fn the_shims_fds_are_closed_to_every_probe() {
+    // fstat and F_GETFD over every fd number, before and after lowering RLIMIT_NOFILE, and a
+    // close_fds child's own fstat loop (robust/fd_probe.py; CPython's test_subprocess found
+    // the shim's descriptors at the top of the range this way): Linux's view, the shim's
+    // descriptors closed to all of them.
+    let env = Env::new("fdprobe");
+    std::fs::create_dir_all(env.export().join("fp")).unwrap();
+    std::fs::create_dir_all(env.local().join("fp")).unwrap();
+    let runs = python_both_ways(&env, "fd_probe.py", "fp");
+    assert!(
+        runs[0].out().contains("a close_fds child sees [0, 1, 2] 0"),
+        "native: {}",
+        runs[0].describe()
+    );
+    env.assert_not_escaped();
+    let r = compare(&env, "fd_probe.py", &runs[1], &runs[0]);
+    conclude(
+        "the_shims_fds_are_closed_to_every_probe",
+        r.err().into_iter().collect(),
+    );
+}
+
+#[test]
 fn bad_pointers_are_efault() {
     // Unmapped path pointers (low, the last page, a string running into a protected page):
     // the kernel answers EFAULT; so must the shim, under the mount and outside it.

@@ -245,7 +245,17 @@ fn guard(nr: i64, a: [u64; 6]) -> Option<i64> {
             }
             Some(r)
         }
-        _ => None,
+        // Any other call that names one of the shim's own descriptors finds it closed, as
+        // the program's fd table has it: a child probing its fds with fstat or F_GETFD
+        // (Python's subprocess tests, daemons counting what they inherited) sees Linux's.
+        _ => {
+            let owned = shim_core::decode::decode(nr, a)
+                .fds()
+                .into_iter()
+                .flatten()
+                .any(|f| reserve::is_owned(i64::from(f.0)));
+            owned.then_some(ebadf)
+        }
     }
 }
 
