@@ -119,10 +119,50 @@ pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
         // Before the big routing frames, and on the program's stack: an exec may run on a
         // posix_spawn child's small stack, and one that succeeds never returns to free a
         // shim stack's slot (a vfork child's is its parent's).
+        // The hand-over's own calls (snapshots, the state memfd) are the shim's code.
+        DEPTH.with(|d| d.set(d.get() + 2));
         proc::sweep();
-        return crate::exec::execve(nr, a);
+        let r = crate::exec::execve(nr, a);
+        DEPTH.with(|d| d.set(d.get() - 2));
+        return r;
     }
-    crate::stack::run(|| routed(nr, a))
+    DEPTH.with(|d| d.set(d.get() + 1));
+    let r = crate::stack::run(|| routed(nr, a));
+    DEPTH.with(|d| d.set(d.get() - 1));
+    r
+}
+
+thread_local! {
+    /// How many routed calls this thread is inside: above 1, the call comes from the shim's
+    /// own code (its dependencies' libc calls bind to the shim's exports: the transport reads
+    /// its eventfds through `read`) or from a handler that interrupted the shim.
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Whether the current call was made from inside another routed call or the shim's own code.
+fn nested() -> bool {
+    DEPTH.with(|d| d.get() > 1)
+}
+
+/// The exec system call itself, with this thread's depth as it was before the exec began:
+/// an exec that succeeds never returns, and a vfork child's thread state is its parent's.
+pub fn exec_now(nr: i64, a: [u64; 6]) -> i64 {
+    let depth = DEPTH.with(|d| d.replace(d.get().saturating_sub(2)));
+    let r = syscall6(nr, a);
+    DEPTH.with(|d| d.set(depth));
+    r
+}
+
+/// Runs the shim's own code that is not a routed call (the fork handlers, a credential
+/// refresh, the constructor's hand-over) on the shim's stack, with the libc calls it makes on
+/// the shim's descriptors treated as the shim's, not the program's.
+pub fn shim_code(f: impl FnOnce()) {
+    DEPTH.with(|d| d.set(d.get() + 2));
+    crate::stack::run(|| {
+        f();
+        0
+    });
+    DEPTH.with(|d| d.set(d.get() - 2));
 }
 
 /// Everything but exec, on the shim's own stack.
@@ -248,6 +288,8 @@ fn guard(nr: i64, a: [u64; 6]) -> Option<i64> {
         // Any other call that names one of the shim's own descriptors finds it closed, as
         // the program's fd table has it: a child probing its fds with fstat or F_GETFD
         // (Python's subprocess tests, daemons counting what they inherited) sees Linux's.
+        // (The shim's own code reaches its descriptors through these same calls.)
+        _ if nested() => None,
         _ => {
             let owned = shim_core::decode::decode(nr, a)
                 .fds()

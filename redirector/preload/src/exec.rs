@@ -28,7 +28,7 @@ use abi::Opcode;
 
 use crate::fdtable::{self, Remote};
 use crate::paths::{PathBuf, PATH_MAX};
-use crate::sys::{self, syscall6};
+use crate::sys;
 use crate::{config, cwd, proc, remote, reserve};
 
 pub use crate::exec_state::State;
@@ -692,7 +692,7 @@ fn exec_with_env_edited(
         }
     }
     if !had && add.is_empty() {
-        return syscall6(nr, a);
+        return crate::dispatch::exec_now(nr, a);
     }
     let mut small = [std::ptr::null::<libc::c_char>(); ON_STACK];
     let mut big: Vec<*const libc::c_char> = Vec::new();
@@ -718,7 +718,7 @@ fn exec_with_env_edited(
     }
     list[w] = std::ptr::null();
     a[env_at] = list.as_ptr() as u64;
-    syscall6(nr, a)
+    crate::dispatch::exec_now(nr, a)
 }
 
 /// Finds, validates and removes the exec state named by the environment: the state, or None

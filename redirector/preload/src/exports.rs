@@ -270,10 +270,7 @@ macro_rules! creds {
                 if r == 0 {
                     // SAFETY: this thread's errno slot.
                     let e = unsafe { *libc::__errno_location() };
-                    crate::stack::run(|| {
-                        crate::remote::refresh_credentials();
-                        0
-                    });
+                    crate::dispatch::shim_code(crate::remote::refresh_credentials);
                     crate::sys::set_errno(e);
                 }
                 r

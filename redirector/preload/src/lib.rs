@@ -59,10 +59,7 @@ fn domains() -> [&'static remote::Domain; 2] {
 
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn before_fork() {
-    stack::run(|| {
-        before_fork_sessions();
-        0
-    });
+    crate::dispatch::shim_code(before_fork_sessions);
     // Last: every shim lock, so that the child inherits none held by another thread.
     lock::acquire_all_for_fork();
 }
@@ -92,10 +89,7 @@ extern "C" fn after_fork_parent() {
 /// token holds within a second (`BindClone`); a failed fork gives the tokens back at once.
 #[cfg_attr(test, allow(dead_code))]
 pub(crate) fn fork_done(pid: libc::pid_t) {
-    stack::run(|| {
-        fork_done_sessions(pid);
-        0
-    });
+    crate::dispatch::shim_code(|| fork_done_sessions(pid));
 }
 
 fn fork_done_sessions(pid: libc::pid_t) {
@@ -115,10 +109,7 @@ fn fork_done_sessions(pid: libc::pid_t) {
 
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn after_fork_child() {
-    stack::run(|| {
-        after_fork_child_sessions();
-        0
-    });
+    crate::dispatch::shim_code(after_fork_child_sessions);
 }
 
 #[cfg_attr(test, allow(dead_code))]
@@ -209,7 +200,7 @@ extern "C" fn virtuos_init() {
     }
     remote::open_socket_dirs();
     // Restores what an exec carried over (connecting to the domains if so).
-    exec::restore();
+    dispatch::shim_code(exec::restore);
     // SAFETY: the handlers are plain extern "C" functions valid for the process's life.
     unsafe {
         libc::pthread_atfork(
