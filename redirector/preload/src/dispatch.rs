@@ -290,6 +290,9 @@ fn guard(nr: i64, a: [u64; 6]) -> Option<i64> {
         // (Python's subprocess tests, daemons counting what they inherited) sees Linux's.
         // (The shim's own code reaches its descriptors through these same calls.)
         _ if nested() => None,
+        // A decoded fd is one of the arguments' low 32 bits, so the decoder runs only when one
+        // of those is a reserved number at all (rarely: they sit at the top of the table).
+        _ if !a.iter().any(|&x| reserve::is_owned(i64::from(x as i32))) => None,
         _ => {
             let owned = shim_core::decode::decode(nr, a)
                 .fds()
