@@ -93,6 +93,11 @@ impl From<Errno> for std::io::Error {
     }
 }
 
+/// Not a Linux errno: the path of a storage call left the export (a symlink with an absolute
+/// target, or `..` above the root) and continues where [`crate::Opcode::Resolve`] says. Never
+/// returned to a program; a client that does not follow escapes reports it as `EXDEV`.
+pub const ESCAPE: Errno = Errno(4001);
+
 /// Splits a signed result the way libc does: values in `-MAX_ERRNO..0` are errors.
 ///
 /// A result below `-MAX_ERRNO` is not a valid system call result; it is reported as `EIO`

@@ -16,7 +16,7 @@ pub mod control;
 mod errno;
 mod opcode;
 
-pub use errno::{Errno, MAX_ERRNO};
+pub use errno::{Errno, ESCAPE, MAX_ERRNO};
 pub use opcode::Opcode;
 
 use thiserror::Error;

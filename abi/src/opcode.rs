@@ -84,7 +84,11 @@ opcodes! {
     // ---- storage domain, 256.. ----
     // Paths travel in the data window and are relative to the export root (the client strips
     // its mount prefix and resolves `.`/`..` against its routed cwd); the server resolves them
-    // with openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) under the session's credentials.
+    // with openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS) under the session's credentials.
+    // A path that meets a symlink with an absolute target, or a `..` above the export root,
+    // leaves the export: such a call fails with [`crate::errno::ESCAPE`] and the client asks
+    // [`Opcode::Resolve`] where the path continues (in its own file system, or again under
+    // its mount).
     // Unless stated otherwise: the path is window[data_off .. data_off + args[4]], output is
     // written at window[data_off ..], and `data_len` bounds both. Handles are small integers in
     // the session's own table; the result is the syscall's result or -errno.
@@ -189,6 +193,16 @@ opcodes! {
     /// with other clients' and local programs' flock locks as between processes. A wait
     /// (without LOCK_NB) runs on a thread of its own.
     Flock = 288,
+    /// Where a path that failed with [`crate::errno::ESCAPE`] continues: the server walks it
+    /// component by component (not following the last one, then following it when that alone
+    /// leaves the export; only the first walk when `args[0]` = 1, for a call acting on the
+    /// entry itself, as rename and link do) up to the first symlink with an absolute target
+    /// or `..` above the root. Result: the continuation's length, written at window[data_off ..]: the link's
+    /// target with the rest of the path appended (absolute, in the client's name space), or
+    /// `../` and the rest (relative to the client's mount point). `EAGAIN` when the path no
+    /// longer leaves the export (it changed meanwhile: retry the call); `ELOOP` after 40
+    /// links; the errors of a lookup on the way.
+    Resolve = 289,
 
     // ---- network domain, 300.. ----
     // Handles name sockets in the session's own table; `Close`, `FStat` and `Fcntl`

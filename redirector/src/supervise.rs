@@ -611,6 +611,32 @@ impl Supervisor {
         }
     }
 
+    /// Where the export-relative path `rp`, which the server answered with `ESCAPE`,
+    /// continues under the mount (`rp` itself when it no longer leaves the export: the call is
+    /// tried again). A continuation outside the mount is `EXDEV`: the supervisor cannot
+    /// rewrite the path the kernel would walk for the supervised process (the shim can).
+    fn continuation(&self, rp: &[u8], entry: bool) -> Result<Vec<u8>, i32> {
+        let mut buf = vec![0u8; paths::PATH_MAX];
+        let (n, _) = self.call(
+            Opcode::Resolve,
+            [u64::from(entry), 0, 0, 0, 0],
+            &[rp],
+            Some(&mut buf),
+        );
+        if n == -(libc::EAGAIN as i64) {
+            return Ok(rp.to_vec());
+        }
+        if n < 0 {
+            return Err(-n as i32);
+        }
+        let c = &buf[..n as usize];
+        let base = (c.first() != Some(&b'/')).then_some(self.mount.as_bytes());
+        match paths::route(base, c, self.mount.as_bytes()).map_err(|_| libc::ENAMETOOLONG)? {
+            paths::Route::Remote(next) => Ok(next.as_bytes().to_vec()),
+            _ => Err(libc::EXDEV),
+        }
+    }
+
     /// One storage call (the shim's own encoding: `storage_call::call_on`).
     fn call(
         &self,
@@ -705,8 +731,20 @@ impl Supervisor {
                 Ok(None) => return Answer::Continue,
                 Err(errno) => return e(errno),
             };
-            let rp = rp.as_bytes().to_vec();
-            return self.path_call(listener, n.id, pid, nr, a, &rp);
+            let mut rp = rp.as_bytes().to_vec();
+            // A path that leaves the export (an absolute symlink, `..` above the root) goes
+            // on where the server says, as in the shim (`dispatch::follow`).
+            for _ in 0..40 {
+                let answer = self.path_call(listener, n.id, pid, nr, a, &rp);
+                if !matches!(answer, Answer::Val(v) if v == abi::ESCAPE.as_result()) {
+                    return answer;
+                }
+                match self.continuation(&rp, false) {
+                    Ok(next) => rp = next,
+                    Err(errno) => return e(errno),
+                }
+            }
+            return e(libc::ELOOP);
         }
         match nr {
             libc::SYS_close => {
@@ -1036,10 +1074,25 @@ impl Supervisor {
                 };
                 match (x, y) {
                     (None, None) => Answer::Continue,
-                    (Some(x), Some(y)) => Answer::Val(
-                        self.call(op, [flags, 0, 0, 0, 0], &[x.as_bytes(), y.as_bytes()], None)
-                            .0,
-                    ),
+                    (Some(x), Some(y)) => {
+                        let (mut x, mut y) = (x.as_bytes().to_vec(), y.as_bytes().to_vec());
+                        for _ in 0..40 {
+                            let r = self.call(op, [flags, 0, 0, 0, 0], &[&x, &y], None).0;
+                            if r != abi::ESCAPE.as_result() {
+                                return Answer::Val(r);
+                            }
+                            // The first of the two that leaves the export goes on.
+                            match self.continuation(&x, true) {
+                                Ok(n) if n == x => match self.continuation(&y, true) {
+                                    Ok(n) => y = n,
+                                    Err(errno) => return e(errno),
+                                },
+                                Ok(n) => x = n,
+                                Err(errno) => return e(errno),
+                            }
+                        }
+                        e(libc::ELOOP)
+                    }
                     _ => e(libc::EXDEV),
                 }
             }
@@ -1053,13 +1106,10 @@ impl Supervisor {
                     (Ok(t), Ok(lp)) => (t, lp),
                     (Err(errno), _) | (_, Err(errno)) => return e(errno),
                 };
-                // An absolute target under the mount is stored without the prefix (the
-                // server resolves absolute targets inside the export), as the shim does.
-                let stored = paths::link_target_in(&t, self.mount.as_bytes());
-                let t = stored.as_ref().map_or(&t[..], |x| x.as_bytes());
+                // The target is stored as written, as the shim does.
                 match self.resolve(pid, d, &lp) {
                     Ok(Some(rp)) => Answer::Val(
-                        self.call(Opcode::SymlinkAt, [0; 5], &[t, rp.as_bytes()], None)
+                        self.call(Opcode::SymlinkAt, [0; 5], &[&t, rp.as_bytes()], None)
                             .0,
                     ),
                     Ok(None) => Answer::Continue,
@@ -1961,10 +2011,7 @@ impl Supervisor {
                 if k < 0 {
                     return Answer::Val(k);
                 }
-                // What the program wrote: the mount prefix put back on an absolute target.
-                let stored = &out[..k as usize];
-                let full = paths::link_target_out(stored, self.mount.as_bytes());
-                let t = full.as_ref().map_or(stored, |f| f.as_bytes());
+                let t = &out[..k as usize];
                 let k = t.len().min(size as usize);
                 if !self.write_mem(pid, buf, &t[..k]) {
                     return Answer::Val(-(libc::EFAULT as i64));

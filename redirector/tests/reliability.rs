@@ -1864,6 +1864,8 @@ while time.monotonic() < end:
         names = os.listdir(f"{D}/link")
         if names == ["secret-inside.txt"]:
             count("list_ok")
+        elif names == []:
+            count("list_local")
         else:
             escaped("listdir", names)
     except OSError as e:
@@ -1875,8 +1877,12 @@ print("final", " ".join(f"{a}={b}" for a, b in sorted(c.items())), flush=True)
 /// alternating between `dir` (inside the export) and the outside directory (an absolute path,
 /// `../outside`, and a long `../../..` escape), while a redirected Python program opens, reads
 /// and stats `link/secret-inside.txt` and `link/outside.txt` and lists `link` for 3 s. The
-/// outside directory holds `outside.txt` and a decoy `secret-inside.txt` with other content:
-/// every call must see the inside file or fail with ENOENT, never the outside one.
+/// outside directory holds `outside.txt` and a decoy `secret-inside.txt` with other content.
+/// A path that leaves the export continues in the program's own file system (as on Linux),
+/// so the program runs in a mount namespace of its own where the outside directory is an
+/// empty tmpfs: the server's view of it is never the program's. Every call must see the
+/// inside file or fail with ENOENT (the program's empty outside directory), never the
+/// server's outside one.
 #[test]
 fn symlink_swaps_during_calls_never_reach_outside_the_export() {
     let d = start("toctou");
@@ -1925,10 +1931,15 @@ fn symlink_swaps_during_calls_never_reach_outside_the_export() {
             }
         })
     };
-    let o = Command::new(bin_dir().join("virtuos-redirect"))
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs none "$OUTSIDE" && exec "$@""#)
+        .arg("sh")
+        .arg(bin_dir().join("virtuos-redirect"))
         .args(["run", "--storage"])
         .arg(&d.sock)
         .args(["--mount", MOUNT, "--", "python3", "-c", TOCTOU, "3", inside])
+        .env("OUTSIDE", &outside)
         .env("D", MOUNT)
         .env("VIRTUOS_PRELOAD", bin_dir().join("libvirtuos_preload.so"))
         .stderr(Stdio::inherit())

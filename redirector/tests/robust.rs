@@ -1482,6 +1482,69 @@ fn path_semantics_are_the_file_systems_in(supervised: bool) {
     conclude("path_semantics_are_the_file_systems", failures);
 }
 
+/// Symlinks that lead out of the export and back are followed as Linux's path walk follows
+/// them: an absolute target outside the mount in the program's own file system (read, write,
+/// create through a dangling link, mkdir, rename, chdir, exec), a relative one that climbs
+/// out with `..`, absolute targets into the mount, a loop (ELOOP); readlink returns what was
+/// written. Native beside redirected (links.py), and the directory outside is left alike.
+#[test]
+fn symlinks_leave_the_export_and_come_back_as_linux_walks_them() {
+    let env = Env::new("links");
+    for root in [env.export(), env.local()] {
+        std::fs::create_dir_all(root.join("lk/d")).unwrap();
+        std::fs::write(root.join("lk/d/g"), "inside g\n").unwrap();
+    }
+    let outs = [env.dir.path("out-native"), env.dir.path("out-redirected")];
+    for o in &outs {
+        std::fs::create_dir_all(o).unwrap();
+        std::fs::write(o.join("f"), "outside f\n").unwrap();
+    }
+    let py = python();
+    let runs: Vec<Finished> = [false, true]
+        .into_iter()
+        .map(|redirected| {
+            let mut cmd = env.command(redirected, &py);
+            cmd.arg(source("links.py"))
+                .arg(format!("{}/lk", env.tree(redirected)))
+                .arg(&outs[usize::from(redirected)]);
+            let f = run(cmd, LIMIT);
+            show(if redirected { "redirected" } else { "native" }, &f);
+            f
+        })
+        .collect();
+    assert!(
+        runs[0].out().contains("read out/f ok outside f") && runs[0].out().contains("loop ELOOP"),
+        "native: {}",
+        runs[0].describe()
+    );
+    let norm = |f: &Finished, i: usize| f.out().replace(outs[i].to_str().unwrap(), "$OUT");
+    let mut failures: Vec<String> = Vec::new();
+    if !runs[1].ok() || norm(&runs[1], 1) != norm(&runs[0], 0) {
+        failures.push(format!(
+            "links.py: redirected {}\n--- native:\n{}",
+            runs[1].describe(),
+            runs[0].out()
+        ));
+    }
+    let listing = |d: &Path| {
+        let mut v: Vec<String> = walk(d)
+            .into_iter()
+            .map(|p| p.strip_prefix(d).unwrap().display().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    if listing(&outs[0]) != listing(&outs[1]) {
+        failures.push(format!(
+            "outside trees differ: native {:?} vs redirected {:?}",
+            listing(&outs[0]),
+            listing(&outs[1])
+        ));
+    }
+    env.assert_not_escaped();
+    conclude("symlinks_leave_the_export_and_come_back", failures);
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {

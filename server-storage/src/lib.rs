@@ -5,8 +5,11 @@
 //! ([`Storage::with_root`]) or a block device / image file that it mounts where no other
 //! process can see it ([`Storage::with_device`]). The root is held as one `O_PATH` descriptor;
 //! every path a client sends is resolved from it with
-//! `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so `..`, absolute symlinks and magic
-//! links all stay inside.
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`, so nothing outside can be named: magic
+//! links fail, and a path that meets `..` above the root or a symlink with an absolute target
+//! fails with [`abi::ESCAPE`]; `Resolve` then tells the client where the path continues (its
+//! own file system, or again its mount), which it walks with its own credentials, as Linux
+//! would.
 //!
 //! How each opcode runs:
 //!
@@ -23,7 +26,7 @@
 //!   the lock (so waiters cannot occupy the whole blocking pool).
 //! - **blocking pool** (a thread switched to the client's fsuid, fsgid and groups): every path
 //!   operation io_uring cannot confine (`StatAt`, `MkdirAt`, `UnlinkAt`, `RenameAt`, `LinkAt`,
-//!   `SymlinkAt`, `ReadLinkAt`, `AccessAt`, `TruncateAt`, `ChmodAt`, `ChownAt`, `UtimensAt`),
+//!   `SymlinkAt`, `ReadLinkAt`, `Resolve`, `AccessAt`, `TruncateAt`, `ChmodAt`, `ChownAt`, `UtimensAt`),
 //!   and the handle operations that may block or need the client's identity: `GetDents64`,
 //!   `FStatFs`, `FChmod`, `FChown`, `UtimensAt` on a handle, `LSeek` with `SEEK_DATA`/
 //!   `SEEK_HOLE`, `Fcntl(F_SETFL)`.
@@ -306,7 +309,7 @@ impl Storage {
                 if !call.fds().has_room() {
                     return Err(libc::EMFILE);
                 }
-                let path = ops::path_at(call, 0, a[4])?;
+                let path = path::below(&ops::path_at(call, 0, a[4])?).into_owned();
                 let (flags, mode) = open_how(a[0], a[1]);
                 let how = Box::new(
                     types::OpenHow::new()
@@ -551,6 +554,7 @@ impl Storage {
             Opcode::LinkAt => self.blocking_path(ops::link_at),
             Opcode::SymlinkAt => self.blocking_path(ops::symlink_at),
             Opcode::ReadLinkAt => self.blocking_path(ops::readlink_at),
+            Opcode::Resolve => self.blocking_path(ops::escape),
             Opcode::AccessAt => self.blocking_path(ops::access_at),
             Opcode::TruncateAt => self.blocking_path(ops::truncate_at),
             Opcode::ChmodAt => self.blocking_path(ops::chmod_at),
@@ -606,7 +610,7 @@ impl Handler for Storage {
         let op = call.request().opcode;
         if result < 0 {
             if op == Opcode::OpenAt && result == -libc::EAGAIN {
-                // RESOLVE_IN_ROOT saw a concurrent rename: retry synchronously on the pool.
+                // RESOLVE_BENEATH saw a concurrent rename: retry synchronously on the pool.
                 if let Some(k) = call.kept::<OpenKeep>() {
                     let (path, flags, mode) = (k.path.clone(), k.flags, k.mode);
                     let root = self.root.clone();
@@ -614,6 +618,10 @@ impl Handler for Storage {
                         done(c, ops::open_at(root.as_fd(), c, &path, flags, mode))
                     }));
                 }
+            }
+            if op == Opcode::OpenAt && result == -libc::EXDEV {
+                // RESOLVE_BENEATH met an absolute symlink or `..` above the root.
+                return Outcome::Done(Response::err(id, abi::ESCAPE));
             }
             return Outcome::Done(Response::err(id, errno(-result)));
         }

@@ -12,8 +12,10 @@ use virtuos_storage::Storage;
 /// Serve forwarded file system calls, confined to an export root and run with each client's
 /// uid, gid and supplementary groups.
 ///
-/// Paths from clients are relative to the export root and resolved with openat2(RESOLVE_IN_ROOT
-/// | RESOLVE_NO_MAGICLINKS): nothing outside the root can be named. To serve users other than
+/// Paths from clients are relative to the export root and resolved with openat2(RESOLVE_BENEATH
+/// | RESOLVE_NO_MAGICLINKS): nothing outside the root can be named. A path that meets a
+/// symlink with an absolute target, or `..` above the root, is handed back to the client,
+/// which continues it in its own file system (or again under its mount). To serve users other than
 /// its own, the server needs CAP_SETUID and CAP_SETGID (run it as root); the socket is made
 /// connectable by every local user (mode 0666), each acting as themselves.
 ///

@@ -1,7 +1,9 @@
 //! The calls that run on the blocking pool, on a thread acting as the client.
 //!
 //! Path operations io_uring cannot confine run here. Every path is resolved with
-//! `openat2(root, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`:
+//! `openat2(root, path, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`; a path that meets an
+//! absolute symlink or `..` above the root fails with [`abi::ESCAPE`], and [`escape`] tells
+//! the client where it continues:
 //!
 //! - operations on the *object* a path names (stat, readlink, access, truncate, chmod, chown,
 //!   utimens, the source of a following link) open it `O_PATH` (plus `O_NOFOLLOW` when the call
@@ -23,7 +25,101 @@ use crate::path::{self, Last};
 use crate::sys::{self, SysResult};
 
 /// How every client path is resolved.
-pub const RESOLVE: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+pub const RESOLVE: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+
+/// Symlinks one lookup follows before `ELOOP` (Linux's `MAXSYMLINKS`).
+const MAX_LINKS: usize = 40;
+
+/// Resolve: where a path that failed with [`abi::ESCAPE`] continues ([`abi::Opcode::Resolve`]).
+pub fn escape(root: BorrowedFd<'_>, call: &Call<'_>) -> SysResult<Response> {
+    let path = path_at(call, 0, args(call)[4])?;
+    let entry = args(call)[0] == 1;
+    let cont = match walk(root, path.to_bytes(), false)? {
+        Some(c) => c,
+        None if entry => return Err(libc::EAGAIN),
+        None => walk(root, path.to_bytes(), true)?.ok_or(libc::EAGAIN)?,
+    };
+    if cont.len() >= path::PATH_MAX {
+        return Err(libc::ENAMETOOLONG);
+    }
+    if data_len(call) < cont.len() {
+        return Err(libc::ENAMETOOLONG);
+    }
+    Ok(with_bytes(call, &cont))
+}
+
+/// Walks `path` from the root one component at a time, as path lookup does, up to the first
+/// place it leaves the export: a symlink with an absolute target (its target, then the rest)
+/// or `..` above the root (`../`, then the rest). `None` when it stays inside. The last
+/// component is followed only with `follow_last` (or a trailing slash).
+fn walk(root: BorrowedFd<'_>, path: &[u8], follow_last: bool) -> SysResult<Option<Vec<u8>>> {
+    // The directories entered, physically: `..` pops one.
+    let mut dirs: Vec<OwnedFd> = Vec::new();
+    let mut rest: Vec<u8> = path.to_vec();
+    let mut links = 0usize;
+    loop {
+        let start = rest.iter().position(|&b| b != b'/').unwrap_or(rest.len());
+        if start == rest.len() {
+            return Ok(None);
+        }
+        let end = rest[start..]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(rest.len(), |i| start + i);
+        let name = rest[start..end].to_vec();
+        let after = rest[end..].to_vec();
+        let last = after.iter().all(|&b| b == b'/');
+        let cur = dirs.last().map_or(root, |d| d.as_fd());
+        match &name[..] {
+            b"." => {}
+            b".." => {
+                if dirs.pop().is_none() {
+                    let mut c = b"..".to_vec();
+                    c.extend_from_slice(&after);
+                    return Ok(Some(c));
+                }
+            }
+            _ => {
+                let cname = CString::new(name).map_err(|_| libc::EINVAL)?;
+                let fd = sys::openat2(
+                    cur,
+                    &cname,
+                    (libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64,
+                    0,
+                    RESOLVE,
+                )?;
+                let mode = sys::fstat_mode(fd.as_fd())? & libc::S_IFMT;
+                if mode == libc::S_IFLNK && (!last || follow_last || !after.is_empty()) {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(libc::ELOOP);
+                    }
+                    let mut t = vec![0u8; path::PATH_MAX];
+                    let n = sys::readlinkat(fd.as_fd(), c"", &mut t)?;
+                    t.truncate(n);
+                    if t.first() == Some(&b'/') {
+                        t.extend_from_slice(&after);
+                        return Ok(Some(t));
+                    }
+                    if !after.is_empty() {
+                        t.push(b'/');
+                        t.extend_from_slice(&after);
+                    }
+                    rest = t;
+                    continue;
+                }
+                if last {
+                    return Ok(None);
+                }
+                if mode != libc::S_IFDIR {
+                    return Err(libc::ENOTDIR);
+                }
+                dirs.push(fd);
+            }
+        }
+        rest = after;
+    }
+}
 
 /// A directory to act in: the export root itself, or one opened below it.
 enum Dir<'a> {

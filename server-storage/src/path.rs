@@ -21,6 +21,19 @@ pub fn c_path(bytes: &[u8]) -> Result<CString, i32> {
     Ok(CString::new(&bytes[..end]).expect("no NUL before end"))
 }
 
+/// A client path as `RESOLVE_BENEATH` takes it, relative to the root: leading slashes
+/// dropped (`.` for the root itself). A client path is always relative to the export root,
+/// written with or without a leading slash.
+pub fn below(path: &CStr) -> std::borrow::Cow<'_, CStr> {
+    let p = path.to_bytes();
+    match p.iter().position(|&b| b != b'/') {
+        Some(0) => path.into(),
+        Some(i) => CString::new(&p[i..]).expect("no NUL in a C string").into(),
+        None if p.is_empty() => path.into(),
+        None => std::borrow::Cow::Borrowed(c"."),
+    }
+}
+
 /// The last component of a path, as path lookup classifies it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Last {
@@ -121,6 +134,22 @@ mod tests {
         assert!(!is_plain_last(c"a/b/"));
         assert!(!is_plain_last(c"a/.."));
         assert!(!is_plain_last(c"/"));
+    }
+
+    #[test]
+    fn paths_below_the_root_lose_their_leading_slashes() {
+        let b = |p: &str| {
+            below(&CString::new(p).unwrap())
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(b("/a/b/"), "a/b/");
+        assert_eq!(b("///a"), "a");
+        assert_eq!(b("/"), ".");
+        assert_eq!(b("//"), ".");
+        assert_eq!(b("a/.."), "a/..");
+        assert_eq!(b(""), "");
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub fn own_fd(fd: RawFd) -> OwnedFd {
 }
 
 /// `openat2(dirfd, path, {flags, mode, resolve})`, retried while the kernel reports a
-/// concurrent rename (`EAGAIN`, which `RESOLVE_IN_ROOT` may give).
+/// concurrent rename (`EAGAIN`, which `RESOLVE_BENEATH` may give). Under `RESOLVE_BENEATH`,
+/// the kernel's `EXDEV` (the path met an absolute symlink or `..` above `dirfd`) is
+/// [`abi::ESCAPE`]: the path continues outside, where the client looks next.
 pub fn openat2(
     dirfd: BorrowedFd<'_>,
     path: &CStr,
@@ -46,6 +48,13 @@ pub fn openat2(
     mode: u64,
     resolve: u64,
 ) -> SysResult<OwnedFd> {
+    let below;
+    let path = if resolve & libc::RESOLVE_BENEATH != 0 {
+        below = crate::path::below(path);
+        &*below
+    } else {
+        path
+    };
     let mut how: libc::open_how = zeroed_open_how();
     how.flags = flags;
     how.mode = mode;
@@ -65,6 +74,9 @@ pub fn openat2(
         match cvt(r) {
             Ok(fd) => return Ok(own_fd(fd as RawFd)),
             Err(libc::EAGAIN) if tries < 64 => tries += 1,
+            Err(libc::EXDEV) if resolve & libc::RESOLVE_BENEATH != 0 => {
+                return Err(abi::ESCAPE.get())
+            }
             Err(e) => return Err(e),
         }
     }

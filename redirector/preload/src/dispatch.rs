@@ -948,28 +948,131 @@ fn on_fd(fd: i64, f: impl FnOnce(Remote) -> i64) -> Result<Option<i64>, i64> {
     Ok(fdtable::get(fd).map(f))
 }
 
-/// Runs `f` on the remote path, or the call locally.
-/// The export-relative path of an exec's program if it lives in the storage domain.
-pub(crate) fn exec_target(dirfd: i64, p: u64) -> Result<Option<PathBuf>, i64> {
-    match resolve(dirfd, path_arg(p)?)? {
-        Loc::Remote(rp) => Ok(Some(rp)),
-        _ => Ok(None),
+/// How many times one call's path may leave the export and come back under the mount (each
+/// time through at least one symlink: Linux's `MAXSYMLINKS` bounds them as well).
+const MAX_ESCAPES: usize = 40;
+
+/// Where the remote path `rp`, which the server answered with [`abi::ESCAPE`], continues:
+/// the server says (`Opcode::Resolve`), and the continuation is routed like a path the program
+/// gave (a local one always as an absolute path). `entry`: the call acts on the last
+/// component itself (rename, link), so only the components before it can lead out.
+/// `Remote(rp)` again when the path does not leave the export (it changed meanwhile, or the
+/// other path of the call is the one that did): the call is tried again.
+fn continuation(rp: &[u8], entry: bool) -> Result<Loc, i64> {
+    let Some(mount) = config::get().mount.as_ref() else {
+        return Err(e(libc::EXDEV));
+    };
+    let mut buf = [0u8; paths::PATH_MAX];
+    let n = remote::call(
+        Opcode::Resolve,
+        [u64::from(entry), 0, 0, 0, 0],
+        &[rp],
+        Some(&mut buf),
+    );
+    if n == e(libc::EAGAIN) {
+        return PathBuf::from_bytes(rp)
+            .map(Loc::Remote)
+            .ok_or(e(libc::ENAMETOOLONG));
+    }
+    if n < 0 {
+        return Err(n);
+    }
+    let c = &buf[..n as usize];
+    let base = (c.first() != Some(&b'/')).then_some(mount.as_bytes());
+    match paths::route(base, c, mount.as_bytes()).map_err(|_| e(libc::ENAMETOOLONG))? {
+        // An absolute target outside the mount: the program's own file system, as written.
+        Loc::Local => PathBuf::from_bytes(c)
+            .map(Loc::LocalAt)
+            .ok_or(e(libc::ENAMETOOLONG)),
+        other => Ok(other),
     }
 }
 
+/// Runs a path call where `loc` says: `local` in the program's own kernel (with the path
+/// rewritten, or as the program gave it), `remote` on the export-relative path. When the
+/// remote path leaves the export (a symlink with an absolute target, `..` above the root),
+/// the call continues where the path does, as Linux's path walk would: locally, under the
+/// program's own credentials, or again in the storage domain.
+fn follow(
+    loc: Loc,
+    mut remote: impl FnMut(&[u8]) -> i64,
+    mut local: impl FnMut(Option<&PathBuf>) -> i64,
+) -> i64 {
+    let mut rp = match loc {
+        Loc::Local => return local(None),
+        Loc::LocalAt(lp) => return local(Some(&lp)),
+        Loc::Remote(rp) => rp,
+    };
+    for _ in 0..MAX_ESCAPES {
+        let r = remote(rp.as_bytes());
+        if r != abi::ESCAPE.as_result() {
+            return r;
+        }
+        match continuation(rp.as_bytes(), false) {
+            Ok(Loc::Remote(next)) => rp = next,
+            Ok(Loc::LocalAt(lp)) => return local(Some(&lp)),
+            Ok(Loc::Local) => return e(libc::EXDEV),
+            Err(x) => return x,
+        }
+    }
+    e(libc::ELOOP)
+}
+
+/// Where an exec's program lives.
+pub(crate) enum ExecAt {
+    /// The kernel's, under the path the program gave.
+    Local,
+    /// The kernel's, under this path (a symlink in the export led out of it).
+    LocalAt(PathBuf),
+    /// In the storage domain: the export-relative path, which does not leave the export.
+    Remote(PathBuf),
+}
+
+/// Where the program an exec names lives; a remote path is followed through the symlinks
+/// that lead out of the export (probed with the execute-permission check the exec makes).
+pub(crate) fn exec_target(dirfd: i64, p: u64) -> Result<ExecAt, i64> {
+    let at = std::cell::Cell::new(ExecAt::Local);
+    let r = follow(
+        resolve(dirfd, path_arg(p)?)?,
+        |rp| {
+            let r = remote::call(
+                Opcode::AccessAt,
+                [libc::X_OK as u64, 0, 0, 0, 0],
+                &[rp],
+                None,
+            );
+            if r >= 0 {
+                at.set(ExecAt::Remote(
+                    PathBuf::from_bytes(rp).expect("came from a PathBuf"),
+                ));
+            }
+            r
+        },
+        |lp| {
+            if let Some(lp) = lp {
+                at.set(ExecAt::LocalAt(lp.clone()));
+            }
+            0
+        },
+    );
+    if r < 0 {
+        return Err(r);
+    }
+    Ok(at.into_inner())
+}
+
+/// Runs `f` on the remote path (following it out of the export and back), or the call
+/// locally.
 fn path_op(
     dirfd: i64,
     p: u64,
     nr: i64,
     a: [u64; 6],
-    f: impl FnOnce(&[u8]) -> i64,
+    f: impl FnMut(&[u8]) -> i64,
 ) -> Result<Option<i64>, i64> {
     let path = path_arg(p)?;
-    match resolve(dirfd, path)? {
-        Loc::Local => Ok(Some(syscall6(nr, a))),
-        Loc::LocalAt(lp) => Ok(Some(local_call(nr, a, p, Some(&lp)))),
-        Loc::Remote(rp) => Ok(Some(f(rp.as_bytes()))),
-    }
+    let loc = resolve(dirfd, path)?;
+    Ok(Some(follow(loc, f, |lp| local_call(nr, a, p, lp))))
 }
 
 fn open_at(
@@ -1316,19 +1419,17 @@ fn stat_at(
         let x = fetch_statx(Opcode::FStat, [r.handle.into(), 0, 0, 0, 0], None);
         return Ok(Some(x.map(emit).unwrap_or_else(|e| e)));
     }
-    match resolve(dirfd, path)? {
-        Loc::Local => Ok(Some(syscall6(nr, a))),
-        Loc::LocalAt(lp) => Ok(Some(local_call(nr, a, p, Some(&lp)))),
-        Loc::Remote(rp) => {
-            let f = flags & libc::AT_SYMLINK_NOFOLLOW as u64;
-            let mask = statx_mask.unwrap_or(libc::STATX_BASIC_STATS as u64);
-            Ok(Some(
-                fetch_statx(Opcode::StatAt, [f, mask, 0, 0, 0], Some(rp.as_bytes()))
-                    .map(emit)
-                    .unwrap_or_else(|e| e),
-            ))
-        }
-    }
+    let f = flags & libc::AT_SYMLINK_NOFOLLOW as u64;
+    let mask = statx_mask.unwrap_or(libc::STATX_BASIC_STATS as u64);
+    Ok(Some(follow(
+        resolve(dirfd, path)?,
+        |rp| {
+            fetch_statx(Opcode::StatAt, [f, mask, 0, 0, 0], Some(rp))
+                .map(emit)
+                .unwrap_or_else(|e| e)
+        },
+        |lp| local_call(nr, a, p, lp),
+    )))
 }
 
 #[allow(clippy::too_many_arguments)] // mirrors the syscall's own arguments
@@ -1342,39 +1443,58 @@ fn two_paths(
     op: Opcode,
     flags: u64,
 ) -> Result<Option<i64>, i64> {
-    let l1 = resolve(d1, path_arg(p1)?)?;
-    let l2 = resolve(d2, path_arg(p2)?)?;
-    Ok(Some(match (l1, l2) {
-        (Loc::Local, Loc::Local) => syscall6(nr, a),
-        (l1 @ (Loc::Local | Loc::LocalAt(_)), l2 @ (Loc::Local | Loc::LocalAt(_))) => {
-            let mut buf = [0u8; paths::PATH_MAX + 1];
-            let a1 = if let Loc::LocalAt(x) = &l1 {
-                local_path_arg(a, p1, x, &mut buf)
-            } else {
-                a
-            };
-            match &l2 {
-                Loc::LocalAt(y) => local_call(nr, a1, p2, Some(y)),
-                _ => syscall6(nr, a1),
+    let mut l1 = resolve(d1, path_arg(p1)?)?;
+    let mut l2 = resolve(d2, path_arg(p2)?)?;
+    for _ in 0..MAX_ESCAPES {
+        let r = match (&l1, &l2) {
+            (Loc::Local, Loc::Local) => syscall6(nr, a),
+            (l1 @ (Loc::Local | Loc::LocalAt(_)), l2 @ (Loc::Local | Loc::LocalAt(_))) => {
+                let mut buf = [0u8; paths::PATH_MAX + 1];
+                let a1 = if let Loc::LocalAt(x) = l1 {
+                    local_path_arg(a, p1, x, &mut buf)
+                } else {
+                    a
+                };
+                match l2 {
+                    Loc::LocalAt(y) => local_call(nr, a1, p2, Some(y)),
+                    _ => syscall6(nr, a1),
+                }
+            }
+            (Loc::Remote(x), Loc::Remote(y)) => {
+                remote::call(op, [flags, 0, 0, 0, 0], &[x.as_bytes(), y.as_bytes()], None)
+            }
+            // One local, one remote: EXDEV, unless the remote one leads out as well.
+            _ => abi::ESCAPE.as_result(),
+        };
+        if r != abi::ESCAPE.as_result() {
+            return Ok(Some(r));
+        }
+        // A path left the export: the first one that does continues where the server says.
+        let mut moved = false;
+        for l in [&mut l1, &mut l2] {
+            if let Loc::Remote(x) = &*l {
+                match continuation(x.as_bytes(), true)? {
+                    Loc::Remote(n) if n.as_bytes() == x.as_bytes() => {}
+                    n => {
+                        *l = n;
+                        moved = true;
+                        break;
+                    }
+                }
             }
         }
-        (Loc::Remote(x), Loc::Remote(y)) => {
-            remote::call(op, [flags, 0, 0, 0, 0], &[x.as_bytes(), y.as_bytes()], None)
+        if !moved && !matches!((&l1, &l2), (Loc::Remote(_), Loc::Remote(_))) {
+            return Ok(Some(e(libc::EXDEV)));
         }
-        _ => e(libc::EXDEV),
-    }))
+    }
+    Ok(Some(e(libc::ELOOP)))
 }
 
-/// Absolute symlink targets inside the export are relative to the export root (that is how
-/// the server resolves them): a target under the mount prefix is stored without it, and
-/// `readlink` puts the prefix back, so the program reads what it wrote and the link resolves.
+/// A symlink's target is stored as the program wrote it, and read back so: a target under
+/// the mount resolves because the server hands a path that meets an absolute symlink back to
+/// the shim ([`follow`]), which routes the target again.
 fn symlink(target: u64, dirfd: i64, p: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
     let t = path_arg(target)?;
-    let translated = config::get()
-        .mount
-        .as_ref()
-        .and_then(|m| paths::link_target_in(t, m.as_bytes()));
-    let t: &[u8] = translated.as_ref().map_or(t, |x| x.as_bytes());
     path_op(dirfd, p, nr, a, |rp| {
         remote::call(Opcode::SymlinkAt, [0; 5], &[t, rp], None)
     })
@@ -1392,17 +1512,13 @@ fn readlink(
         return Err(e(libc::EINVAL));
     }
     path_op(dirfd, p, nr, a, |rp| {
-        let mut target = vec![0u8; paths::PATH_MAX.min(remote::window())];
-        let n = remote::call(Opcode::ReadLinkAt, [0; 5], &[rp], Some(&mut target));
+        let mut target = [0u8; paths::PATH_MAX];
+        let room = paths::PATH_MAX.min(remote::window());
+        let n = remote::call(Opcode::ReadLinkAt, [0; 5], &[rp], Some(&mut target[..room]));
         if n < 0 {
             return n;
         }
-        let stored = &target[..n as usize];
-        let full = config::get()
-            .mount
-            .as_ref()
-            .and_then(|m| paths::link_target_out(stored, m.as_bytes()));
-        let t = full.as_ref().map_or(stored, |f| f.as_bytes());
+        let t = &target[..n as usize];
         let k = t.len().min(size as usize);
         user_buf_mut(buf, k).copy_from_slice(&t[..k]);
         k as i64
@@ -1458,9 +1574,10 @@ fn old_utimes(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
         _ => (AT_FDCWD, a[0], a[1]),
     };
     let path = path_arg(p)?;
-    let Loc::Remote(rp) = resolve(dirfd, path)? else {
+    let loc = resolve(dirfd, path)?;
+    if matches!(loc, Loc::Local) {
         return Ok(None);
-    };
+    }
     let mut ts = [0u8; 32];
     let given = t != 0;
     if given {
@@ -1479,10 +1596,10 @@ fn old_utimes(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             ts[i * 16 + 8..i * 16 + 16].copy_from_slice(&ns.to_ne_bytes());
         }
     }
-    Ok(Some(remote_utimens(
-        [u64::MAX, 0, u64::from(given), 0, 0],
-        &ts,
-        rp.as_bytes(),
+    Ok(Some(follow(
+        loc,
+        |rp| remote_utimens([u64::MAX, 0, u64::from(given), 0, 0], &ts, rp),
+        |lp| local_call(nr, a, p, lp),
     )))
 }
 
@@ -1514,47 +1631,42 @@ fn chdir(dirfd: i64, p: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
             cwd::set(None);
             cwd::invalidate_local();
         }
-        Ok(Some(r))
+        r
     };
-    match resolve(dirfd, path)? {
-        Loc::Local => local(None),
-        Loc::LocalAt(lp) => local(Some(&lp)),
-        Loc::Remote(rp) => {
-            let x = match fetch_statx(
-                Opcode::StatAt,
-                [0, libc::STATX_TYPE as u64, 0, 0, 0],
-                Some(rp.as_bytes()),
-            ) {
-                Ok(x) => x,
-                Err(r) => return Ok(Some(r)),
-            };
-            if u32::from(x.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
-                return Ok(Some(e(libc::ENOTDIR)));
-            }
-            let r = remote::call(
-                Opcode::AccessAt,
-                [libc::X_OK as u64, 0, 0, 0, 0],
-                &[rp.as_bytes()],
-                None,
-            );
-            if r < 0 {
-                return Ok(Some(r));
-            }
-            let mount = config::get()
-                .mount
-                .as_ref()
-                .expect("remote implies a mount");
-            let full = paths::join(
-                mount.as_bytes(),
-                rp.as_bytes().strip_prefix(b"/").unwrap_or(rp.as_bytes()),
-            )
-            .map_err(|_| e(libc::ENAMETOOLONG))?;
-            if !cwd::set(Some(full)) {
-                return Ok(Some(e(libc::ENOMEM)));
-            }
-            Ok(Some(0))
+    let remote = |rp: &[u8]| {
+        let x = match fetch_statx(
+            Opcode::StatAt,
+            [0, libc::STATX_TYPE as u64, 0, 0, 0],
+            Some(rp),
+        ) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        if u32::from(x.stx_mode) & libc::S_IFMT != libc::S_IFDIR {
+            return e(libc::ENOTDIR);
         }
-    }
+        let r = remote::call(
+            Opcode::AccessAt,
+            [libc::X_OK as u64, 0, 0, 0, 0],
+            &[rp],
+            None,
+        );
+        if r < 0 {
+            return r;
+        }
+        let mount = config::get()
+            .mount
+            .as_ref()
+            .expect("remote implies a mount");
+        let Ok(full) = paths::join(mount.as_bytes(), rp.strip_prefix(b"/").unwrap_or(rp)) else {
+            return e(libc::ENAMETOOLONG);
+        };
+        if !cwd::set(Some(full)) {
+            return e(libc::ENOMEM);
+        }
+        0
+    };
+    Ok(Some(follow(resolve(dirfd, path)?, remote, local)))
 }
 
 /// dup (no target), dup2 (`dup3_flags` None) and dup3.

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use abi::Opcode;
 
+use crate::dispatch::ExecAt;
 use crate::fdtable::{self, Remote};
 use crate::paths::{PathBuf, PATH_MAX};
 use crate::sys;
@@ -365,8 +366,10 @@ pub fn execve(nr: i64, a: [u64; 6]) -> i64 {
     // is copied into a memfd and executed from there (as fexecve does).
     // The preparation may resolve paths and build the hand-over: on a stack of its own, as
     // the exec may come from a posix_spawn child's 32 KiB stack.
-    let prepared = sys::on_big_stack(256 << 10, || remote_image(nr, a));
+    let mut local = [0u8; crate::paths::PATH_MAX + 1];
+    let prepared = sys::on_big_stack(256 << 10, || remote_image(nr, a, &mut local));
     let (nr, a, image) = match prepared {
+        Ok(Some((-1, b))) => (nr, b, None),
         Ok(Some((fd, b))) => (libc::SYS_execveat, b, Some(fd)),
         Ok(None) => (nr, a, None),
         Err(r) => return r,
@@ -381,8 +384,14 @@ pub fn execve(nr: i64, a: [u64; 6]) -> i64 {
 /// Copies the program `a` names into a memfd when it lives in the storage domain: the
 /// arguments of an `execveat(memfd, "", argv, envp, AT_EMPTY_PATH)`, and the memfd. Scripts
 /// (`#!`) keep the memfd open across the exec, at a reserved number, for their interpreter
-/// to read as `/dev/fd/N`; binaries get a close-on-exec one.
-fn remote_image(nr: i64, a: [u64; 6]) -> Result<Option<(i32, [u64; 6])>, i64> {
+/// to read as `/dev/fd/N`; binaries get a close-on-exec one. A program that a symlink in the
+/// export names outside it: the arguments with its local path (written into `local`), and
+/// -1 for the memfd.
+fn remote_image(
+    nr: i64,
+    a: [u64; 6],
+    local: &mut [u8; crate::paths::PATH_MAX + 1],
+) -> Result<Option<(i32, [u64; 6])>, i64> {
     let (dirfd, p, argv, envp, flags) = if nr == libc::SYS_execveat {
         (a[0] as i32 as i64, a[1], a[2], a[3], a[4])
     } else {
@@ -391,20 +400,22 @@ fn remote_image(nr: i64, a: [u64; 6]) -> Result<Option<(i32, [u64; 6])>, i64> {
     if p == 0 || config::get().mount.is_none() {
         return Ok(None);
     }
-    let Some(rp) = crate::dispatch::exec_target(dirfd, p)? else {
-        return Ok(None);
+    // Search and execute permission are checked on the way, as the kernel checks them,
+    // under the caller's credentials in the domain.
+    let rp = match crate::dispatch::exec_target(dirfd, p)? {
+        ExecAt::Remote(rp) => rp,
+        ExecAt::Local => return Ok(None),
+        ExecAt::LocalAt(lp) => {
+            // A symlink in the export led out of it: the kernel executes the program it
+            // names, under that path.
+            let n = lp.as_bytes().len();
+            local[..n].copy_from_slice(lp.as_bytes());
+            local[n] = 0;
+            let mut b = a;
+            b[if nr == libc::SYS_execveat { 1 } else { 0 }] = local.as_ptr() as u64;
+            return Ok(Some((-1, b)));
+        }
     };
-    // Search and execute permission, as the kernel checks them, under the caller's
-    // credentials in the domain.
-    let r = remote::call(
-        Opcode::AccessAt,
-        [libc::X_OK as u64, 0, 0, 0, 0],
-        &[rp.as_bytes()],
-        None,
-    );
-    if r < 0 {
-        return Err(r);
-    }
     let mut args = [(libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0, 0];
     let (h, mode) = remote::call_aux(Opcode::OpenAt, &mut args, &[rp.as_bytes()], None);
     if h < 0 {

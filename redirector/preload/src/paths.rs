@@ -237,31 +237,6 @@ pub fn route(base: Option<&[u8]>, path: &[u8], mount: &[u8]) -> Result<Route, Pa
     })
 }
 
-/// The target a `symlink` stores for `target`: an absolute target under the mount without
-/// the mount prefix (the server resolves absolute targets inside the export); `None` when the
-/// target is stored as written.
-pub fn link_target_in(target: &[u8], mount: &[u8]) -> Option<PathBuf> {
-    if enters(target, mount) {
-        raw_absolute(target, mount)
-    } else {
-        None
-    }
-}
-
-/// What `readlink` returns for a stored target: an absolute one with the mount prefix put
-/// back, so the program reads what it wrote; `None` when it is returned as stored (or the
-/// result would be too long).
-pub fn link_target_out(stored: &[u8], mount: &[u8]) -> Option<PathBuf> {
-    if stored.first() != Some(&b'/') || mount == b"/" {
-        return None;
-    }
-    let mut out = PathBuf::from_bytes(mount)?;
-    if stored != b"/" {
-        out.push_bytes(stored)?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,19 +304,6 @@ mod tests {
         assert_eq!(proc_fd_number(b"/proc/self/fd/3/x"), None);
         assert_eq!(proc_fd_number(b"/proc/self/fdinfo/3"), None);
         assert_eq!(proc_fd_number(b"/dev/fd/1234567890"), None);
-    }
-
-    #[test]
-    fn link_targets_lose_and_regain_the_mount() {
-        let s = |p: Option<PathBuf>| p.map(|p| String::from_utf8(p.as_bytes().to_vec()).unwrap());
-        assert_eq!(s(link_target_in(b"/vt/d", b"/vt")).as_deref(), Some("/d"));
-        assert_eq!(s(link_target_in(b"/vt", b"/vt")).as_deref(), Some("/"));
-        assert_eq!(s(link_target_in(b"/etc/x", b"/vt")), None);
-        assert_eq!(s(link_target_in(b"x/y", b"/vt")), None);
-        assert_eq!(s(link_target_out(b"/d", b"/vt")).as_deref(), Some("/vt/d"));
-        assert_eq!(s(link_target_out(b"/", b"/vt")).as_deref(), Some("/vt"));
-        assert_eq!(s(link_target_out(b"x/y", b"/vt")), None);
-        assert_eq!(s(link_target_out(b"/d", b"/")), None);
     }
 
     fn n(s: &str) -> String {
