@@ -629,7 +629,7 @@ impl Supervisor {
         if n < 0 {
             return Err(-n as i32);
         }
-        let c = &buf[..n as usize];
+        let c = &buf[..(n as usize).min(buf.len())];
         let base = (c.first() != Some(&b'/')).then_some(self.mount.as_bytes());
         match paths::route(base, c, self.mount.as_bytes()).map_err(|_| libc::ENAMETOOLONG)? {
             paths::Route::Remote(next) => Ok(next.as_bytes().to_vec()),
@@ -2011,7 +2011,7 @@ impl Supervisor {
                 if k < 0 {
                     return Answer::Val(k);
                 }
-                let t = &out[..k as usize];
+                let t = &out[..(k as usize).min(out.len())];
                 let k = t.len().min(size as usize);
                 if !self.write_mem(pid, buf, &t[..k]) {
                     return Answer::Val(-(libc::EFAULT as i64));

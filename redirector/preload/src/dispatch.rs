@@ -977,7 +977,8 @@ fn continuation(rp: &[u8], entry: bool) -> Result<Loc, i64> {
     if n < 0 {
         return Err(n);
     }
-    let c = &buf[..n as usize];
+    // A server's length is not trusted beyond the buffer.
+    let c = &buf[..(n as usize).min(buf.len())];
     let base = (c.first() != Some(&b'/')).then_some(mount.as_bytes());
     match paths::route(base, c, mount.as_bytes()).map_err(|_| e(libc::ENAMETOOLONG))? {
         // An absolute target outside the mount: the program's own file system, as written.
@@ -1518,7 +1519,7 @@ fn readlink(
         if n < 0 {
             return n;
         }
-        let t = &target[..n as usize];
+        let t = &target[..(n as usize).min(room)];
         let k = t.len().min(size as usize);
         user_buf_mut(buf, k).copy_from_slice(&t[..k]);
         k as i64
