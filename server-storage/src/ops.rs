@@ -101,10 +101,8 @@ fn walk(root: BorrowedFd<'_>, path: &[u8], follow_last: bool) -> SysResult<Optio
                         t.extend_from_slice(&after);
                         return Ok(Some(t));
                     }
-                    if !after.is_empty() {
-                        t.push(b'/');
-                        t.extend_from_slice(&after);
-                    }
+                    // `after` is empty or starts with its slash.
+                    t.extend_from_slice(&after);
                     rest = t;
                     continue;
                 }

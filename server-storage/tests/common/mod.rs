@@ -283,6 +283,13 @@ impl Client {
         r.into_result().map(|_| String::from_utf8(b).unwrap())
     }
 
+    /// Where a path that failed with `ESCAPE` continues (`entry`: the last component is not
+    /// followed).
+    pub fn resolve(&self, path: &str, entry: bool) -> R<String> {
+        let (r, b) = self.path_op(Opcode::Resolve, [u64::from(entry), 0, 0, 0, 0], path, 4096);
+        r.into_result().map(|_| String::from_utf8(b).unwrap())
+    }
+
     pub fn access(&self, path: &str, mode: i32, flags: i32) -> R<u64> {
         self.path_op(
             Opcode::AccessAt,
