@@ -630,8 +630,7 @@ impl Supervisor {
             return Err(-n as i32);
         }
         let c = &buf[..(n as usize).min(buf.len())];
-        let base = (c.first() != Some(&b'/')).then_some(self.mount.as_bytes());
-        match paths::route(base, c, self.mount.as_bytes()).map_err(|_| libc::ENAMETOOLONG)? {
+        match paths::route_continuation(c, self.mount.as_bytes()).map_err(|_| libc::ENAMETOOLONG)? {
             paths::Route::Remote(next) => Ok(next.as_bytes().to_vec()),
             _ => Err(libc::EXDEV),
         }

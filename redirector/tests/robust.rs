@@ -1342,13 +1342,24 @@ print("child in /tmp from d:", out.stdout.decode().strip(), "parent still in d:"
 /// Runs `tests/robust/SCRIPT` with python natively on the local copy and redirected on the
 /// mount, each given `TREE/SUB`: [native, redirected].
 fn python_both_ways(env: &Env, script: &str, sub: &str) -> Vec<Finished> {
+    python_both_ways_with(env, script, sub, |_| Vec::new())
+}
+
+/// As [`python_both_ways`], with `extra(redirected)` appended to the script's arguments.
+fn python_both_ways_with(
+    env: &Env,
+    script: &str,
+    sub: &str,
+    extra: impl Fn(bool) -> Vec<PathBuf>,
+) -> Vec<Finished> {
     let py = python();
     [false, true]
         .into_iter()
         .map(|redirected| {
             let mut cmd = env.command(redirected, &py);
             cmd.arg(source(script))
-                .arg(format!("{}/{sub}", env.tree(redirected)));
+                .arg(format!("{}/{sub}", env.tree(redirected)))
+                .args(extra(redirected));
             let f = run(cmd, LIMIT);
             show(if redirected { "redirected" } else { "native" }, &f);
             f
@@ -1499,19 +1510,9 @@ fn symlinks_leave_the_export_and_come_back_as_linux_walks_them() {
         std::fs::create_dir_all(o).unwrap();
         std::fs::write(o.join("f"), "outside f\n").unwrap();
     }
-    let py = python();
-    let runs: Vec<Finished> = [false, true]
-        .into_iter()
-        .map(|redirected| {
-            let mut cmd = env.command(redirected, &py);
-            cmd.arg(source("links.py"))
-                .arg(format!("{}/lk", env.tree(redirected)))
-                .arg(&outs[usize::from(redirected)]);
-            let f = run(cmd, LIMIT);
-            show(if redirected { "redirected" } else { "native" }, &f);
-            f
-        })
-        .collect();
+    let runs = python_both_ways_with(&env, "links.py", "lk", |redirected| {
+        vec![outs[usize::from(redirected)].clone()]
+    });
     assert!(
         runs[0].out().contains("read out/f ok outside f") && runs[0].out().contains("loop ELOOP"),
         "native: {}",

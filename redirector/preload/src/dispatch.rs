@@ -979,14 +979,7 @@ fn continuation(rp: &[u8], entry: bool) -> Result<Loc, i64> {
     }
     // A server's length is not trusted beyond the buffer.
     let c = &buf[..(n as usize).min(buf.len())];
-    let base = (c.first() != Some(&b'/')).then_some(mount.as_bytes());
-    match paths::route(base, c, mount.as_bytes()).map_err(|_| e(libc::ENAMETOOLONG))? {
-        // An absolute target outside the mount: the program's own file system, as written.
-        Loc::Local => PathBuf::from_bytes(c)
-            .map(Loc::LocalAt)
-            .ok_or(e(libc::ENAMETOOLONG)),
-        other => Ok(other),
-    }
+    paths::route_continuation(c, mount.as_bytes()).map_err(|_| e(libc::ENAMETOOLONG))
 }
 
 /// Runs a path call where `loc` says: `local` in the program's own kernel (with the path

@@ -237,6 +237,18 @@ pub fn route(base: Option<&[u8]>, path: &[u8], mount: &[u8]) -> Result<Route, Pa
     })
 }
 
+/// Routes `cont`, where the storage domain says a path that left the export continues
+/// (`Opcode::Resolve`): an absolute path in the program's name space, or one relative to the
+/// mount point (`../rest`). A continuation outside the mount is always `LocalAt` (absolute,
+/// as the server gave it). The shim and the supervised mode both route continuations so.
+pub fn route_continuation(cont: &[u8], mount: &[u8]) -> Result<Route, PathError> {
+    let base = (cont.first() != Some(&b'/')).then_some(mount);
+    Ok(match route(base, cont, mount)? {
+        Route::Local => Route::LocalAt(PathBuf::from_bytes(cont).ok_or(PathError::TooLong)?),
+        other => other,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +316,19 @@ mod tests {
         assert_eq!(proc_fd_number(b"/proc/self/fd/3/x"), None);
         assert_eq!(proc_fd_number(b"/proc/self/fdinfo/3"), None);
         assert_eq!(proc_fd_number(b"/dev/fd/1234567890"), None);
+    }
+
+    #[test]
+    fn continuations_route_under_the_mount_or_locally() {
+        let r = |c: &str| match route_continuation(c.as_bytes(), b"/vt").unwrap() {
+            Route::Local => "local".to_owned(),
+            Route::LocalAt(p) => format!("local {}", String::from_utf8_lossy(p.as_bytes())),
+            Route::Remote(p) => format!("remote {}", String::from_utf8_lossy(p.as_bytes())),
+        };
+        assert_eq!(r("/vt/d/x"), "remote /d/x");
+        assert_eq!(r("/etc/passwd"), "local /etc/passwd");
+        assert_eq!(r("../tmp/x/"), "local /tmp/x");
+        assert_eq!(r("../vt/d"), "remote /d");
     }
 
     fn n(s: &str) -> String {
