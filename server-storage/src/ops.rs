@@ -34,10 +34,12 @@ const MAX_LINKS: usize = 40;
 pub fn escape(root: BorrowedFd<'_>, call: &Call<'_>) -> SysResult<Response> {
     let path = path_at(call, 0, args(call)[4])?;
     let entry = args(call)[0] == 1;
-    let cont = match walk(root, path.to_bytes(), false)? {
+    // The blocking pool runs this as the client: its fsuid is the follower's.
+    let follower = service::creds::current_fsuid();
+    let cont = match walk(root, path.to_bytes(), false, follower)? {
         Some(c) => c,
         None if entry => return Err(libc::EAGAIN),
-        None => walk(root, path.to_bytes(), true)?.ok_or(libc::EAGAIN)?,
+        None => walk(root, path.to_bytes(), true, follower)?.ok_or(libc::EAGAIN)?,
     };
     if cont.len() >= path::PATH_MAX {
         return Err(libc::ENAMETOOLONG);
@@ -51,8 +53,17 @@ pub fn escape(root: BorrowedFd<'_>, call: &Call<'_>) -> SysResult<Response> {
 /// Walks `path` from the root one component at a time, as path lookup does, up to the first
 /// place it leaves the export: a symlink with an absolute target (its target, then the rest)
 /// or `..` above the root (`../`, then the rest). `None` when it stays inside. The last
-/// component is followed only with `follow_last` (or a trailing slash).
-fn walk(root: BorrowedFd<'_>, path: &[u8], follow_last: bool) -> SysResult<Option<Vec<u8>>> {
+/// component is followed only with `follow_last` (or a trailing slash). A link that is the
+/// last component (with or without a trailing slash) is followed only where Linux's
+/// `fs.protected_symlinks` lets `follower` (an fsuid) follow it ([`may_follow`]), as the
+/// kernel checks trailing links only: it checked when the call first met the link, and this
+/// walk reads the links again, so a link swapped in between must meet the same rule.
+fn walk(
+    root: BorrowedFd<'_>,
+    path: &[u8],
+    follow_last: bool,
+    follower: u32,
+) -> SysResult<Option<Vec<u8>>> {
     // The directories entered, physically: `..` pops one.
     let mut dirs: Vec<OwnedFd> = Vec::new();
     let mut rest: Vec<u8> = path.to_vec();
@@ -88,11 +99,19 @@ fn walk(root: BorrowedFd<'_>, path: &[u8], follow_last: bool) -> SysResult<Optio
                     0,
                     RESOLVE,
                 )?;
-                let mode = sys::fstat_mode(fd.as_fd())? & libc::S_IFMT;
+                let (mode, owner) = sys::fstat_mode_owner(fd.as_fd())?;
+                let mode = mode & libc::S_IFMT;
                 if mode == libc::S_IFLNK && (!last || follow_last || !after.is_empty()) {
                     links += 1;
                     if links > MAX_LINKS {
                         return Err(libc::ELOOP);
+                    }
+                    let (dir_mode, dir_owner) = sys::fstat_mode_owner(cur)?;
+                    if last
+                        && sys::protected_symlinks()
+                        && !may_follow(follower, owner, dir_mode, dir_owner)
+                    {
+                        return Err(libc::EACCES);
                     }
                     let mut t = vec![0u8; path::PATH_MAX];
                     let n = sys::readlinkat(fd.as_fd(), c"", &mut t)?;
@@ -117,6 +136,13 @@ fn walk(root: BorrowedFd<'_>, path: &[u8], follow_last: bool) -> SysResult<Optio
         }
         rest = after;
     }
+}
+
+/// Linux's `may_follow_link` under `fs.protected_symlinks`: a link in a sticky, world-writable
+/// directory is followed only by its owner, or when the directory's owner owns it too.
+fn may_follow(follower: u32, link_owner: u32, dir_mode: u32, dir_owner: u32) -> bool {
+    let guarded = libc::S_ISVTX | libc::S_IWOTH;
+    link_owner == follower || dir_mode & guarded != guarded || dir_owner == link_owner
 }
 
 /// A directory to act in: the export root itself, or one opened below it.
@@ -793,4 +819,24 @@ fn xattr(
         });
     }
     Ok(ok(call, r as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_follow;
+
+    #[test]
+    fn protected_symlinks_follow_linux_may_follow_link() {
+        let sticky_world = 0o41777;
+        // The owner follows its own link anywhere.
+        assert!(may_follow(1000, 1000, sticky_world, 0));
+        // Another user's link in a sticky world-writable directory: refused, even for root.
+        assert!(!may_follow(0, 1000, sticky_world, 0));
+        assert!(!may_follow(1001, 1000, sticky_world, 0));
+        // ...unless the directory's owner owns the link.
+        assert!(may_follow(1001, 1000, sticky_world, 1000));
+        // Sticky but not world-writable, or world-writable but not sticky: followed.
+        assert!(may_follow(0, 1000, 0o41775, 0));
+        assert!(may_follow(0, 1000, 0o40777, 0));
+    }
 }

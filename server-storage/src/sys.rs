@@ -130,6 +130,28 @@ pub fn fstat_mode(fd: BorrowedFd<'_>) -> SysResult<u32> {
     Ok(u32::from(u16::from_ne_bytes([b[28], b[29]])))
 }
 
+/// The type and permission bits (`st_mode`) and the owner of the file `fd` names.
+pub fn fstat_mode_owner(fd: BorrowedFd<'_>) -> SysResult<(u32, u32)> {
+    let mut buf = StatxBuf::default();
+    statx(
+        fd,
+        c"",
+        libc::AT_EMPTY_PATH,
+        libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_UID,
+        &mut buf,
+    )?;
+    // stx_uid is the u32 at byte offset 20, stx_mode the u16 at 28.
+    let b = zerocopy::IntoBytes::as_bytes(&buf);
+    let uid = u32::from_ne_bytes([b[20], b[21], b[22], b[23]]);
+    Ok((u32::from(u16::from_ne_bytes([b[28], b[29]])), uid))
+}
+
+/// Whether Linux's `fs.protected_symlinks` is on now (on when unreadable, the safe side). Read
+/// at each use, as the kernel reads it: only a path that left the export comes here.
+pub fn protected_symlinks() -> bool {
+    std::fs::read("/proc/sys/fs/protected_symlinks").map_or(true, |s| s.first() != Some(&b'0'))
+}
+
 /// Size of `struct statfs`.
 pub const STATFS_SIZE: usize = 120;
 const _: () = assert!(std::mem::size_of::<libc::statfs>() == STATFS_SIZE);

@@ -385,6 +385,61 @@ fn nothing_escapes_the_root() {
             assert_eq!(c.mkdir(&format!("{p}/x"), 0o755), Err(esc), "{p}");
             assert_eq!(c.resolve(p, false), Ok(cont), "{p}");
         }
+        // fs.protected_symlinks: in a sticky, world-writable directory a link owned by
+        // another user (neither the follower nor the directory's owner) is not followed, as
+        // the kernel refuses it natively (EACCES), even by root. Resolve reads the link
+        // itself, so it must apply the same rule (a link swapped in after the call).
+        // The sysctl is switched on for the case when it is off (Debian's default under
+        // systemd is on) and put back after it.
+        const SYSCTL: &str = "/proc/sys/fs/protected_symlinks";
+        struct Restore(String);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let _ = std::fs::write(SYSCTL, self.0.trim());
+            }
+        }
+        let _restore = Restore(std::fs::read_to_string(SYSCTL).unwrap_or_default());
+        if is_root() && std::fs::write(SYSCTL, "1").is_ok() {
+            use std::os::unix::fs::PermissionsExt;
+            let sticky = root.join("sticky");
+            std::fs::create_dir(&sticky).unwrap();
+            std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+            std::os::unix::fs::symlink("/etc", sticky.join("theirs")).unwrap();
+            std::os::unix::fs::lchown(sticky.join("theirs"), Some(65534), Some(65534)).unwrap();
+            std::os::unix::fs::symlink("/etc", sticky.join("ours")).unwrap();
+            // The kernel applies the rule to a trailing link only (with or without a
+            // trailing slash): natively, `theirs` is refused and `theirs/passwd` is walked.
+            let native = std::fs::metadata(sticky.join("theirs")).unwrap_err();
+            assert_eq!(
+                native.raw_os_error(),
+                Some(libc::EACCES),
+                "the kernel's own rule"
+            );
+            assert!(std::fs::metadata(sticky.join("theirs/passwd")).is_ok());
+            std::os::unix::fs::symlink("theirs", sticky.join("ours-to-theirs")).unwrap();
+            for p in ["sticky/theirs", "sticky/theirs/", "sticky/ours-to-theirs"] {
+                assert_eq!(c.resolve(p, false), Err(Errno::EACCES), "{p}");
+                assert_eq!(c.stat(p), Err(Errno::EACCES), "{p}");
+            }
+            assert_eq!(
+                c.resolve("sticky/theirs/passwd", false).as_deref(),
+                Ok("/etc/passwd"),
+                "not the last component"
+            );
+            assert_eq!(c.resolve("sticky/ours", false).as_deref(), Ok("/etc"));
+            // The same link in a directory that is not world-writable is followed.
+            std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1755)).unwrap();
+            assert_eq!(c.resolve("sticky/theirs", false).as_deref(), Ok("/etc"));
+            std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+            std::fs::write(SYSCTL, "0").unwrap();
+            assert_eq!(
+                c.resolve("sticky/theirs", false).as_deref(),
+                Ok("/etc"),
+                "with the rule off"
+            );
+        } else {
+            eprintln!("note: protected_symlinks case skipped (needs root to set the sysctl)");
+        }
         // The entry form follows no last component: a link that is the last component of
         // a rename does not lead out.
         assert_eq!(c.resolve("abs", true), Err(Errno::EAGAIN));

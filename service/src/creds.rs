@@ -210,7 +210,8 @@ fn set_fsgid(gid: u32) -> io::Result<()> {
     }
 }
 
-fn current_fsuid() -> u32 {
+/// This thread's fsuid (the identity its file system calls are checked as).
+pub fn current_fsuid() -> u32 {
     // SAFETY: -1 is never a valid uid: the call changes nothing and returns the current fsuid.
     unsafe { libc::syscall(libc::SYS_setfsuid, -1 as libc::c_long) as u32 }
 }

@@ -232,9 +232,29 @@ pub fn route(base: Option<&[u8]>, path: &[u8], mount: &[u8]) -> Result<Route, Pa
         ),
         // `..` led out of the mount: the kernel cannot walk the remote part, so it gets the
         // folded path instead.
-        None if entered => Route::LocalAt(full),
+        None if entered => Route::LocalAt(keep_last(full, path)?),
         None => Route::Local,
     })
+}
+
+/// `folded` (a normalised path, the fold of `path`) with what folding took off `path`'s end
+/// and the kernel still needs: a trailing `/` (the object must be a directory) or a final `.`
+/// (rmdir and rename refuse it). A final `..` is a directory already.
+fn keep_last(mut folded: PathBuf, path: &[u8]) -> Result<PathBuf, PathError> {
+    let tail: &[u8] = if path.ends_with(b"/") || path.ends_with(b"/..") || path == b".." {
+        b"/"
+    } else if path.ends_with(b"/.") || path == b"." {
+        b"/."
+    } else {
+        return Ok(folded);
+    };
+    let tail = if folded.as_bytes() == b"/" {
+        &tail[1..]
+    } else {
+        tail
+    };
+    folded.push_bytes(tail).ok_or(PathError::TooLong)?;
+    Ok(folded)
 }
 
 /// Routes `cont`, where the storage domain says a path that left the export continues
@@ -302,6 +322,16 @@ mod tests {
             "local /etc/passwd"
         );
         assert_eq!(route_str(None, "/vt/../etc", "/vt"), "local /etc");
+        // ...keeping what the kernel still needs of its end: ENOTDIR for a file with a
+        // trailing slash, EINVAL for rmdir of `.`.
+        assert_eq!(
+            route_str(None, "/vt/../etc/passwd/", "/vt"),
+            "local /etc/passwd/"
+        );
+        assert_eq!(
+            route_str(Some("/vt"), "../tmp/d/.", "/vt"),
+            "local /tmp/d/."
+        );
         // Through the mount and back in: folded, still remote.
         assert_eq!(route_str(None, "/vt/a/../../vt/b", "/vt"), "remote /b");
         assert_eq!(route_str(None, "/etc/passwd", "/vt"), "local");
@@ -327,7 +357,12 @@ mod tests {
         };
         assert_eq!(r("/vt/d/x"), "remote /d/x");
         assert_eq!(r("/etc/passwd"), "local /etc/passwd");
-        assert_eq!(r("../tmp/x/"), "local /tmp/x");
+        assert_eq!(r("../tmp/x/"), "local /tmp/x/");
+        assert_eq!(r("../tmp/x/."), "local /tmp/x/.");
+        assert_eq!(r("../tmp/x/.."), "local /tmp/");
+        assert_eq!(r("../tmp/x"), "local /tmp/x");
+        assert_eq!(r("../"), "local /");
+        assert_eq!(r("../."), "local /.");
         assert_eq!(r("../vt/d"), "remote /d");
     }
 
