@@ -1439,6 +1439,25 @@ fn extended_attributes_as_native_in(supervised: bool) {
 }
 
 #[test]
+fn a_close_that_returned_released_the_files_locks() {
+    // Closes of read-only files are posted without waiting for the answer (#17); a lock
+    // taken through a descriptor must be free for another process once close returned.
+    let env = Env::new("close-release");
+    for root in [env.export(), env.local()] {
+        std::fs::create_dir_all(root.join("cr")).unwrap();
+    }
+    let runs = python_both_ways(&env, "close_release.py", "cr");
+    assert!(
+        runs[0].out().contains("flock after close: refused 0 of"),
+        "native baseline: {}",
+        runs[0].out()
+    );
+    if let Err(e) = compare(&env, "close_release.py", &runs[1], &runs[0]) {
+        panic!("{e}");
+    }
+}
+
+#[test]
 fn path_semantics_are_the_file_systems() {
     path_semantics_are_the_file_systems_in(false);
 }

@@ -309,18 +309,8 @@ fn would_block(r: Remote, flags: u64, want: u32) -> bool {
 }
 
 /// Sends a call that needs no answer (nothing in the window), without waiting.
-fn post(op: Opcode, mut args: [u64; 5]) -> i64 {
-    with_lease(op, &mut args, |_, lease, a| {
-        lease
-            .post(Request {
-                opcode: op as u16,
-                args: *a,
-                ..Request::default()
-            })
-            .map(|_| 0)
-            .map_err(|err| -i64::from(err.errno().get()))
-    })
-    .unwrap_or_else(|err| err)
+fn post(op: Opcode, args: [u64; 5]) -> i64 {
+    NET.post(op, args)
 }
 
 /// Closes a socket handle in the domain without waiting (Linux's close of a socket does not

@@ -544,6 +544,9 @@ impl Domain {
             return (e, 0);
         }
         self.routed.fetch_add(1, Ordering::Relaxed);
+        if !self.net {
+            may_lock(op, args);
+        }
         if !self.net && !matches!(op, Opcode::FStat | Opcode::OpenAt) {
             // Anything else may change a file this thread opened: its stat is re-asked.
             open_stat::clear();
@@ -563,6 +566,30 @@ impl Domain {
         self.died_under(live, r);
         self.adopt_result(live, op, r);
         (self.tag_result(live, op, r), aux)
+    }
+
+    /// Sends a call that needs no answer (nothing in the window) without waiting for it
+    /// ([`Lease::post`]): its answer is skipped by the channel's next call. A session that
+    /// died took the handle with it (EIO).
+    pub fn post(&'static self, op: Opcode, mut args: [u64; 5]) -> i64 {
+        let _pin = Pin::new(self);
+        let Some(live) = self.session(Some(op)) else {
+            return EIO;
+        };
+        if let Err(e) = self.check_handle(live, op, &mut args) {
+            return e;
+        }
+        self.routed.fetch_add(1, Ordering::Relaxed);
+        let mut lease = live.s.lease();
+        let r = lease
+            .post(Request {
+                opcode: op as u16,
+                args,
+                ..Request::default()
+            })
+            .map_or_else(|err| -i64::from(err.errno().get()), |()| 0);
+        self.died_under(live, r);
+        r
     }
 
     /// A call that failed because its session died under it: the next connection attempt
@@ -769,10 +796,56 @@ pub fn renumber_fd(old: i32, new: i32) -> bool {
     STORAGE.renumber_fd(old, new) || NET.renumber_fd(old, new)
 }
 
+/// Storage handles whose close may be posted without waiting (by raw handle): opened
+/// read-only by this process and never locked (`flock`, record locks, leases: a close
+/// releases them, and another process must find them released once `close` returned). A
+/// read-only file's close reports no write-back error, so nothing a program could act on is
+/// lost. Unset (the safe answer) for handles this image did not open itself.
+static CLOSE_POSTED: [AtomicBool; fdtable::MAX_HANDLES] =
+    [const { AtomicBool::new(false) }; fdtable::MAX_HANDLES];
+
+/// Records whether the storage handle `tagged`, just opened with `flags`, may be closed by a
+/// post ([`CLOSE_POSTED`]).
+pub fn opened(tagged: u32, flags: u64) {
+    if let Some(x) = CLOSE_POSTED.get(fdtable::raw(tagged) as usize) {
+        x.store(
+            flags & libc::O_ACCMODE as u64 == libc::O_RDONLY as u64,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// A storage call that may leave something a close releases (a lock, a lease): the handle's
+/// close waits for its answer again.
+fn may_lock(op: Opcode, args: &[u64; 5]) {
+    let locks = match op {
+        Opcode::Flock => true,
+        Opcode::Fcntl => !matches!(args[1] as i32, libc::F_GETFL | libc::F_SETFL),
+        _ => false,
+    };
+    if locks {
+        if let Some(x) = u32::try_from(args[0])
+            .ok()
+            .and_then(|h| CLOSE_POSTED.get(fdtable::raw(h) as usize))
+        {
+            x.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Closes the remote handle of `r` in its domain (its last placeholder went away).
 pub fn close_handle(r: fdtable::Remote) -> i64 {
     if r.net {
         return crate::net::close_handle(r);
+    }
+    let posted = CLOSE_POSTED
+        .get(fdtable::raw(r.handle) as usize)
+        .is_some_and(|x| x.swap(false, Ordering::Relaxed));
+    if posted {
+        return match STORAGE.post(Opcode::Close, [u64::from(r.handle), 0, 0, 0, 0]) {
+            EIO => 0,
+            rc => rc,
+        };
     }
     STORAGE
         .call_aux(
