@@ -68,6 +68,11 @@ enum Command {
     /// the redirected modes need virtuos-storage, virtuos-redirect and libvirtuos_preload.so
     /// next to this binary. Modes whose service domain is not available are reported as
     /// skipped, never estimated.
+    ///
+    /// Then the cost model (--cost-model, as root): per mode one more stack with nginx and each
+    /// server in cgroups of their own under the project's eBPF telemetry, for system calls per
+    /// request of each beside CPU µs per request (its req/s, with the tracepoints on, stand
+    /// apart from the throughput figures).
     Nginx(nginx::NginxArgs),
     /// One Markdown page from the JSON files of `latency` and `nginx`, plots linked.
     Report(report::ReportArgs),
@@ -349,6 +354,23 @@ mod tests {
         assert!(args.quick);
         assert_eq!(args.workers, 2);
         assert_eq!(args.keepalive, nginx::KeepAlive::Off);
+        assert_eq!(args.cost_model, nginx::CostModelSetting::Auto);
+        assert_eq!(args.cost_model_cells, nginx::CostModelCells::One);
+        let cli = Cli::try_parse_from([
+            "virtuos-bench",
+            "nginx",
+            "--cost-model",
+            "off",
+            "--cost-model-cells",
+            "all",
+        ])
+        .unwrap();
+        let Command::Nginx(args) = cli.command else {
+            panic!("not nginx");
+        };
+        assert_eq!(args.cost_model, nginx::CostModelSetting::Off);
+        assert_eq!(args.cost_model_cells, nginx::CostModelCells::All);
+        assert!(Cli::try_parse_from(["virtuos-bench", "nginx", "--cost-model", "x"]).is_err());
         assert!(Cli::try_parse_from(["virtuos-bench", "nginx", "--workers", "0"]).is_err());
         assert!(Cli::try_parse_from(["virtuos-bench", "nginx", "--keepalive", "x"]).is_err());
         assert!(Cli::try_parse_from(["virtuos-bench", "report"]).is_err());

@@ -465,6 +465,10 @@ fn nginx_section(md: &mut String, v: &Value, plot: Option<&Path>, out_dir: &Path
         }
     }
 
+    if let Some(cm) = v.get("cost_model").filter(|c| !c.is_null()) {
+        cost_model_section(md, cm);
+    }
+
     let failed: Vec<&Value> = v
         .get("samples")
         .and_then(Value::as_array)
@@ -500,6 +504,129 @@ fn nginx_section(md: &mut String, v: &Value, plot: Option<&Path>, out_dir: &Path
         }
     }
     let _ = writeln!(md);
+}
+
+/// The nginx JSON's `cost_model`: system calls and CPU time per request per process group,
+/// counted with the eBPF telemetry (nothing when it was off).
+fn cost_model_section(md: &mut String, cm: &Value) {
+    match s(cm, "status") {
+        "ran" => {}
+        "skipped" => {
+            let _ = writeln!(
+                md,
+                "\n### Cost model\n\nSkipped: {}.",
+                s(cm, "reason").trim_end_matches('.')
+            );
+            return;
+        }
+        _ => return,
+    }
+    let _ = writeln!(
+        md,
+        "\n### Cost model (system calls per request, the project's eBPF telemetry)\n"
+    );
+    let _ = writeln!(
+        md,
+        "Requests/s here are with the raw tracepoints on, which cost time on every system call: \
+         they are not comparable with the figures above.\n"
+    );
+    let _ = writeln!(md, "| mode | size | keep-alive | req/s (telemetry on) | nginx syscalls/req | net server syscalls/req | storage server syscalls/req | all processes syscalls/req | routed calls/req (storage, net) | CPU µs/req nginx / storage / net |");
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let rows: Vec<&Value> = cm
+        .get("rows")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    let fmt = |x: Option<f64>, d: usize| x.map_or("-".to_owned(), |x| format!("{x:.d$}"));
+    for r in &rows {
+        let group = |g: &str| {
+            r.get("processes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|p| s(p, "group") == g)
+        };
+        let sc = |g: &str| fmt(group(g).and_then(|p| f(p, "syscalls_per_request")), 2);
+        let cpu = |g: &str| fmt(group(g).and_then(|p| f(p, "cpu_us_per_request")), 1);
+        let routed = |d: &str| {
+            fmt(
+                r.get("routed")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find(|x| s(x, "domain") == d)
+                    .and_then(|x| f(x, "per_request")),
+                2,
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {}, {} | {} / {} / {} |",
+            s(r, "mode"),
+            s(r, "size"),
+            on_off(&r["keepalive"]),
+            fmt(f(r, "requests_per_s_telemetry_on"), 0),
+            sc("app"),
+            sc("net"),
+            sc("storage"),
+            fmt(f(r, "all_syscalls_per_request"), 2),
+            routed("virtuos-storage"),
+            routed("virtuos-net"),
+            cpu("app"),
+            cpu("storage"),
+            cpu("net"),
+        );
+    }
+    let _ = writeln!(md, "\nLargest system calls per request:\n");
+    for r in &rows {
+        let head = format!(
+            "{} {} keep-alive {}",
+            s(r, "mode"),
+            s(r, "size"),
+            on_off(&r["keepalive"])
+        );
+        if let Some(e) = r.get("error").and_then(Value::as_str) {
+            let _ = writeln!(md, "- {head}: failed: {e}");
+        }
+        for p in r
+            .get("processes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let top: Vec<String> = p
+                .get("top_syscalls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|x| format!("`{}` {}", s(x, "name"), fmt(f(x, "per_request"), 2)))
+                .collect();
+            let _ = writeln!(
+                md,
+                "- {head}, {}: {}",
+                s(p, "process"),
+                if top.is_empty() {
+                    "no system call".to_owned()
+                } else {
+                    top.join(", ")
+                }
+            );
+        }
+    }
+    let method: Vec<&str> = cm
+        .get("method")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !method.is_empty() {
+        let _ = writeln!(md, "\nMethod:\n");
+        for m in method {
+            let _ = writeln!(md, "- {m}");
+        }
+    }
 }
 
 /// Builds the page.
@@ -601,7 +728,17 @@ mod tests {
                "comparisons":[{"kind":"equal_app_workers","mode":"storage","baseline":"native","size":"16k",
                                "keepalive":true,"rps_ratio":0.5,"p99_ratio":2.0,"rps_ratio_per_rep":null}],
                "stacks":[{"mode":"storage","rep":0,"shim":{"processes":2,"routed":100,"trapped":0}}],
-               "samples":[],"notes":["wrk shares cores"],"plot":null}"#,
+               "samples":[],"notes":["wrk shares cores"],"plot":null,
+               "cost_model":{"setting":"auto","status":"ran","reason":null,"method":["raw tracepoints"],
+                 "rows":[{"mode":"storage","size":"16k","keepalive":true,"error":null,"requests":1000,
+                          "requests_per_s_telemetry_on":500.0,"all_syscalls_per_request":5.5,
+                          "routed_calls_per_request":3.0,
+                          "processes":[{"group":"app","process":"nginx","syscalls_per_request":3.0,
+                                        "cpu_us_per_request":20.0,
+                                        "top_syscalls":[{"name":"writev","nr":20,"calls":1000,"per_request":1.0}]},
+                                       {"group":"storage","process":"virtuos-storage","syscalls_per_request":2.5,
+                                        "cpu_us_per_request":10.0,"top_syscalls":[]}],
+                          "routed":[{"domain":"virtuos-storage","calls":3000,"per_request":3.0}]}]}}"#,
         )
         .unwrap();
         fs::write(dir.join("nginx.svg"), "<svg/>").unwrap();
@@ -629,5 +766,34 @@ mod tests {
         assert!(md.contains("**not measured**"), "{md}");
         assert!(md.contains("| storage | 2 | 100 | 0 |"), "{md}");
         assert!(md.contains("**wrk shares cores**"), "{md}");
+        assert!(
+            md.contains(
+                "| storage | 16k | on | 500 | 3.00 | - | 2.50 | 5.50 | 3.00, - | 20.0 / 10.0 / - |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("- storage 16k keep-alive on, nginx: `writev` 1.00"),
+            "{md}"
+        );
+        assert!(md.contains("virtuos-storage: no system call"), "{md}");
+        assert!(md.contains("- raw tracepoints"), "{md}");
+    }
+
+    #[test]
+    fn cost_model_skipped_is_one_line() {
+        let mut md = String::new();
+        let cm: Value = serde_json::from_str(
+            r#"{"status":"skipped","reason":"not root: run virtuos-bench as root (sudo)"}"#,
+        )
+        .unwrap();
+        cost_model_section(&mut md, &cm);
+        assert!(
+            md.contains("Skipped: not root: run virtuos-bench as root (sudo)."),
+            "{md}"
+        );
+        let mut md = String::new();
+        cost_model_section(&mut md, &serde_json::json!({"status": "off"}));
+        assert!(md.is_empty());
     }
 }

@@ -68,6 +68,32 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the CPU affinity of thread `tid` (a thread id, or a process id for its main thread) to
+/// `cpus`.
+pub fn set_thread_affinity(tid: u32, cpus: &[usize]) -> io::Result<()> {
+    let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(0);
+    let tid = libc::pid_t::try_from(tid)
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if cpus.is_empty() || cpus.iter().any(|&c| c >= max) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu_set_t is a plain bit array; all zeroes is the valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: every `cpu < CPU_SETSIZE` was checked above, so the bit lies inside the set.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of exactly the size passed; a positive tid names one
+    // thread.
+    let rc = unsafe { libc::sched_setaffinity(tid, size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Pins the calling thread to `cpu` if it is `Some`, logging (not failing) on error.
 pub fn maybe_pin(cpu: Option<usize>) {
     if let Some(cpu) = cpu {
@@ -406,6 +432,12 @@ fn field_to_string(field: &[libc::c_char]) -> String {
 }
 
 // ----- processes ------------------------------------------------------------------------------
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of /proc/<pid>/stat CPU times.
 pub fn clock_ticks_per_s() -> u64 {

@@ -6,7 +6,12 @@
 //! stack first proves it serves every file byte for byte, warms up, and then measures every
 //! size × keep-alive cell with wrk at a fixed number of connections, recording the CPU time of
 //! nginx's processes and of each server over each run.
+//!
+//! Then, as a separate phase (module `cost`), the cost model: one more fresh stack per mode
+//! with nginx and each server in cgroups of their own under the project's eBPF telemetry, for
+//! system calls per request beside CPU time per request.
 
+mod cost;
 mod modes;
 mod plot;
 mod scaling;
@@ -27,6 +32,7 @@ use crate::cpus::{self, Placement};
 use crate::machine::MachineInfo;
 use crate::wrk::{self, WrkRun};
 use crate::{http, sha256, sys};
+pub use cost::{CostModelCells, CostModelSetting};
 use modes::{Domains, Mode};
 use stack::{Nginx, NginxConf, NginxLaunch, Server, ShimCounts};
 use summary::{Cell, Comparison, Sample};
@@ -116,6 +122,21 @@ pub struct NginxArgs {
     /// full JSON goes beside it as FILE.wK.json; --plot gets req/s against cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=256))]
     pub scale: Option<u64>,
+    /// Cost model after the throughput runs: system calls per request of nginx and of each
+    /// server, counted by the project's eBPF telemetry (`virtuos-redirect attach` on cgroups
+    /// made for nginx and each server under the cgroup2 root), beside CPU µs per request, one
+    /// fresh stack and one wrk run per mode. Needs root, cgroup2 and the eBPF object
+    /// (scripts/build-ebpf.sh). auto: run it when it can, else print why and go on; on: the
+    /// command fails when it cannot run or a run fails; off: skip it. With --scale, only `on`
+    /// runs it (for every worker count). Its tracepoints slow every system call, so its req/s
+    /// are reported apart and are not comparable with the throughput figures.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = CostModelSetting::Auto)]
+    pub cost_model: CostModelSetting,
+    /// Cells the cost model measures: one (16k keep-alive on when measured, else the first
+    /// size and keep-alive setting) or all (every size × keep-alive cell: one wrk run each per
+    /// mode).
+    #[arg(long, value_enum, value_name = "WHICH", default_value_t = CostModelCells::One)]
+    pub cost_model_cells: CostModelCells,
 }
 
 /// A file of the document root.
@@ -215,6 +236,9 @@ struct Report {
     summary: Vec<Cell>,
     comparisons: Vec<Comparison>,
     notes: Vec<String>,
+    /// The cost-model phase: system calls and CPU time per request per process group, with the
+    /// eBPF telemetry on (`status` `ran`, `skipped` with its `reason`, or `off`).
+    cost_model: cost::CostModel,
     /// /proc/loadavg (1, 5, 15 minutes) when the run started and when it ended: other work on
     /// the machine shows here.
     load_average_start: Option<[f64; 3]>,
@@ -422,6 +446,13 @@ pub(crate) fn run_once(args: &NginxArgs) -> Result<(Vec<Mode>, Vec<summary::Cell
             samples.append(&mut s);
         }
     }
+    let cost_model = cost::run(
+        &ctx,
+        &modes,
+        args.cost_model,
+        args.cost_model_cells,
+        stacks.len(),
+    );
 
     let size_names: Vec<String> = ctx.files.iter().map(|f| f.size.clone()).collect();
     let cells = summary::cells(&modes, &size_names, &keepalive, &samples);
@@ -437,6 +468,7 @@ pub(crate) fn run_once(args: &NginxArgs) -> Result<(Vec<Mode>, Vec<summary::Cell
         .collect();
     print_summary(&modes, &cells, &comparisons, &skipped, &stacks, &samples);
     print_headline(&modes, &cells, &size_names, &keepalive);
+    cost::print_table(&cost_model);
     println!(
         "finished in {:.1} s; load average {} at the start, {} at the end",
         started.elapsed().as_secs_f64(),
@@ -456,6 +488,7 @@ pub(crate) fn run_once(args: &NginxArgs) -> Result<(Vec<Mode>, Vec<summary::Cell
         summary: cells.clone(),
         comparisons,
         notes,
+        cost_model: cost_model.clone(),
         load_average_start,
         load_average_end: load_average(),
         plot: args.plot.as_ref().map(|p| p.display().to_string()),
@@ -503,6 +536,9 @@ pub(crate) fn run_once(args: &NginxArgs) -> Result<(Vec<Mode>, Vec<summary::Cell
             s.mode,
             s.error.as_deref().unwrap_or("")
         );
+    }
+    if let Some(why) = cost_model.failure() {
+        bail!("{why}");
     }
     Ok((modes, cells))
 }

@@ -60,6 +60,10 @@ pub fn run(args: &NginxArgs, max_workers: usize) -> Result<()> {
         a.scale = None;
         a.workers = w as u64;
         a.plot = None;
+        // One more stack per mode and worker count: only when asked for.
+        if a.cost_model != super::CostModelSetting::On {
+            a.cost_model = super::CostModelSetting::Off;
+        }
         a.json = args.json.as_deref().map(|p| per_run_json(p, w));
         match run_once(&a) {
             Ok((modes, cells)) => {

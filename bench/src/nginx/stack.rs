@@ -346,6 +346,12 @@ impl Nginx {
             .collect()
     }
 
+    /// Pids of every process of this nginx: the one started (`virtuos-redirect run` execs into
+    /// nginx, so it is the master) and its live descendants (the workers).
+    pub fn pids(&self) -> Vec<u32> {
+        procs::tree_pids(self.child.id())
+    }
+
     /// CPU seconds used by every process of this nginx (the redirector wrapper, master and
     /// workers).
     pub fn cpu_s(&self) -> f64 {
