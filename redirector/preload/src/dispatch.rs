@@ -987,27 +987,93 @@ fn continuation(rp: &[u8], entry: bool) -> Result<Loc, i64> {
 /// remote path leaves the export (a symlink with an absolute target, `..` above the root),
 /// the call continues where the path does, as Linux's path walk would: locally, under the
 /// program's own credentials, or again in the storage domain.
+/// A local call's ENOENT, followed into the mount when the program's own symlinks lead there
+/// (the kernel cannot walk the remote part): `local` is the path the kernel was given,
+/// relative to `dirfd` when not absolute. None leaves the kernel's answer.
+fn local_into_mount(dirfd: i64, local: &[u8], follow_last: bool) -> Option<PathBuf> {
+    let mount = config::get().mount.as_ref()?;
+    let base = if local.first() == Some(&b'/') {
+        PathBuf::default()
+    } else if dirfd == AT_FDCWD {
+        cwd::local()?
+    } else {
+        fd_path(dirfd)?
+    };
+    paths::local_into_mount(
+        base.as_bytes(),
+        local,
+        mount.as_bytes(),
+        follow_last,
+        sys::readlink,
+    )
+}
+
+/// The path of a local directory fd, from its magic link.
+fn fd_path(fd: i64) -> Option<PathBuf> {
+    let mut name = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+    let mut digits = [0u8; 10];
+    let mut n = u32::try_from(fd).ok()?;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let d = &digits[i..];
+    name[14..14 + d.len()].copy_from_slice(d);
+    let mut buf = [0u8; paths::PATH_MAX];
+    let len = sys::readlink(&name[..14 + d.len()], &mut buf).ok()?;
+    (buf.first() == Some(&b'/')).then(|| PathBuf::from_bytes(&buf[..len]))?
+}
+
+/// Runs a path call where `loc` says: `local` in the program's own kernel (with the path
+/// rewritten, or as the program gave it), `remote` on the export-relative path. When the
+/// remote path leaves the export (a symlink with an absolute target, `..` above the root),
+/// the call continues where the path does, as Linux's path walk would: locally, under the
+/// program's own credentials, or again in the storage domain. A local path that the kernel
+/// cannot walk (ENOENT) because one of the program's own symlinks leads into the mount
+/// continues in the storage domain (`origin`: the call's dirfd and path as given).
 fn follow(
+    origin: (i64, &[u8]),
     loc: Loc,
     mut remote: impl FnMut(&[u8]) -> i64,
     mut local: impl FnMut(Option<&PathBuf>) -> i64,
 ) -> i64 {
-    let mut rp = match loc {
-        Loc::Local => return local(None),
-        Loc::LocalAt(lp) => return local(Some(&lp)),
-        Loc::Remote(rp) => rp,
-    };
+    let mut loc = loc;
     for _ in 0..MAX_ESCAPES {
+        let rp = match loc {
+            Loc::Local | Loc::LocalAt(_) => {
+                let lp = match &loc {
+                    Loc::LocalAt(lp) => Some(lp),
+                    _ => None,
+                };
+                let r = local(lp);
+                if r != e(libc::ENOENT) {
+                    return r;
+                }
+                let into = match lp {
+                    Some(lp) => local_into_mount(AT_FDCWD, lp.as_bytes(), true),
+                    None => local_into_mount(origin.0, origin.1, true),
+                };
+                match into {
+                    Some(rp) => rp,
+                    None => return r,
+                }
+            }
+            Loc::Remote(rp) => rp,
+        };
         let r = remote(rp.as_bytes());
         if r != abi::ESCAPE.as_result() {
             return r;
         }
-        match continuation(rp.as_bytes(), false) {
-            Ok(Loc::Remote(next)) => rp = next,
-            Ok(Loc::LocalAt(lp)) => return local(Some(&lp)),
+        loc = match continuation(rp.as_bytes(), false) {
             Ok(Loc::Local) => return e(libc::EXDEV),
+            Ok(next) => next,
             Err(x) => return x,
-        }
+        };
     }
     e(libc::ELOOP)
 }
@@ -1026,8 +1092,10 @@ pub(crate) enum ExecAt {
 /// that lead out of the export (probed with the execute-permission check the exec makes).
 pub(crate) fn exec_target(dirfd: i64, p: u64) -> Result<ExecAt, i64> {
     let at = std::cell::Cell::new(ExecAt::Local);
+    let path = path_arg(p)?;
     let r = follow(
-        resolve(dirfd, path_arg(p)?)?,
+        (dirfd, path),
+        resolve(dirfd, path)?,
         |rp| {
             let r = remote::call(
                 Opcode::AccessAt,
@@ -1066,7 +1134,9 @@ fn path_op(
 ) -> Result<Option<i64>, i64> {
     let path = path_arg(p)?;
     let loc = resolve(dirfd, path)?;
-    Ok(Some(follow(loc, f, |lp| local_call(nr, a, p, lp))))
+    Ok(Some(follow((dirfd, path), loc, f, |lp| {
+        local_call(nr, a, p, lp)
+    })))
 }
 
 fn open_at(
@@ -1417,6 +1487,7 @@ fn stat_at(
     let f = flags & libc::AT_SYMLINK_NOFOLLOW as u64;
     let mask = statx_mask.unwrap_or(libc::STATX_BASIC_STATS as u64);
     Ok(Some(follow(
+        (dirfd, path),
         resolve(dirfd, path)?,
         |rp| {
             fetch_statx(Opcode::StatAt, [f, mask, 0, 0, 0], Some(rp))
@@ -1461,6 +1532,25 @@ fn two_paths(
             // One local, one remote: EXDEV, unless the remote one leads out as well.
             _ => abi::ESCAPE.as_result(),
         };
+        if r == e(libc::ENOENT) {
+            // A local path the kernel could not walk: one of the program's own symlinks may
+            // lead into the mount (see [`follow`]). The last component is the link itself.
+            let mut moved = false;
+            for (l, d, p) in [(&mut l1, d1, p1), (&mut l2, d2, p2)] {
+                let into = match &*l {
+                    Loc::Local => local_into_mount(d, path_arg(p)?, false),
+                    Loc::LocalAt(x) => local_into_mount(AT_FDCWD, x.as_bytes(), false),
+                    Loc::Remote(_) => None,
+                };
+                if let Some(rp) = into {
+                    *l = Loc::Remote(rp);
+                    moved = true;
+                }
+            }
+            if moved {
+                continue;
+            }
+        }
         if r != abi::ESCAPE.as_result() {
             return Ok(Some(r));
         }
@@ -1592,6 +1682,7 @@ fn old_utimes(nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
         }
     }
     Ok(Some(follow(
+        (dirfd, path),
         loc,
         |rp| remote_utimens([u64::MAX, 0, u64::from(given), 0, 0], &ts, rp),
         |lp| local_call(nr, a, p, lp),
@@ -1661,7 +1752,12 @@ fn chdir(dirfd: i64, p: u64, nr: i64, a: [u64; 6]) -> Result<Option<i64>, i64> {
         }
         0
     };
-    Ok(Some(follow(resolve(dirfd, path)?, remote, local)))
+    Ok(Some(follow(
+        (dirfd, path),
+        resolve(dirfd, path)?,
+        remote,
+        local,
+    )))
 }
 
 /// dup (no target), dup2 (`dup3_flags` None) and dup3.

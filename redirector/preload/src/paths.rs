@@ -269,6 +269,107 @@ pub fn route_continuation(cont: &[u8], mount: &[u8]) -> Result<Route, PathError>
     })
 }
 
+/// Most symlinks one local walk follows (Linux's MAXSYMLINKS).
+const MAX_LOCAL_LINKS: usize = 40;
+
+/// Where a local path that the kernel could not walk (ENOENT) continues into the mount
+/// through the program's own symlinks: `/tmp/l/f` with `/tmp/l -> /vt/d` is `/d/f` in the
+/// storage domain, which the kernel cannot see. `base` is the absolute, normalised directory a
+/// relative `path` starts from (ignored for an absolute one); `readlink(path, buf)` reads a
+/// local link (`Err(EINVAL)` for an existing non-link, any other error ends the walk). Every
+/// link is followed, the last component's too: a call that does not follow its last link
+/// never fails with ENOENT on one that exists, so the kernel's ENOENT says the call followed
+/// it. The part after the link that entered the mount is kept as written, for the server to
+/// resolve. None when no link leads into the mount (the kernel's ENOENT stands).
+/// `follow_last` false leaves a final link unread (rename and link act on the link itself).
+pub fn local_into_mount(
+    base: &[u8],
+    path: &[u8],
+    mount: &[u8],
+    follow_last: bool,
+    mut readlink: impl FnMut(&[u8], &mut [u8]) -> Result<usize, i32>,
+) -> Option<PathBuf> {
+    // `resolved`: a normalised absolute path without links; `rest`: what is left to walk.
+    let mut resolved = if path.first() == Some(&b'/') {
+        PathBuf::from_bytes(b"/")?
+    } else {
+        normalize(base).ok()?
+    };
+    let mut rest = PathBuf::from_bytes(path)?;
+    let mut at = 0usize;
+    let mut links = 0usize;
+    let mut target = [0u8; PATH_MAX];
+    loop {
+        let r = rest.as_bytes();
+        while r.get(at) == Some(&b'/') {
+            at += 1;
+        }
+        if at >= r.len() {
+            return None;
+        }
+        let end = r[at..]
+            .iter()
+            .position(|&c| c == b'/')
+            .map_or(r.len(), |i| at + i);
+        let comp = &r[at..end];
+        let after_at = end;
+        at = end;
+        match comp {
+            b"." => continue,
+            b".." => {
+                let keep = resolved
+                    .as_bytes()
+                    .iter()
+                    .rposition(|&c| c == b'/')
+                    .unwrap_or(0);
+                resolved.len = keep.max(1);
+                continue;
+            }
+            _ => {}
+        }
+        let mut cand = resolved.clone();
+        if cand.as_bytes() != b"/" {
+            cand.push_bytes(b"/")?;
+        }
+        cand.push_bytes(comp)?;
+        if let Some(rel) = strip_prefix(cand.as_bytes(), mount) {
+            if links == 0 {
+                return None; // the path itself was under the mount: routed already
+            }
+            let after = &rest.as_bytes()[after_at..];
+            if after.is_empty() {
+                return Some(rel);
+            }
+            if rel.as_bytes() == b"/" {
+                return PathBuf::from_bytes(after);
+            }
+            let mut out = rel;
+            out.push_bytes(after)?;
+            return Some(out);
+        }
+        if !follow_last && after_at == rest.len {
+            return None;
+        }
+        match readlink(cand.as_bytes(), &mut target) {
+            Ok(n) if n > 0 && n <= target.len() => {
+                links += 1;
+                if links > MAX_LOCAL_LINKS {
+                    return None;
+                }
+                let mut next = PathBuf::from_bytes(&target[..n])?;
+                next.push_bytes(&rest.as_bytes()[after_at..])?;
+                if target[0] == b'/' {
+                    resolved = PathBuf::from_bytes(b"/")?;
+                }
+                rest = next;
+                at = 0;
+            }
+            Err(libc::EINVAL) => resolved = cand,
+            _ => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +400,72 @@ mod tests {
         assert_eq!(rb("/", "s/../m").as_deref(), Some("/s/../m"));
         assert_eq!(rb("/x", "../.."), None);
         assert_eq!(rb("/x", "..").as_deref(), Some("/x/.."));
+    }
+
+    /// A local tree of links and directories for [`local_into_mount`].
+    fn walk(base: &str, path: &str, links: &[(&str, &str)], dirs: &[&str]) -> Option<String> {
+        local_into_mount(base.as_bytes(), path.as_bytes(), b"/vt", true, |p, buf| {
+            let p = std::str::from_utf8(p).unwrap();
+            if let Some((_, t)) = links.iter().find(|(l, _)| *l == p) {
+                buf[..t.len()].copy_from_slice(t.as_bytes());
+                return Ok(t.len());
+            }
+            if dirs.contains(&p) {
+                Err(libc::EINVAL)
+            } else {
+                Err(libc::ENOENT)
+            }
+        })
+        .map(|p| String::from_utf8(p.as_bytes().to_vec()).unwrap())
+    }
+
+    #[test]
+    fn local_links_lead_into_the_mount() {
+        let dirs = ["/tmp", "/tmp/d", "/home"];
+        let links = [
+            ("/tmp/l", "/vt/d"),
+            ("/tmp/rel", "../vt/e"),
+            ("/tmp/chain", "l"),
+            ("/tmp/root", "/"),
+            ("/tmp/loop", "loop"),
+            ("/tmp/out", "/home"),
+            ("/tmp/d/up", "../../vt"),
+        ];
+        let w = |base, path| walk(base, path, &links, &dirs);
+        assert_eq!(w("/", "/tmp/l/f").as_deref(), Some("/d/f"));
+        assert_eq!(w("/", "/tmp/l").as_deref(), Some("/d"));
+        // What follows the link is kept as written, trailing slash and dots included.
+        assert_eq!(w("/", "/tmp/l/a/../b/").as_deref(), Some("/d/a/../b/"));
+        assert_eq!(w("/tmp", "rel/x").as_deref(), Some("/e/x"));
+        assert_eq!(w("/tmp", "chain/x").as_deref(), Some("/d/x"));
+        assert_eq!(w("/", "/tmp/root/vt/z").as_deref(), Some("/z"));
+        assert_eq!(w("/", "/tmp/d/up/q").as_deref(), Some("/q"));
+        assert_eq!(w("/", "/tmp/d/up").as_deref(), Some("/"));
+        assert_eq!(w("/tmp/d", "../l/./f").as_deref(), Some("/d/./f"));
+        // No link into the mount: the kernel's ENOENT stands.
+        assert_eq!(w("/", "/tmp/missing/f"), None);
+        assert_eq!(w("/", "/tmp/out/x"), None);
+        assert_eq!(w("/", "/tmp/d/x"), None);
+        assert_eq!(w("/", "/tmp/loop/x"), None);
+        assert_eq!(w("/", "/vt/x"), None);
+        assert_eq!(w("/", "/tmp/d"), None);
+        // rename and link act on a final link itself.
+        let nofollow = |path: &str| {
+            local_into_mount(b"/", path.as_bytes(), b"/vt", false, |p, buf| {
+                match links.iter().find(|(l, _)| l.as_bytes() == p) {
+                    Some((_, t)) => {
+                        buf[..t.len()].copy_from_slice(t.as_bytes());
+                        Ok(t.len())
+                    }
+                    None if dirs.iter().any(|d| d.as_bytes() == p) => Err(libc::EINVAL),
+                    None => Err(libc::ENOENT),
+                }
+            })
+            .map(|p| String::from_utf8(p.as_bytes().to_vec()).unwrap())
+        };
+        assert_eq!(nofollow("/tmp/l"), None);
+        assert_eq!(nofollow("/tmp/l/f").as_deref(), Some("/d/f"));
+        assert_eq!(nofollow("/tmp/l/").as_deref(), Some("/d/"));
     }
 
     fn route_str(base: Option<&str>, path: &str, mount: &str) -> String {

@@ -104,6 +104,30 @@ pub fn sys(nr: i64, args: &[u64]) -> i64 {
     syscall6(nr, a)
 }
 
+/// Reads the local symlink `path` (without its NUL) into `buf`: its length, or the errno
+/// (EINVAL for an existing file that is not a link).
+pub fn readlink(path: &[u8], buf: &mut [u8]) -> Result<usize, i32> {
+    let mut z = [0u8; crate::paths::PATH_MAX + 1];
+    if path.len() >= z.len() {
+        return Err(libc::ENAMETOOLONG);
+    }
+    z[..path.len()].copy_from_slice(path);
+    let n = sys(
+        libc::SYS_readlinkat,
+        &[
+            libc::AT_FDCWD as u64,
+            z.as_ptr() as u64,
+            buf.as_mut_ptr() as u64,
+            buf.len() as u64,
+        ],
+    );
+    if n < 0 {
+        Err(-n as i32)
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Number of system calls the SIGSYS handler emulated (the slow path), for telemetry.
 pub static TRAPPED: AtomicU64 = AtomicU64::new(0);
 
