@@ -55,7 +55,7 @@ fn child_state() -> Option<Option<PathBuf>> {
     if CHILDREN_IN_USE.load(Ordering::Acquire) == 0 || !proc::shared_child() {
         return None;
     }
-    let me = crate::sys::sys(libc::SYS_getpid, &[]);
+    let me = crate::sys::getpid();
     CHILDREN.with(|c| {
         c.iter()
             .flatten()
@@ -66,7 +66,7 @@ fn child_state() -> Option<Option<PathBuf>> {
 
 /// Records a shared child's new cwd. False when every slot is taken by a live child.
 fn set_child(p: Option<PathBuf>) -> bool {
-    let me = crate::sys::sys(libc::SYS_getpid, &[]);
+    let me = crate::sys::getpid();
     CHILDREN.with(|c| {
         let at = c
             .iter()

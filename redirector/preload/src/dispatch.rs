@@ -126,8 +126,16 @@ pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
         DEPTH.with(|d| d.set(d.get() - 2));
         return r;
     }
+    if matches!(nr, libc::SYS_read | libc::SYS_write)
+        && DEPTH.with(|d| d.get()) > 0
+        && reserve::is_owned(a[0] as i32 as i64)
+    {
+        // The shim's own doorbell and event fds, reached through its own `read`/`write`
+        // exports by the transport (the program cannot name these numbers).
+        return syscall6(nr, a);
+    }
     DEPTH.with(|d| d.set(d.get() + 1));
-    let r = crate::stack::run(|| routed(nr, a));
+    let r = sys::with_pid(|| crate::stack::run(|| routed(nr, a)));
     DEPTH.with(|d| d.set(d.get() - 1));
     r
 }
@@ -275,9 +283,8 @@ fn guard(nr: i64, a: [u64; 6]) -> Option<i64> {
             } else {
                 (a[1], a[2])
             };
-            let self_target = nr == libc::SYS_setrlimit
-                || a[0] == 0
-                || a[0] as i64 == sys::sys(libc::SYS_getpid, &[]);
+            let self_target =
+                nr == libc::SYS_setrlimit || a[0] == 0 || a[0] as i64 == sys::getpid();
             let r = syscall6(nr, a);
             if r == 0 && res == libc::RLIMIT_NOFILE as u64 && new != 0 && self_target {
                 let soft: u64 = get(new);
@@ -1132,7 +1139,18 @@ fn path_op(
     a: [u64; 6],
     f: impl FnMut(&[u8]) -> i64,
 ) -> Result<Option<i64>, i64> {
-    let path = path_arg(p)?;
+    path_op_on(dirfd, p, path_arg(p)?, nr, a, f)
+}
+
+/// As [`path_op`], with the path already read from `p`.
+fn path_op_on(
+    dirfd: i64,
+    p: u64,
+    path: &[u8],
+    nr: i64,
+    a: [u64; 6],
+    f: impl FnMut(&[u8]) -> i64,
+) -> Result<Option<i64>, i64> {
     let loc = resolve(dirfd, path)?;
     Ok(Some(follow((dirfd, path), loc, f, |lp| {
         local_call(nr, a, p, lp)
@@ -1147,13 +1165,11 @@ fn open_at(
     nr: i64,
     a: [u64; 6],
 ) -> Result<Option<i64>, i64> {
-    if let Some(fd) = path_arg(p)
-        .ok()
-        .and_then(|path| crate::net::net_table(path, flags))
-    {
+    let path = path_arg(p)?;
+    if let Some(fd) = crate::net::net_table(path, flags) {
         return Ok(Some(fd));
     }
-    path_op(dirfd, p, nr, a, |rp| open_remote(rp, flags, mode))
+    path_op_on(dirfd, p, path, nr, a, |rp| open_remote(rp, flags, mode))
 }
 
 /// Creates a placeholder fd at the lowest free number: an `O_PATH` descriptor of a fresh,

@@ -440,7 +440,7 @@ fn connect(r: Remote, addr: u64, len: u64) -> i64 {
 fn sigpipe(r: i64, flags: u64) -> i64 {
     if r == e(libc::EPIPE) && flags & libc::MSG_NOSIGNAL as u64 == 0 {
         let tid = sys::sys(libc::SYS_gettid, &[]);
-        let pid = sys::sys(libc::SYS_getpid, &[]);
+        let pid = sys::getpid();
         sys::sys(
             libc::SYS_tgkill,
             &[pid as u64, tid as u64, libc::SIGPIPE as u64],

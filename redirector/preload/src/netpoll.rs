@@ -667,9 +667,13 @@ pub fn epoll_ctl(a: [u64; 6]) -> Option<i64> {
 }
 
 /// Collects ready remote items of `epfd` into `out` (at most `max`).
+/// False when the set holds no remote item (the call is the kernel's).
 fn epoll_scan(epfd: i64, live: Option<&Live>, out: &mut Vec<(u32, u64)>, max: usize) -> bool {
     with_eps(|eps| {
-        let Some(set) = eps.iter_mut().find(|s| s.epfd == epfd) else {
+        let Some(set) = eps
+            .iter_mut()
+            .find(|s| s.epfd == epfd && !s.items.is_empty())
+        else {
             return false;
         };
         for it in set.items.iter_mut() {
@@ -716,15 +720,40 @@ pub fn epoll_wait(nr: i64, a: [u64; 6]) -> Option<i64> {
         return None;
     }
     let epfd = a[0] as i32 as i64;
-    let has = with_eps(|eps| eps.iter().any(|s| s.epfd == epfd && !s.items.is_empty()));
+    let (evp, max) = (a[1], a[2] as i32);
+    let _pin = Pin::new(&NET);
+    let ev_size = std::mem::size_of::<libc::epoll_event>() as u64;
+    let mut found: Vec<(u32, u64)> = Vec::with_capacity((max.max(1) as usize).min(1024));
+    // First pass, with no signal block of its own (a wait that finds events has no sleep to
+    // race with): whether the set has remote items at all, and which are ready.
+    let has = epoll_scan(epfd, NET.session(None), &mut found, max.max(0) as usize);
     if !has {
         return None;
     }
-    let (evp, max) = (a[1], a[2] as i32);
     if max <= 0 {
         return Some(e(libc::EINVAL));
     }
     let max = max as usize;
+    if !found.is_empty() {
+        for (i, (m, data)) in found.iter().enumerate() {
+            put(
+                evp + i as u64 * ev_size,
+                libc::epoll_event {
+                    events: *m,
+                    u64: *data,
+                },
+            );
+        }
+        let mut n = found.len();
+        if n < max {
+            let r = sys::sys(
+                libc::SYS_epoll_wait,
+                &[epfd as u64, evp + n as u64 * ev_size, (max - n) as u64, 0],
+            );
+            n += r.max(0) as usize;
+        }
+        return Some(n as i64);
+    }
     let deadline = match nr {
         libc::SYS_epoll_pwait2 => deadline_ts(a[3]),
         _ => crate::net::deadline_ms(a[3] as i32 as i64),
@@ -733,12 +762,9 @@ pub fn epoll_wait(nr: i64, a: [u64; 6]) -> Option<i64> {
         libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 if a[4] != 0 => Some((a[4], a[5])),
         _ => None,
     };
-    let _pin = Pin::new(&NET);
     let block = SigBlock::new();
     let mask = block.sleep_mask(sigmask);
     let sigmask = Some((&mask as *const u64 as u64, 8));
-    let ev_size = std::mem::size_of::<libc::epoll_event>() as u64;
-    let mut found: Vec<(u32, u64)> = Vec::with_capacity(max.min(1024));
     let mut local = vec![libc::pollfd {
         fd: epfd as i32,
         events: libc::POLLIN,

@@ -24,7 +24,7 @@ pub static CHILD_STATE: std::sync::atomic::AtomicUsize = std::sync::atomic::Atom
 /// True when process `pid` still shares this process's memory (a `vfork` child before its
 /// exec). A process that has gone, exec'd, or cannot be compared does not.
 pub fn shares_memory_with(pid: i64) -> bool {
-    let me = sys::sys(libc::SYS_getpid, &[]);
+    let me = sys::getpid();
     if pid == me {
         return true;
     }
@@ -69,14 +69,16 @@ fn sweep_opens() {
 
 /// Records the current process as the owner of the shim's memory (constructor, fork child).
 pub fn set_owner() {
+    sys::forked();
     PID.store(sys::sys(libc::SYS_getpid, &[]), Ordering::Release);
 }
 
 /// True in a child that shares its parent's memory (see the module documentation). One
-/// `getpid` system call; callers ask only on paths that change shared state.
+/// `getpid` system call per dispatched call ([`sys::getpid`]); callers ask only on paths that
+/// change shared state.
 pub fn shared_child() -> bool {
     let owner = PID.load(Ordering::Acquire);
-    owner != 0 && sys::sys(libc::SYS_getpid, &[]) != owner
+    owner != 0 && sys::getpid() != owner
 }
 
 /// The owner's pid (the parent, in a shared child).
@@ -218,7 +220,7 @@ pub fn child_opened(fd: i64, r: crate::fdtable::Remote) -> bool {
     let Some((dev, ino)) = identity_fd(fd) else {
         return false;
     };
-    let me = sys::sys(libc::SYS_getpid, &[]);
+    let me = sys::getpid();
     // Slots of children that ended or exec'd are free again.
     sweep_opens();
     for s in CHILD_OPENS.iter() {
@@ -239,7 +241,7 @@ pub fn child_opened(fd: i64, r: crate::fdtable::Remote) -> bool {
 
 /// The remote files this shared child opened itself: `(identity, remote)` each.
 pub fn child_opens(mut f: impl FnMut((u64, u64), crate::fdtable::Remote)) {
-    let me = sys::sys(libc::SYS_getpid, &[]);
+    let me = sys::getpid();
     for s in CHILD_OPENS.iter() {
         if s.pid.load(Ordering::Acquire) == me {
             f(

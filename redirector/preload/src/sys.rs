@@ -104,6 +104,49 @@ pub fn sys(nr: i64, args: &[u64]) -> i64 {
     syscall6(nr, a)
 }
 
+thread_local! {
+    /// The calling process's pid while this thread runs a dispatched call ([`with_pid`]), so
+    /// that one routed call asks the kernel at most once (reading a path, checking for a
+    /// shared child, each want it): 0 outside a call, -1 in one that has not asked yet. (A
+    /// `Cell` without a destructor: no lazy registration on first use.)
+    static CALL_PID: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+/// This process's pid: the one recorded for the call this thread is running, else the
+/// kernel's answer.
+pub fn getpid() -> i64 {
+    CALL_PID.with(|c| match c.get() {
+        0 => sys(libc::SYS_getpid, &[]),
+        -1 => {
+            let me = sys(libc::SYS_getpid, &[]);
+            c.set(me);
+            me
+        }
+        p => p,
+    })
+}
+
+/// Runs `f` (one dispatched call) with this process's pid recorded for it once asked. A
+/// vfork child that runs on this thread's memory records its own pid for its own calls and
+/// puts the parent's state back when they return; a nested call (a handler that
+/// interrupted one) asks the kernel again, since the handler may have forked.
+pub fn with_pid<R>(f: impl FnOnce() -> R) -> R {
+    let old = CALL_PID.with(|c| c.replace(-1));
+    let r = f();
+    CALL_PID.with(|c| c.set(old));
+    r
+}
+
+/// In a fork child (its atfork handler): a call this thread was inside (a handler that
+/// forked interrupted it) asks for the child's pid again.
+pub fn forked() {
+    CALL_PID.with(|c| {
+        if c.get() != 0 {
+            c.set(-1);
+        }
+    });
+}
+
 /// Reads the local symlink `path` (without its NUL) into `buf`: its length, or the errno
 /// (EINVAL for an existing file that is not a link).
 pub fn readlink(path: &[u8], buf: &mut [u8]) -> Result<usize, i32> {
@@ -378,7 +421,7 @@ pub fn read_user(p: u64, out: &mut [u8]) -> bool {
         iov_base: p as *mut libc::c_void,
         iov_len: out.len(),
     };
-    let pid = sys(libc::SYS_getpid, &[]);
+    let pid = getpid();
     sys(
         libc::SYS_process_vm_readv,
         &[
@@ -410,7 +453,7 @@ pub fn c_str<'a>(p: u64, max: usize) -> Result<&'a [u8], StrError> {
     if p == 0 {
         return Err(StrError::Fault);
     }
-    let pid = sys(libc::SYS_getpid, &[]);
+    let pid = getpid();
     let mut chunk = [0u8; 256];
     let mut at = 0usize;
     while at <= max {
