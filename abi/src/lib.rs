@@ -85,6 +85,10 @@ pub const REQ_FLAG_NO_REPLY_WAIT: u16 = 1 << 0;
 /// `args[2]` of a [`Opcode::Write`]/[`Opcode::PWrite`] chunk that more chunks of the same
 /// write follow (see [`Opcode::Write`]).
 pub const WRITE_MORE: u64 = 1;
+/// `args[2]` of a [`Opcode::Read`]/[`Opcode::Write`] whose handle the client opened as a FIFO
+/// or character device: the server asks the file's status flags and honours `O_NONBLOCK`
+/// (io_uring alone would wait for such a file to be ready, whatever its flags say).
+pub const RW_MAY_BLOCK: u64 = 1 << 1;
 /// The largest write the storage domain assembles from chunks into one system call; larger
 /// ones are written chunk by chunk.
 pub const WRITE_ASSEMBLE_MAX: usize = 16 << 20;

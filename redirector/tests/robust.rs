@@ -1223,6 +1223,23 @@ fn lock_waits_are_interrupted_by_signals() {
 }
 
 #[test]
+fn fifo_waits_are_interrupted_by_signals() {
+    // A read of an empty FIFO and a write into a full one, under the mount
+    // (robust/fifo_intr.c): a handler without SA_RESTART interrupts the wait with EINTR, one
+    // with SA_RESTART lets it go on until a child moves bytes at the other end. The wait is in
+    // the storage domain, which the client asks to cancel it.
+    let env = Env::new("fifointr");
+    env.put("fifo/.keep", b"");
+    let prog = env.cc("fifo_intr", "fifo_intr.c", &[]);
+    native_beside_redirected(
+        &env,
+        "fifo_waits_are_interrupted_by_signals",
+        &prog,
+        "write plain: = -1 (EINTR), alarm 1, returned at the alarm",
+    );
+}
+
+#[test]
 fn the_shims_fds_are_closed_to_every_probe() {
     // fstat and F_GETFD over every fd number, before and after lowering RLIMIT_NOFILE, and a
     // close_fds child's own fstat loop (robust/fd_probe.py; CPython's test_subprocess found

@@ -367,6 +367,13 @@ impl Storage {
                         }
                     }
                 }
+                if nonblocking(&f, req.opcode, a[2])? {
+                    let n = call.pread_payload(f.as_fd(), -1, 0)?;
+                    return Ok(Outcome::Done(Response {
+                        data_len: n as u32,
+                        ..Response::ok(call.id(), n as i64)
+                    }));
+                }
                 let e = opcode::Read::new(types::Fd(f.as_raw_fd()), call.window_ptr(), len)
                     .offset(off)
                     .build();
@@ -418,12 +425,22 @@ impl Storage {
                     };
                     drop(st);
                     whole.buf.extend_from_slice(&chunk);
+                    if nonblocking(&f, req.opcode, a[2])? {
+                        let n = sys::write(f.as_fd(), &whole.buf)?;
+                        return Ok(Outcome::Done(Response::ok(call.id(), n as i64)));
+                    }
                     let n = u32::try_from(whole.buf.len()).map_err(|_| libc::EFBIG)?;
                     let e = opcode::Write::new(types::Fd(f.as_raw_fd()), whole.buf.as_ptr(), n)
                         .offset(whole.off)
                         .build();
                     // The buffer lives (boxed, not moved) until the write completes.
                     return Ok(Outcome::SubmitKeep(e, Box::new((f, whole.buf))));
+                }
+                if nonblocking(&f, req.opcode, a[2])? {
+                    let mut buf = vec![0u8; len as usize];
+                    call.read_payload(&mut buf);
+                    let n = sys::write(f.as_fd(), &buf)?;
+                    return Ok(Outcome::Done(Response::ok(call.id(), n as i64)));
                 }
                 let e = opcode::Write::new(
                     types::Fd(f.as_raw_fd()),
@@ -568,6 +585,18 @@ impl Storage {
         let root = self.root.clone();
         Outcome::Blocking(Box::new(move |c: &Call<'_>| done(c, op(root.as_fd(), c))))
     }
+}
+
+/// Whether a read or write at the file position, whose client said the file may be a FIFO or
+/// character device ([`abi::RW_MAY_BLOCK`]), is on an `O_NONBLOCK` file: such a call is made
+/// at once on this thread, where it cannot block, since io_uring does not honour `O_NONBLOCK`
+/// for files that can wait (it waits for them to be ready; `RWF_NOWAIT` is refused for a
+/// named FIFO). A status-flags query only for those calls.
+fn nonblocking(f: &Handle, op: Opcode, arg2: u64) -> Result<bool, i32> {
+    if !matches!(op, Opcode::Read | Opcode::Write) || arg2 & abi::RW_MAY_BLOCK == 0 {
+        return Ok(false);
+    }
+    Ok(sys::getfl(f.as_fd())? & libc::O_NONBLOCK != 0)
 }
 
 fn blocking_fd(fd: Handle, op: fn(BorrowedFd<'_>, &Call<'_>) -> Result<Response, i32>) -> Outcome {

@@ -354,6 +354,13 @@ pub fn getfl(fd: BorrowedFd<'_>) -> SysResult<i32> {
     cvt_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
 }
 
+/// `write(2)` of `buf` at the file position: bytes written.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> SysResult<usize> {
+    // SAFETY: `buf` is valid for `buf.len()` bytes of reading for the call's duration.
+    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
+    cvt(n as libc::c_long).map(|n| n as usize)
+}
+
 /// `fcntl(F_SETFL, flags)`.
 pub fn setfl(fd: BorrowedFd<'_>, flags: i32) -> SysResult<()> {
     // SAFETY: F_SETFL takes an int.

@@ -1230,7 +1230,7 @@ pub fn open_remote(rp: &[u8], flags: u64, mode: u64) -> i64 {
         return h;
     }
     let handle = h as u32;
-    remote::opened(handle, flags);
+    remote::opened(handle, flags, st_mode);
     // stx_mask (the first u32) is set only when the server sent the stat.
     if st[..4] != [0; 4] && !proc::shared_child() {
         remote::open_stat::put(handle, &st);

@@ -551,7 +551,7 @@ impl Domain {
             // Anything else may change a file this thread opened: its stat is re-asked.
             open_stat::clear();
         }
-        let (r, aux) = if !self.net && crate::storage_call::waits(op, args) {
+        let (r, aux) = if !self.net && waits(op, args) {
             crate::storage_call::call_on_interruptible(
                 &live.s,
                 op,
@@ -806,13 +806,47 @@ static CLOSE_POSTED: [AtomicBool; fdtable::MAX_HANDLES] =
 
 /// Records whether the storage handle `tagged`, just opened with `flags`, may be closed by a
 /// post ([`CLOSE_POSTED`]).
-pub fn opened(tagged: u32, flags: u64) {
+pub fn opened(tagged: u32, flags: u64, st_mode: u64) {
     if let Some(x) = CLOSE_POSTED.get(fdtable::raw(tagged) as usize) {
         x.store(
             flags & libc::O_ACCMODE as u64 == libc::O_RDONLY as u64,
             Ordering::Relaxed,
         );
     }
+    if let Some(x) = MAY_BLOCK.get(fdtable::raw(tagged) as usize) {
+        let kind = st_mode as u32 & libc::S_IFMT;
+        x.store(
+            kind == libc::S_IFIFO || kind == libc::S_IFCHR,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// Storage handles whose reads and writes may wait for another process (a FIFO, a character
+/// device) for as long as it likes: a signal handler that runs meanwhile interrupts them as
+/// Linux's (EINTR without `SA_RESTART`). By raw handle; set at this image's own open, cleared
+/// at close (unset, the safe answer, for handles it inherited).
+static MAY_BLOCK: [AtomicBool; fdtable::MAX_HANDLES] =
+    [const { AtomicBool::new(false) }; fdtable::MAX_HANDLES];
+
+/// Whether storage call `op` may wait indefinitely: a lock wait
+/// ([`crate::storage_call::waits`]), or a read or write of a FIFO or character device this
+/// image opened ([`MAY_BLOCK`]).
+/// Such a read or write also tells the server so ([`abi::RW_MAY_BLOCK`]), which then honours
+/// the file's `O_NONBLOCK`.
+fn waits(op: Opcode, args: &mut [u64; 5]) -> bool {
+    if crate::storage_call::waits(op, args) {
+        return true;
+    }
+    let fifo = matches!(op, Opcode::Read | Opcode::Write)
+        && u32::try_from(args[0])
+            .ok()
+            .and_then(|h| MAY_BLOCK.get(fdtable::raw(h) as usize))
+            .is_some_and(|x| x.load(Ordering::Relaxed));
+    if fifo {
+        args[2] |= abi::RW_MAY_BLOCK;
+    }
+    fifo
 }
 
 /// A storage call that may leave something a close releases (a lock, a lease): the handle's
@@ -837,6 +871,9 @@ fn may_lock(op: Opcode, args: &[u64; 5]) {
 pub fn close_handle(r: fdtable::Remote) -> i64 {
     if r.net {
         return crate::net::close_handle(r);
+    }
+    if let Some(x) = MAY_BLOCK.get(fdtable::raw(r.handle) as usize) {
+        x.store(false, Ordering::Relaxed);
     }
     let posted = CLOSE_POSTED
         .get(fdtable::raw(r.handle) as usize)
