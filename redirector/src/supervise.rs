@@ -2127,7 +2127,11 @@ impl Handover {
         // One pair or placeholder per handle: fds that share a file description (a
         // connection dup'd onto 0 and 1) share it here too.
         let mut ends: HashMap<(bool, u32), RawFd> = HashMap::new();
-        for (fd, handle, is_dir, is_net, listening, dir) in st.entries {
+        for e in st.entries {
+            let (fd, handle, is_dir, is_net, listening, dir) =
+                (e.fd, e.handle, e.is_dir, e.net, e.listening, e.dir);
+            // A FIFO the shim opened: its calls run on threads of their own here too.
+            let fifo = e.may_block;
             h.inherited.push(fd);
             if let Some(&raw) = ends.get(&(is_net, handle)) {
                 h.moves.push((raw, fd));
@@ -2135,7 +2139,7 @@ impl Handover {
                     let r = Rem {
                         handle,
                         is_dir,
-                        fifo: false,
+                        fifo,
                     };
                     h.files.push((fd, r, is_dir.then_some(dir)));
                 }
@@ -2156,7 +2160,7 @@ impl Handover {
                     let r = Rem {
                         handle,
                         is_dir,
-                        fifo: false,
+                        fifo,
                     };
                     ends.insert((false, handle), copy.as_raw_fd());
                     h.moves.push((copy.as_raw_fd(), fd));

@@ -34,7 +34,7 @@ use crate::{config, cwd, proc, remote, reserve};
 
 pub use crate::exec_state::State;
 pub use crate::exec_state::ENV_EXEC;
-use crate::exec_state::{hex, unhex};
+use crate::exec_state::{hex, unhex, Entry as HandedOver};
 pub(crate) const SEALS: i32 =
     libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
 
@@ -556,14 +556,15 @@ fn prepare() -> Option<Entry> {
         } else {
             0
         };
-        st.entries.push((
-            c.fd as i32,
-            c.r.handle,
-            c.r.is_dir,
-            c.r.net,
-            c.r.listening,
-            dir[..n].to_vec(),
-        ));
+        st.entries.push(HandedOver {
+            fd: c.fd as i32,
+            handle: c.r.handle,
+            is_dir: c.r.is_dir,
+            net: c.r.net,
+            listening: c.r.listening,
+            may_block: !c.r.net && remote::may_block(c.r.handle),
+            dir: dir[..n].to_vec(),
+        });
     }
     let Some(fd) = sealed_memfd(&st.encode()) else {
         crate::diag!(
@@ -815,9 +816,10 @@ pub fn restore() {
     }
     let mut dead = Vec::new();
     let mut alive = Vec::new();
-    for (fd, h, is_dir, net, listening, dpath) in &st.entries {
-        let fd = i64::from(*fd);
-        let (h, is_dir, net, listening) = (*h, *is_dir, *net, *listening);
+    for e in &st.entries {
+        let fd = i64::from(e.fd);
+        let (h, is_dir, net, listening) = (e.handle, e.is_dir, e.net, e.listening);
+        let dpath = &e.dir;
         if !adopted[usize::from(net)] {
             // The placeholder stays, naming nothing: calls on it fail with EIO.
             fdtable::set(
@@ -834,6 +836,9 @@ pub fn restore() {
         if sys::sys(libc::SYS_fcntl, &[fd as u64, libc::F_GETFD as u64]) >= 0 {
             if is_dir {
                 fdtable::set_dir_path(h, dpath);
+            }
+            if e.may_block {
+                remote::mark_may_block(h);
             }
             fdtable::set(
                 fd,
@@ -865,6 +870,26 @@ pub fn restore() {
 mod tests {
     use super::*;
 
+    fn entry(
+        fd: i32,
+        handle: u32,
+        is_dir: bool,
+        net: bool,
+        listening: bool,
+        may_block: bool,
+        dir: &[u8],
+    ) -> HandedOver {
+        HandedOver {
+            fd,
+            handle,
+            is_dir,
+            net,
+            listening,
+            may_block,
+            dir: dir.to_vec(),
+        }
+    }
+
     #[test]
     fn state_round_trips_and_rejects_garbage() {
         let st = State {
@@ -873,9 +898,10 @@ mod tests {
             tokens: [5, 0],
             cwd: b"/vt/d".to_vec(),
             entries: vec![
-                (3, 9, false, false, false, vec![]),
-                (4, 2, true, false, false, b"/d".to_vec()),
-                (5, 7, false, true, true, vec![]),
+                entry(3, 9, false, false, false, false, b""),
+                entry(4, 2, true, false, false, false, b"/d"),
+                entry(5, 7, false, true, true, false, b""),
+                entry(6, 8, false, false, false, true, b""),
             ],
         };
         let b = st.encode();

@@ -24,8 +24,28 @@ pub struct State {
     pub tokens: [u64; 2],
     /// The routed cwd (empty: local).
     pub cwd: Vec<u8>,
-    /// (fd, handle, is_dir, net, listening, directory path)
-    pub entries: Vec<(i32, u32, bool, bool, bool, Vec<u8>)>,
+    /// The remote files carried over.
+    pub entries: Vec<Entry>,
+}
+
+/// One remote file carried over an exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its fd number (a placeholder).
+    pub fd: i32,
+    /// Its handle in its domain's session.
+    pub handle: u32,
+    /// Opened as a directory.
+    pub is_dir: bool,
+    /// A socket of the network domain.
+    pub net: bool,
+    /// A listening socket.
+    pub listening: bool,
+    /// A FIFO or character device, whose reads and writes may wait
+    /// (`crate::remote::may_block`).
+    pub may_block: bool,
+    /// A directory's path.
+    pub dir: Vec<u8>,
 }
 
 impl State {
@@ -39,12 +59,17 @@ impl State {
         w.extend_from_slice(&self.tokens[1].to_ne_bytes());
         w.extend_from_slice(&(self.cwd.len() as u32).to_ne_bytes());
         w.extend_from_slice(&self.cwd);
-        for (fd, h, is_dir, net, listening, dir) in &self.entries {
-            w.extend_from_slice(&fd.to_ne_bytes());
-            w.extend_from_slice(&h.to_ne_bytes());
-            w.push(u8::from(*is_dir) | (u8::from(*net) << 1) | (u8::from(*listening) << 2));
-            w.extend_from_slice(&(dir.len() as u32).to_ne_bytes());
-            w.extend_from_slice(dir);
+        for e in &self.entries {
+            w.extend_from_slice(&e.fd.to_ne_bytes());
+            w.extend_from_slice(&e.handle.to_ne_bytes());
+            w.push(
+                u8::from(e.is_dir)
+                    | (u8::from(e.net) << 1)
+                    | (u8::from(e.listening) << 2)
+                    | (u8::from(e.may_block) << 3),
+            );
+            w.extend_from_slice(&(e.dir.len() as u32).to_ne_bytes());
+            w.extend_from_slice(&e.dir);
         }
         w
     }
@@ -82,7 +107,15 @@ impl State {
                 return None;
             }
             let dir = take(&mut b, plen)?.to_vec();
-            entries.push((fd, h, flags & 1 != 0, flags & 2 != 0, flags & 4 != 0, dir));
+            entries.push(Entry {
+                fd,
+                handle: h,
+                is_dir: flags & 1 != 0,
+                net: flags & 2 != 0,
+                listening: flags & 4 != 0,
+                may_block: flags & 8 != 0,
+                dir,
+            });
         }
         Some(State {
             token,

@@ -100,14 +100,15 @@ pub fn sendmsg(fd: i64, a: [u64; 6]) -> Option<i64> {
         } else {
             0
         };
-        st.entries.push((
-            *p,
-            fdtable::raw(r.handle),
-            r.is_dir,
-            r.net,
-            r.listening,
-            dir[..n].to_vec(),
-        ));
+        st.entries.push(crate::exec_state::Entry {
+            fd: *p,
+            handle: fdtable::raw(r.handle),
+            is_dir: r.is_dir,
+            net: r.net,
+            listening: r.listening,
+            may_block: !r.net && remote::may_block(r.handle),
+            dir: dir[..n].to_vec(),
+        });
     }
     let Some(memfd) = exec::sealed_memfd_at_any(&st.encode(), c"virtuos-pass") else {
         exec::drop_tokens(st.tokens);
@@ -296,7 +297,9 @@ fn import(st: &State, received: &[i64]) {
                 .find(|p| u32::from_ne_bytes(p[..4].try_into().expect("4")) == old)
                 .map(|p| u32::from_ne_bytes(p[4..].try_into().expect("4")))
         };
-        for (pos, h, is_dir, net, listening, dpath) in &st.entries {
+        for e in &st.entries {
+            let (pos, h, is_dir, net, listening, dpath) =
+                (&e.fd, &e.handle, &e.is_dir, &e.net, &e.listening, &e.dir);
             if *net != d.net {
                 continue;
             }
@@ -309,6 +312,9 @@ fn import(st: &State, received: &[i64]) {
             let tagged = fdtable::tag(new, g);
             if *is_dir {
                 fdtable::set_dir_path(tagged, dpath);
+            }
+            if e.may_block {
+                remote::mark_may_block(tagged);
             }
             if let Some(old) = fdtable::set(
                 fd,

@@ -824,25 +824,39 @@ pub fn opened(tagged: u32, flags: u64, st_mode: u64) {
 
 /// Storage handles whose reads and writes may wait for another process (a FIFO, a character
 /// device) for as long as it likes: a signal handler that runs meanwhile interrupts them as
-/// Linux's (EINTR without `SA_RESTART`). By raw handle; set at this image's own open, cleared
-/// at close (unset, the safe answer, for handles it inherited).
+/// Linux's (EINTR without `SA_RESTART`). By raw handle; set at this image's own open and
+/// for those an exec handed over as such, cleared at close (unset, the safe answer, for a
+/// file received over a socket).
 static MAY_BLOCK: [AtomicBool; fdtable::MAX_HANDLES] =
     [const { AtomicBool::new(false) }; fdtable::MAX_HANDLES];
 
+/// Whether the storage handle `tagged` is a FIFO or character device this image opened or
+/// inherited as one ([`MAY_BLOCK`]).
+pub fn may_block(tagged: u32) -> bool {
+    MAY_BLOCK
+        .get(fdtable::raw(tagged) as usize)
+        .is_some_and(|x| x.load(Ordering::Relaxed))
+}
+
+/// Marks an inherited storage handle as a FIFO or character device (the exec hand-over says
+/// so).
+pub fn mark_may_block(tagged: u32) {
+    if let Some(x) = MAY_BLOCK.get(fdtable::raw(tagged) as usize) {
+        x.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Whether storage call `op` may wait indefinitely: a lock wait
 /// ([`crate::storage_call::waits`]), or a read or write of a FIFO or character device this
-/// image opened ([`MAY_BLOCK`]).
+/// image opened or inherited ([`MAY_BLOCK`]).
 /// Such a read or write also tells the server so ([`abi::RW_MAY_BLOCK`]), which then honours
 /// the file's `O_NONBLOCK`.
 fn waits(op: Opcode, args: &mut [u64; 5]) -> bool {
     if crate::storage_call::waits(op, args) {
         return true;
     }
-    let fifo = matches!(op, Opcode::Read | Opcode::Write)
-        && u32::try_from(args[0])
-            .ok()
-            .and_then(|h| MAY_BLOCK.get(fdtable::raw(h) as usize))
-            .is_some_and(|x| x.load(Ordering::Relaxed));
+    let fifo =
+        matches!(op, Opcode::Read | Opcode::Write) && u32::try_from(args[0]).is_ok_and(may_block);
     if fifo {
         args[2] |= abi::RW_MAY_BLOCK;
     }

@@ -44,7 +44,32 @@ static long fill(int fd) {
     return total;
 }
 
+/* The program exec'd with the FIFO open at fd 3 (a shell's `cmd <fifo`): the same waits. */
+static int inherited(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = {.it_value = {.tv_sec = 0, .tv_usec = 300000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    double t0 = now();
+    char c;
+    ssize_t r = read(3, &c, 1);
+    int err = errno;
+    printf("inherited read: = %zd (%s), alarm %d, returned %s\n", r,
+           r < 0 ? strerrorname_np(err) : "-", (int)alarms,
+           now() - t0 < 0.8 ? "at the alarm" : "later");
+    fcntl(3, F_SETFL, fcntl(3, F_GETFL) | O_NONBLOCK);
+    r = read(3, &c, 1);
+    printf("inherited nonblocking read: %zd %s\n", r, r < 0 ? strerrorname_np(errno) : "");
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[2], "inherited") == 0) {
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        return inherited();
+    }
     if (argc != 2) {
         fprintf(stderr, "usage: fifo_intr TREE\n");
         return 2;
@@ -135,5 +160,16 @@ int main(int argc, char **argv) {
             unlink(path);
         }
     }
-    return 0;
+    char path[512];
+    snprintf(path, sizeof path, "%s/fifo-inherited", argv[1]);
+    unlink(path);
+    mkfifo(path, 0600);
+    int fd = open(path, O_RDWR);
+    unlink(path);
+    dup2(fd, 3);
+    if (fd != 3)
+        close(fd);
+    execl("/proc/self/exe", argv[0], argv[1], "inherited", (char *)NULL);
+    printf("exec: %s\n", strerror(errno));
+    return 1;
 }
