@@ -62,6 +62,23 @@ assert all(v["ok"] for s in r["stacks"] for v in s["verified"]), "nginx quick: a
 print("nginx quick report (mode, keep-alive, req/s):", [(m, k, round(v)) for m, k, v in rps],
       "skipped:", [s["mode"] for s in r["skipped"]])
 PY
+step "bench smoke: virtuos-bench redis --quick (redis-server native and through the network domain, SET/GET at pipeline 1 and 16)"
+./target/release/virtuos-bench redis --quick --json target/redis-quick.json
+python3 - <<'PY'
+import json
+r = json.load(open("target/redis-quick.json"))
+rps = {(c["mode"], c["test"], c["pipeline"]): (c["requests_per_s"] or {}).get("median", 0) for c in r["summary"]}
+skipped = [s["mode"] for s in r["skipped"]]
+# Both modes must have run: the network domain is built and started by the bench itself.
+assert not skipped, f"redis quick: modes skipped: {r['skipped']}"
+for mode in ("native", "net"):
+    for test in ("SET", "GET"):
+        for p in (1, 16):
+            assert rps.get((mode, test, p), 0) > 0, f"redis quick: no requests/s for {mode} {test} pipeline {p}: {rps}"
+assert all(s["check_ok"] for s in r["stacks"]), "redis quick: a mode did not return the value it stored"
+print("redis quick report (mode, test, pipeline, req/s):", [(m, t, p, round(v)) for (m, t, p), v in rps.items()],
+      "skipped:", skipped)
+PY
 step "bench smoke: virtuos-bench storage --quick (cached reads native and through the storage domain)"
 ./target/release/virtuos-bench storage --quick --json target/storage-quick.json
 python3 - <<'PY'

@@ -6,14 +6,19 @@
 //! modes. It prints a table, and optionally writes a JSON report and an SVG chart.
 //!
 //! `virtuos-bench nginx` measures nginx served natively and through the service domains under
-//! wrk (module `nginx`); `virtuos-bench report` turns the JSON files into one Markdown page.
+//! wrk (module `nginx`); `virtuos-bench redis` measures redis-server natively and through the
+//! network domain under redis-benchmark (module `redis`, built from the nginx module's parts);
+//! both share the eBPF cost model (module `cost`); `virtuos-bench report` turns the JSON files
+//! into one Markdown page.
 
+mod cost;
 mod cpus;
 mod http;
 mod machine;
 mod nginx;
 mod plot;
 mod procs;
+mod redis;
 mod report;
 mod ring;
 mod sha256;
@@ -74,6 +79,28 @@ enum Command {
     /// request of each beside CPU µs per request (its req/s, with the tracepoints on, stand
     /// apart from the throughput figures).
     Nginx(nginx::NginxArgs),
+    /// redis-server under redis-benchmark, natively and with its sockets in the network
+    /// domain: requests/s, p50/p99 latency and CPU µs per request of redis-server and of the
+    /// network server, per test (SET, GET) × pipeline depth × mode, with ratios to native.
+    ///
+    /// Starts redis-server itself with its configuration on the command line (--port N --bind
+    /// 127.0.0.1 --save '' --appendonly no --protected-mode no --daemonize no --dir TMP; the
+    /// system's redis setup is never read or touched) on a free port: natively (mode native)
+    /// and under `virtuos-redirect run --net SOCK --` with a fresh virtuos-net pinned to the
+    /// server CPU (mode net), redis-server pinned to the app CPU. Each stack first checks that
+    /// a random value set is read back byte for byte, warms up, then runs redis-benchmark
+    /// (native, never redirected: -h 127.0.0.1 -p N -t TEST -n REQUESTS -c CLIENTS -P DEPTH
+    /// --csv) once per pipeline depth × test; the modes run interleaved (order rotated each
+    /// repetition) and the summary gives median and min–max. Needs redis-server and
+    /// redis-benchmark (Debian packages redis-server, redis-tools); mode net needs
+    /// virtuos-net, virtuos-redirect and libvirtuos_preload.so next to this binary
+    /// (scripts/setup.sh installs and builds all of them).
+    ///
+    /// Then the cost model (--cost-model, as root): per mode one more stack with redis-server
+    /// and virtuos-net in cgroups of their own under the project's eBPF telemetry, for system
+    /// calls per request of each (and their largest system calls) beside CPU µs per request;
+    /// its req/s, with the tracepoints on, stand apart from the throughput figures.
+    Redis(redis::RedisArgs),
     /// One Markdown page from the JSON files of `latency` and `nginx`, plots linked.
     Report(report::ReportArgs),
     /// Cached file reads natively and through the storage domain (lseek, 1-byte and 4 KiB
@@ -133,6 +160,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Latency(args) => latency(&args),
         Command::Nginx(args) => nginx::run(&args),
+        Command::Redis(args) => redis::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Storage(args) => storage::run(&args),
         Command::StorageProbe(args) => storage::probe(&args),
@@ -375,6 +403,48 @@ mod tests {
         assert!(Cli::try_parse_from(["virtuos-bench", "nginx", "--keepalive", "x"]).is_err());
         assert!(Cli::try_parse_from(["virtuos-bench", "report"]).is_err());
         assert!(Cli::try_parse_from(["virtuos-bench", "report", "--nginx", "n.json"]).is_ok());
+    }
+
+    #[test]
+    fn parses_redis_flags() {
+        let cli = Cli::try_parse_from(["virtuos-bench", "redis"]).unwrap();
+        let Command::Redis(args) = cli.command else {
+            panic!("not redis");
+        };
+        assert_eq!(args.pipeline, "1,16");
+        assert_eq!((args.reps, args.requests, args.clients), (None, None, 50));
+        assert_eq!(args.modes, "native,net");
+        assert_eq!(args.cost_model, cost::CostModelSetting::Auto);
+        let cli = Cli::try_parse_from([
+            "virtuos-bench",
+            "redis",
+            "--quick",
+            "--reps",
+            "2",
+            "--requests",
+            "5000",
+            "--pipeline",
+            "1,4,16",
+            "--cost-model",
+            "on",
+            "--json",
+            "r.json",
+            "--bench-cpus",
+            "2",
+        ])
+        .unwrap();
+        let Command::Redis(args) = cli.command else {
+            panic!("not redis");
+        };
+        assert!(args.quick);
+        assert_eq!((args.reps, args.requests), (Some(2), Some(5000)));
+        assert_eq!(args.pipeline, "1,4,16");
+        assert_eq!(args.cost_model, cost::CostModelSetting::On);
+        assert_eq!(args.json.as_deref(), Some(Path::new("r.json")));
+        assert_eq!(args.bench_cpus.as_deref(), Some("2"));
+        assert!(Cli::try_parse_from(["virtuos-bench", "redis", "--reps", "0"]).is_err());
+        assert!(Cli::try_parse_from(["virtuos-bench", "redis", "--requests", "0"]).is_err());
+        assert!(Cli::try_parse_from(["virtuos-bench", "redis", "--cost-model", "x"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,11 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::Read;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
 
 use crate::sys;
 
@@ -69,6 +74,51 @@ pub fn cpu_s(pid: u32) -> f64 {
     read_stat(pid).map_or(0.0, |(_, t)| t as f64 / sys::clock_ticks_per_s() as f64)
 }
 
+/// Runs `argv` (program first) with stdin closed, capturing stdout and stderr; a run that
+/// takes longer than `limit` is killed and is an error. Returns its exit status, stdout and
+/// stderr.
+pub fn run_captured(argv: &[String], limit: Duration) -> Result<(ExitStatus, String, String)> {
+    let (program, args) = argv.split_first().context("empty command line")?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", argv.join(" ")))?;
+    let mut stdout = child.stdout.take().context("child stdout")?;
+    let mut stderr = child.stderr.take().context("child stderr")?;
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{} did not finish within {} s; killed",
+                argv.join(" "),
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = out_reader.join().unwrap_or_default();
+    let err = err_reader.join().unwrap_or_default();
+    Ok((status, out, err))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +147,20 @@ mod tests {
         // Read in this order: CPU time only grows, and the tree includes this process.
         let alone = cpu_s(me);
         assert!(tree_cpu_s(me) >= alone);
+    }
+
+    #[test]
+    fn captured_runs() {
+        let argv = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let (st, out, err) = run_captured(
+            &argv(&["sh", "-c", "echo out; echo err >&2"]),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(st.success());
+        assert_eq!((out.as_str(), err.as_str()), ("out\n", "err\n"));
+        let slow = run_captured(&argv(&["sleep", "5"]), Duration::from_millis(100));
+        assert!(slow.unwrap_err().to_string().contains("did not finish"));
+        assert!(run_captured(&[], Duration::from_secs(1)).is_err());
     }
 }

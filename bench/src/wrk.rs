@@ -1,8 +1,7 @@
 //! Driving wrk (https://github.com/wg/wrk) and parsing its `--latency` report.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -225,42 +224,9 @@ impl WrkRun {
     /// after its duration is killed.
     pub fn run(&self) -> Result<(WrkReport, String)> {
         let argv = self.argv();
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {} (is wrk installed?)", argv.join(" ")))?;
-        let mut stdout = child.stdout.take().context("wrk stdout")?;
-        let mut stderr = child.stderr.take().context("wrk stderr")?;
-        let err_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let out_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stdout.read_to_string(&mut s);
-            s
-        });
-        let deadline = Instant::now() + Duration::from_secs(self.duration_s + self.timeout_s + 30);
-        let status = loop {
-            if let Some(st) = child.try_wait()? {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "wrk did not finish within {}s; killed",
-                    self.duration_s + 30
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let out = out_reader.join().unwrap_or_default();
-        let err = err_reader.join().unwrap_or_default();
+        let limit = Duration::from_secs(self.duration_s + self.timeout_s + 30);
+        let (status, out, err) =
+            crate::procs::run_captured(&argv, limit).context("running wrk (is wrk installed?)")?;
         if !status.success() {
             bail!(
                 "{} failed ({status}): {}{}",

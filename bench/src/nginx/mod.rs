@@ -12,11 +12,11 @@
 //! system calls per request beside CPU time per request.
 
 mod cost;
-mod modes;
+pub(crate) mod modes;
 mod plot;
 mod scaling;
 pub(crate) mod stack;
-mod summary;
+pub(crate) mod summary;
 
 use std::fs;
 use std::io::Read;
@@ -247,14 +247,39 @@ struct Report {
 }
 
 /// The 1, 5 and 15 minute load averages.
-fn load_average() -> Option<[f64; 3]> {
+pub(crate) fn load_average() -> Option<[f64; 3]> {
     let text = fs::read_to_string("/proc/loadavg").ok()?;
     let mut it = text.split_whitespace().map(|w| w.parse::<f64>().ok());
     Some([it.next()??, it.next()??, it.next()??])
 }
 
+/// Checks the CPU lists of `placement` against the CPUs this process may use (`load_flag`
+/// names the load generator's list, which may be empty: unpinned).
+pub(crate) fn validate_placement(
+    placement: &Placement,
+    allowed: &[usize],
+    load_flag: &str,
+) -> Result<()> {
+    for (what, l) in [
+        ("--app-cpus", &placement.app),
+        ("--server-cpus", &placement.server),
+        (load_flag, &placement.wrk),
+    ] {
+        if let Some(c) = l.iter().find(|c| !allowed.contains(c)) {
+            bail!(
+                "{what}: CPU {c} is not available to this process (allowed: {})",
+                cpus::format_list(allowed)
+            );
+        }
+        if what != load_flag && l.is_empty() {
+            bail!("{what}: empty CPU list");
+        }
+    }
+    Ok(())
+}
+
 /// Removes the benchmark's directory when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -262,7 +287,7 @@ impl Drop for TempDir {
     }
 }
 
-fn make_dir(path: &Path) -> Result<()> {
+pub(crate) fn make_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
     // nginx's workers (user nobody when started as root) and the storage server acting as
     // them must be able to reach the files.
@@ -270,7 +295,7 @@ fn make_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn random_bytes(n: usize) -> Result<Vec<u8>> {
+pub(crate) fn random_bytes(n: usize) -> Result<Vec<u8>> {
     let mut v = vec![0; n];
     fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut v))
@@ -326,21 +351,7 @@ pub(crate) fn run_once(args: &NginxArgs) -> Result<(Vec<Mode>, Vec<summary::Cell
         list(&args.server_cpus)?,
         list(&args.wrk_cpus)?,
     );
-    for (what, l) in [
-        ("--app-cpus", &placement.app),
-        ("--server-cpus", &placement.server),
-        ("--wrk-cpus", &placement.wrk),
-    ] {
-        if let Some(c) = l.iter().find(|c| !allowed.contains(c)) {
-            bail!(
-                "{what}: CPU {c} is not available to this process (allowed: {})",
-                cpus::format_list(&allowed)
-            );
-        }
-        if what != "--wrk-cpus" && l.is_empty() {
-            bail!("{what}: empty CPU list");
-        }
-    }
+    validate_placement(&placement, &allowed, "--wrk-cpus")?;
     let connections = args.connections as usize;
     let wrk_threads = args
         .wrk_threads
@@ -543,7 +554,7 @@ pub(crate) fn run_once(args: &NginxArgs) -> Result<(Vec<Mode>, Vec<summary::Cell
     Ok((modes, cells))
 }
 
-fn on_off(b: bool) -> &'static str {
+pub(crate) fn on_off(b: bool) -> &'static str {
     if b {
         "on"
     } else {
@@ -1021,35 +1032,7 @@ fn print_summary(
     for s in skipped {
         println!("\n{}: skipped: {}", s.mode, s.reason);
     }
-    let mut by_mode: Vec<(String, ShimCounts)> = Vec::new();
-    for st in stacks {
-        if let Some(c) = st.shim {
-            match by_mode.iter_mut().find(|(m, _)| *m == st.mode) {
-                Some((_, t)) => {
-                    t.processes += c.processes;
-                    t.routed += c.routed;
-                    t.routed_net += c.routed_net;
-                    t.trapped += c.trapped;
-                }
-                None => by_mode.push((st.mode.clone(), c)),
-            }
-        }
-    }
-    for (mode, c) in by_mode {
-        println!(
-            "{mode}: shim exit reports of {} process(es): {} calls routed to the storage domain, \
-             {} to the network domain, {} calls trapped (slow path){}",
-            c.processes,
-            c.routed,
-            c.routed_net,
-            c.trapped,
-            if c.processes == 0 {
-                " — no report found (workers killed?)"
-            } else {
-                ""
-            }
-        );
-    }
+    print_shim_reports(stacks.iter().map(|s| (s.mode.as_str(), s.shim)));
     let failed: Vec<&Sample> = samples.iter().filter(|s| !s.ok).collect();
     if !failed.is_empty() {
         println!("\nfailed samples ({}):", failed.len());
@@ -1063,6 +1046,42 @@ fn print_summary(
                 s.error.as_deref().unwrap_or("")
             );
         }
+    }
+}
+
+/// One line per mode with the totals of the shim's exit reports over its stacks (`(mode,
+/// counts)` per stack; `None`: a native stack).
+pub(crate) fn print_shim_reports<'a>(
+    stacks: impl IntoIterator<Item = (&'a str, Option<ShimCounts>)>,
+) {
+    let mut by_mode: Vec<(String, ShimCounts)> = Vec::new();
+    for (mode, shim) in stacks {
+        if let Some(c) = shim {
+            match by_mode.iter_mut().find(|(m, _)| m == mode) {
+                Some((_, t)) => {
+                    t.processes += c.processes;
+                    t.routed += c.routed;
+                    t.routed_net += c.routed_net;
+                    t.trapped += c.trapped;
+                }
+                None => by_mode.push((mode.to_owned(), c)),
+            }
+        }
+    }
+    for (mode, c) in by_mode {
+        println!(
+            "{mode}: shim exit reports of {} process(es): {} calls routed to the storage domain, \
+             {} to the network domain, {} calls trapped (slow path){}",
+            c.processes,
+            c.routed,
+            c.routed_net,
+            c.trapped,
+            if c.processes == 0 {
+                " — no report found (processes killed?)"
+            } else {
+                ""
+            }
+        );
     }
 }
 

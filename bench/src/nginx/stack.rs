@@ -20,8 +20,8 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     let p = exe.with_file_name(name);
     if !p.exists() {
         bail!(
-            "{} not found: build it next to virtuos-bench (`cargo build --release -p \
-             virtuos-storage -p virtuos-redirect -p virtuos-preload`)",
+            "{name} not found ({}): build it next to virtuos-bench with `cargo build --release \
+             --workspace` (scripts/setup.sh builds everything)",
             p.display()
         );
     }
@@ -209,7 +209,7 @@ impl Drop for Server {
 }
 
 /// Waits up to `limit` for `child`.
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {
@@ -220,7 +220,8 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
-fn first_line(text: &str) -> String {
+/// The first non-empty line of `text` (for error messages).
+pub fn first_line(text: &str) -> String {
     text.lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
@@ -233,6 +234,83 @@ pub fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `taskset -c CPUS [REDIRECT ARGS... --] PROGRAM`: an application pinned to `cpus` (every
+/// process and thread it makes inherits the mask), under `virtuos-redirect run ARGS` when
+/// `redirect` is given (with `VIRTUOS_REPORT=1`: the shim prints each process's routed and
+/// trapped call counts at exit). The caller adds the program's arguments and its stdio.
+pub fn app_command(
+    cpus: &[usize],
+    redirect: Option<&(PathBuf, Vec<String>)>,
+    program: &Path,
+) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(cpus::format_list(cpus));
+    if let Some((redirect, args)) = redirect {
+        cmd.arg(redirect).args(args).arg("--");
+        cmd.env("VIRTUOS_REPORT", "1");
+    }
+    cmd.arg(program);
+    cmd
+}
+
+/// Waits until `addr` accepts TCP connections, `what` (`child`) still running, until
+/// `deadline`; the error carries `logs()` (the process's log tail).
+pub fn wait_listening(
+    child: &mut Child,
+    addr: SocketAddr,
+    deadline: Instant,
+    what: &str,
+    logs: &dyn Fn() -> String,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            bail!("{what} exited ({st}) while starting:\n{}", logs());
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} did not listen on {addr} within {} s:\n{}",
+                deadline.saturating_duration_since(started).as_secs(),
+                logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops `child` (`what`): `signal` to `pid` (the child itself, or the process that leads its
+/// tree), then up to `limit` for it to exit; after that SIGKILL to every process of its tree.
+/// Nothing when it has exited already.
+pub fn stop_child(child: &mut Child, pid: u32, signal: i32, limit: Duration, what: &str) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = sys::send_signal(pid, signal);
+    if wait_timeout(child, limit).is_none() {
+        tracing::warn!(
+            "{what} did not exit within {} s; killing it",
+            limit.as_secs()
+        );
+        for p in procs::tree_pids(child.id()).into_iter().rev() {
+            let _ = sys::send_signal(p, libc::SIGKILL);
+        }
+        let _ = child.wait();
+    }
+}
+
+fn nginx_logs_tail(dir: &Path) -> String {
+    format!(
+        "{}\n{}",
+        tail(&dir.join("error.log"), 8),
+        tail(&dir.join("nginx.out"), 8)
+    )
+    .trim()
+    .to_owned()
 }
 
 /// How nginx is started.
@@ -266,15 +344,8 @@ impl Nginx {
         fs::write(&conf_path, conf.render())
             .with_context(|| format!("writing {}", conf_path.display()))?;
         let out = dir.join("nginx.out");
-        let mut cmd = Command::new("taskset");
-        cmd.arg("-c").arg(cpus::format_list(&launch.cpus));
-        if let Some((redirect, args)) = &launch.redirect {
-            cmd.arg(redirect).args(args).arg("--");
-            // The shim prints each process's routed and trapped call counts at exit.
-            cmd.env("VIRTUOS_REPORT", "1");
-        }
-        cmd.arg(&launch.nginx)
-            .arg("-p")
+        let mut cmd = app_command(&launch.cpus, launch.redirect.as_ref(), &launch.nginx);
+        cmd.arg("-p")
             .arg(format!("{}/", dir.display()))
             .arg("-c")
             .arg(&conf_path)
@@ -296,22 +367,10 @@ impl Nginx {
 
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                bail!("nginx exited ({st}) while starting:\n{}", self.logs_tail());
-            }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "nginx did not listen on {} within 20 s:\n{}",
-                    self.addr,
-                    self.logs_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (addr, dir) = (self.addr, self.dir.clone());
+        wait_listening(&mut self.child, addr, deadline, "nginx", &|| {
+            nginx_logs_tail(&dir)
+        })?;
         // The master listens before it forks its workers: wait for all of them.
         while self.worker_pids().len() < self.workers {
             if Instant::now() > deadline {
@@ -368,13 +427,7 @@ impl Nginx {
 
     /// The last lines of its error log and output.
     pub fn logs_tail(&self) -> String {
-        format!(
-            "{}\n{}",
-            tail(&self.dir.join("error.log"), 8),
-            tail(&self.dir.join("nginx.out"), 8)
-        )
-        .trim()
-        .to_owned()
+        nginx_logs_tail(&self.dir)
     }
 
     /// Stops nginx gracefully (SIGQUIT to the master: workers finish and exit, so the shim's
@@ -391,21 +444,18 @@ impl Nginx {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        match self.master_pid() {
-            Some(m) => {
-                let _ = sys::send_signal(m, libc::SIGQUIT);
-            }
-            None => {
-                let _ = sys::send_signal(self.child.id(), libc::SIGTERM);
-            }
-        }
-        if wait_timeout(&mut self.child, Duration::from_secs(10)).is_none() {
-            tracing::warn!("nginx did not quit within 10 s; killing it");
-            for pid in procs::tree_pids(self.child.id()).into_iter().rev() {
-                let _ = sys::send_signal(pid, libc::SIGKILL);
-            }
-            let _ = self.child.wait();
-        }
+        // SIGQUIT to the master is nginx's graceful shutdown.
+        let (pid, signal) = match self.master_pid() {
+            Some(m) => (m, libc::SIGQUIT),
+            None => (self.child.id(), libc::SIGTERM),
+        };
+        stop_child(
+            &mut self.child,
+            pid,
+            signal,
+            Duration::from_secs(10),
+            "nginx",
+        );
     }
 }
 
