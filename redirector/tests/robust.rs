@@ -1240,6 +1240,22 @@ fn fifo_waits_are_interrupted_by_signals() {
 }
 
 #[test]
+fn a_handler_that_longjmps_out_of_a_call_leaves_nothing_taken() {
+    // 100 reads of an empty FIFO, each left by a SIGALRM handler's siglongjmp, each followed
+    // by file calls (robust/longjmp.c): with more jumps than a session has channels, a call
+    // left behind that kept its channel lease (or its stack slot) would hang the program.
+    let env = Env::new("longjmp");
+    env.put("lj/.keep", b"");
+    let prog = env.cc("longjmp", "longjmp.c", &[]);
+    native_beside_redirected(
+        &env,
+        "a_handler_that_longjmps_out_of_a_call_leaves_nothing_taken",
+        &prog,
+        "jumps 100; the file reads back 14 bytes: after jump 99",
+    );
+}
+
+#[test]
 fn the_shims_fds_are_closed_to_every_probe() {
     // fstat and F_GETFD over every fd number, before and after lowering RLIMIT_NOFILE, and a
     // close_fds child's own fstat loop (robust/fd_probe.py; CPython's test_subprocess found

@@ -123,6 +123,20 @@ struct ChannelState {
     busy: AtomicBool,
     req_prod_pvt: AtomicU32,
     rsp_cons: AtomicU32,
+    /// The thread holding the lease ([`thread_token`]; 0 when free).
+    owner: std::sync::atomic::AtomicUsize,
+    /// A lease its thread abandoned ([`Session::recover_abandoned`]): the next lease first
+    /// takes every response still due, so the server is done with the window.
+    dirty: AtomicBool,
+}
+
+/// This thread's identity for lease ownership: the address of a thread-local (unique among
+/// live threads; no system call).
+fn thread_token() -> usize {
+    thread_local! {
+        static TOKEN: u8 = const { 0 };
+    }
+    TOKEN.with(|t| t as *const u8 as usize)
 }
 
 /// One client session with one server.
@@ -163,6 +177,8 @@ impl Session {
                 busy: AtomicBool::new(false),
                 req_prod_pvt: AtomicU32::new(0),
                 rsp_cons: AtomicU32::new(0),
+                owner: std::sync::atomic::AtomicUsize::new(0),
+                dirty: AtomicBool::new(false),
             })
             .collect();
         Session {
@@ -315,20 +331,50 @@ impl Session {
                     .is_ok()
                 {
                     PREFERRED.with(|p| p.set(c));
+                    ch.owner.store(thread_token(), Ordering::Relaxed);
                     let front = FrontState {
                         req_prod_pvt: ch.req_prod_pvt.load(Ordering::Relaxed),
                         rsp_cons: ch.rsp_cons.load(Ordering::Relaxed),
                     };
-                    return Lease {
+                    let mut lease = Lease {
                         session: self,
                         channel: c,
                         front,
                     };
+                    if ch.dirty.load(Ordering::Relaxed) {
+                        lease.drain();
+                        ch.dirty.store(false, Ordering::Relaxed);
+                    }
+                    return lease;
                 }
             }
             // Every channel is busy: more threads in calls than channels. Give the CPU away.
             std::thread::yield_now();
         }
+    }
+
+    /// Releases the leases this thread holds but whose calls it left for good (a signal
+    /// handler that `longjmp`ed out of a call it interrupted: the lease's drop never ran).
+    /// Only for a thread that is in none of this session's calls. Each such channel's
+    /// requests are taken as published (one pushed but not published is dropped) and the
+    /// channel is marked dirty: its next lease asks the server to cancel the last request and
+    /// takes every response still due before the window is used again. Returns how many.
+    pub fn recover_abandoned(&self) -> usize {
+        let me = thread_token();
+        let mut n = 0;
+        for (c, ch) in self.channels.iter().enumerate() {
+            if !ch.busy.load(Ordering::Acquire) || ch.owner.load(Ordering::Relaxed) != me {
+                continue;
+            }
+            let ring = RingView::new(&self.mem, &self.layout, c as u32);
+            let published = ring.req_prod_word().load(Ordering::Acquire);
+            ch.req_prod_pvt.store(published, Ordering::Relaxed);
+            ch.dirty.store(true, Ordering::Relaxed);
+            ch.owner.store(0, Ordering::Relaxed);
+            ch.busy.store(false, Ordering::Release);
+            n += 1;
+        }
+        n
     }
 
     /// The shared region, for diagnostics and hostile-peer tests. Writing into it by hand
@@ -575,6 +621,25 @@ impl Lease<'_> {
         Ok(())
     }
 
+    /// Takes every response still due on this channel (a dirty one, see
+    /// [`Session::recover_abandoned`]), after asking the server to cancel the last request
+    /// (an abandoned wait that could last). A dead server ends it.
+    fn drain(&mut self) {
+        let ring = RingView::new(&self.session.mem, &self.session.layout, self.channel);
+        if self.front.outstanding() > 0 {
+            let last = self.front.req_prod_pvt.wrapping_sub(1);
+            self.request_cancel((u64::from(self.channel) << 32) | u64::from(last));
+        }
+        while self.front.outstanding() > 0 {
+            if self.wait_any(&ring, &mut None).is_err() {
+                return;
+            }
+            if self.front.take(&ring).is_err() {
+                return;
+            }
+        }
+    }
+
     /// Asks the server to cancel request `id` on this channel.
     fn request_cancel(&self, id: u64) {
         let s = self.session;
@@ -665,6 +730,7 @@ impl Drop for Lease<'_> {
         ch.req_prod_pvt
             .store(self.front.req_prod_pvt, Ordering::Relaxed);
         ch.rsp_cons.store(self.front.rsp_cons, Ordering::Relaxed);
+        ch.owner.store(0, Ordering::Relaxed);
         ch.busy.store(false, Ordering::Release);
     }
 }

@@ -72,6 +72,11 @@ impl<'a> RingView<'a> {
         self.channel
     }
 
+    /// The published request index (what the client last published).
+    pub fn req_prod_word(&self) -> &'a std::sync::atomic::AtomicU32 {
+        self.mem.u32_at(self.base + ring::REQ_PROD)
+    }
+
     /// The published response index: the word a sleeping client waits on.
     pub fn rsp_prod_word(&self) -> &'a std::sync::atomic::AtomicU32 {
         self.mem.u32_at(self.base + ring::RSP_PROD)

@@ -115,6 +115,7 @@ pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
         // The shim's own set-up code (a session being connected) calling through libc.
         return syscall6(nr, a);
     }
+    left_behind(psm::stack_pointer() as usize);
     if nr == libc::SYS_execve || nr == libc::SYS_execveat {
         // Before the big routing frames, and on the program's stack: an exec may run on a
         // posix_spawn child's small stack, and one that succeeds never returns to free a
@@ -123,7 +124,7 @@ pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
         DEPTH.with(|d| d.set(d.get() + 2));
         proc::sweep();
         let r = crate::exec::execve(nr, a);
-        DEPTH.with(|d| d.set(d.get() - 2));
+        DEPTH.with(|d| d.set(d.get().saturating_sub(2)));
         return r;
     }
     if matches!(nr, libc::SYS_read | libc::SYS_write)
@@ -136,7 +137,7 @@ pub fn dispatch(nr: i64, a: [u64; 6]) -> i64 {
     }
     DEPTH.with(|d| d.set(d.get() + 1));
     let r = sys::with_pid(|| crate::stack::run(|| routed(nr, a)));
-    DEPTH.with(|d| d.set(d.get() - 1));
+    DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
     r
 }
 
@@ -145,6 +146,46 @@ thread_local! {
     /// own code (its dependencies' libc calls bind to the shim's exports: the transport reads
     /// its eventfds through `read`) or from a handler that interrupted the shim.
     static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// The program's stack pointer at the entry of this thread's outermost call.
+    static OUTER_SP: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// At every entry: notices calls this thread left for good and gives back what they held.
+///
+/// A signal handler that `siglongjmp`s out of a routed call it interrupted (a timeout around
+/// a blocking read, as old C code does) skips every drop of that call: its depth, its stack
+/// slot, its pins and its channel lease would stay taken, and after as many jumps as a
+/// session has channels the thread would wait for a free one forever. A call nested in
+/// another (the shim's own code, a handler that interrupted a call) runs on a shim stack, on
+/// the alternate signal stack, or deeper on the program's stack than the outer call's entry;
+/// a call at or above that entry on the program's stack means the outer call is gone. The
+/// check costs a thread-local read; only that case asks the kernel (`sigaltstack`, and
+/// `getpid`: a vfork child running on its parent's memory is not the parent).
+fn left_behind(sp: usize) {
+    let depth = DEPTH.with(|d| d.get());
+    if depth == 0 {
+        OUTER_SP.with(|o| o.set(sp));
+        return;
+    }
+    if sp < OUTER_SP.with(|o| o.get()) || crate::stack::on_shim_stack(sp) {
+        return;
+    }
+    // SAFETY: a zeroed stack_t is a valid output buffer; a null new stack only queries.
+    let mut ss: libc::stack_t = unsafe { std::mem::zeroed() };
+    let on_alt = sys::sys(
+        libc::SYS_sigaltstack,
+        &[0, &mut ss as *mut libc::stack_t as u64],
+    ) == 0
+        && ss.ss_flags & libc::SS_ONSTACK != 0;
+    if on_alt || sys::sys(libc::SYS_getpid, &[]) != proc::owner() {
+        return;
+    }
+    DEPTH.with(|d| d.set(0));
+    OUTER_SP.with(|o| o.set(sp));
+    crate::stack::abandon_slots();
+    sys::abandon_call_pid();
+    proc::abandon_internal();
+    remote::recover_abandoned();
 }
 
 /// Whether the current call was made from inside another routed call or the shim's own code.
@@ -165,12 +206,13 @@ pub fn exec_now(nr: i64, a: [u64; 6]) -> i64 {
 /// refresh, the constructor's hand-over) on the shim's stack, with the libc calls it makes on
 /// the shim's descriptors treated as the shim's, not the program's.
 pub fn shim_code(f: impl FnOnce()) {
+    left_behind(psm::stack_pointer() as usize);
     DEPTH.with(|d| d.set(d.get() + 2));
     crate::stack::run(|| {
         f();
         0
     });
-    DEPTH.with(|d| d.set(d.get() - 2));
+    DEPTH.with(|d| d.set(d.get().saturating_sub(2)));
 }
 
 /// Everything but exec, on the shim's own stack.

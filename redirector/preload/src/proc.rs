@@ -98,6 +98,11 @@ pub fn internal() -> bool {
     INTERNAL.with(|c| c.get())
 }
 
+/// Clears the mark of shim code this thread left for good (a handler `longjmp`ed out of it).
+pub fn abandon_internal() {
+    INTERNAL.with(|c| c.set(false));
+}
+
 /// Marks this thread as running the shim's own code until dropped.
 pub struct Internal(bool);
 

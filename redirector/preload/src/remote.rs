@@ -235,17 +235,52 @@ pub const RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// Keeps a call's session mapped while the call runs.
 pub struct Pin(&'static Domain);
 
+thread_local! {
+    /// The pins this thread holds on each domain (storage, network), so that pins a call
+    /// left behind when a handler `longjmp`ed out of it can be given back
+    /// ([`recover_abandoned`]). (`Cell`s without a destructor: no lazy registration.)
+    static MY_PINS: [std::cell::Cell<u32>; 2] =
+        const { [std::cell::Cell::new(0), std::cell::Cell::new(0)] };
+}
+
 impl Pin {
     /// Pins `d`'s sessions.
     pub fn new(d: &'static Domain) -> Pin {
         d.inflight.fetch_add(1, Ordering::SeqCst);
+        MY_PINS.with(|p| {
+            let c = &p[usize::from(d.net)];
+            c.set(c.get() + 1);
+        });
         Pin(d)
     }
 }
 
 impl Drop for Pin {
     fn drop(&mut self) {
+        MY_PINS.with(|p| {
+            let c = &p[usize::from(self.0.net)];
+            c.set(c.get().saturating_sub(1));
+        });
         self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Gives back what this thread's calls left behind when a signal handler `longjmp`ed out of
+/// them (their drops never ran): their pins, and the channel leases of each domain's
+/// current session ([`xen_transport::Session::recover_abandoned`]). Only for a thread that
+/// is in none of the shim's calls (see `dispatch`).
+pub fn recover_abandoned() {
+    for d in [&STORAGE, &NET] {
+        let mine = MY_PINS.with(|p| p[usize::from(d.net)].replace(0));
+        if mine > 0 {
+            d.inflight.fetch_sub(mine, Ordering::SeqCst);
+        }
+        let _pin = Pin::new(d);
+        let p = d.live.load(Ordering::SeqCst);
+        if !p.is_null() {
+            // SAFETY: pinned: a published session stays allocated while pinned.
+            unsafe { &*p }.s.recover_abandoned();
+        }
     }
 }
 

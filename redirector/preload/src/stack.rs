@@ -116,6 +116,17 @@ fn on_ours(base: usize, sp: usize) -> bool {
     base != 0 && sp >= base && sp < base + MAPPING
 }
 
+/// Whether `sp` lies in one of this thread's shim stacks.
+pub fn on_shim_stack(sp: usize) -> bool {
+    on_ours(BASE.with(|b| b.get()), sp)
+}
+
+/// Frees every slot of this thread: its calls were left for good (a signal handler
+/// `longjmp`ed out of them), and it runs on none of them now.
+pub fn abandon_slots() {
+    BUSY.with(|b| b.set(0));
+}
+
 /// The first free slot in `busy`.
 fn free_slot(busy: u8) -> Option<usize> {
     (0..SLOTS).find(|&i| busy & (1 << i) == 0)

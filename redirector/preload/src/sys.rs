@@ -137,6 +137,11 @@ pub fn with_pid<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Forgets the pid of calls this thread left for good (a handler `longjmp`ed out of them).
+pub fn abandon_call_pid() {
+    CALL_PID.with(|c| c.set(0));
+}
+
 /// In a fork child (its atfork handler): a call this thread was inside (a handler that
 /// forked interrupted it) asks for the child's pid again.
 pub fn forked() {
