@@ -272,7 +272,11 @@ pub struct Pending {
 }
 
 impl Listener {
-    /// Listens at `path`, replacing a stale socket file that nobody answers on.
+    /// Listens at `path`, replacing a stale socket file that nobody answers on. The file
+    /// appears only once the socket listens: it is bound under a random name beside `path`
+    /// and renamed into place after `listen`, so whoever waits for the file to exist (a
+    /// script, a test) never connects in between and gets ECONNREFUSED. (Where the random
+    /// name would not fit in `sun_path`, or the rename fails, it is bound at `path` itself.)
     pub fn bind(path: &Path) -> Result<Listener, ListenError> {
         let io = |source: NixErrno| ListenError::Io {
             path: path.into(),
@@ -296,8 +300,28 @@ impl Listener {
             None,
         )
         .map_err(io)?;
-        bind(fd.as_raw_fd(), &addr).map_err(io)?;
-        listen(&fd, Backlog::new(128).map_err(io)?).map_err(io)?;
+        let staged = staging_name(path).and_then(|tmp| {
+            let a = UnixAddr::new(&tmp).ok()?;
+            bind(fd.as_raw_fd(), &a).ok()?;
+            Some(tmp)
+        });
+        if staged.is_none() {
+            bind(fd.as_raw_fd(), &addr).map_err(io)?;
+        }
+        let listening = listen(&fd, Backlog::new(128).map_err(io)?).map_err(io);
+        if let Some(tmp) = &staged {
+            if let Err(e) = listening.and_then(|()| {
+                std::fs::rename(tmp, path).map_err(|source| ListenError::Io {
+                    path: path.into(),
+                    source,
+                })
+            }) {
+                let _ = std::fs::remove_file(tmp);
+                return Err(e);
+            }
+        } else {
+            listening?;
+        }
         Ok(Listener {
             fd,
             path: path.into(),
@@ -371,6 +395,17 @@ impl Listener {
             }
         }
     }
+}
+
+/// A random, hidden name beside `path` to bind under before the socket listens.
+fn staging_name(path: &Path) -> Option<PathBuf> {
+    use std::hash::{BuildHasher, Hasher};
+    let name = path.file_name()?.to_str()?;
+    // RandomState's keys come from the operating system's random source.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let tmp = path.with_file_name(format!(".{name}.{:016x}", h.finish()));
+    (tmp.as_os_str().len() < 108).then_some(tmp)
 }
 
 impl Drop for Listener {
@@ -520,5 +555,32 @@ impl Pending {
             source: e.into(),
         })?;
         Ok(session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_file_appears_listening_and_alone() {
+        let dir = std::env::temp_dir().join(format!("xt-bind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let l = Listener::bind(&path).unwrap();
+        // The file is there and answers at once; no staging name is left beside it.
+        let probe = seqpacket().unwrap();
+        connect(probe.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("s.sock")]);
+        // A second server on the same path is refused while the first listens.
+        assert!(matches!(Listener::bind(&path), Err(ListenError::InUse(_))));
+        drop(l);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -110,7 +110,13 @@ impl<T> SigLock<T> {
     /// Runs `f` on the data with the lock held and signals blocked. `f` must not take another
     /// `SigLock` that may be taken in the opposite order, nor block.
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let _m = Masked::new();
+        let m = Masked::new();
+        self.with_blocked(&m, f)
+    }
+
+    /// As [`SigLock::with`], under a signal block the caller already holds (`_blocked`, alive
+    /// for the whole call, is the proof): no mask change of its own.
+    pub fn with_blocked<R>(&self, _blocked: &Masked, f: impl FnOnce(&mut T) -> R) -> R {
         self.acquire();
         // SAFETY: the lock is held by this thread, with its signals blocked, so no other
         // reference to the data exists until it is released below.

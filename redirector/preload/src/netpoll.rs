@@ -47,6 +47,11 @@ impl SigBlock {
         self.masked.old()
     }
 
+    /// The block itself, for locks taken under it ([`crate::lock::SigLock::with_blocked`]).
+    fn masked(&self) -> &crate::lock::Masked {
+        &self.masked
+    }
+
     /// The mask to sleep with: the caller's own (`ppoll`, `pselect6`, `epoll_pwait`), or the
     /// thread's mask from before the block. SIGSYS is never blocked.
     fn sleep_mask(&self, user: Option<(u64, u64)>) -> u64 {
@@ -572,7 +577,13 @@ pub(crate) fn lock() -> &'static dyn crate::lock::ForkLock {
 }
 
 fn with_eps<R>(f: impl FnOnce(&mut Vec<EpSet>) -> R) -> R {
-    EPOLLS.with(|eps| {
+    let block = SigBlock::new();
+    with_eps_blocked(&block, f)
+}
+
+/// As [`with_eps`], under the caller's signal block.
+fn with_eps_blocked<R>(block: &SigBlock, f: impl FnOnce(&mut Vec<EpSet>) -> R) -> R {
+    EPOLLS.with_blocked(block.masked(), |eps| {
         let r = f(eps);
         let n = eps.iter().map(|s| s.items.len()).sum();
         REMOTE_ITEMS.store(n, Ordering::Relaxed);
@@ -667,9 +678,16 @@ pub fn epoll_ctl(a: [u64; 6]) -> Option<i64> {
 }
 
 /// Collects ready remote items of `epfd` into `out` (at most `max`).
-/// False when the set holds no remote item (the call is the kernel's).
-fn epoll_scan(epfd: i64, live: Option<&Live>, out: &mut Vec<(u32, u64)>, max: usize) -> bool {
-    with_eps(|eps| {
+/// False when the set holds no remote item (the call is the kernel's). Under the caller's
+/// signal block.
+fn epoll_scan(
+    block: &SigBlock,
+    epfd: i64,
+    live: Option<&Live>,
+    out: &mut Vec<(u32, u64)>,
+    max: usize,
+) -> bool {
+    with_eps_blocked(block, |eps| {
         let Some(set) = eps
             .iter_mut()
             .find(|s| s.epfd == epfd && !s.items.is_empty())
@@ -724,9 +742,17 @@ pub fn epoll_wait(nr: i64, a: [u64; 6]) -> Option<i64> {
     let _pin = Pin::new(&NET);
     let ev_size = std::mem::size_of::<libc::epoll_event>() as u64;
     let mut found: Vec<(u32, u64)> = Vec::with_capacity((max.max(1) as usize).min(1024));
-    // First pass, with no signal block of its own (a wait that finds events has no sleep to
-    // race with): whether the set has remote items at all, and which are ready.
-    let has = epoll_scan(epfd, NET.session(None), &mut found, max.max(0) as usize);
+    // One signal block for the whole call (two mask changes, however often it scans): the
+    // registry lock is taken under it, and a wait that sleeps needs it anyway (see
+    // [`SigBlock`]). First pass: whether the set has remote items at all, and which are ready.
+    let block = SigBlock::new();
+    let has = epoll_scan(
+        &block,
+        epfd,
+        NET.session(None),
+        &mut found,
+        max.max(0) as usize,
+    );
     if !has {
         return None;
     }
@@ -762,7 +788,6 @@ pub fn epoll_wait(nr: i64, a: [u64; 6]) -> Option<i64> {
         libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 if a[4] != 0 => Some((a[4], a[5])),
         _ => None,
     };
-    let block = SigBlock::new();
     let mask = block.sleep_mask(sigmask);
     let sigmask = Some((&mask as *const u64 as u64, 8));
     let mut local = vec![libc::pollfd {
@@ -774,7 +799,7 @@ pub fn epoll_wait(nr: i64, a: [u64; 6]) -> Option<i64> {
         let live = NET.session(None);
         let epoch = live.map_or(0, |l| l.s.event_epoch());
         found.clear();
-        epoll_scan(epfd, live, &mut found, max);
+        epoll_scan(&block, epfd, live, &mut found, max);
         for (i, (m, data)) in found.iter().enumerate() {
             put(
                 evp + i as u64 * ev_size,
