@@ -563,6 +563,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore)] // a real socket and directory (Miri's isolation refuses them)
     fn the_socket_file_appears_listening_and_alone() {
         let dir = std::env::temp_dir().join(format!("xt-bind-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
