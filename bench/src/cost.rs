@@ -118,6 +118,25 @@ pub trait CostStack {
     }
 }
 
+/// The pids of the servers of `group` among `servers` (for [`CostStack::pids`]; `app` is
+/// the application's name, from the benchmark's labels).
+pub fn server_pids(servers: &[stack::Server], group: Group, app: &'static str) -> Vec<u32> {
+    servers
+        .iter()
+        .filter(|s| s.name == group.process(app))
+        .map(stack::Server::pid)
+        .collect()
+}
+
+/// CPU seconds used so far by the server of `group` among `servers` (for
+/// [`CostStack::cpu_s`]).
+pub fn server_cpu_s(servers: &[stack::Server], group: Group, app: &'static str) -> f64 {
+    servers
+        .iter()
+        .find(|s| s.name == group.process(app))
+        .map_or(0.0, |s| crate::procs::cpu_s(s.pid()))
+}
+
 // ----- `virtuos-redirect top --json`, the parts read here ---------------------------------------
 
 /// One `top --once --json` reading (see `redirector/src/bpf/top.rs`, `to_json`).

@@ -30,6 +30,14 @@ pub fn parse_list(text: &str) -> Result<Vec<usize>> {
     Ok(set.into_iter().collect())
 }
 
+/// The `taskset -c LIST` prefix of a command line pinned to `cpus` (none when empty).
+pub fn taskset_argv(cpus: &[usize]) -> Vec<String> {
+    if cpus.is_empty() {
+        return Vec::new();
+    }
+    vec!["taskset".to_owned(), "-c".to_owned(), format_list(cpus)]
+}
+
 /// Formats CPUs as a cpulist with ranges (`[0,1,2,5]` → `"0-2,5"`).
 pub fn format_list(cpus: &[usize]) -> String {
     let mut sorted: Vec<usize> = cpus.to_vec();
@@ -191,5 +199,11 @@ mod tests {
         assert_eq!(nginx_affinity(&[1], 1), "10");
         assert_eq!(nginx_affinity(&[0, 1], 3), "01 10 01");
         assert_eq!(nginx_affinity(&[2], 2), "100 100");
+    }
+
+    #[test]
+    fn taskset_prefix_only_when_pinned() {
+        assert!(taskset_argv(&[]).is_empty());
+        assert_eq!(taskset_argv(&[2, 0, 1]), ["taskset", "-c", "0-2"]);
     }
 }

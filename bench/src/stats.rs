@@ -58,6 +58,14 @@ pub fn percentile(sorted: &[u64], p: f64) -> Option<f64> {
     Some(sorted[idx] as f64)
 }
 
+/// A sample's error with what went wrong after it (`"first; then"`), either one alone, or none.
+pub fn joined_error(error: Option<String>, after: Option<String>) -> Option<String> {
+    match (error, after) {
+        (Some(e), Some(why)) => Some(format!("{e}; {why}")),
+        (e, why) => e.or(why),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +104,14 @@ mod tests {
         assert_eq!(s.p99_ns, 400.0);
         assert_eq!(s.samples, 4);
         assert_eq!(s.ops_per_s(), 4e6);
+    }
+
+    #[test]
+    fn errors_join_in_order() {
+        let s = |x: &str| Some(x.to_owned());
+        assert_eq!(joined_error(s("a"), s("b")), s("a; b"));
+        assert_eq!(joined_error(s("a"), None), s("a"));
+        assert_eq!(joined_error(None, s("b")), s("b"));
+        assert_eq!(joined_error(None, None), None);
     }
 }

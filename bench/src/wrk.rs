@@ -193,14 +193,7 @@ pub struct WrkRun {
 impl WrkRun {
     /// The command line (program first).
     pub fn argv(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        if !self.cpus.is_empty() {
-            v.extend([
-                "taskset".to_owned(),
-                "-c".to_owned(),
-                crate::cpus::format_list(&self.cpus),
-            ]);
-        }
+        let mut v = crate::cpus::taskset_argv(&self.cpus);
         v.extend([
             "wrk".to_owned(),
             "-t".to_owned(),

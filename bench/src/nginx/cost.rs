@@ -15,7 +15,7 @@ use super::modes::Mode;
 use super::stack::{Nginx, Server};
 use super::{on_off, start_stack, wrk_run, Ctx, FileSpec};
 use crate::cost::{self, CostCell, CostStack, Group, Labels, Load};
-use crate::{http, procs};
+use crate::http;
 
 pub use crate::cost::CostModelSetting;
 
@@ -104,23 +104,14 @@ impl CostStack for NginxStack<'_> {
     fn pids(&self, group: Group) -> Vec<u32> {
         match group {
             Group::App => self.nginx.pids(),
-            _ => self
-                .servers
-                .iter()
-                .filter(|s| s.name == group.process(LABELS.app))
-                .map(Server::pid)
-                .collect(),
+            _ => crate::cost::server_pids(&self.servers, group, LABELS.app),
         }
     }
 
     fn cpu_s(&self, group: Group) -> f64 {
         match group {
             Group::App => self.nginx.cpu_s(),
-            _ => self
-                .servers
-                .iter()
-                .find(|s| s.name == group.process(LABELS.app))
-                .map_or(0.0, |s| procs::cpu_s(s.pid())),
+            _ => crate::cost::server_cpu_s(&self.servers, group, LABELS.app),
         }
     }
 

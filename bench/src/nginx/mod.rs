@@ -878,12 +878,7 @@ fn measure(
         },
         Err(e) => fail(format!("{e:#}")),
     };
-    if let Some(why) = after {
-        s.error = Some(match s.error {
-            Some(e) => format!("{e}; {why}"),
-            None => why,
-        });
-    }
+    s.error = crate::stats::joined_error(s.error.take(), after);
     s.ok = s.error.is_none();
     s
 }

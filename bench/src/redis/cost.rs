@@ -11,7 +11,6 @@ use serde::Serialize;
 use super::{check_stack, start_stack, Ctx, Stack};
 use crate::cost::{self, opt, CostCell, CostModelSetting, CostStack, Group, Labels, Load};
 use crate::nginx::modes::Mode;
-use crate::procs;
 
 /// redis's names in the cost model.
 pub const LABELS: Labels = Labels {
@@ -48,23 +47,14 @@ impl CostStack for Stack<'_> {
     fn pids(&self, group: Group) -> Vec<u32> {
         match group {
             Group::App => self.redis.pids(),
-            _ => self
-                .servers
-                .iter()
-                .filter(|s| s.name == group.process(LABELS.app))
-                .map(|s| s.pid())
-                .collect(),
+            _ => crate::cost::server_pids(&self.servers, group, LABELS.app),
         }
     }
 
     fn cpu_s(&self, group: Group) -> f64 {
         match group {
             Group::App => self.redis.cpu_s(),
-            _ => self
-                .servers
-                .iter()
-                .find(|s| s.name == group.process(LABELS.app))
-                .map_or(0.0, |s| procs::cpu_s(s.pid())),
+            _ => crate::cost::server_cpu_s(&self.servers, group, LABELS.app),
         }
     }
 

@@ -119,14 +119,7 @@ pub struct BenchRun {
 impl BenchRun {
     /// The command line (program first).
     pub fn argv(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        if !self.cpus.is_empty() {
-            v.extend([
-                "taskset".to_owned(),
-                "-c".to_owned(),
-                crate::cpus::format_list(&self.cpus),
-            ]);
-        }
+        let mut v = crate::cpus::taskset_argv(&self.cpus);
         v.push(self.binary.display().to_string());
         for (flag, value) in [
             ("-h", "127.0.0.1".to_owned()),

@@ -744,42 +744,18 @@ pub fn epoll_wait(nr: i64, a: [u64; 6]) -> Option<i64> {
     let mut found: Vec<(u32, u64)> = Vec::with_capacity((max.max(1) as usize).min(1024));
     // One signal block for the whole call (two mask changes, however often it scans): the
     // registry lock is taken under it, and a wait that sleeps needs it anyway (see
-    // [`SigBlock`]). First pass: whether the set has remote items at all, and which are ready.
+    // [`SigBlock`]). The first scan also says whether the set has remote items at all; the
+    // readiness epoch is read before each scan, so a change after it wakes the sleep below.
     let block = SigBlock::new();
-    let has = epoll_scan(
-        &block,
-        epfd,
-        NET.session(None),
-        &mut found,
-        max.max(0) as usize,
-    );
-    if !has {
+    let mut live = NET.session(None);
+    let mut epoch = live.map_or(0, |l| l.s.event_epoch());
+    if !epoll_scan(&block, epfd, live, &mut found, max.max(0) as usize) {
         return None;
     }
     if max <= 0 {
         return Some(e(libc::EINVAL));
     }
     let max = max as usize;
-    if !found.is_empty() {
-        for (i, (m, data)) in found.iter().enumerate() {
-            put(
-                evp + i as u64 * ev_size,
-                libc::epoll_event {
-                    events: *m,
-                    u64: *data,
-                },
-            );
-        }
-        let mut n = found.len();
-        if n < max {
-            let r = sys::sys(
-                libc::SYS_epoll_wait,
-                &[epfd as u64, evp + n as u64 * ev_size, (max - n) as u64, 0],
-            );
-            n += r.max(0) as usize;
-        }
-        return Some(n as i64);
-    }
     let deadline = match nr {
         libc::SYS_epoll_pwait2 => deadline_ts(a[3]),
         _ => crate::net::deadline_ms(a[3] as i32 as i64),
@@ -796,10 +772,6 @@ pub fn epoll_wait(nr: i64, a: [u64; 6]) -> Option<i64> {
         revents: 0,
     }];
     loop {
-        let live = NET.session(None);
-        let epoch = live.map_or(0, |l| l.s.event_epoch());
-        found.clear();
-        epoll_scan(&block, epfd, live, &mut found, max);
         for (i, (m, data)) in found.iter().enumerate() {
             put(
                 evp + i as u64 * ev_size,
@@ -826,6 +798,10 @@ pub fn epoll_wait(nr: i64, a: [u64; 6]) -> Option<i64> {
         if let Err(err) = sleep(live, epoch, &mut local, deadline, sigmask) {
             return Some(err);
         }
+        live = NET.session(None);
+        epoch = live.map_or(0, |l| l.s.event_epoch());
+        found.clear();
+        epoll_scan(&block, epfd, live, &mut found, max);
     }
 }
 
